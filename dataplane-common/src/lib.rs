@@ -1,0 +1,38 @@
+//! Types shared across the kernel boundary.
+//!
+//! Everything here is `#![no_std]` and compiled twice: into the XDP object
+//! (`dataplane-ebpf`, target `bpfel-unknown-none`) and into userspace
+//! (`dataplane`, with the `user` feature so aya can move the types in and out
+//! of maps). Map value layouts are `#[repr(C)]` and padded explicitly: the
+//! kernel copies them as raw bytes.
+//!
+//! The parsing and policy logic lives here too, as plain functions over a
+//! [`wire::FrameBytes`] reader, so the exact code the verifier accepts is also
+//! unit-tested on byte slices without root.
+#![no_std]
+
+pub mod counters;
+pub mod policy;
+pub mod wire;
+
+/// Name of the XDP program in the object, as `aya` looks it up.
+pub const STEER_PROGRAM: &str = "steer";
+
+/// Map names in the object (kernel map names are limited to 15 bytes).
+pub mod map_names {
+    /// `Array<Policy>` with one entry: how this interface steers.
+    pub const POLICY: &str = "POLICY";
+    /// `HashMap<MatchKey, u8>`: the listed MACs, VLANs and EtherTypes.
+    pub const MATCHES: &str = "MATCHES";
+    /// `XskMap`: rx queue index -> AF_XDP socket.
+    pub const XSKS: &str = "XSKS";
+    /// `PerCpuArray<u64>` indexed by [`crate::counters::Outcome`].
+    pub const COUNTERS: &str = "COUNTERS";
+    /// aya-log's ring buffer.
+    pub const LOGS: &str = "AYA_LOGS";
+}
+
+/// Capacity of the XSKMAP: the highest rx queue index a socket can sit on, plus one.
+pub const MAX_QUEUES: u32 = 64;
+/// Capacity of the match table (MACs + VLANs + EtherTypes together).
+pub const MAX_MATCHES: u32 = 1024;

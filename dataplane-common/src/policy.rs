@@ -1,0 +1,261 @@
+//! Steering policy: which frames of an interface go to the AF_XDP socket.
+
+use crate::wire::L2Header;
+
+/// How `steer` treats the frames of one interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Mode {
+    /// Every frame goes to the kernel stack (counting only).
+    Pass = 0,
+    /// Every frame goes to the AF_XDP socket of its rx queue.
+    RedirectAll = 1,
+    /// Frames whose destination MAC, VLAN or EtherType is listed in the match
+    /// table go to the socket; the rest to the kernel stack.
+    RedirectListed = 2,
+    /// Every frame is dropped and counted: a sink for benchmarks.
+    Drop = 3,
+}
+
+impl Mode {
+    /// Decodes the raw value stored in the map; unknown values mean `Pass`
+    /// so that a corrupt or zeroed map never blackholes an interface.
+    pub const fn from_raw(raw: u32) -> Mode {
+        match raw {
+            1 => Mode::RedirectAll,
+            2 => Mode::RedirectListed,
+            3 => Mode::Drop,
+            _ => Mode::Pass,
+        }
+    }
+
+    /// Name as the CLI spells it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Mode::Pass => "pass",
+            Mode::RedirectAll => "all",
+            Mode::RedirectListed => "listed",
+            Mode::Drop => "drop",
+        }
+    }
+}
+
+/// The single entry of the `POLICY` map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C)]
+pub struct Policy {
+    /// A [`Mode`] as `u32`.
+    pub mode: u32,
+    /// How the program was attached (an [`AttachMode`] as `u32`); the kernel
+    /// side ignores it, `dataplane status` reports it.
+    pub attach_mode: u32,
+}
+
+/// How the XDP program is attached to the device, recorded for `status`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum AttachMode {
+    /// Native XDP in the driver.
+    Driver = 1,
+    /// Generic XDP on the skb path.
+    Skb = 2,
+}
+
+impl AttachMode {
+    /// Decodes the value stored in [`Policy::attach_mode`].
+    pub const fn from_raw(raw: u32) -> Option<AttachMode> {
+        match raw {
+            1 => Some(AttachMode::Driver),
+            2 => Some(AttachMode::Skb),
+            _ => None,
+        }
+    }
+
+    /// Name as the CLI spells it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            AttachMode::Driver => "driver",
+            AttachMode::Skb => "skb",
+        }
+    }
+}
+
+/// What a match-table entry compares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum MatchKind {
+    /// Destination MAC address.
+    DstMac = 1,
+    /// VLAN id of the outer tag.
+    Vlan = 2,
+    /// EtherType (after the outer VLAN tag, if any).
+    EtherType = 3,
+}
+
+/// Key of the `MATCHES` hash map: 8 bytes, no implicit padding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(C)]
+pub struct MatchKey {
+    /// A [`MatchKind`] as `u8`.
+    pub kind: u8,
+    /// Always zero; keeps the key free of uninitialised padding.
+    pub pad: u8,
+    /// MAC bytes, or a VLAN id / EtherType big-endian in the first two bytes.
+    pub value: [u8; 6],
+}
+
+impl MatchKey {
+    /// Matches frames sent to `mac`.
+    pub const fn dst_mac(mac: [u8; 6]) -> MatchKey {
+        MatchKey {
+            kind: MatchKind::DstMac as u8,
+            pad: 0,
+            value: mac,
+        }
+    }
+
+    /// Matches frames tagged with VLAN id `vid`.
+    pub const fn vlan(vid: u16) -> MatchKey {
+        Self::u16_key(MatchKind::Vlan, vid)
+    }
+
+    /// Matches frames of EtherType `ethertype`.
+    pub const fn ethertype(ethertype: u16) -> MatchKey {
+        Self::u16_key(MatchKind::EtherType, ethertype)
+    }
+
+    const fn u16_key(kind: MatchKind, v: u16) -> MatchKey {
+        let b = v.to_be_bytes();
+        MatchKey {
+            kind: kind as u8,
+            pad: 0,
+            value: [b[0], b[1], 0, 0, 0, 0],
+        }
+    }
+}
+
+/// What `steer` does with a parsed frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// To the AF_XDP socket of the rx queue (if one is registered).
+    Redirect,
+    /// To the kernel stack.
+    Pass,
+    /// Dropped.
+    Drop,
+}
+
+/// The steering decision for one frame. `listed` answers whether a key is in
+/// the match table; it is only consulted in [`Mode::RedirectListed`].
+#[inline(always)]
+pub fn decide(mode: Mode, header: &L2Header, listed: impl Fn(&MatchKey) -> bool) -> Verdict {
+    match mode {
+        Mode::Pass => Verdict::Pass,
+        Mode::Drop => Verdict::Drop,
+        Mode::RedirectAll => Verdict::Redirect,
+        Mode::RedirectListed => {
+            let selected = listed(&MatchKey::dst_mac(header.dst))
+                || matches!(header.vlan, Some(vid) if listed(&MatchKey::vlan(vid)))
+                || listed(&MatchKey::ethertype(header.ethertype));
+            if selected {
+                Verdict::Redirect
+            } else {
+                Verdict::Pass
+            }
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: both are #[repr(C)], made only of integers and byte arrays,
+    // with no implicit padding (Policy: 2 x u32; MatchKey: 1 + 1 + 6 bytes),
+    // so every bit pattern is a valid value and no byte is uninitialised.
+    unsafe impl aya::Pod for super::Policy {}
+    unsafe impl aya::Pod for super::MatchKey {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::ETH_HLEN;
+
+    const MAC_A: [u8; 6] = [2, 0, 0, 0, 0, 0xa];
+    const MAC_B: [u8; 6] = [2, 0, 0, 0, 0, 0xb];
+
+    fn header(dst: [u8; 6], vlan: Option<u16>, ethertype: u16) -> L2Header {
+        L2Header {
+            dst,
+            src: MAC_B,
+            vlan,
+            ethertype,
+            header_len: ETH_HLEN,
+        }
+    }
+
+    fn table(keys: &[MatchKey]) -> impl Fn(&MatchKey) -> bool + '_ {
+        move |k| keys.contains(k)
+    }
+
+    #[test]
+    fn fixed_modes_ignore_the_table() {
+        let h = header(MAC_A, None, 0x0800);
+        let all = [MatchKey::dst_mac(MAC_A)];
+        assert_eq!(decide(Mode::Pass, &h, table(&all)), Verdict::Pass);
+        assert_eq!(decide(Mode::Drop, &h, table(&all)), Verdict::Drop);
+        assert_eq!(decide(Mode::RedirectAll, &h, table(&[])), Verdict::Redirect);
+    }
+
+    #[test]
+    fn listed_selects_by_mac_vlan_or_ethertype() {
+        let keys = [
+            MatchKey::dst_mac(MAC_A),
+            MatchKey::vlan(100),
+            MatchKey::ethertype(0x88b5),
+        ];
+        let t = table(&keys);
+        let m = Mode::RedirectListed;
+        assert_eq!(
+            decide(m, &header(MAC_A, None, 0x0800), &t),
+            Verdict::Redirect
+        );
+        assert_eq!(
+            decide(m, &header(MAC_B, Some(100), 0x0800), &t),
+            Verdict::Redirect
+        );
+        assert_eq!(
+            decide(m, &header(MAC_B, None, 0x88b5), &t),
+            Verdict::Redirect
+        );
+        assert_eq!(
+            decide(m, &header(MAC_B, Some(101), 0x0800), &t),
+            Verdict::Pass
+        );
+        assert_eq!(decide(m, &header(MAC_B, None, 0x0806), &t), Verdict::Pass);
+    }
+
+    #[test]
+    fn vlan_key_does_not_collide_with_ethertype_key() {
+        // VLAN 0x0800 does not exist (12 bits) but the keys must differ anyway.
+        assert_ne!(MatchKey::vlan(0x800), MatchKey::ethertype(0x800));
+        let keys = [MatchKey::vlan(0x800 & 0xfff)];
+        let h = header(MAC_B, None, 0x0800);
+        assert_eq!(
+            decide(Mode::RedirectListed, &h, table(&keys)),
+            Verdict::Pass
+        );
+    }
+
+    #[test]
+    fn unknown_raw_mode_is_pass() {
+        assert_eq!(Mode::from_raw(0), Mode::Pass);
+        assert_eq!(Mode::from_raw(77), Mode::Pass);
+        assert_eq!(Mode::from_raw(3), Mode::Drop);
+    }
+
+    #[test]
+    fn match_key_has_no_padding() {
+        assert_eq!(core::mem::size_of::<MatchKey>(), 8);
+        assert_eq!(core::mem::size_of::<Policy>(), 8);
+    }
+}

@@ -1,0 +1,164 @@
+//! Ethernet / 802.1Q parsing over any byte source.
+//!
+//! The XDP program reads packet memory through pointers that the verifier
+//! must see bounds-checked against `data_end`; userspace reads slices. Both
+//! implement [`FrameBytes`], so [`parse_l2`] is one function, tested here on
+//! slices and run in the kernel on packets.
+
+/// EtherType of an 802.1Q (C-tag) header.
+pub const ETH_P_8021Q: u16 = 0x8100;
+/// EtherType of an 802.1ad (S-tag) header.
+pub const ETH_P_8021AD: u16 = 0x88a8;
+/// Length of an untagged Ethernet header.
+pub const ETH_HLEN: usize = 14;
+/// Length of one VLAN tag (TCI + inner EtherType).
+pub const VLAN_HLEN: usize = 4;
+
+/// Bounds-checked reads of a frame.
+pub trait FrameBytes {
+    /// The `N` bytes at `offset`, or `None` if the frame is shorter than `offset + N`.
+    fn bytes<const N: usize>(&self, offset: usize) -> Option<[u8; N]>;
+}
+
+impl FrameBytes for [u8] {
+    #[inline(always)]
+    fn bytes<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
+        let end = offset.checked_add(N)?;
+        let mut out = [0u8; N];
+        out.copy_from_slice(self.get(offset..end)?);
+        Some(out)
+    }
+}
+
+/// The layer-2 facts steering and switching decide on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct L2Header {
+    /// Destination MAC.
+    pub dst: [u8; 6],
+    /// Source MAC.
+    pub src: [u8; 6],
+    /// VLAN id (12 bits) of the outer 802.1Q/802.1ad tag, if tagged.
+    pub vlan: Option<u16>,
+    /// EtherType after the outer tag (host byte order).
+    pub ethertype: u16,
+    /// Bytes of L2 header (14, or 18 when tagged).
+    pub header_len: usize,
+}
+
+impl L2Header {
+    /// True for broadcast and multicast destinations (I/G bit set).
+    pub fn is_multicast(&self) -> bool {
+        self.dst[0] & 1 == 1
+    }
+}
+
+/// Why a frame could not be parsed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ParseError {
+    /// Shorter than an Ethernet header.
+    TruncatedEthernet,
+    /// Announces a VLAN tag but ends inside it.
+    TruncatedVlan,
+}
+
+/// Parses the Ethernet header and, if present, the outer VLAN tag.
+#[inline(always)]
+pub fn parse_l2<F: FrameBytes + ?Sized>(frame: &F) -> Result<L2Header, ParseError> {
+    let dst: [u8; 6] = frame.bytes(0).ok_or(ParseError::TruncatedEthernet)?;
+    let src: [u8; 6] = frame.bytes(6).ok_or(ParseError::TruncatedEthernet)?;
+    let ethertype: [u8; 2] = frame.bytes(12).ok_or(ParseError::TruncatedEthernet)?;
+    let ethertype = u16::from_be_bytes(ethertype);
+    if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
+        return Ok(L2Header {
+            dst,
+            src,
+            vlan: None,
+            ethertype,
+            header_len: ETH_HLEN,
+        });
+    }
+    let tag: [u8; 4] = frame.bytes(ETH_HLEN).ok_or(ParseError::TruncatedVlan)?;
+    let tci = u16::from_be_bytes([tag[0], tag[1]]);
+    Ok(L2Header {
+        dst,
+        src,
+        vlan: Some(tci & 0x0fff),
+        ethertype: u16::from_be_bytes([tag[2], tag[3]]),
+        header_len: ETH_HLEN + VLAN_HLEN,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DST: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0b];
+    const SRC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0a];
+
+    fn frame(ethertype: u16, rest: &[u8]) -> [u8; 64] {
+        let mut f = [0u8; 64];
+        f[..6].copy_from_slice(&DST);
+        f[6..12].copy_from_slice(&SRC);
+        f[12..14].copy_from_slice(&ethertype.to_be_bytes());
+        f[14..14 + rest.len()].copy_from_slice(rest);
+        f
+    }
+
+    #[test]
+    fn untagged_ipv4() {
+        let f = frame(0x0800, &[]);
+        let h = parse_l2(&f[..]).unwrap();
+        assert_eq!(h.dst, DST);
+        assert_eq!(h.src, SRC);
+        assert_eq!(h.vlan, None);
+        assert_eq!(h.ethertype, 0x0800);
+        assert_eq!(h.header_len, 14);
+        assert!(!h.is_multicast());
+    }
+
+    #[test]
+    fn tagged_takes_vid_and_inner_ethertype() {
+        // PCP 5, DEI 1, VID 0x123; inner ARP.
+        let f = frame(ETH_P_8021Q, &[0xb1, 0x23, 0x08, 0x06]);
+        let h = parse_l2(&f[..]).unwrap();
+        assert_eq!(h.vlan, Some(0x123));
+        assert_eq!(h.ethertype, 0x0806);
+        assert_eq!(h.header_len, 18);
+    }
+
+    #[test]
+    fn qinq_outer_tag_is_used() {
+        let f = frame(ETH_P_8021AD, &[0x00, 0x64, 0x81, 0x00]);
+        let h = parse_l2(&f[..]).unwrap();
+        assert_eq!(h.vlan, Some(100));
+        assert_eq!(h.ethertype, ETH_P_8021Q);
+    }
+
+    #[test]
+    fn every_truncation_is_reported() {
+        let f = frame(0x0800, &[]);
+        for len in 0..14 {
+            assert_eq!(
+                parse_l2(&f[..len]),
+                Err(ParseError::TruncatedEthernet),
+                "len {len}"
+            );
+        }
+        let t = frame(ETH_P_8021Q, &[0, 1, 8, 0]);
+        for len in 14..18 {
+            assert_eq!(
+                parse_l2(&t[..len]),
+                Err(ParseError::TruncatedVlan),
+                "len {len}"
+            );
+        }
+        assert!(parse_l2(&t[..18]).is_ok());
+    }
+
+    #[test]
+    fn broadcast_is_multicast() {
+        let mut f = frame(0x0806, &[]);
+        f[..6].copy_from_slice(&[0xff; 6]);
+        assert!(parse_l2(&f[..]).unwrap().is_multicast());
+    }
+}

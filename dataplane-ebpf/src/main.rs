@@ -1,0 +1,114 @@
+//! XDP programs of dataplane.
+//!
+//! `steer` runs on every interface the switch owns. It parses L2, asks the
+//! interface's policy whether the switch wants the frame, and either hands it
+//! to the AF_XDP socket of the frame's rx queue or lets the kernel stack have
+//! it. Every frame is counted under exactly one outcome.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    macros::{map, xdp},
+    maps::{Array, HashMap, PerCpuArray, XskMap},
+    programs::XdpContext,
+};
+use aya_log_ebpf::debug;
+use dataplane_common::{
+    counters::Outcome,
+    policy::{decide, MatchKey, Mode, Policy, Verdict},
+    wire::{parse_l2, FrameBytes},
+    MAX_MATCHES, MAX_QUEUES,
+};
+
+#[map]
+static POLICY: Array<Policy> = Array::with_max_entries(1, 0);
+
+#[map]
+static MATCHES: HashMap<MatchKey, u8> = HashMap::with_max_entries(MAX_MATCHES, 0);
+
+#[map]
+static XSKS: XskMap = XskMap::with_max_entries(MAX_QUEUES, 0);
+
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Outcome::COUNT, 0);
+
+/// Packet memory of an XDP context as [`FrameBytes`]: every read is checked
+/// against `data_end` in a form the verifier can follow.
+struct Packet<'a>(&'a XdpContext);
+
+impl FrameBytes for Packet<'_> {
+    #[inline(always)]
+    fn bytes<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
+        let start = self.0.data();
+        let end = self.0.data_end();
+        if start + offset + N > end {
+            return None;
+        }
+        // SAFETY: [start + offset, start + offset + N) was just checked to lie
+        // inside the packet; [u8; N] has alignment 1.
+        Some(unsafe { *((start + offset) as *const [u8; N]) })
+    }
+}
+
+#[inline(always)]
+fn count(outcome: Outcome) {
+    if let Some(counter) = COUNTERS.get_ptr_mut(outcome.index()) {
+        // SAFETY: per-CPU slot, and XDP programs are not preempted on their
+        // CPU, so nothing else writes it concurrently.
+        unsafe { *counter += 1 };
+    }
+}
+
+#[xdp]
+pub fn steer(ctx: XdpContext) -> u32 {
+    let (action, outcome) = steer_frame(&ctx);
+    count(outcome);
+    action
+}
+
+#[inline(always)]
+fn steer_frame(ctx: &XdpContext) -> (u32, Outcome) {
+    let header = match parse_l2(&Packet(ctx)) {
+        Ok(h) => h,
+        Err(_) => {
+            debug!(
+                ctx,
+                "malformed frame of {} bytes",
+                ctx.data_end() - ctx.data()
+            );
+            return (xdp_action::XDP_PASS, Outcome::Malformed);
+        }
+    };
+    let mode = match POLICY.get(0) {
+        Some(p) => Mode::from_raw(p.mode),
+        None => Mode::Pass,
+    };
+    // SAFETY: the lookup copies nothing out; we only test for presence.
+    let listed = |key: &MatchKey| unsafe { MATCHES.get(key).is_some() };
+    match decide(mode, &header, listed) {
+        Verdict::Pass => (xdp_action::XDP_PASS, Outcome::Passed),
+        Verdict::Drop => (xdp_action::XDP_DROP, Outcome::Dropped),
+        Verdict::Redirect => {
+            // SAFETY: ctx.ctx points at the xdp_md the kernel handed us.
+            let queue = unsafe { (*ctx.ctx).rx_queue_index };
+            // With XDP_PASS in the flags the helper returns XDP_PASS instead of
+            // redirecting when the slot has no socket: those frames reach the
+            // kernel stack rather than being dropped.
+            match XSKS.redirect(queue, xdp_action::XDP_PASS as u64) {
+                Ok(action) => (action, Outcome::Redirected),
+                Err(action) => (action, Outcome::NoSocket),
+            }
+        }
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

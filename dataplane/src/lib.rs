@@ -1,0 +1,14 @@
+//! dataplane: a virtual switch on XDP and AF_XDP.
+//!
+//! - [`steer`]: the XDP program that picks the frames the switch wants, and
+//!   its attachments (pinned in bpffs so they outlive the CLI).
+//! - [`xsk`]: AF_XDP sockets and the UMEM they share.
+//! - [`netdev`], [`netns`], [`privileges`]: what the kernel says about
+//!   interfaces, namespaces and our rights, turned into errors a user can act on.
+
+pub mod logging;
+pub mod netdev;
+pub mod netns;
+pub mod privileges;
+pub mod steer;
+pub mod xsk;

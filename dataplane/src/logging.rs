@@ -1,0 +1,17 @@
+//! One log pipeline for userspace and the XDP programs.
+//!
+//! aya-log forwards eBPF records to the `log` facade; tracing-subscriber's
+//! `init` installs the log-to-tracing bridge, so both end up here, filtered by
+//! `RUST_LOG` (default `info`).
+
+use tracing_subscriber::EnvFilter;
+
+/// Installs the subscriber (stderr, RUST_LOG filter). Call once, first thing.
+pub fn init() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}

@@ -1,0 +1,196 @@
+//! The `dataplane` command line.
+
+mod cli_status;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use dataplane::steer::pins::{PinRoot, DEFAULT_BPFFS};
+use dataplane::steer::policy::{MatchArg, ModeArg, PolicySpec};
+use dataplane::steer::{self, AttachOptions, AttachReport, ModeRequest};
+
+/// A virtual switch on XDP and AF_XDP.
+///
+/// An XDP program (`steer`) on each interface hands the frames the switch
+/// wants to AF_XDP sockets and passes everything else to the kernel, so ip,
+/// ping, ssh and tcpdump keep working on the same interface.
+#[derive(Parser)]
+#[command(name = "dataplane", version, max_term_width = 100)]
+#[command(after_help = "Logs: set RUST_LOG (e.g. RUST_LOG=debug). \
+    Attachments are pinned under BPFFS/dataplane/ns<netns inode>/<interface>/.")]
+struct Cli {
+    /// Run in the named network namespace (like `ip -n NAME`). Unlike
+    /// `ip netns exec`, this keeps the host's bpffs, so pins stay visible.
+    #[arg(short = 'n', long, global = true, value_name = "NAME")]
+    netns: Option<String>,
+
+    /// The bpffs mount that holds the pins.
+    #[arg(long, global = true, value_name = "DIR", default_value = DEFAULT_BPFFS)]
+    bpffs: PathBuf,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Attach the steer XDP program to an interface (or change its policy).
+    ///
+    /// The attachment is pinned in bpffs and stays after this command exits.
+    /// Frames the policy selects go to the AF_XDP socket registered for their
+    /// rx queue; without a socket they go to the kernel stack.
+    #[command(after_help = "Examples:\n  \
+        dataplane attach --iface veth0                      # every frame to the switch\n  \
+        dataplane attach --iface veth0 --policy pass        # count only\n  \
+        dataplane attach --iface veth0 --match ethertype=0x88b5 --match vlan=100\n  \
+        dataplane -n sw attach --iface veth0 --mode skb")]
+    Attach {
+        /// Interface to attach to.
+        #[arg(long, short = 'i', value_name = "IF")]
+        iface: String,
+        /// XDP mode: driver (native), skb (generic), or auto (driver, then skb).
+        #[arg(long, value_enum, default_value_t = ModeArgCli::Auto)]
+        mode: ModeArgCli,
+        /// What to do with frames: all (to the switch), pass (to the kernel),
+        /// drop (count and drop), listed (only frames matching --match).
+        /// Default: all, or listed when --match is given.
+        #[arg(long, value_name = "POLICY")]
+        policy: Option<ModeArg>,
+        /// Select frames by destination MAC, VLAN id or EtherType:
+        /// mac=02:00:00:00:00:0b, vlan=100, ethertype=0x88b5|ipv4|ipv6|arp.
+        /// Repeatable; a frame matching any entry is selected.
+        #[arg(long = "match", value_name = "KIND=VALUE")]
+        matches: Vec<MatchArg>,
+        /// Replace an XDP program that something else attached.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Detach steer from an interface and remove every pin it made.
+    Detach {
+        /// Interface to detach from.
+        #[arg(long, short = 'i', value_name = "IF")]
+        iface: String,
+    },
+    /// Show attached interfaces, their mode, policy and counters.
+    Status {
+        /// Refresh every SECS seconds with per-second rates, until Ctrl-C.
+        #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "1")]
+        watch: Option<f64>,
+        /// Print JSON instead of a table.
+        #[arg(long, conflicts_with = "watch")]
+        json: bool,
+    },
+    /// Print the steer program's own log records (aya-log) until Ctrl-C.
+    ///
+    /// Records at or above the level RUST_LOG allowed when the program was
+    /// attached are produced (e.g. `RUST_LOG=debug dataplane attach ...`
+    /// logs every malformed frame).
+    Logs {
+        /// Interface whose program to follow.
+        #[arg(long, short = 'i', value_name = "IF")]
+        iface: String,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ModeArgCli {
+    Auto,
+    Driver,
+    Skb,
+}
+
+impl From<ModeArgCli> for ModeRequest {
+    fn from(m: ModeArgCli) -> ModeRequest {
+        match m {
+            ModeArgCli::Auto => ModeRequest::Auto,
+            ModeArgCli::Driver => ModeRequest::Driver,
+            ModeArgCli::Skb => ModeRequest::Skb,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    dataplane::logging::init();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("dataplane: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(ns) = &cli.netns {
+        // Before any thread exists: threads inherit the namespace.
+        dataplane::netns::enter(ns)?;
+    }
+    let root = PinRoot::open(&cli.bpffs)?;
+    match cli.command {
+        Command::Attach {
+            iface,
+            mode,
+            policy,
+            matches,
+            force,
+        } => {
+            let policy = PolicySpec::new(policy, &matches)?;
+            let opts = AttachOptions {
+                ifname: iface.clone(),
+                mode: mode.into(),
+                policy: policy.clone(),
+                force,
+            };
+            match steer::attach(&root, &opts)? {
+                AttachReport::Attached {
+                    mode,
+                    fallback_reason,
+                    replaced,
+                } => {
+                    for r in replaced {
+                        println!("replaced XDP program {:?} (id {}) on {iface}", r.name, r.id);
+                    }
+                    if let Some(reason) = fallback_reason {
+                        println!("driver mode unavailable on {iface} ({reason}); using skb mode");
+                    }
+                    println!(
+                        "attached steer to {iface} in {} mode, policy {}",
+                        mode.name(),
+                        describe_policy(&policy)
+                    );
+                }
+                AttachReport::PolicyUpdated { mode } => println!(
+                    "steer already attached to {iface} ({} mode); policy now {}",
+                    mode.map(|m| m.name()).unwrap_or("unknown"),
+                    describe_policy(&policy)
+                ),
+            }
+        }
+        Command::Detach { iface } => {
+            steer::detach(&root, &iface)?;
+            println!("detached steer from {iface}");
+        }
+        Command::Status { watch, json } => match watch {
+            Some(secs) => cli_status::watch(&root, secs)?,
+            None => cli_status::print(&root, json)?,
+        },
+        Command::Logs { iface } => {
+            let stop = cli_status::ctrl_c_flag()?;
+            eprintln!("following eBPF logs of {iface}; Ctrl-C to stop");
+            steer::follow_logs(&root, &iface, || {
+                stop.load(std::sync::atomic::Ordering::Relaxed)
+            })?;
+        }
+    }
+    Ok(())
+}
+
+fn describe_policy(p: &PolicySpec) -> String {
+    if p.matches.is_empty() {
+        p.mode.name().to_string()
+    } else {
+        format!("{} ({} matches)", p.mode.name(), p.matches.len())
+    }
+}

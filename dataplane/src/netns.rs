@@ -1,0 +1,68 @@
+//! Running in a named network namespace, like `ip -n NAME`.
+//!
+//! `ip netns exec` also remounts /sys, which hides the host's bpffs and with
+//! it every pin (see docs/PINNING in the README). `dataplane --netns NAME`
+//! changes only the network namespace, so pins under /sys/fs/bpf stay shared
+//! between commands.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error("network namespace {name:?} not found ({path}): list them with `ip netns list`")]
+    NotFound { name: String, path: String },
+    #[error("opening network namespace {path}: {source}")]
+    Open {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("entering network namespace {name:?}: {source}")]
+    Enter {
+        name: String,
+        source: std::io::Error,
+    },
+}
+
+/// Moves the calling thread into the named namespace (`/var/run/netns/NAME`).
+/// Call it before spawning threads: threads started later inherit it.
+pub fn enter(name: &str) -> Result<(), Error> {
+    let path = if name.contains('/') {
+        PathBuf::from(name)
+    } else {
+        PathBuf::from("/var/run/netns").join(name)
+    };
+    let shown = path.display().to_string();
+    let file = File::open(&path).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            Error::NotFound {
+                name: name.to_string(),
+                path: shown.clone(),
+            }
+        } else {
+            Error::Open {
+                path: shown.clone(),
+                source,
+            }
+        }
+    })?;
+    // SAFETY: setns(2) on an fd we own; CLONE_NEWNET only changes the network
+    // namespace of this thread.
+    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(Error::Enter {
+            name: name.to_string(),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    Ok(())
+}
+
+/// Identifies the current network namespace (its inode number), so that pins
+/// of interfaces with the same name in different namespaces do not collide.
+pub fn current_id() -> std::io::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    Ok(std::fs::metadata("/proc/thread-self/ns/net")?.ino())
+}

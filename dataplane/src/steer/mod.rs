@@ -1,0 +1,741 @@
+//! The `steer` XDP program: attach, detach, inspect, and the handle the
+//! switch uses to register its AF_XDP sockets.
+//!
+//! An attachment is a pinned bpf_link plus the program's pinned maps (see
+//! [`pins`]), so it outlives the process that made it: `dataplane attach`
+//! exits, the interface keeps steering, and any later `dataplane` process
+//! (status, detach, run) finds it again through bpffs.
+
+pub mod pins;
+pub mod policy;
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, XskMap};
+use aya::programs::links::FdLink;
+use aya::programs::{ProgramError, ProgramInfo, Xdp, XdpMode};
+use aya::{Ebpf, EbpfLoader};
+use dataplane_common::counters::Outcome;
+use dataplane_common::map_names;
+use dataplane_common::policy::{AttachMode, MatchKey, Mode, Policy};
+use thiserror::Error;
+
+use crate::netdev::{self, AttachedXdp};
+use crate::privileges;
+use pins::{InterfacePins, PinRoot};
+use policy::PolicySpec;
+
+/// The XDP object built by `cargo xtask build-ebpf`, embedded at compile time.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dataplane-ebpf.o"));
+
+/// Maps that are pinned next to the link.
+const PINNED_MAPS: [&str; 5] = [
+    map_names::POLICY,
+    map_names::MATCHES,
+    map_names::XSKS,
+    map_names::COUNTERS,
+    map_names::LOGS,
+];
+
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error(transparent)]
+    Privileges(#[from] privileges::Error),
+    #[error(transparent)]
+    Netdev(#[from] netdev::Error),
+    #[error(transparent)]
+    Pins(#[from] pins::Error),
+    #[error(
+        "interface {ifname} already has XDP program {name:?} (id {id}, {mode} mode) attached: \
+         remove it (`ip link set dev {ifname} xdp off`) or pass --force to replace it"
+    )]
+    OtherProgram {
+        ifname: String,
+        id: u32,
+        name: String,
+        mode: &'static str,
+    },
+    #[error("--force could not remove XDP program {id} from {ifname}: {detail}")]
+    ForceFailed {
+        ifname: String,
+        id: u32,
+        detail: String,
+    },
+    #[error("loading the steer XDP object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("loading steer into the kernel (verifier): {0}")]
+    Verify(ProgramError),
+    #[error("attaching steer to {ifname} in {mode} mode: {source}")]
+    Attach {
+        ifname: String,
+        mode: &'static str,
+        source: ProgramError,
+    },
+    #[error(
+        "steer on {ifname} was attached through netlink, not a bpf_link, so it cannot be pinned \
+         (needs kernel >= 5.9); it has been detached again"
+    )]
+    NotALink { ifname: String },
+    #[error("pinning {what} of {ifname}: {source}")]
+    Pin {
+        ifname: String,
+        what: String,
+        source: aya::pin::PinError,
+    },
+    #[error("map {name} of {ifname}: {source}")]
+    Map {
+        ifname: String,
+        name: &'static str,
+        source: MapError,
+    },
+    #[error("dataplane has nothing attached to {ifname} in this network namespace (see `dataplane status`)")]
+    NotAttached { ifname: String },
+    #[error("detaching the XDP link of {ifname}: {source}")]
+    Detach {
+        ifname: String,
+        source: std::io::Error,
+    },
+    #[error("reading the pinned steer program of {ifname}: {source}")]
+    ProgramInfo {
+        ifname: String,
+        source: ProgramError,
+    },
+    #[error("reading eBPF logs of {ifname}: {source}")]
+    Logs {
+        ifname: String,
+        source: aya_log::Error,
+    },
+}
+
+/// How the user asked to attach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModeRequest {
+    /// Driver (native) mode, falling back to skb (generic) mode.
+    Auto,
+    /// Driver mode only.
+    Driver,
+    /// Skb (generic) mode only.
+    Skb,
+}
+
+/// What `attach` is asked to do.
+#[derive(Debug, Clone)]
+pub struct AttachOptions {
+    pub ifname: String,
+    pub mode: ModeRequest,
+    pub policy: PolicySpec,
+    /// Replace another XDP program found on the interface.
+    pub force: bool,
+}
+
+/// What `attach` did.
+#[derive(Debug, Clone)]
+pub enum AttachReport {
+    /// steer is now attached.
+    Attached {
+        mode: AttachMode,
+        /// Why driver mode was not used when `Auto` fell back to skb.
+        fallback_reason: Option<String>,
+        /// Programs removed because of `--force`.
+        replaced: Vec<AttachedXdp>,
+    },
+    /// steer was already attached by dataplane; only the policy changed.
+    PolicyUpdated { mode: Option<AttachMode> },
+}
+
+/// Attaches `steer` to an interface (or updates the policy of an existing
+/// attachment) and pins it so it outlives this process.
+pub fn attach(root: &PinRoot, opts: &AttachOptions) -> Result<AttachReport, Error> {
+    privileges::require_admin()?;
+    let ifname = opts.ifname.as_str();
+    netdev::ifindex(ifname)?;
+    let pins = root.interface(ifname);
+
+    if pins.exist() {
+        match attachment_health(&pins)? {
+            Health::Attached { .. } => {
+                let mut handle = Attachment::open(root, ifname)?;
+                handle.set_policy(&opts.policy)?;
+                return Ok(AttachReport::PolicyUpdated {
+                    mode: handle.attach_mode()?,
+                });
+            }
+            Health::Stale => {
+                tracing::info!(ifname, "removing stale pins of an earlier attachment");
+                pins.remove_all()?;
+            }
+        }
+    }
+
+    let replaced = clear_other_programs(ifname, opts.force)?;
+    if opts.policy.mode != Mode::Pass && opts.policy.mode != Mode::Drop {
+        privileges::require_xdp_sockets()?;
+    }
+
+    let mut ebpf = load_object()?;
+    write_policy(&mut ebpf, ifname, &opts.policy)?;
+
+    pins.create()?;
+    // From here on a failure must not leave half an attachment behind.
+    let guard = PinsGuard(&pins);
+    pin_program_and_maps(&mut ebpf, &pins)?;
+    let (mode, fallback_reason) = attach_and_pin_link(&mut ebpf, &pins, opts.mode)?;
+    set_attach_mode(&mut ebpf, ifname, mode)?;
+    std::mem::forget(guard);
+    Ok(AttachReport::Attached {
+        mode,
+        fallback_reason,
+        replaced,
+    })
+}
+
+/// Detaches `steer` from an interface and removes every pin it made.
+pub fn detach(root: &PinRoot, ifname: &str) -> Result<(), Error> {
+    privileges::require_admin()?;
+    let pins = root.interface(ifname);
+    if !pins.exist() {
+        return Err(Error::NotAttached {
+            ifname: ifname.to_string(),
+        });
+    }
+    if let Ok(link) = bpf_obj_get(&pins.link()) {
+        // Unpinning alone would leave the program attached while any other
+        // process (a running switch) still holds the link open;
+        // BPF_LINK_DETACH takes it off the interface for everyone.
+        link_detach(link.as_raw_fd()).map_err(|source| Error::Detach {
+            ifname: ifname.to_string(),
+            source,
+        })?;
+    }
+    pins.remove_all()?;
+    root.remove_empty_dirs();
+    Ok(())
+}
+
+/// Whether a pinned attachment is still on its interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    /// The pinned program is attached to the interface.
+    Attached { program_id: u32 },
+    /// The interface is gone or no longer runs the pinned program.
+    Stale,
+}
+
+/// One line of `dataplane status`.
+#[derive(Debug, Clone)]
+pub struct Status {
+    pub ifname: String,
+    pub health: Health,
+    pub mode: Option<AttachMode>,
+    pub policy: Mode,
+    pub matches: usize,
+    pub counters: Counters,
+}
+
+/// Status of every attachment in this network namespace.
+pub fn status(root: &PinRoot) -> Result<Vec<Status>, Error> {
+    let mut out = Vec::new();
+    for pins in root.interfaces()? {
+        let health = attachment_health(&pins)?;
+        let handle = Attachment::open(root, pins.ifname())?;
+        out.push(Status {
+            ifname: pins.ifname().to_string(),
+            health,
+            mode: handle.attach_mode()?,
+            policy: handle.mode()?,
+            matches: handle.match_count(),
+            counters: handle.counters()?,
+        });
+    }
+    Ok(out)
+}
+
+/// Outcome counters of one interface, summed over CPUs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters([u64; Outcome::COUNT as usize]);
+
+impl Counters {
+    /// Frames counted under `outcome`.
+    pub fn get(&self, outcome: Outcome) -> u64 {
+        self.0[outcome.index() as usize]
+    }
+
+    /// All frames the program saw.
+    pub fn total(&self) -> u64 {
+        self.0.iter().sum()
+    }
+
+    /// `self - earlier`, per outcome (for rates).
+    pub fn since(&self, earlier: &Counters) -> Counters {
+        let mut d = [0; Outcome::COUNT as usize];
+        for (i, v) in d.iter_mut().enumerate() {
+            *v = self.0[i].saturating_sub(earlier.0[i]);
+        }
+        Counters(d)
+    }
+}
+
+/// An existing attachment, opened through its pins.
+pub struct Attachment {
+    ifname: String,
+    policy: Array<MapData, Policy>,
+    matches: HashMap<MapData, MatchKey, u8>,
+    xsks: XskMap<MapData>,
+    counters: PerCpuArray<MapData, u64>,
+}
+
+impl Attachment {
+    /// Opens the pinned maps of `ifname`.
+    pub fn open(root: &PinRoot, ifname: &str) -> Result<Attachment, Error> {
+        let pins = root.interface(ifname);
+        if !pins.exist() {
+            return Err(Error::NotAttached {
+                ifname: ifname.to_string(),
+            });
+        }
+        let map = |name: &'static str| -> Result<Map, Error> {
+            let data = MapData::from_pin(pins.map(name)).map_err(|source| Error::Map {
+                ifname: ifname.to_string(),
+                name,
+                source,
+            })?;
+            Map::from_map_data(data).map_err(|source| Error::Map {
+                ifname: ifname.to_string(),
+                name,
+                source,
+            })
+        };
+        let typed = |name: &'static str, source: MapError| Error::Map {
+            ifname: ifname.to_string(),
+            name,
+            source,
+        };
+        Ok(Attachment {
+            ifname: ifname.to_string(),
+            policy: map(map_names::POLICY)?
+                .try_into()
+                .map_err(|e| typed(map_names::POLICY, e))?,
+            matches: map(map_names::MATCHES)?
+                .try_into()
+                .map_err(|e| typed(map_names::MATCHES, e))?,
+            xsks: map(map_names::XSKS)?
+                .try_into()
+                .map_err(|e| typed(map_names::XSKS, e))?,
+            counters: map(map_names::COUNTERS)?
+                .try_into()
+                .map_err(|e| typed(map_names::COUNTERS, e))?,
+        })
+    }
+
+    /// The interface this attachment steers.
+    pub fn ifname(&self) -> &str {
+        &self.ifname
+    }
+
+    /// Sends frames of rx queue `queue` to the AF_XDP socket `fd`.
+    pub fn register_socket(&mut self, queue: u32, fd: RawFd) -> Result<(), Error> {
+        self.xsks
+            .set(queue, fd, 0)
+            .map_err(|source| self.map_error(map_names::XSKS, source))
+    }
+
+    /// Stops redirecting rx queue `queue` (its frames go to the kernel again).
+    pub fn unregister_socket(&mut self, queue: u32) -> Result<(), Error> {
+        self.xsks
+            .unset(queue)
+            .map_err(|source| self.map_error(map_names::XSKS, source))
+    }
+
+    /// Replaces the policy (mode and match table).
+    pub fn set_policy(&mut self, spec: &PolicySpec) -> Result<(), Error> {
+        let keys: Vec<MatchKey> = self.matches.keys().filter_map(Result::ok).collect();
+        for key in keys.iter().filter(|k| !spec.matches.contains(k)) {
+            let _ = self.matches.remove(key);
+        }
+        for key in &spec.matches {
+            self.matches
+                .insert(key, 1, 0)
+                .map_err(|source| self.map_error(map_names::MATCHES, source))?;
+        }
+        let mut current = self
+            .policy
+            .get(&0, 0)
+            .map_err(|source| self.map_error(map_names::POLICY, source))?;
+        current.mode = spec.mode as u32;
+        self.policy
+            .set(0, current, 0)
+            .map_err(|source| self.map_error(map_names::POLICY, source))
+    }
+
+    /// The current steering mode.
+    pub fn mode(&self) -> Result<Mode, Error> {
+        let p = self
+            .policy
+            .get(&0, 0)
+            .map_err(|source| self.map_error(map_names::POLICY, source))?;
+        Ok(Mode::from_raw(p.mode))
+    }
+
+    /// How the program was attached (recorded at attach time).
+    pub fn attach_mode(&self) -> Result<Option<AttachMode>, Error> {
+        let p = self
+            .policy
+            .get(&0, 0)
+            .map_err(|source| self.map_error(map_names::POLICY, source))?;
+        Ok(AttachMode::from_raw(p.attach_mode))
+    }
+
+    /// Number of entries in the match table.
+    pub fn match_count(&self) -> usize {
+        self.matches.keys().filter(Result::is_ok).count()
+    }
+
+    /// Outcome counters summed over CPUs.
+    pub fn counters(&self) -> Result<Counters, Error> {
+        let mut c = Counters::default();
+        for outcome in Outcome::ALL {
+            let per_cpu = self
+                .counters
+                .get(&outcome.index(), 0)
+                .map_err(|source| self.map_error(map_names::COUNTERS, source))?;
+            c.0[outcome.index() as usize] = per_cpu.iter().sum();
+        }
+        Ok(c)
+    }
+
+    fn map_error(&self, name: &'static str, source: MapError) -> Error {
+        Error::Map {
+            ifname: self.ifname.clone(),
+            name,
+            source,
+        }
+    }
+}
+
+/// Prints the eBPF program's aya-log records of `ifname` through the `log`
+/// facade (and so through tracing) until `stop` returns true.
+pub fn follow_logs(root: &PinRoot, ifname: &str, stop: impl Fn() -> bool) -> Result<(), Error> {
+    let pins = root.interface(ifname);
+    if !pins.exist() {
+        return Err(Error::NotAttached {
+            ifname: ifname.to_string(),
+        });
+    }
+    let info = ProgramInfo::from_pin(pins.prog()).map_err(|source| Error::ProgramInfo {
+        ifname: ifname.to_string(),
+        source,
+    })?;
+    let mut logger =
+        aya_log::EbpfLogger::init_from_id(info.id()).map_err(|source| Error::Logs {
+            ifname: ifname.to_string(),
+            source,
+        })?;
+    while !stop() {
+        logger.flush();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    logger.flush();
+    Ok(())
+}
+
+/// Removes the pins again if an attach fails half-way.
+struct PinsGuard<'a>(&'a InterfacePins);
+
+impl Drop for PinsGuard<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.0.remove_all() {
+            tracing::warn!("cleaning up after a failed attach: {e}");
+        }
+    }
+}
+
+fn attachment_health(pins: &InterfacePins) -> Result<Health, Error> {
+    let Ok(info) = ProgramInfo::from_pin(pins.prog()) else {
+        return Ok(Health::Stale);
+    };
+    let program_id = info.id();
+    let attached = match netdev::attached_xdp(pins.ifname()) {
+        Ok(list) => list.iter().any(|p| p.id == program_id),
+        Err(netdev::Error::NoSuchInterface { .. }) => false,
+        Err(e) => return Err(e.into()),
+    };
+    Ok(if attached {
+        Health::Attached { program_id }
+    } else {
+        Health::Stale
+    })
+}
+
+/// Refuses (or with `force` removes) XDP programs that are not ours.
+fn clear_other_programs(ifname: &str, force: bool) -> Result<Vec<AttachedXdp>, Error> {
+    let others = netdev::attached_xdp(ifname)?;
+    let Some(first) = others.first() else {
+        return Ok(Vec::new());
+    };
+    if !force {
+        return Err(Error::OtherProgram {
+            ifname: ifname.to_string(),
+            id: first.id,
+            name: first.name.clone(),
+            mode: first.mode,
+        });
+    }
+    for prog in &others {
+        remove_foreign_program(ifname, prog)?;
+        tracing::warn!(ifname, id = prog.id, name = %prog.name, "removed XDP program (--force)");
+    }
+    Ok(others)
+}
+
+/// Takes one XDP program off an interface: netlink for the classic
+/// attachment, BPF_LINK_DETACH when a bpf_link holds it (netlink refuses those).
+fn remove_foreign_program(ifname: &str, prog: &AttachedXdp) -> Result<(), Error> {
+    let failed = |detail: String| Error::ForceFailed {
+        ifname: ifname.to_string(),
+        id: prog.id,
+        detail,
+    };
+    let link = aya::programs::loaded_links()
+        .filter_map(Result::ok)
+        .find(|l| {
+            l.program_id() == prog.id
+                && l.link_type().ok() == Some(aya::programs::links::LinkType::Xdp)
+        });
+    if let Some(link) = link {
+        let fd = bpf_link_get_fd_by_id(link.id())
+            .map_err(|e| failed(format!("opening its bpf_link {}: {e}", link.id())))?;
+        return link_detach(fd.as_raw_fd())
+            .map_err(|e| failed(format!("detaching its bpf_link {}: {e}", link.id())));
+    }
+    let flag = if prog.mode == "skb" {
+        "xdpgeneric"
+    } else {
+        "xdp"
+    };
+    let out = std::process::Command::new("ip")
+        .args(["link", "set", "dev", ifname, flag, "off"])
+        .output()
+        .map_err(|e| failed(e.to_string()))?;
+    if !out.status.success() {
+        return Err(failed(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ));
+    }
+    Ok(())
+}
+
+/// Loads the object and the program into the kernel (the verifier runs here).
+fn load_object() -> Result<Ebpf, Error> {
+    let mut ebpf = EbpfLoader::new()
+        .override_global(aya_log::LEVEL, &ebpf_log_level(), false)
+        .load(OBJECT)?;
+    steer_program(&mut ebpf).load().map_err(Error::Verify)?;
+    Ok(ebpf)
+}
+
+/// aya-log level numbers (Error=1 .. Trace=5) from the tracing filter, so the
+/// program skips formatting records nobody will print.
+fn ebpf_log_level() -> u8 {
+    use tracing::level_filters::LevelFilter;
+    match LevelFilter::current() {
+        LevelFilter::OFF => 0,
+        LevelFilter::ERROR => 1,
+        LevelFilter::WARN => 2,
+        LevelFilter::INFO => 3,
+        LevelFilter::DEBUG => 4,
+        _ => 5,
+    }
+}
+
+fn steer_program(ebpf: &mut Ebpf) -> &mut Xdp {
+    ebpf.program_mut(dataplane_common::STEER_PROGRAM)
+        .expect("the embedded object has a steer program")
+        .try_into()
+        .expect("steer is an XDP program")
+}
+
+fn object_map<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> &'a mut Map {
+    ebpf.map_mut(name)
+        .unwrap_or_else(|| panic!("the embedded object has map {name}"))
+}
+
+fn write_policy(ebpf: &mut Ebpf, ifname: &str, spec: &PolicySpec) -> Result<(), Error> {
+    let err = |name: &'static str| {
+        move |source: MapError| Error::Map {
+            ifname: ifname.to_string(),
+            name,
+            source,
+        }
+    };
+    let mut matches: HashMap<&mut MapData, MatchKey, u8> =
+        HashMap::try_from(object_map(ebpf, map_names::MATCHES)).map_err(err(map_names::MATCHES))?;
+    for key in &spec.matches {
+        matches.insert(key, 1, 0).map_err(err(map_names::MATCHES))?;
+    }
+    let mut policy: Array<&mut MapData, Policy> =
+        Array::try_from(object_map(ebpf, map_names::POLICY)).map_err(err(map_names::POLICY))?;
+    policy
+        .set(
+            0,
+            Policy {
+                mode: spec.mode as u32,
+                attach_mode: 0,
+            },
+            0,
+        )
+        .map_err(err(map_names::POLICY))
+}
+
+fn set_attach_mode(ebpf: &mut Ebpf, ifname: &str, mode: AttachMode) -> Result<(), Error> {
+    let err = |source| Error::Map {
+        ifname: ifname.to_string(),
+        name: map_names::POLICY,
+        source,
+    };
+    let mut policy: Array<&mut MapData, Policy> =
+        Array::try_from(object_map(ebpf, map_names::POLICY)).map_err(err)?;
+    let mut p = policy.get(&0, 0).map_err(err)?;
+    p.attach_mode = mode as u32;
+    policy.set(0, p, 0).map_err(err)
+}
+
+fn pin_program_and_maps(ebpf: &mut Ebpf, pins: &InterfacePins) -> Result<(), Error> {
+    let ifname = pins.ifname().to_string();
+    for name in PINNED_MAPS {
+        object_map(ebpf, name)
+            .pin(pins.map(name))
+            .map_err(|source| Error::Pin {
+                ifname: ifname.clone(),
+                what: format!("map {name}"),
+                source,
+            })?;
+    }
+    steer_program(ebpf)
+        .pin(pins.prog())
+        .map_err(|source| Error::Pin {
+            ifname,
+            what: "program".into(),
+            source,
+        })
+}
+
+/// Attaches in the requested mode and pins the resulting bpf_link.
+fn attach_and_pin_link(
+    ebpf: &mut Ebpf,
+    pins: &InterfacePins,
+    request: ModeRequest,
+) -> Result<(AttachMode, Option<String>), Error> {
+    let ifname = pins.ifname();
+    let program = steer_program(ebpf);
+    let try_mode = |program: &mut Xdp, mode: AttachMode| {
+        let xdp_mode = match mode {
+            AttachMode::Driver => XdpMode::Driver,
+            AttachMode::Skb => XdpMode::Skb,
+        };
+        program
+            .attach(ifname, xdp_mode)
+            .map_err(|source| Error::Attach {
+                ifname: ifname.to_string(),
+                mode: mode.name(),
+                source,
+            })
+    };
+    let (mode, link_id, fallback_reason) = match request {
+        ModeRequest::Driver => (
+            AttachMode::Driver,
+            try_mode(program, AttachMode::Driver)?,
+            None,
+        ),
+        ModeRequest::Skb => (AttachMode::Skb, try_mode(program, AttachMode::Skb)?, None),
+        ModeRequest::Auto => match try_mode(program, AttachMode::Driver) {
+            Ok(id) => (AttachMode::Driver, id, None),
+            Err(driver_err) => {
+                let id = try_mode(program, AttachMode::Skb)?;
+                (AttachMode::Skb, id, Some(driver_err.to_string()))
+            }
+        },
+    };
+    let link = program.take_link(link_id).map_err(|source| Error::Attach {
+        ifname: ifname.to_string(),
+        mode: mode.name(),
+        source,
+    })?;
+    let fd_link: FdLink = link.try_into().map_err(|_| Error::NotALink {
+        ifname: ifname.to_string(),
+    })?;
+    fd_link.pin(pins.link()).map_err(|source| Error::Pin {
+        ifname: ifname.to_string(),
+        what: "link".into(),
+        source,
+    })?;
+    Ok((mode, fallback_reason))
+}
+
+/// BPF_LINK_DETACH (bpf(2) command 34): force-detaches a link from its hook.
+fn link_detach(link_fd: RawFd) -> std::io::Result<()> {
+    const BPF_LINK_DETACH: libc::c_long = 34;
+    // bpf_attr for LINK_DETACH is { u32 link_fd }, zero-padded; 16 bytes is
+    // more than the kernel reads for this command.
+    let mut attr = [0u32; 4];
+    attr[0] = link_fd as u32;
+    // SAFETY: attr outlives the call and its size is passed with it.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_DETACH,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    if ret < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// BPF_OBJ_GET (bpf(2) command 7): opens a pinned object.
+fn bpf_obj_get(path: &std::path::Path) -> std::io::Result<OwnedFd> {
+    use std::os::unix::ffi::OsStrExt;
+    const BPF_OBJ_GET: libc::c_long = 7;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    // bpf_attr for OBJ_GET is { u64 pathname; u32 bpf_fd; u32 file_flags; ... }.
+    let mut attr = [0u64; 4];
+    attr[0] = c.as_ptr() as u64;
+    // SAFETY: attr and the path string outlive the call; size is passed.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    if ret < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(ret as RawFd) })
+}
+
+/// BPF_LINK_GET_FD_BY_ID (bpf(2) command 30).
+fn bpf_link_get_fd_by_id(id: u32) -> std::io::Result<OwnedFd> {
+    const BPF_LINK_GET_FD_BY_ID: libc::c_long = 30;
+    // bpf_attr for GET_FD_BY_ID is { u32 id; u32 next_id; u32 open_flags }.
+    let mut attr = [0u32; 4];
+    attr[0] = id;
+    // SAFETY: attr outlives the call and its size is passed.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_GET_FD_BY_ID,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    if ret < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(ret as RawFd) })
+}

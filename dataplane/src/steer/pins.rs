@@ -1,0 +1,218 @@
+//! Where an attachment lives in bpffs.
+//!
+//! ```text
+//! <bpffs>/dataplane/ns<netns inode>/<ifname>/link      the XDP bpf_link (keeps it attached)
+//!                                          /prog      the loaded `steer` program
+//!                                          /POLICY /MATCHES /XSKS /COUNTERS /AYA_LOGS
+//! ```
+//!
+//! Keying by network namespace keeps `veth0` in one namespace apart from
+//! `veth0` in another; every namespace shares the host's bpffs as long as the
+//! CLI is entered with `--netns` (setns) rather than `ip netns exec` (which
+//! remounts /sys and hides /sys/fs/bpf).
+
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+/// statfs(2) magic of bpffs (linux/magic.h).
+const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+
+/// Default mount point of bpffs.
+pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
+
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error(
+        "bpffs is not mounted at {path}: mount it with `mount -t bpf bpf {path}` \
+         (or run `cargo xtask setup`), or pass --bpffs DIR for another bpffs mount"
+    )]
+    NotMounted { path: String },
+    #[error("{action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// The dataplane directory for the current network namespace.
+#[derive(Debug, Clone)]
+pub struct PinRoot {
+    dir: PathBuf,
+}
+
+impl PinRoot {
+    /// Checks that `bpffs` is a bpffs mount and picks the namespace directory.
+    pub fn open(bpffs: &Path) -> Result<PinRoot, Error> {
+        if !is_bpffs(bpffs) {
+            return Err(Error::NotMounted {
+                path: bpffs.display().to_string(),
+            });
+        }
+        let ns = crate::netns::current_id().map_err(|source| Error::Io {
+            action: "reading the network namespace of",
+            path: "/proc/thread-self/ns/net".into(),
+            source,
+        })?;
+        Ok(PinRoot {
+            dir: bpffs.join("dataplane").join(format!("ns{ns}")),
+        })
+    }
+
+    /// Pins of one interface (they may or may not exist).
+    pub fn interface(&self, ifname: &str) -> InterfacePins {
+        InterfacePins {
+            dir: self.dir.join(ifname),
+            ifname: ifname.to_string(),
+        }
+    }
+
+    /// Interfaces that have a pin directory, sorted by name.
+    pub fn interfaces(&self) -> Result<Vec<InterfacePins>, Error> {
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => {
+                return Err(Error::Io {
+                    action: "listing",
+                    path: self.dir.display().to_string(),
+                    source,
+                })
+            }
+        };
+        let mut names: Vec<String> = entries
+            .flatten()
+            .filter(|e| e.path().is_dir())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        Ok(names.iter().map(|n| self.interface(n)).collect())
+    }
+
+    /// Removes the namespace directory and `dataplane/` if they are empty,
+    /// so a detach of the last interface leaves bpffs as it was.
+    pub fn remove_empty_dirs(&self) {
+        let _ = std::fs::remove_dir(&self.dir);
+        if let Some(parent) = self.dir.parent() {
+            let _ = std::fs::remove_dir(parent);
+        }
+    }
+}
+
+/// Pin paths of one attached interface.
+#[derive(Debug, Clone)]
+pub struct InterfacePins {
+    dir: PathBuf,
+    ifname: String,
+}
+
+impl InterfacePins {
+    /// The interface these pins belong to.
+    pub fn ifname(&self) -> &str {
+        &self.ifname
+    }
+
+    /// The directory holding the pins.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Path of the pinned bpf_link.
+    pub fn link(&self) -> PathBuf {
+        self.dir.join("link")
+    }
+
+    /// Path of the pinned program.
+    pub fn prog(&self) -> PathBuf {
+        self.dir.join("prog")
+    }
+
+    /// Path of a pinned map.
+    pub fn map(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// True if anything is pinned for this interface.
+    pub fn exist(&self) -> bool {
+        self.dir.exists()
+    }
+
+    /// Creates the directory (and parents).
+    pub fn create(&self) -> Result<(), Error> {
+        std::fs::create_dir_all(&self.dir).map_err(|source| Error::Io {
+            action: "creating pin directory",
+            path: self.dir.display().to_string(),
+            source,
+        })
+    }
+
+    /// Unlinks every pin and the directory. Unpinning the link detaches the
+    /// program once no process holds it open.
+    pub fn remove_all(&self) -> Result<(), Error> {
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(source) => {
+                return Err(Error::Io {
+                    action: "listing",
+                    path: self.dir.display().to_string(),
+                    source,
+                })
+            }
+        };
+        for entry in entries.flatten() {
+            std::fs::remove_file(entry.path()).map_err(|source| Error::Io {
+                action: "removing pin",
+                path: entry.path().display().to_string(),
+                source,
+            })?;
+        }
+        std::fs::remove_dir(&self.dir).map_err(|source| Error::Io {
+            action: "removing pin directory",
+            path: self.dir.display().to_string(),
+            source,
+        })
+    }
+}
+
+/// True if `path` is the root of a bpffs mount.
+pub fn is_bpffs(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs(2) writes into a zeroed struct we own; c is NUL-terminated.
+    unsafe {
+        let mut st: libc::statfs = std::mem::zeroed();
+        libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tmp_is_not_bpffs() {
+        let err = PinRoot::open(Path::new("/tmp")).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("/tmp") && msg.contains("mount -t bpf"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn layout() {
+        let root = PinRoot {
+            dir: PathBuf::from("/sys/fs/bpf/dataplane/ns1"),
+        };
+        let p = root.interface("veth0");
+        assert_eq!(p.link(), Path::new("/sys/fs/bpf/dataplane/ns1/veth0/link"));
+        assert_eq!(
+            p.map("XSKS"),
+            Path::new("/sys/fs/bpf/dataplane/ns1/veth0/XSKS")
+        );
+    }
+}

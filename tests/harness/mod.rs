@@ -1,0 +1,372 @@
+//! Throwaway topologies for integration tests: network namespaces, veth
+//! pairs, raw-frame senders, and the `dataplane` binary run inside them.
+//!
+//! Everything a [`Topology`] creates is removed when it is dropped, also when
+//! the test panics: the namespaces (which takes their veths and XDP programs
+//! with them) and any dataplane pins in bpffs that belong to them.
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::ffi::CString;
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// Returns false (and says so) when the test cannot run without root.
+/// Privileged tests call this first and return early on false, so a
+/// non-root `cargo test` reports them as skipped instead of passing silently.
+pub fn privileged(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    eprintln!(
+        "SKIPPED {test}: needs root (creates network namespaces, veth pairs and XDP programs); \
+         run `sudo cargo xtask test`"
+    );
+    false
+}
+
+/// The bpffs mount the tests use (the default one).
+pub const BPFFS: &str = "/sys/fs/bpf";
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A set of namespaces and veths with names unique to this test run.
+pub struct Topology {
+    prefix: String,
+    namespaces: Vec<NetNs>,
+}
+
+impl Topology {
+    /// `tag` names the test in the namespace names (`dpt-<tag>-<pid>-<n>-...`).
+    pub fn new(tag: &str) -> Topology {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        Topology {
+            prefix: format!("dpt-{tag}-{}-{n}", std::process::id()),
+            namespaces: Vec::new(),
+        }
+    }
+
+    /// Creates a namespace `<prefix>-<short>` with loopback up and IPv6 off
+    /// (no router solicitations or DAD frames to disturb exact counts).
+    pub fn netns(&mut self, short: &str) -> NetNs {
+        let ns = NetNs {
+            name: format!("{}-{short}", self.prefix),
+        };
+        run_ok(Command::new("ip").args(["netns", "add", &ns.name]));
+        // Registered before anything else can fail, so drop removes it.
+        self.namespaces.push(ns.clone());
+        ns.ip(&["link", "set", "lo", "up"]);
+        for key in ["all", "default"] {
+            ns.exec_ok(&[
+                "sysctl",
+                "-qw",
+                &format!("net.ipv6.conf.{key}.disable_ipv6=1"),
+            ]);
+        }
+        ns
+    }
+
+    /// Creates a veth pair `a.1` in `a.0` and `b.1` in `b.0`, both up.
+    pub fn veth(&mut self, a: (&NetNs, &str), b: (&NetNs, &str)) {
+        run_ok(Command::new("ip").args([
+            "-n", &a.0.name, "link", "add", a.1, "type", "veth", "peer", "name", b.1, "netns",
+            &b.0.name,
+        ]));
+        a.0.ip(&["link", "set", a.1, "up"]);
+        b.0.ip(&["link", "set", b.1, "up"]);
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        for ns in self.namespaces.iter().rev() {
+            // Pins live in the host's bpffs, keyed by namespace inode: remove
+            // ours before the namespace (and its inode) goes away.
+            if let Ok(inode) = ns.inode() {
+                remove_pin_dir(&PathBuf::from(BPFFS).join(format!("dataplane/ns{inode}")));
+            }
+            let _ = Command::new("ip").args(["netns", "del", &ns.name]).status();
+        }
+        let _ = std::fs::remove_dir(PathBuf::from(BPFFS).join("dataplane"));
+    }
+}
+
+fn remove_pin_dir(dir: &PathBuf) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            remove_pin_dir(&p);
+        } else {
+            let _ = std::fs::remove_file(&p);
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
+/// A network namespace of a [`Topology`].
+#[derive(Clone, Debug)]
+pub struct NetNs {
+    name: String,
+}
+
+impl NetNs {
+    /// Full name (as `ip netns` knows it).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Inode of the namespace (what dataplane's pin paths are keyed by).
+    pub fn inode(&self) -> std::io::Result<u64> {
+        Ok(std::fs::metadata(format!("/var/run/netns/{}", self.name))?.ino())
+    }
+
+    /// `ip -n NS ARGS`, which must succeed.
+    pub fn ip(&self, args: &[&str]) -> String {
+        let out = run_ok(Command::new("ip").arg("-n").arg(&self.name).args(args));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `ip netns exec NS ARGS`, whatever its result.
+    pub fn exec(&self, args: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(args)
+            .output()
+            .expect("run ip netns exec")
+    }
+
+    /// `ip netns exec NS ARGS`, which must succeed.
+    pub fn exec_ok(&self, args: &[&str]) -> String {
+        let out = run_ok(
+            Command::new("ip")
+                .args(["netns", "exec", &self.name])
+                .args(args),
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs the freshly built `dataplane` binary with `--netns NS`.
+    pub fn dataplane(&self, args: &[&str]) -> Output {
+        Command::new(dataplane_bin())
+            .args(["--netns", &self.name])
+            .args(args)
+            .output()
+            .expect("run dataplane")
+    }
+
+    /// Like [`NetNs::dataplane`], but the command must succeed; returns stdout.
+    pub fn dataplane_ok(&self, args: &[&str]) -> String {
+        let out = self.dataplane(args);
+        assert!(
+            out.status.success(),
+            "dataplane {args:?} failed: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs `f` on a thread that has entered this namespace (setns only
+    /// changes the calling thread, so the test's own thread stays put).
+    pub fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let path = format!("/var/run/netns/{}", self.name);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let file = File::open(&path).expect("open netns");
+                // SAFETY: setns on an fd we own; affects only this thread.
+                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+                f()
+            })
+            .join()
+            .expect("thread in netns panicked")
+        })
+    }
+
+    /// The program id of the XDP program the kernel reports on `ifname`.
+    pub fn xdp_prog_id(&self, ifname: &str) -> Option<u64> {
+        let out = self.ip(&["-j", "-d", "link", "show", "dev", ifname]);
+        let v: serde_json::Value = serde_json::from_str(&out).expect("ip -j output");
+        v[0]["xdp"]["prog"]["id"].as_u64()
+    }
+
+    /// Pin directory of `ifname` in this namespace.
+    pub fn pin_dir(&self, ifname: &str) -> PathBuf {
+        PathBuf::from(BPFFS).join(format!("dataplane/ns{}/{ifname}", self.inode().unwrap()))
+    }
+}
+
+/// Path of the `dataplane` binary cargo built for this test run.
+pub fn dataplane_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_dataplane"))
+}
+
+/// Runs a command that must succeed.
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A raw AF_PACKET socket bound to one interface of the current thread's
+/// namespace: sends and receives whole Ethernet frames.
+pub struct PacketSocket {
+    fd: OwnedFd,
+    ifindex: i32,
+}
+
+impl PacketSocket {
+    /// Opens and binds to `ifname` (call inside [`NetNs::enter`]).
+    pub fn open(ifname: &str) -> PacketSocket {
+        let proto = (libc::ETH_P_ALL as u16).to_be() as i32;
+        // SAFETY: plain socket(2); the fd is owned right away.
+        let fd =
+            unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, proto) };
+        assert!(
+            fd >= 0,
+            "AF_PACKET socket: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: fd is a fresh socket we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let c = CString::new(ifname).unwrap();
+        // SAFETY: c is NUL-terminated.
+        let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) } as i32;
+        assert!(ifindex > 0, "no interface {ifname}");
+        // SAFETY: sockaddr_ll is plain data; zeroed is a valid start.
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_protocol = proto as u16;
+        sll.sll_ifindex = ifindex;
+        // SAFETY: sll is a valid sockaddr_ll and its size is passed.
+        let rc = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                &sll as *const _ as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        assert_eq!(rc, 0, "bind AF_PACKET: {}", std::io::Error::last_os_error());
+        PacketSocket { fd, ifindex }
+    }
+
+    /// Sends one frame; panics if the kernel refuses it.
+    pub fn send(&self, frame: &[u8]) {
+        // SAFETY: frame is a valid buffer of frame.len() bytes.
+        let n = unsafe { libc::send(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
+        assert_eq!(
+            n,
+            frame.len() as isize,
+            "send: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+
+    /// Receives frames for up to `timeout`, keeping those `keep` accepts,
+    /// and stops early once `want` were kept.
+    pub fn receive(
+        &self,
+        want: usize,
+        timeout: Duration,
+        keep: impl Fn(&[u8]) -> bool,
+    ) -> Vec<Vec<u8>> {
+        let deadline = Instant::now() + timeout;
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 65536];
+        while got.len() < want {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let mut pfd = libc::pollfd {
+                fd: self.fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            let ready = unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(100) as i32) };
+            if ready <= 0 {
+                continue;
+            }
+            // SAFETY: buf is writable for buf.len() bytes.
+            let n = unsafe {
+                libc::recv(
+                    self.fd.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n > 0 && keep(&buf[..n as usize]) {
+                got.push(buf[..n as usize].to_vec());
+            }
+        }
+        got
+    }
+
+    /// The interface index this socket is bound to.
+    pub fn ifindex(&self) -> i32 {
+        self.ifindex
+    }
+}
+
+/// Test EtherType (IEEE local experimental 1).
+pub const TEST_ETHERTYPE: u16 = 0x88b5;
+
+/// A frame of `len` bytes (at least 18): Ethernet header, then `seq` as a
+/// big-endian u32, then zero padding.
+pub fn test_frame(dst: [u8; 6], src: [u8; 6], ethertype: u16, seq: u32, len: usize) -> Vec<u8> {
+    let mut f = vec![0u8; len.max(18)];
+    f[..6].copy_from_slice(&dst);
+    f[6..12].copy_from_slice(&src);
+    f[12..14].copy_from_slice(&ethertype.to_be_bytes());
+    f[14..18].copy_from_slice(&seq.to_be_bytes());
+    f
+}
+
+/// The sequence number [`test_frame`] wrote, if `frame` has `ethertype`.
+pub fn test_frame_seq(frame: &[u8], ethertype: u16) -> Option<u32> {
+    if frame.len() < 18 || frame[12..14] != ethertype.to_be_bytes() {
+        return None;
+    }
+    Some(u32::from_be_bytes(frame[14..18].try_into().unwrap()))
+}
+
+/// The MAC address of `ifname` in `ns`.
+pub fn mac_of(ns: &NetNs, ifname: &str) -> [u8; 6] {
+    let out = ns.ip(&["-j", "link", "show", "dev", ifname]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let s = v[0]["address"].as_str().expect("address");
+    let mut mac = [0u8; 6];
+    for (i, part) in s.split(':').enumerate() {
+        mac[i] = u8::from_str_radix(part, 16).unwrap();
+    }
+    mac
+}
+
+/// Polls `f` until it returns Some or `timeout` passes.
+pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -1,0 +1,341 @@
+//! The steer XDP program on real veths: attach, policies, counters, the
+//! kernel's own view, errors, and cleanup.
+//!
+//! Topology of every test: host namespace `a` (a0, 10.77.0.1) <-veth->
+//! switch namespace `sw` (s0, 10.77.0.2), steer attached to s0.
+
+mod harness;
+
+use harness::{mac_of, privileged, test_frame, NetNs, PacketSocket, Topology, TEST_ETHERTYPE};
+use serde_json::Value;
+
+fn two_hosts(tag: &str) -> (Topology, NetNs, NetNs) {
+    let mut topo = Topology::new(tag);
+    let a = topo.netns("a");
+    let sw = topo.netns("sw");
+    topo.veth((&a, "a0"), (&sw, "s0"));
+    a.ip(&["addr", "add", "10.77.0.1/24", "dev", "a0"]);
+    sw.ip(&["addr", "add", "10.77.0.2/24", "dev", "s0"]);
+    (topo, a, sw)
+}
+
+/// The `counters` object of `dataplane status --json` for `ifname`.
+fn counters(sw: &NetNs, ifname: &str) -> Value {
+    let out = sw.dataplane_ok(&["status", "--json"]);
+    let list: Value = serde_json::from_str(&out).expect("status --json is JSON");
+    list.as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["interface"] == ifname)
+        .unwrap_or_else(|| panic!("{ifname} missing from status: {out}"))["counters"]
+        .clone()
+}
+
+fn count(c: &Value, outcome: &str) -> u64 {
+    c[outcome]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no counter {outcome} in {c}"))
+}
+
+fn ping(from: &NetNs, to: &str, n: u32) -> bool {
+    from.exec(&[
+        "ping",
+        "-c",
+        &n.to_string(),
+        "-i",
+        "0.05",
+        "-W",
+        "1",
+        "-q",
+        to,
+    ])
+    .status
+    .success()
+}
+
+/// Sends `n` test frames from `a0` in namespace `a` to `dst`.
+fn send_test_frames(a: &NetNs, dst: [u8; 6], ethertype: u16, n: u32) {
+    let src = mac_of(a, "a0");
+    a.enter(|| {
+        let sock = PacketSocket::open("a0");
+        for seq in 0..n {
+            sock.send(&test_frame(dst, src, ethertype, seq, 64));
+        }
+    });
+}
+
+#[test]
+fn pass_policy_keeps_ping_working_and_counts_it() {
+    if !privileged("pass_policy_keeps_ping_working_and_counts_it") {
+        return;
+    }
+    let (_topo, a, sw) = two_hosts("pass");
+    let out = sw.dataplane_ok(&["attach", "--iface", "s0", "--policy", "pass"]);
+    assert!(
+        out.contains("driver mode"),
+        "veth supports native XDP: {out}"
+    );
+
+    // The kernel's view: a program is attached, and it is the pinned one.
+    let prog_id = sw
+        .xdp_prog_id("s0")
+        .expect("kernel reports an XDP program on s0");
+    let status: Value = serde_json::from_str(&sw.dataplane_ok(&["status", "--json"])).unwrap();
+    assert_eq!(status[0]["program_id"].as_u64(), Some(prog_id));
+    assert_eq!(status[0]["mode"], "driver");
+    assert_eq!(status[0]["policy"], "pass");
+
+    assert!(
+        ping(&a, "10.77.0.2", 5),
+        "ping through a pass policy must work"
+    );
+    let c = counters(&sw, "s0");
+    // 5 echo requests, plus ARP.
+    assert!(count(&c, "passed") >= 5, "{c}");
+    assert_eq!(count(&c, "redirected"), 0, "{c}");
+    assert_eq!(count(&c, "no_socket"), 0, "{c}");
+}
+
+#[test]
+fn attachment_outlives_the_cli_and_detach_leaves_nothing() {
+    if !privileged("attachment_outlives_the_cli_and_detach_leaves_nothing") {
+        return;
+    }
+    let (_topo, a, sw) = two_hosts("detach");
+    let before_links = sw.ip(&["-d", "link", "show", "s0"]);
+    sw.dataplane_ok(&["attach", "--iface", "s0", "--policy", "pass"]);
+    // The attaching process has exited; the program still counts frames.
+    assert!(ping(&a, "10.77.0.2", 3));
+    assert!(count(&counters(&sw, "s0"), "passed") >= 3);
+    let pins = sw.pin_dir("s0");
+    for name in ["link", "prog", "POLICY", "MATCHES", "XSKS", "COUNTERS"] {
+        assert!(pins.join(name).exists(), "pin {name} missing");
+    }
+
+    sw.dataplane_ok(&["detach", "--iface", "s0"]);
+    assert_eq!(
+        sw.xdp_prog_id("s0"),
+        None,
+        "program still attached after detach"
+    );
+    assert!(!pins.exists(), "pins left behind: {}", pins.display());
+    assert!(
+        !pins.parent().unwrap().exists(),
+        "namespace pin dir left behind"
+    );
+    let after_links = sw.ip(&["-d", "link", "show", "s0"]);
+    // Same device description except the counters-free link line.
+    assert_eq!(
+        before_links.lines().count(),
+        after_links.lines().count(),
+        "before:\n{before_links}\nafter:\n{after_links}"
+    );
+    assert!(!after_links.contains("xdp"), "{after_links}");
+    let status = sw.dataplane_ok(&["status"]);
+    assert!(status.contains("no interface"), "{status}");
+    // Detaching twice is an error that says so.
+    let again = sw.dataplane(&["detach", "--iface", "s0"]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("nothing attached to s0"));
+}
+
+#[test]
+fn redirect_policy_without_socket_falls_back_to_the_kernel() {
+    if !privileged("redirect_policy_without_socket_falls_back_to_the_kernel") {
+        return;
+    }
+    let (_topo, a, sw) = two_hosts("nosock");
+    sw.dataplane_ok(&["attach", "--iface", "s0", "--policy", "all"]);
+    assert!(
+        ping(&a, "10.77.0.2", 4),
+        "frames without a socket must reach the kernel"
+    );
+    let c = counters(&sw, "s0");
+    assert!(count(&c, "no_socket") >= 4, "{c}");
+    assert_eq!(count(&c, "redirected"), 0, "{c}");
+    assert_eq!(count(&c, "passed"), 0, "{c}");
+}
+
+#[test]
+fn drop_policy_drops_and_counts() {
+    if !privileged("drop_policy_drops_and_counts") {
+        return;
+    }
+    let (_topo, a, sw) = two_hosts("drop");
+    sw.dataplane_ok(&["attach", "--iface", "s0", "--policy", "drop"]);
+    let dst = mac_of(&sw, "s0");
+    send_test_frames(&a, dst, TEST_ETHERTYPE, 50);
+    assert!(
+        !ping(&a, "10.77.0.2", 1),
+        "ping must fail through a drop policy"
+    );
+    let c = counters(&sw, "s0");
+    assert!(count(&c, "dropped") >= 50, "{c}");
+    assert_eq!(count(&c, "passed"), 0, "{c}");
+}
+
+#[test]
+fn listed_policy_selects_only_listed_frames() {
+    if !privileged("listed_policy_selects_only_listed_frames") {
+        return;
+    }
+    let (_topo, a, sw) = two_hosts("listed");
+    sw.dataplane_ok(&[
+        "attach",
+        "--iface",
+        "s0",
+        "--match",
+        "ethertype=0x88b5",
+        "--match",
+        "vlan=42",
+    ]);
+    let dst = mac_of(&sw, "s0");
+    send_test_frames(&a, dst, TEST_ETHERTYPE, 30);
+    // Tagged with VLAN 42 (listed) and VLAN 43 (not listed).
+    let src = mac_of(&a, "a0");
+    a.enter(|| {
+        let sock = PacketSocket::open("a0");
+        for (vid, n) in [(42u16, 7), (43u16, 11)] {
+            for _ in 0..n {
+                let mut f = test_frame(dst, src, 0x8100, 0, 64);
+                f[14..16].copy_from_slice(&vid.to_be_bytes());
+                f[16..18].copy_from_slice(&0x0800u16.to_be_bytes());
+                sock.send(&f);
+            }
+        }
+    });
+    assert!(
+        ping(&a, "10.77.0.2", 3),
+        "unlisted traffic still reaches the kernel"
+    );
+    let c = counters(&sw, "s0");
+    // No socket is registered, so selected frames are counted as no_socket.
+    assert_eq!(count(&c, "no_socket"), 30 + 7, "{c}");
+    assert!(count(&c, "passed") >= 11 + 3, "{c}");
+}
+
+#[test]
+fn truncated_vlan_header_is_counted_malformed() {
+    if !privileged("truncated_vlan_header_is_counted_malformed") {
+        return;
+    }
+    let (_topo, a, sw) = two_hosts("malformed");
+    sw.dataplane_ok(&["attach", "--iface", "s0", "--policy", "all"]);
+    let dst = mac_of(&sw, "s0");
+    let src = mac_of(&a, "a0");
+    a.enter(|| {
+        let sock = PacketSocket::open("a0");
+        for _ in 0..5 {
+            // An 802.1Q EtherType with the frame ending inside the tag.
+            let f = test_frame(dst, src, 0x8100, 0, 18);
+            sock.send(&f[..16]);
+        }
+    });
+    let c = counters(&sw, "s0");
+    assert_eq!(count(&c, "malformed"), 5, "{c}");
+}
+
+#[test]
+fn another_xdp_program_is_named_and_force_replaces_it() {
+    if !privileged("another_xdp_program_is_named_and_force_replaces_it") {
+        return;
+    }
+    let (_topo, _a, sw) = two_hosts("force");
+    // Something else (this test process, through aya and a bpf_link, the
+    // hardest kind to remove) attaches an XDP program; dataplane has no pins for it.
+    let obj = std::fs::read(dataplane_ebpf_object()).expect("XDP object built");
+    let foreign_holder = sw.enter(|| {
+        let mut ebpf = aya::Ebpf::load(&obj).expect("load object");
+        let prog: &mut aya::programs::Xdp = ebpf.program_mut("steer").unwrap().try_into().unwrap();
+        prog.load().expect("verifier");
+        prog.attach("s0", aya::programs::XdpMode::Skb)
+            .expect("attach foreign");
+        ebpf
+    });
+    let foreign = sw.xdp_prog_id("s0").expect("foreign program attached");
+
+    let refused = sw.dataplane(&["attach", "--iface", "s0"]);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(
+        err.contains(&format!("id {foreign}")) && err.contains("--force"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(
+        sw.xdp_prog_id("s0"),
+        Some(foreign),
+        "refusal must not change anything"
+    );
+
+    let out = sw.dataplane_ok(&["attach", "--iface", "s0", "--force"]);
+    assert!(out.contains("replaced"), "{out}");
+    let ours = sw.xdp_prog_id("s0").expect("steer attached");
+    assert_ne!(ours, foreign);
+    drop(foreign_holder);
+    sw.dataplane_ok(&["detach", "--iface", "s0"]);
+    assert_eq!(sw.xdp_prog_id("s0"), None);
+}
+
+#[test]
+fn user_errors_are_one_line_without_panics() {
+    if !privileged("user_errors_are_one_line_without_panics") {
+        return;
+    }
+    let (_topo, _a, sw) = two_hosts("errors");
+    let cases: [(&[&str], &str); 4] = [
+        (&["attach", "--iface", "nosuchif0"], "nosuchif0"),
+        (
+            &["attach", "--iface", "s0", "--bpffs", "/tmp"],
+            "bpffs is not mounted at /tmp",
+        ),
+        (
+            &["attach", "--iface", "s0", "--match", "vlan=5000"],
+            "not a VLAN id",
+        ),
+        (&["logs", "--iface", "s0"], "nothing attached to s0"),
+    ];
+    for (args, want) in cases {
+        let out = sw.dataplane(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} should fail");
+        assert!(err.contains(want), "{args:?}: expected {want:?} in {err}");
+        assert!(
+            !err.contains("panicked") && !err.contains("RUST_BACKTRACE"),
+            "{err}"
+        );
+    }
+    assert_eq!(
+        sw.xdp_prog_id("s0"),
+        None,
+        "failed attaches must leave nothing attached"
+    );
+    let missing_ns = std::process::Command::new(harness::dataplane_bin())
+        .args(["--netns", "dpt-no-such-ns", "status"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&missing_ns.stderr).contains("ip netns list"));
+}
+
+#[test]
+fn deleted_interface_shows_stale_and_detach_cleans_up() {
+    if !privileged("deleted_interface_shows_stale_and_detach_cleans_up") {
+        return;
+    }
+    let (_topo, _a, sw) = two_hosts("stale");
+    sw.dataplane_ok(&["attach", "--iface", "s0", "--policy", "pass"]);
+    sw.ip(&["link", "del", "s0"]);
+    let status = sw.dataplane_ok(&["status"]);
+    assert!(status.contains("stale"), "{status}");
+    sw.dataplane_ok(&["detach", "--iface", "s0"]);
+    assert!(!sw.pin_dir("s0").exists());
+}
+
+fn dataplane_ebpf_object() -> String {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap();
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .unwrap_or_else(|_| root.join("target").display().to_string());
+    format!("{target}/bpfel-unknown-none/release/dataplane-ebpf")
+}

@@ -1,0 +1,193 @@
+//! `cargo xtask setup`: make a fresh machine ready, idempotently.
+//!
+//! Each step checks first and only acts when something is missing, printing
+//! what it found and what it did (see ../shared/TOOLCHAIN.md for the recipe).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{bail, Context, Result};
+
+use crate::run::{checked, is_root, output, succeeds};
+
+/// Debian packages the build, the tests and the demo use.
+pub const BASE_PACKAGES: &[&str] = &[
+    "iproute2",     // ip netns / ip link: topologies
+    "iputils-ping", // ping through the attached interfaces
+    "ethtool",      // offloads and channel counts on veths
+    "bpftool",      // inspecting programs and pins (tests check cleanup)
+    "procps",       // ps/sysctl
+];
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+pub fn run() -> Result<()> {
+    eprintln!("[setup] making this machine ready for dataplane");
+    packages(BASE_PACKAGES)?;
+    rust_src()?;
+    bpf_linker()?;
+    bpffs()?;
+    eprintln!("[setup] done");
+    Ok(())
+}
+
+/// The steps the eBPF build needs (no packages, no bpffs).
+pub fn ebpf_toolchain() -> Result<()> {
+    rust_src()?;
+    bpf_linker()
+}
+
+/// Installs the Debian packages of `wanted` that are missing.
+pub fn packages(wanted: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = wanted
+        .iter()
+        .copied()
+        .filter(|p| !package_installed(p))
+        .collect();
+    if missing.is_empty() {
+        eprintln!("[setup] packages: all {} present", wanted.len());
+        return Ok(());
+    }
+    if !is_root() {
+        bail!(
+            "packages {} are missing and installing them needs root: run `sudo cargo xtask setup`",
+            missing.join(" ")
+        );
+    }
+    eprintln!("[setup] packages: installing {}", missing.join(" "));
+    if apt_lists_stale() {
+        checked(Command::new("apt-get").args(["update", "-qq"]))?;
+    }
+    checked(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+fn package_installed(name: &str) -> bool {
+    output(Command::new("dpkg-query").args(["-W", "-f=${Status}", name]))
+        .is_some_and(|s| s.contains("install ok installed"))
+}
+
+/// The apt lists need an update when they are missing or older than a day.
+fn apt_lists_stale() -> bool {
+    let lists = Path::new("/var/lib/apt/lists");
+    let newest = std::fs::read_dir(lists)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with("Packages"))
+        .filter_map(|e| e.metadata().ok()?.modified().ok())
+        .max();
+    match newest {
+        None => true,
+        Some(t) => SystemTime::now()
+            .duration_since(t)
+            .map(|age| age > Duration::from_secs(24 * 3600))
+            .unwrap_or(false),
+    }
+}
+
+fn rust_src() -> Result<()> {
+    let installed = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        "nightly",
+    ]))
+    .context("`rustup` not found or has no nightly toolchain")?;
+    if installed.lines().any(|l| l.starts_with("rust-src")) {
+        eprintln!("[setup] rust-src for nightly: present");
+        return Ok(());
+    }
+    eprintln!("[setup] rust-src for nightly: installing");
+    checked(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+}
+
+fn cargo_home() -> PathBuf {
+    std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .unwrap_or_else(|| PathBuf::from("/root/.cargo"))
+}
+
+fn bpf_linker() -> Result<()> {
+    let bin = cargo_home().join("bin/bpf-linker");
+    if succeeds(Command::new(&bin).arg("--version")) {
+        eprintln!("[setup] bpf-linker: present ({})", bin.display());
+        return Ok(());
+    }
+    eprintln!("[setup] bpf-linker {BPF_LINKER_VERSION}: building against the nightly's libLLVM (about a minute)");
+    let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))
+        .context("`rustc +nightly --print sysroot` failed: is the nightly toolchain installed?")?;
+    let llvm_dir = PathBuf::from(sysroot.trim()).join("lib");
+    let libllvm = std::fs::read_dir(&llvm_dir)
+        .with_context(|| format!("reading {}", llvm_dir.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("libLLVM.so."))
+        })
+        .with_context(|| format!("no libLLVM.so.* in {}", llvm_dir.display()))?;
+    let major = libllvm
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("libLLVM.so."))
+        .and_then(|v| v.split('.').next())
+        .context("cannot read the LLVM version from the libLLVM file name")?
+        .to_string();
+
+    // bpf-linker's build looks for $LLVM_PREFIX/lib/libLLVM.so; the installed
+    // binary's rpath resolves the versioned name from the same directory.
+    let prefix = cargo_home().join("dataplane-llvm");
+    let lib = prefix.join("lib");
+    std::fs::create_dir_all(&lib).with_context(|| format!("creating {}", lib.display()))?;
+    let versioned = lib.join(libllvm.file_name().expect("has a file name"));
+    for link in [lib.join("libLLVM.so"), versioned] {
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&libllvm, &link)
+            .with_context(|| format!("linking {} -> {}", link.display(), libllvm.display()))?;
+    }
+    checked(
+        Command::new("cargo")
+            .args([
+                "+nightly",
+                "install",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+            ])
+            .args(["--no-default-features", "--features"])
+            .arg(format!("llvm-{major}"))
+            .env("LLVM_PREFIX", &prefix),
+    )?;
+    if !succeeds(Command::new(&bin).arg("--version")) {
+        bail!(
+            "bpf-linker was installed but `{} --version` fails",
+            bin.display()
+        );
+    }
+    Ok(())
+}
+
+/// Mounts bpffs on /sys/fs/bpf if it is not mounted.
+pub fn bpffs() -> Result<()> {
+    let mounts = std::fs::read_to_string("/proc/mounts").context("reading /proc/mounts")?;
+    if mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf") && l.contains(" bpf "))
+    {
+        eprintln!("[setup] bpffs on /sys/fs/bpf: mounted");
+        return Ok(());
+    }
+    if !is_root() {
+        bail!("bpffs is not mounted on /sys/fs/bpf and mounting it needs root: run `sudo cargo xtask setup`");
+    }
+    eprintln!("[setup] bpffs on /sys/fs/bpf: mounting");
+    checked(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))
+}
