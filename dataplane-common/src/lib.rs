@@ -18,6 +18,9 @@ pub mod wire;
 /// Name of the XDP program in the object, as `aya` looks it up.
 pub const STEER_PROGRAM: &str = "steer";
 
+/// Name of the redirect-everything XDP program (bare redirect, generator).
+pub const FORWARD_PROGRAM: &str = "forward";
+
 /// Map names in the object (kernel map names are limited to 15 bytes).
 pub mod map_names {
     /// `Array<Policy>` with one entry: how this interface steers.
@@ -28,6 +31,10 @@ pub mod map_names {
     pub const XSKS: &str = "XSKS";
     /// `PerCpuArray<u64>` indexed by [`crate::counters::Outcome`].
     pub const COUNTERS: &str = "COUNTERS";
+    /// `DevMap` with one slot: where `forward` sends frames.
+    pub const FWD_PORT: &str = "FWD_PORT";
+    /// `PerCpuArray<u64>`: frames forwarded (0) and failed (1).
+    pub const FWD_COUNT: &str = "FWD_COUNT";
     /// aya-log's ring buffer.
     pub const LOGS: &str = "AYA_LOGS";
 }

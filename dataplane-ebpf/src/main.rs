@@ -4,13 +4,18 @@
 //! interface's policy whether the switch wants the frame, and either hands it
 //! to the AF_XDP socket of the frame's rx queue or lets the kernel stack have
 //! it. Every frame is counted under exactly one outcome.
+//!
+//! `forward` redirects every frame to the device in slot 0 of its devmap. It
+//! is the bare in-kernel XDP redirect (the ceiling the benchmarks compare
+//! against) and, driven by BPF_PROG_RUN in live-frame mode, the traffic
+//! generator of `dataplane gen`.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
     bindings::xdp_action,
     macros::{map, xdp},
-    maps::{Array, HashMap, PerCpuArray, XskMap},
+    maps::{Array, DevMap, HashMap, PerCpuArray, XskMap},
     programs::XdpContext,
 };
 use aya_log_ebpf::debug;
@@ -32,6 +37,13 @@ static XSKS: XskMap = XskMap::with_max_entries(MAX_QUEUES, 0);
 
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Outcome::COUNT, 0);
+
+#[map]
+static FWD_PORT: DevMap = DevMap::with_max_entries(1, 0);
+
+/// Frames `forward` handed to the devmap (index 0) or could not (index 1).
+#[map]
+static FWD_COUNT: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
 
 /// Packet memory of an XDP context as [`FrameBytes`]: every read is checked
 /// against `data_end` in a form the verifier can follow.
@@ -101,6 +113,19 @@ fn steer_frame(ctx: &XdpContext) -> (u32, Outcome) {
             }
         }
     }
+}
+
+#[xdp]
+pub fn forward(_ctx: XdpContext) -> u32 {
+    let (action, slot) = match FWD_PORT.redirect(0, 0) {
+        Ok(action) => (action, 0),
+        Err(action) => (action, 1),
+    };
+    if let Some(counter) = FWD_COUNT.get_ptr_mut(slot) {
+        // SAFETY: per-CPU slot; XDP programs are not preempted on their CPU.
+        unsafe { *counter += 1 };
+    }
+    action
 }
 
 #[cfg(not(test))]

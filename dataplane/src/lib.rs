@@ -6,9 +6,11 @@
 //! - [`netdev`], [`netns`], [`privileges`]: what the kernel says about
 //!   interfaces, namespaces and our rights, turned into errors a user can act on.
 
+pub mod gen;
 pub mod logging;
 pub mod netdev;
 pub mod netns;
 pub mod privileges;
 pub mod steer;
+pub mod switch;
 pub mod xsk;

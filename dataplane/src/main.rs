@@ -81,6 +81,16 @@ enum Command {
         #[arg(long, conflicts_with = "watch")]
         json: bool,
     },
+    /// Send UDP frames out of an interface as fast as the kernel can (or at --rate).
+    ///
+    /// Frames are injected as xdp_frames by an XDP program run through
+    /// BPF_PROG_RUN in live-frame mode (no skb per frame), from the CPU this
+    /// command runs on: pin it (--cpu) away from the switch.
+    #[command(after_help = "Example:\n  \
+        dataplane -n dp-a gen --iface a0 --dst-mac 02:00:00:00:00:0b --size 64 --duration 10 --cpu 0\n\n\
+        The receiving side of the veth needs an XDP program (e.g. steer) or GRO\n\
+        enabled, or the kernel drops redirected frames (they show as `failed`).")]
+    Gen(GenArgs),
     /// Print the steer program's own log records (aya-log) until Ctrl-C.
     ///
     /// Records at or above the level RUST_LOG allowed when the program was
@@ -91,6 +101,47 @@ enum Command {
         #[arg(long, short = 'i', value_name = "IF")]
         iface: String,
     },
+}
+
+#[derive(clap::Args)]
+struct GenArgs {
+    /// Interface to send out of.
+    #[arg(long, short = 'i', value_name = "IF")]
+    iface: String,
+    /// Destination MAC (default: broadcast).
+    #[arg(long, value_name = "MAC", value_parser = parse_mac_arg, default_value = "ff:ff:ff:ff:ff:ff")]
+    dst_mac: [u8; 6],
+    /// Source MAC (default: the interface's own).
+    #[arg(long, value_name = "MAC", value_parser = parse_mac_arg)]
+    src_mac: Option<[u8; 6]>,
+    /// Source IPv4 address.
+    #[arg(long, default_value = "10.200.0.1")]
+    src_ip: std::net::Ipv4Addr,
+    /// Destination IPv4 address.
+    #[arg(long, default_value = "10.200.0.2")]
+    dst_ip: std::net::Ipv4Addr,
+    /// Frame size in bytes including the FCS (64..=1518).
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+    /// How long to send, in seconds.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Stop after this many frames.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Limit the rate, in frames per second (default: as fast as possible).
+    #[arg(long)]
+    rate: Option<u64>,
+    /// Pin the generator to this CPU.
+    #[arg(long)]
+    cpu: Option<usize>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_mac_arg(s: &str) -> Result<[u8; 6], String> {
+    dataplane::steer::policy::parse_mac(s).map_err(|e| e.to_string())
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -176,6 +227,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Some(secs) => cli_status::watch(&root, secs)?,
             None => cli_status::print(&root, json)?,
         },
+        Command::Gen(args) => run_gen(args)?,
         Command::Logs { iface } => {
             let stop = cli_status::ctrl_c_flag()?;
             eprintln!("following eBPF logs of {iface}; Ctrl-C to stop");
@@ -193,4 +245,88 @@ fn describe_policy(p: &PolicySpec) -> String {
     } else {
         format!("{} ({} matches)", p.mode.name(), p.matches.len())
     }
+}
+
+fn run_gen(args: GenArgs) -> anyhow::Result<()> {
+    use dataplane::gen::{build_udp_frame, FrameSpec, Generator};
+    use std::io::{IsTerminal, Write};
+    use std::sync::atomic::Ordering;
+
+    dataplane::privileges::require_admin()?;
+    if let Some(cpu) = args.cpu {
+        dataplane::netdev::pin_thread_to_cpu(cpu)
+            .map_err(|e| anyhow::anyhow!("pinning the generator to CPU {cpu}: {e}"))?;
+    }
+    let src_mac = match args.src_mac {
+        Some(m) => m,
+        None => dataplane::netdev::mac(&args.iface)?,
+    };
+    let frame = build_udp_frame(&FrameSpec {
+        size: args.size,
+        src_mac,
+        dst_mac: args.dst_mac,
+        src_ip: args.src_ip.octets(),
+        dst_ip: args.dst_ip.octets(),
+        src_port: 9,
+        dst_port: 9,
+    })?;
+    let generator = Generator::new(&args.iface, frame)?;
+    let stop = cli_status::ctrl_c_flag()?;
+    let tty = std::io::stderr().is_terminal();
+    let report = generator.run_for(
+        std::time::Duration::from_secs_f64(args.duration),
+        args.count,
+        args.rate,
+        &|| stop.load(Ordering::Relaxed),
+        &mut |r| {
+            let line = format!(
+                "gen {}: {:.3} Mpps, {} sent, {} failed, {:.0}s",
+                args.iface,
+                r.pps() / 1e6,
+                r.sent,
+                r.failed,
+                r.elapsed.as_secs_f64()
+            );
+            if tty {
+                eprint!("\r{line}   ");
+                let _ = std::io::stderr().flush();
+            } else {
+                eprintln!("{line}");
+            }
+        },
+    )?;
+    if tty {
+        eprintln!();
+    }
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "interface": args.iface,
+                "size": args.size,
+                "sent": report.sent,
+                "failed": report.failed,
+                "seconds": report.elapsed.as_secs_f64(),
+                "pps": report.pps(),
+            })
+        );
+    } else {
+        println!(
+            "sent {} frames of {} bytes out of {} in {:.2}s: {:.3} Mpps offered ({} failed)",
+            report.sent,
+            args.size,
+            args.iface,
+            report.elapsed.as_secs_f64(),
+            report.pps() / 1e6,
+            report.failed
+        );
+    }
+    if report.failed > 0 && report.sent == 0 {
+        anyhow::bail!(
+            "every redirect out of {} failed: the peer of a veth needs an XDP program or GRO \
+             (`ethtool -K PEER gro on`), and both ends must be up",
+            args.iface
+        );
+    }
+    Ok(())
 }

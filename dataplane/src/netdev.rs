@@ -139,3 +139,53 @@ mod tests {
         assert!(err.to_string().contains("dp-no-such-if"));
     }
 }
+
+/// The hardware address of `ifname`, asked through an ioctl on a socket of
+/// the current network namespace (/sys/class/net shows the namespace /sys
+/// was mounted in, which `--netns` does not change).
+pub fn mac(ifname: &str) -> Result<[u8; 6], Error> {
+    ifindex(ifname)?;
+    let query_err = |detail: String| Error::Query {
+        ifname: ifname.to_string(),
+        detail,
+    };
+    // SAFETY: ifreq is plain data; zeroed is a valid start.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(ifname.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    // SAFETY: plain socket(2); closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(query_err(std::io::Error::last_os_error().to_string()));
+    }
+    // SAFETY: SIOCGIFHWADDR reads ifr_name and writes ifr_hwaddr of req.
+    let rc = unsafe { libc::ioctl(fd, libc::SIOCGIFHWADDR, &mut req) };
+    let err = std::io::Error::last_os_error();
+    // SAFETY: fd is ours.
+    unsafe { libc::close(fd) };
+    if rc != 0 {
+        return Err(query_err(format!("SIOCGIFHWADDR: {err}")));
+    }
+    // SAFETY: the kernel filled ifr_hwaddr for a successful SIOCGIFHWADDR.
+    let data = unsafe { req.ifr_ifru.ifru_hwaddr.sa_data };
+    let mut out = [0u8; 6];
+    for (o, d) in out.iter_mut().zip(data.iter()) {
+        *o = *d as u8;
+    }
+    Ok(out)
+}
+
+/// Pins the calling thread to `cpu`.
+pub fn pin_thread_to_cpu(cpu: usize) -> std::io::Result<()> {
+    // SAFETY: cpu_set_t is plain data; CPU_SET writes inside it; the call
+    // applies to the calling thread (pid 0).
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}

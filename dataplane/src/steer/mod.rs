@@ -28,6 +28,11 @@ use policy::PolicySpec;
 /// The XDP object built by `cargo xtask build-ebpf`, embedded at compile time.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dataplane-ebpf.o"));
 
+/// The embedded XDP object (all programs), for other loaders in this crate.
+pub(crate) fn object() -> &'static [u8] {
+    OBJECT
+}
+
 /// Maps that are pinned next to the link.
 const PINNED_MAPS: [&str; 5] = [
     map_names::POLICY,

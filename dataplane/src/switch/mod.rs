@@ -1,0 +1,380 @@
+//! The switching decision: which ports a frame leaves on, with which tag.
+//!
+//! Pure logic over parsed headers, no I/O: the engine hands it a frame's L2
+//! header and the port it came from, and executes the [`Decision`]. That keeps
+//! learning, flooding and VLAN rules testable without root.
+
+pub mod fdb;
+pub mod vlan;
+
+use std::time::{Duration, Instant};
+
+use dataplane_common::wire::L2Header;
+
+pub use fdb::{Fdb, Learned, PortId};
+pub use vlan::{EgressTag, VlanMode, VlanSet};
+
+/// How frames are forwarded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Forwarding {
+    /// MAC learning switch with flooding, per VLAN.
+    Learning,
+    /// Fixed pairs: everything from port `i` goes to `peer[i]` unchanged,
+    /// like testpmd io-fwd (for benchmarks).
+    CrossConnect {
+        /// The peer of each port (by index), if it has one.
+        peer: Vec<Option<PortId>>,
+    },
+}
+
+/// Why the switch dropped a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// The port does not accept the frame's VLAN (or tag).
+    VlanPolicy,
+    /// The destination was learned on the port the frame came from.
+    SameSegment,
+    /// Cross-connect port without a peer, or the egress port is down.
+    NoEgress,
+}
+
+/// What to do with one frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Drop and count.
+    Drop(DropReason),
+    /// Send on one port with this tag.
+    Forward {
+        out: PortId,
+        vlan: u16,
+        tag: EgressTag,
+    },
+    /// Send on every member port of `vlan` except the ingress port
+    /// (see [`Switch::flood_targets`]).
+    Flood { vlan: u16 },
+    /// Cross-connect: send unchanged on `out`.
+    Pass { out: PortId },
+}
+
+/// Per-port switch settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SwitchPort {
+    /// Port name (for logs and `show`).
+    pub name: String,
+    /// VLAN membership.
+    pub vlan: VlanMode,
+    /// A port that is down is neither a flood target nor a unicast egress.
+    pub up: bool,
+}
+
+/// FDB limits.
+#[derive(Debug, Clone, Copy)]
+pub struct FdbConfig {
+    /// Most entries kept.
+    pub max_entries: usize,
+    /// Ageing time.
+    pub max_age: Duration,
+}
+
+impl Default for FdbConfig {
+    /// Linux bridge defaults: 300 s ageing; a limit that keeps memory small.
+    fn default() -> Self {
+        FdbConfig {
+            max_entries: 8192,
+            max_age: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Counters the switch keeps about learning.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LearningStats {
+    pub learned: u64,
+    pub moved: u64,
+    pub table_full: u64,
+}
+
+/// The switch: ports, FDB and forwarding mode.
+#[derive(Debug)]
+pub struct Switch {
+    ports: Vec<SwitchPort>,
+    fdb: Fdb,
+    forwarding: Forwarding,
+    learning: LearningStats,
+}
+
+impl Switch {
+    /// A switch over `ports` (their indices are the [`PortId`]s).
+    pub fn new(ports: Vec<SwitchPort>, forwarding: Forwarding, fdb: FdbConfig) -> Switch {
+        Switch {
+            ports,
+            fdb: Fdb::new(fdb.max_entries, fdb.max_age),
+            forwarding,
+            learning: LearningStats::default(),
+        }
+    }
+
+    /// The ports, by id.
+    pub fn ports(&self) -> &[SwitchPort] {
+        &self.ports
+    }
+
+    /// Marks a port up or down; a port going down forgets its addresses.
+    pub fn set_port_up(&mut self, port: PortId, up: bool) {
+        if let Some(p) = self.ports.get_mut(port) {
+            p.up = up;
+            if !up {
+                self.fdb.flush_port(port);
+            }
+        }
+    }
+
+    /// The learning table.
+    pub fn fdb(&self) -> &Fdb {
+        &self.fdb
+    }
+
+    /// Forgets every learned address.
+    pub fn flush_fdb(&mut self) {
+        self.fdb.flush();
+    }
+
+    /// Learning counters.
+    pub fn learning_stats(&self) -> LearningStats {
+        self.learning
+    }
+
+    /// Drops expired FDB entries (call now and then, not per frame).
+    pub fn expire(&mut self, now: Instant) -> usize {
+        self.fdb.expire(now)
+    }
+
+    /// Decides what happens to a frame with `header` received on `in_port`.
+    pub fn decide(&mut self, in_port: PortId, header: &L2Header, now: Instant) -> Decision {
+        if let Forwarding::CrossConnect { peer } = &self.forwarding {
+            return match peer.get(in_port).copied().flatten() {
+                Some(out) if self.ports[out].up => Decision::Pass { out },
+                _ => Decision::Drop(DropReason::NoEgress),
+            };
+        }
+        let Some(vlan) = self.ports[in_port].vlan.ingress(header.vlan) else {
+            return Decision::Drop(DropReason::VlanPolicy);
+        };
+        match self.fdb.learn(vlan, header.src, in_port, now) {
+            Learned::New => self.learning.learned += 1,
+            Learned::Moved { .. } => self.learning.moved += 1,
+            Learned::TableFull => self.learning.table_full += 1,
+            Learned::Refreshed | Learned::Ignored => {}
+        }
+        if header.is_multicast() {
+            return Decision::Flood { vlan };
+        }
+        match self.fdb.lookup(vlan, header.dst, now) {
+            None => Decision::Flood { vlan },
+            Some(out) if out == in_port => Decision::Drop(DropReason::SameSegment),
+            Some(out) => match (self.ports[out].up, self.ports[out].vlan.egress(vlan)) {
+                (true, Some(tag)) => Decision::Forward { out, vlan, tag },
+                _ => Decision::Drop(DropReason::NoEgress),
+            },
+        }
+    }
+
+    /// The ports a frame of `vlan` from `in_port` is flooded to, with their tags.
+    pub fn flood_targets(
+        &self,
+        in_port: PortId,
+        vlan: u16,
+    ) -> impl Iterator<Item = (PortId, EgressTag)> + '_ {
+        self.ports
+            .iter()
+            .enumerate()
+            .filter(move |(id, p)| *id != in_port && p.up)
+            .filter_map(move |(id, p)| p.vlan.egress(vlan).map(|tag| (id, tag)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dataplane_common::wire::ETH_HLEN;
+
+    const A: [u8; 6] = [2, 0, 0, 0, 0, 0xa];
+    const B: [u8; 6] = [2, 0, 0, 0, 0, 0xb];
+    const BCAST: [u8; 6] = [0xff; 6];
+
+    fn port(name: &str, vlan: VlanMode) -> SwitchPort {
+        SwitchPort {
+            name: name.into(),
+            vlan,
+            up: true,
+        }
+    }
+
+    fn hdr(src: [u8; 6], dst: [u8; 6], vlan: Option<u16>) -> L2Header {
+        L2Header {
+            dst,
+            src,
+            vlan,
+            ethertype: 0x0800,
+            header_len: ETH_HLEN,
+        }
+    }
+
+    fn three_ports() -> Switch {
+        Switch::new(
+            vec![
+                port("p0", VlanMode::default()),
+                port("p1", VlanMode::default()),
+                port("p2", VlanMode::default()),
+            ],
+            Forwarding::Learning,
+            FdbConfig::default(),
+        )
+    }
+
+    #[test]
+    fn unknown_floods_then_learned_goes_to_one_port() {
+        let mut sw = three_ports();
+        let now = Instant::now();
+        // A (on p0) -> B: unknown, flooded to p1 and p2.
+        assert_eq!(
+            sw.decide(0, &hdr(A, B, None), now),
+            Decision::Flood { vlan: 0 }
+        );
+        let targets: Vec<_> = sw.flood_targets(0, 0).map(|(p, _)| p).collect();
+        assert_eq!(targets, vec![1, 2]);
+        // B answers from p1: A is known on p0.
+        assert_eq!(
+            sw.decide(1, &hdr(B, A, None), now),
+            Decision::Forward {
+                out: 0,
+                vlan: 0,
+                tag: EgressTag::Untagged
+            }
+        );
+        // Now A -> B goes to p1 only.
+        assert!(matches!(
+            sw.decide(0, &hdr(A, B, None), now),
+            Decision::Forward { out: 1, .. }
+        ));
+        assert_eq!(sw.learning_stats().learned, 2);
+    }
+
+    #[test]
+    fn broadcast_always_floods() {
+        let mut sw = three_ports();
+        let now = Instant::now();
+        sw.decide(1, &hdr(B, A, None), now);
+        assert_eq!(
+            sw.decide(0, &hdr(A, BCAST, None), now),
+            Decision::Flood { vlan: 0 }
+        );
+    }
+
+    #[test]
+    fn mac_move_updates_the_port() {
+        let mut sw = three_ports();
+        let now = Instant::now();
+        sw.decide(1, &hdr(B, A, None), now);
+        sw.decide(2, &hdr(B, A, None), now);
+        assert!(matches!(
+            sw.decide(0, &hdr(A, B, None), now),
+            Decision::Forward { out: 2, .. }
+        ));
+        assert_eq!(sw.learning_stats().moved, 1);
+    }
+
+    #[test]
+    fn destination_on_ingress_port_is_dropped() {
+        let mut sw = three_ports();
+        let now = Instant::now();
+        sw.decide(0, &hdr(B, A, None), now);
+        assert_eq!(
+            sw.decide(0, &hdr(A, B, None), now),
+            Decision::Drop(DropReason::SameSegment)
+        );
+    }
+
+    #[test]
+    fn vlans_isolate_and_tags_follow_port_modes() {
+        let mut sw = Switch::new(
+            vec![
+                port("access10", VlanMode::Access(10)),
+                port("access20", VlanMode::Access(20)),
+                port(
+                    "trunk",
+                    VlanMode::Trunk {
+                        allowed: Some(VlanSet::new([10, 20])),
+                        native: 1,
+                    },
+                ),
+                port("access10b", VlanMode::Access(10)),
+            ],
+            Forwarding::Learning,
+            FdbConfig::default(),
+        );
+        let now = Instant::now();
+        assert_eq!(
+            sw.decide(0, &hdr(A, BCAST, None), now),
+            Decision::Flood { vlan: 10 }
+        );
+        let targets: Vec<_> = sw.flood_targets(0, 10).collect();
+        assert_eq!(
+            targets,
+            vec![(2, EgressTag::Tagged(10)), (3, EgressTag::Untagged)]
+        );
+        // Tagged frame on an access port: refused.
+        assert_eq!(
+            sw.decide(0, &hdr(A, B, Some(10)), now),
+            Decision::Drop(DropReason::VlanPolicy)
+        );
+        // VLAN 30 is not allowed on the trunk.
+        assert_eq!(
+            sw.decide(2, &hdr(B, A, Some(30)), now),
+            Decision::Drop(DropReason::VlanPolicy)
+        );
+        // A learned in VLAN 10 is unknown in VLAN 20.
+        assert_eq!(
+            sw.decide(1, &hdr(B, A, None), now),
+            Decision::Flood { vlan: 20 }
+        );
+    }
+
+    #[test]
+    fn down_ports_are_skipped_and_forgotten() {
+        let mut sw = three_ports();
+        let now = Instant::now();
+        sw.decide(1, &hdr(B, A, None), now);
+        sw.set_port_up(1, false);
+        assert_eq!(
+            sw.decide(0, &hdr(A, B, None), now),
+            Decision::Flood { vlan: 0 }
+        );
+        let targets: Vec<_> = sw.flood_targets(0, 0).map(|(p, _)| p).collect();
+        assert_eq!(targets, vec![2]);
+    }
+
+    #[test]
+    fn cross_connect_ignores_addresses() {
+        let mut sw = Switch::new(
+            vec![
+                port("a", VlanMode::default()),
+                port("b", VlanMode::default()),
+            ],
+            Forwarding::CrossConnect {
+                peer: vec![Some(1), Some(0)],
+            },
+            FdbConfig::default(),
+        );
+        let now = Instant::now();
+        assert_eq!(
+            sw.decide(0, &hdr(A, B, None), now),
+            Decision::Pass { out: 1 }
+        );
+        assert_eq!(
+            sw.decide(1, &hdr(B, BCAST, None), now),
+            Decision::Pass { out: 0 }
+        );
+        assert!(sw.fdb().is_empty());
+    }
+}

@@ -1,0 +1,227 @@
+//! Port VLAN membership (access / trunk) and tag push/pop on frame buffers.
+
+use dataplane_common::wire::{ETH_P_8021Q, VLAN_HLEN};
+
+/// VLAN id used internally for untagged frames of a trunk without an
+/// explicit native VLAN (as Open vSwitch does: VLAN 0 is "untagged").
+pub const UNTAGGED: u16 = 0;
+
+/// How a port treats VLANs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VlanMode {
+    /// Untagged port in one VLAN: frames arrive and leave without a tag.
+    /// Tagged frames arriving on it are dropped (priority tags, VID 0, are accepted).
+    Access(u16),
+    /// Tagged port: carries the allowed VLANs tagged; untagged frames belong
+    /// to the native VLAN and leave untagged.
+    Trunk {
+        /// Allowed VLAN ids; `None` allows every VLAN.
+        allowed: Option<VlanSet>,
+        /// VLAN of untagged frames.
+        native: u16,
+    },
+}
+
+impl Default for VlanMode {
+    /// Like an Open vSwitch port without `tag` or `trunks`: every VLAN passes
+    /// tagged, untagged frames form their own domain. Makes a plain
+    /// learning switch of ports nobody configured.
+    fn default() -> Self {
+        VlanMode::Trunk {
+            allowed: None,
+            native: UNTAGGED,
+        }
+    }
+}
+
+/// What a frame's tag must become on egress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EgressTag {
+    /// Leaves without a tag.
+    Untagged,
+    /// Leaves tagged with this VLAN id.
+    Tagged(u16),
+}
+
+impl VlanMode {
+    /// The VLAN a frame received with `tag` belongs to, or `None` when the
+    /// port does not accept it (the frame is dropped and counted).
+    pub fn ingress(&self, tag: Option<u16>) -> Option<u16> {
+        match (self, tag) {
+            (VlanMode::Access(vid), None | Some(0)) => Some(*vid),
+            (VlanMode::Access(_), Some(_)) => None,
+            (VlanMode::Trunk { native, .. }, None | Some(0)) => Some(*native),
+            (VlanMode::Trunk { allowed, native }, Some(vid)) => {
+                (vid == *native || allowed.as_ref().is_none_or(|s| s.contains(vid))).then_some(vid)
+            }
+        }
+    }
+
+    /// How a frame of `vlan` leaves this port, or `None` if the port is not
+    /// a member of that VLAN.
+    pub fn egress(&self, vlan: u16) -> Option<EgressTag> {
+        match self {
+            VlanMode::Access(vid) => (*vid == vlan).then_some(EgressTag::Untagged),
+            VlanMode::Trunk { allowed, native } => {
+                if vlan == *native {
+                    Some(EgressTag::Untagged)
+                } else if allowed.as_ref().is_none_or(|s| s.contains(vlan)) {
+                    Some(EgressTag::Tagged(vlan))
+                } else {
+                    None
+                }
+            }
+        }
+    }
+}
+
+/// A set of VLAN ids (0-4095) as a bitmap.
+#[derive(Clone, PartialEq, Eq)]
+pub struct VlanSet(Box<[u64; 64]>);
+
+impl VlanSet {
+    /// The set of `vids`.
+    pub fn new(vids: impl IntoIterator<Item = u16>) -> VlanSet {
+        let mut bits = Box::new([0u64; 64]);
+        for v in vids {
+            let v = (v & 0x0fff) as usize;
+            bits[v / 64] |= 1 << (v % 64);
+        }
+        VlanSet(bits)
+    }
+
+    /// Membership test.
+    pub fn contains(&self, vid: u16) -> bool {
+        let v = (vid & 0x0fff) as usize;
+        self.0[v / 64] & (1 << (v % 64)) != 0
+    }
+
+    /// The members, ascending.
+    pub fn iter(&self) -> impl Iterator<Item = u16> + '_ {
+        (0u16..4096).filter(|v| self.contains(*v))
+    }
+}
+
+impl std::fmt::Debug for VlanSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.iter()).finish()
+    }
+}
+
+/// Makes the tag of the frame at `buf[start..start + len]` match `want`,
+/// moving the frame start by a tag's length when pushing or popping.
+/// Returns the new `(start, len)`, or `None` when a push has no headroom.
+///
+/// `have` is the frame's current outer VID (`None`: untagged).
+pub fn retag(
+    buf: &mut [u8],
+    start: usize,
+    len: usize,
+    have: Option<u16>,
+    want: EgressTag,
+) -> Option<(usize, usize)> {
+    const MACS: usize = 12;
+    match (have, want) {
+        (None, EgressTag::Untagged) => Some((start, len)),
+        (Some(_), EgressTag::Tagged(vid)) => {
+            // Rewrite the VID in place, keeping PCP and DEI.
+            let tci = &mut buf[start + 14..start + 16];
+            let old = u16::from_be_bytes([tci[0], tci[1]]);
+            tci.copy_from_slice(&((old & 0xf000) | (vid & 0x0fff)).to_be_bytes());
+            Some((start, len))
+        }
+        (Some(_), EgressTag::Untagged) => {
+            // Slide the MACs over the tag: the frame now starts 4 bytes later.
+            buf.copy_within(start..start + MACS, start + VLAN_HLEN);
+            Some((start + VLAN_HLEN, len - VLAN_HLEN))
+        }
+        (None, EgressTag::Tagged(vid)) => {
+            let new_start = start.checked_sub(VLAN_HLEN)?;
+            buf.copy_within(start..start + MACS, new_start);
+            buf[new_start + 12..new_start + 14].copy_from_slice(&ETH_P_8021Q.to_be_bytes());
+            buf[new_start + 14..new_start + 16].copy_from_slice(&(vid & 0x0fff).to_be_bytes());
+            Some((new_start, len + VLAN_HLEN))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dataplane_common::wire::parse_l2;
+
+    #[test]
+    fn access_port() {
+        let p = VlanMode::Access(10);
+        assert_eq!(p.ingress(None), Some(10));
+        assert_eq!(p.ingress(Some(0)), Some(10));
+        assert_eq!(p.ingress(Some(10)), None);
+        assert_eq!(p.egress(10), Some(EgressTag::Untagged));
+        assert_eq!(p.egress(11), None);
+    }
+
+    #[test]
+    fn trunk_port() {
+        let p = VlanMode::Trunk {
+            allowed: Some(VlanSet::new([10, 20])),
+            native: 5,
+        };
+        assert_eq!(p.ingress(None), Some(5));
+        assert_eq!(p.ingress(Some(20)), Some(20));
+        assert_eq!(p.ingress(Some(30)), None);
+        assert_eq!(p.egress(5), Some(EgressTag::Untagged));
+        assert_eq!(p.egress(10), Some(EgressTag::Tagged(10)));
+        assert_eq!(p.egress(30), None);
+    }
+
+    #[test]
+    fn default_port_passes_everything() {
+        let p = VlanMode::default();
+        assert_eq!(p.ingress(None), Some(UNTAGGED));
+        assert_eq!(p.ingress(Some(4000)), Some(4000));
+        assert_eq!(p.egress(4000), Some(EgressTag::Tagged(4000)));
+        assert_eq!(p.egress(UNTAGGED), Some(EgressTag::Untagged));
+    }
+
+    fn untagged_frame_at(start: usize) -> Vec<u8> {
+        let mut buf = vec![0u8; start + 64];
+        buf[start..start + 6].copy_from_slice(&[2, 0, 0, 0, 0, 0xb]);
+        buf[start + 6..start + 12].copy_from_slice(&[2, 0, 0, 0, 0, 0xa]);
+        buf[start + 12..start + 14].copy_from_slice(&0x0800u16.to_be_bytes());
+        buf[start + 14] = 0x45;
+        buf
+    }
+
+    #[test]
+    fn push_then_pop_restores_the_frame() {
+        let mut buf = untagged_frame_at(8);
+        let orig = buf[8..72].to_vec();
+        let (s, l) = retag(&mut buf, 8, 64, None, EgressTag::Tagged(100)).unwrap();
+        assert_eq!((s, l), (4, 68));
+        let h = parse_l2(&buf[s..s + l]).unwrap();
+        assert_eq!(h.vlan, Some(100));
+        assert_eq!(h.ethertype, 0x0800);
+        assert_eq!(h.src, [2, 0, 0, 0, 0, 0xa]);
+        assert_eq!(buf[s + 18], 0x45, "payload follows the tag");
+        let (s2, l2) = retag(&mut buf, s, l, Some(100), EgressTag::Untagged).unwrap();
+        assert_eq!((s2, l2), (8, 64));
+        assert_eq!(&buf[8..72], &orig[..]);
+    }
+
+    #[test]
+    fn push_without_headroom_fails() {
+        let mut buf = untagged_frame_at(2);
+        assert_eq!(retag(&mut buf, 2, 64, None, EgressTag::Tagged(1)), None);
+    }
+
+    #[test]
+    fn retag_keeps_priority() {
+        let mut buf = untagged_frame_at(8);
+        let (s, l) = retag(&mut buf, 8, 64, None, EgressTag::Tagged(100)).unwrap();
+        buf[s + 14] |= 0xa0; // PCP 5
+        retag(&mut buf, s, l, Some(100), EgressTag::Tagged(200)).unwrap();
+        let tci = u16::from_be_bytes([buf[s + 14], buf[s + 15]]);
+        assert_eq!(tci >> 13, 5);
+        assert_eq!(tci & 0xfff, 200);
+    }
+}
