@@ -99,47 +99,6 @@ fn mode_name(mode: u64) -> &'static str {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn single_program() {
-        let j: Value = serde_json::from_str(
-            r#"[{"ifname":"v0","xdp":{"mode":1,"prog":{"id":42,"name":"steer","tag":"ab"}}}]"#,
-        )
-        .unwrap();
-        assert_eq!(
-            parse_xdp_json(&j),
-            vec![AttachedXdp {
-                id: 42,
-                name: "steer".into(),
-                mode: "driver"
-            }]
-        );
-    }
-
-    #[test]
-    fn multiple_programs_and_none() {
-        let j: Value = serde_json::from_str(
-            r#"[{"xdp":{"mode":4,"attached":[{"mode":2,"prog":{"id":7,"name":"a"}},{"mode":1,"prog":{"id":8,"name":"b"}}]}}]"#,
-        )
-        .unwrap();
-        let got = parse_xdp_json(&j);
-        assert_eq!(got.len(), 2);
-        assert_eq!((got[0].id, got[0].mode), (7, "skb"));
-        assert_eq!((got[1].id, got[1].mode), (8, "driver"));
-        let none: Value = serde_json::from_str(r#"[{"ifname":"v0"}]"#).unwrap();
-        assert!(parse_xdp_json(&none).is_empty());
-    }
-
-    #[test]
-    fn missing_interface_is_named() {
-        let err = ifindex("dp-no-such-if").unwrap_err();
-        assert!(err.to_string().contains("dp-no-such-if"));
-    }
-}
-
 /// The hardware address of `ifname`, asked through an ioctl on a socket of
 /// the current network namespace (/sys/class/net shows the namespace /sys
 /// was mounted in, which `--netns` does not change).
@@ -188,4 +147,45 @@ pub fn pin_thread_to_cpu(cpu: usize) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn single_program() {
+        let j: Value = serde_json::from_str(
+            r#"[{"ifname":"v0","xdp":{"mode":1,"prog":{"id":42,"name":"steer","tag":"ab"}}}]"#,
+        )
+        .unwrap();
+        assert_eq!(
+            parse_xdp_json(&j),
+            vec![AttachedXdp {
+                id: 42,
+                name: "steer".into(),
+                mode: "driver"
+            }]
+        );
+    }
+
+    #[test]
+    fn multiple_programs_and_none() {
+        let j: Value = serde_json::from_str(
+            r#"[{"xdp":{"mode":4,"attached":[{"mode":2,"prog":{"id":7,"name":"a"}},{"mode":1,"prog":{"id":8,"name":"b"}}]}}]"#,
+        )
+        .unwrap();
+        let got = parse_xdp_json(&j);
+        assert_eq!(got.len(), 2);
+        assert_eq!((got[0].id, got[0].mode), (7, "skb"));
+        assert_eq!((got[1].id, got[1].mode), (8, "driver"));
+        let none: Value = serde_json::from_str(r#"[{"ifname":"v0"}]"#).unwrap();
+        assert!(parse_xdp_json(&none).is_empty());
+    }
+
+    #[test]
+    fn missing_interface_is_named() {
+        let err = ifindex("dp-no-such-if").unwrap_err();
+        assert!(err.to_string().contains("dp-no-such-if"));
+    }
 }
