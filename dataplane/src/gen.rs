@@ -13,32 +13,19 @@
 use std::os::fd::{AsFd, AsRawFd};
 use std::time::{Duration, Instant};
 
-use aya::maps::{DevMap, MapData, PerCpuArray};
-use aya::programs::Xdp;
-use aya::{Ebpf, EbpfLoader};
-use dataplane_common::map_names;
 use thiserror::Error;
 
+use crate::forward::{self, Forward};
 use crate::netdev;
 
 #[derive(Debug, Error)]
 pub enum Error {
     #[error(transparent)]
     Netdev(#[from] netdev::Error),
+    #[error(transparent)]
+    Forward(#[from] forward::Error),
     #[error("loading the generator program: {0}")]
-    Load(#[from] aya::EbpfError),
-    #[error("loading the generator program into the kernel: {0}")]
     Program(#[from] aya::programs::ProgramError),
-    #[error("generator map {name}: {source}")]
-    Map {
-        name: &'static str,
-        source: aya::maps::MapError,
-    },
-    #[error("setting {ifname} as the generator's target: {source}")]
-    Target {
-        ifname: String,
-        source: aya::maps::xdp::XdpMapError,
-    },
     #[error(
         "BPF_PROG_RUN in live-frame mode on {ifname} failed: {source} \
          (needs kernel >= 5.18 and root)"
@@ -110,8 +97,7 @@ pub struct Generator {
     ifname: String,
     ifindex: u32,
     frame: Vec<u8>,
-    // Keeps the program and maps loaded.
-    ebpf: Ebpf,
+    forward: Forward,
 }
 
 /// Totals of a generator run.
@@ -135,44 +121,17 @@ impl GenReport {
 impl Generator {
     /// Loads `forward` with `ifname` as its target and prepares `frame`.
     pub fn new(ifname: &str, frame: Vec<u8>) -> Result<Generator, Error> {
-        let ifindex = netdev::ifindex(ifname)?;
-        let mut ebpf = EbpfLoader::new().load(crate::steer::object())?;
-        let prog: &mut Xdp = ebpf
-            .program_mut(dataplane_common::FORWARD_PROGRAM)
-            .expect("the embedded object has a forward program")
-            .try_into()
-            .expect("forward is an XDP program");
-        prog.load()?;
-        let mut port: DevMap<&mut MapData> = DevMap::try_from(
-            ebpf.map_mut(map_names::FWD_PORT)
-                .expect("object has FWD_PORT"),
-        )
-        .map_err(|source| Error::Map {
-            name: map_names::FWD_PORT,
-            source,
-        })?;
-        port.set(0, ifindex, None, 0)
-            .map_err(|source| Error::Target {
-                ifname: ifname.to_string(),
-                source,
-            })?;
         Ok(Generator {
             ifname: ifname.to_string(),
-            ifindex,
+            ifindex: netdev::ifindex(ifname)?,
             frame,
-            ebpf,
+            forward: Forward::load(ifname)?,
         })
     }
 
     /// Sends `repeat` frames in one BPF_PROG_RUN (blocks until done).
     pub fn run(&self, repeat: u32) -> Result<(), Error> {
-        let prog: &Xdp = self
-            .ebpf
-            .program(dataplane_common::FORWARD_PROGRAM)
-            .expect("loaded")
-            .try_into()
-            .expect("XDP");
-        let fd = prog.fd()?.as_fd().as_raw_fd();
+        let fd = self.forward.program().fd()?.as_fd().as_raw_fd();
         prog_run_live(fd, &self.frame, self.ifindex, repeat).map_err(|source| Error::Run {
             ifname: self.ifname.clone(),
             source,
@@ -181,26 +140,7 @@ impl Generator {
 
     /// Frames forwarded and failed so far (summed over CPUs).
     pub fn counts(&self) -> Result<(u64, u64), Error> {
-        let counts: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(
-            self.ebpf
-                .map(map_names::FWD_COUNT)
-                .expect("object has FWD_COUNT"),
-        )
-        .map_err(|source| Error::Map {
-            name: map_names::FWD_COUNT,
-            source,
-        })?;
-        let get = |i: u32| -> Result<u64, Error> {
-            Ok(counts
-                .get(&i, 0)
-                .map_err(|source| Error::Map {
-                    name: map_names::FWD_COUNT,
-                    source,
-                })?
-                .iter()
-                .sum())
-        };
-        Ok((get(0)?, get(1)?))
+        Ok(self.forward.counts()?)
     }
 
     /// Sends for `duration` (or until `count` frames, or `stop`), at most

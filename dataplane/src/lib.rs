@@ -6,11 +6,16 @@
 //! - [`netdev`], [`netns`], [`privileges`]: what the kernel says about
 //!   interfaces, namespaces and our rights, turned into errors a user can act on.
 
+pub mod config;
+pub mod engine;
+pub mod forward;
 pub mod gen;
 pub mod logging;
 pub mod netdev;
 pub mod netns;
+pub mod port;
 pub mod privileges;
+pub mod run;
 pub mod steer;
 pub mod switch;
 pub mod xsk;

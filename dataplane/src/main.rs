@@ -81,6 +81,20 @@ enum Command {
         #[arg(long, conflicts_with = "watch")]
         json: bool,
     },
+    /// Run the switch: AF_XDP ports, one poll-mode thread, until Ctrl-C.
+    ///
+    /// Attaches steer (everything to the switch) to each port's interface
+    /// unless it is already attached, opens an AF_XDP socket per queue on a
+    /// shared UMEM, and forwards between the ports. Ctrl-C or SIGTERM stops
+    /// it, unregisters the sockets and detaches what it attached. SIGUSR1
+    /// prints port statistics and the FDB.
+    #[command(after_help = "Examples:\n  \
+        dataplane -n dp-sw run --port afxdp:sa --port afxdp:sb\n  \
+        dataplane -n dp-sw run --port afxdp:sa,vlan=10 --port afxdp:sb,trunk=10+20 --stats-interval 1\n  \
+        dataplane -n dp-sw run --xconnect --busy-poll --core 1 --port afxdp:sa --port afxdp:sb\n  \
+        dataplane -n dp-sw run --config switch.toml\n\n\
+        Port spec: afxdp:IFACE[,queues=0+1][,vlan=N | ,trunk=N+M[,native=N]][,bind=auto|copy|zerocopy]")]
+    Run(RunArgs),
     /// Send UDP frames out of an interface as fast as the kernel can (or at --rate).
     ///
     /// Frames are injected as xdp_frames by an XDP program run through
@@ -91,6 +105,17 @@ enum Command {
         The receiving side of the veth needs an XDP program (e.g. steer) or GRO\n\
         enabled, or the kernel drops redirected frames (they show as `failed`).")]
     Gen(GenArgs),
+    /// Redirect every frame arriving on one interface straight to another in
+    /// XDP (no switching): the in-kernel baseline benchmarks compare against.
+    /// Runs until Ctrl-C, then detaches.
+    Forward {
+        /// Interface whose received frames are redirected.
+        #[arg(long, value_name = "IF")]
+        from: String,
+        /// Interface they are sent out of.
+        #[arg(long, value_name = "IF")]
+        to: String,
+    },
     /// Print the steer program's own log records (aya-log) until Ctrl-C.
     ///
     /// Records at or above the level RUST_LOG allowed when the program was
@@ -101,6 +126,31 @@ enum Command {
         #[arg(long, short = 'i', value_name = "IF")]
         iface: String,
     },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// TOML configuration (see the README); excludes the port flags.
+    #[arg(long, short = 'c', value_name = "FILE", conflicts_with_all = ["ports", "xconnect"])]
+    config: Option<PathBuf>,
+    /// A port: KIND:IFACE[,options] (repeatable).
+    #[arg(long = "port", short = 'p', value_name = "SPEC")]
+    ports: Vec<String>,
+    /// Cross-connect ports pairwise (1st<->2nd, 3rd<->4th) instead of switching.
+    #[arg(long)]
+    xconnect: bool,
+    /// Spin even when idle (lowest latency, a full core).
+    #[arg(long)]
+    busy_poll: bool,
+    /// CPU for the poll-mode thread.
+    #[arg(long, value_name = "CPU")]
+    core: Option<usize>,
+    /// Frames per receive burst.
+    #[arg(long, default_value_t = dataplane::config::DEFAULT_BURST)]
+    burst: usize,
+    /// Print port statistics every SECS seconds.
+    #[arg(long, value_name = "SECS")]
+    stats_interval: Option<u64>,
 }
 
 #[derive(clap::Args)]
@@ -167,7 +217,8 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("dataplane: error: {err:#}");
+            // Error messages carry their cause already; the chain would repeat it.
+            eprintln!("dataplane: error: {err}");
             ExitCode::FAILURE
         }
     }
@@ -227,7 +278,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Some(secs) => cli_status::watch(&root, secs)?,
             None => cli_status::print(&root, json)?,
         },
+        Command::Run(args) => run_switch(&root, args)?,
         Command::Gen(args) => run_gen(args)?,
+        Command::Forward { from, to } => {
+            dataplane::privileges::require_admin()?;
+            let mut fwd = dataplane::forward::Forward::load(&to)?;
+            fwd.attach(&from)?;
+            let stop = cli_status::ctrl_c_flag()?;
+            eprintln!("forwarding {from} -> {to} in XDP; Ctrl-C to stop");
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            let (ok, failed) = fwd.counts()?;
+            println!("forwarded {ok} frames from {from} to {to} ({failed} failed)");
+        }
         Command::Logs { iface } => {
             let stop = cli_status::ctrl_c_flag()?;
             eprintln!("following eBPF logs of {iface}; Ctrl-C to stop");
@@ -329,4 +393,82 @@ fn run_gen(args: GenArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+fn run_switch(root: &PinRoot, args: RunArgs) -> anyhow::Result<()> {
+    use dataplane::config::{ForwardingMode, RunConfig};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    let config = match &args.config {
+        Some(path) => RunConfig::from_file(path)?,
+        None => RunConfig::from_flags(
+            &args.ports,
+            if args.xconnect {
+                ForwardingMode::Xconnect
+            } else {
+                ForwardingMode::Switch
+            },
+            args.busy_poll,
+            args.core,
+            args.burst,
+            args.stats_interval
+                .filter(|s| *s > 0)
+                .map(Duration::from_secs),
+        )?,
+    };
+    let stop = cli_status::ctrl_c_flag()?;
+    let dump = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGUSR1, dump.clone())?;
+
+    let mut last: Option<(Instant, Vec<(String, dataplane::port::PortSnapshot)>)> = None;
+    let mut next_stats = config.stats_interval.map(|i| Instant::now() + i);
+    let summary = dataplane::run::run(&config, root, &stop, &mut |shared| {
+        let now = Instant::now();
+        let periodic = next_stats.is_some_and(|t| now >= t);
+        let on_demand = dump.swap(false, Ordering::Relaxed);
+        if !periodic && !on_demand {
+            return;
+        }
+        if let (Some(t), Some(i)) = (next_stats.as_mut(), config.stats_interval) {
+            if periodic {
+                *t = now + i;
+            }
+        }
+        let snap = dataplane::run::snapshot(shared);
+        let prev = last
+            .as_ref()
+            .map(|(t, p)| (p.as_slice(), now.duration_since(*t).as_secs_f64()));
+        print!("{}", dataplane::run::stats_table(&snap, prev));
+        if on_demand {
+            print_fdb(shared);
+        }
+        last = Some((now, snap));
+    })?;
+    println!("final port statistics:");
+    print!("{}", dataplane::run::stats_table(&summary.ports, None));
+    let a = summary.accounting;
+    println!(
+        "frames: {} total, {} free, {} held by ports, {} unaccounted",
+        a.total,
+        a.free,
+        a.held_by_ports,
+        a.unaccounted()
+    );
+    Ok(())
+}
+
+fn print_fdb(shared: &dataplane::engine::EngineShared) {
+    let fdb = shared.fdb();
+    println!("FDB ({} entries):", fdb.len());
+    println!("{:>5}  {:<17}  PORT", "VLAN", "MAC");
+    for (vlan, mac, port) in fdb {
+        println!(
+            "{:>5}  {:<17}  {}",
+            vlan,
+            dataplane::steer::policy::format_mac(&mac),
+            port
+        );
+    }
 }

@@ -301,16 +301,23 @@ impl PacketSocket {
             if ready <= 0 {
                 continue;
             }
-            // SAFETY: buf is writable for buf.len() bytes.
+            // SAFETY: sockaddr_ll is plain data.
+            let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            let mut from_len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+            // SAFETY: buf is writable for buf.len() bytes; from/from_len are valid.
             let n = unsafe {
-                libc::recv(
+                libc::recvfrom(
                     self.fd.as_raw_fd(),
                     buf.as_mut_ptr().cast(),
                     buf.len(),
                     libc::MSG_DONTWAIT,
+                    &mut from as *mut libc::sockaddr_ll as *mut libc::sockaddr,
+                    &mut from_len,
                 )
             };
-            if n > 0 && keep(&buf[..n as usize]) {
+            // Frames this host sent itself show up too: only count arrivals.
+            let outgoing = from.sll_pkttype == libc::PACKET_OUTGOING;
+            if n > 0 && !outgoing && keep(&buf[..n as usize]) {
                 got.push(buf[..n as usize].to_vec());
             }
         }
@@ -369,4 +376,142 @@ pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Optio
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// `dataplane run` in a namespace, stopped with SIGINT on drop (as Ctrl-C
+/// would), so every test exercises the real shutdown path.
+pub struct RunningSwitch {
+    child: Option<std::process::Child>,
+    output: std::sync::Arc<std::sync::Mutex<String>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl RunningSwitch {
+    /// Starts `dataplane --netns NS run ARGS` and waits until it says it runs.
+    pub fn start(ns: &NetNs, args: &[&str]) -> RunningSwitch {
+        use std::io::{BufRead, BufReader};
+        use std::process::Stdio;
+        let mut child = Command::new(dataplane_bin())
+            .args(["--netns", ns.name(), "run"])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start dataplane run");
+        let output = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let mut readers = Vec::new();
+        for pipe in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let out = output.clone();
+            readers.push(std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    let mut o = out.lock().unwrap();
+                    o.push_str(&line);
+                    o.push('\n');
+                }
+            }));
+        }
+        let mut sw = RunningSwitch {
+            child: Some(child),
+            output,
+            readers,
+        };
+        let ready = wait_for(Duration::from_secs(20), || {
+            if sw.output().contains("switch running") {
+                return Some(true);
+            }
+            match sw.child.as_mut().unwrap().try_wait() {
+                Ok(Some(_)) => Some(false),
+                _ => None,
+            }
+        });
+        assert_eq!(
+            ready,
+            Some(true),
+            "dataplane run did not start:\n{}",
+            sw.output()
+        );
+        sw
+    }
+
+    /// Everything it printed so far (stdout and stderr interleaved by line).
+    pub fn output(&self) -> String {
+        self.output.lock().unwrap().clone()
+    }
+
+    /// Sends a signal (e.g. SIGUSR1 for statistics).
+    pub fn signal(&self, sig: i32) {
+        if let Some(child) = &self.child {
+            // SAFETY: kill(2) on our own child.
+            unsafe { libc::kill(child.id() as i32, sig) };
+        }
+    }
+
+    /// SIGINT, wait for exit; returns (exit success, everything printed).
+    pub fn stop(mut self) -> (bool, String) {
+        let ok = self.stop_inner();
+        (ok, self.output())
+    }
+
+    fn stop_inner(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return false;
+        };
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        let status = wait_for(Duration::from_secs(10), || child.try_wait().ok().flatten());
+        let ok = match status {
+            Some(s) => s.success(),
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                false
+            }
+        };
+        for r in self.readers.drain(..) {
+            let _ = r.join();
+        }
+        ok
+    }
+}
+
+impl Drop for RunningSwitch {
+    fn drop(&mut self) {
+        self.stop_inner();
+    }
+}
+
+/// Receives test frames (ethertype [`TEST_ETHERTYPE`]) in `ns` on `ifname`
+/// on a background thread until `expect` arrived or `timeout` passed;
+/// join the handle for the sequence numbers seen.
+pub fn collect_test_frames(
+    ns: &NetNs,
+    ifname: &str,
+    expect: usize,
+    timeout: Duration,
+) -> (
+    std::thread::JoinHandle<Vec<u32>>,
+    std::sync::mpsc::Receiver<()>,
+) {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let path = format!("/var/run/netns/{}", ns.name());
+    let ifname = ifname.to_string();
+    let handle = std::thread::spawn(move || {
+        let file = File::open(&path).expect("open netns");
+        // SAFETY: setns on an fd we own; affects only this thread.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0);
+        let sock = PacketSocket::open(&ifname);
+        let _ = ready_tx.send(());
+        sock.receive(expect, timeout, |f| {
+            test_frame_seq(f, TEST_ETHERTYPE).is_some()
+        })
+        .iter()
+        .filter_map(|f| test_frame_seq(f, TEST_ETHERTYPE))
+        .collect()
+    });
+    (handle, ready_rx)
 }

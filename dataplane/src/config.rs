@@ -1,0 +1,604 @@
+//! `dataplane run` configuration: a TOML file, or `--port` flags for the
+//! simple case. Both end as one validated [`RunConfig`].
+//!
+//! ```toml
+//! mode = "switch"          # or "xconnect" (port pairs, like testpmd io-fwd)
+//! busy_poll = false        # spin even when idle (benchmarks)
+//! core = 1                 # CPU of the PMD thread
+//! burst = 64
+//! stats_interval = 5       # seconds between statistics lines (0: off)
+//!
+//! [umem]
+//! frame_size = 4096
+//! frames = 8192
+//!
+//! [fdb]
+//! max_entries = 8192
+//! max_age = 300            # seconds
+//!
+//! [[port]]
+//! kind = "afxdp"
+//! iface = "veth0"
+//! queues = [0]
+//! vlan = 10                # access port of VLAN 10 ...
+//!
+//! [[port]]
+//! kind = "afxdp"
+//! iface = "veth1"
+//! trunk = [10, 20]         # ... or a trunk of these VLANs
+//! native_vlan = 1          # untagged frames of a trunk
+//! ```
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::switch::{FdbConfig, VlanMode, VlanSet};
+use crate::xsk::BindMode;
+
+#[derive(Debug, Error, PartialEq)]
+pub enum Error {
+    #[error("reading config {path}: {detail}")]
+    Read { path: String, detail: String },
+    #[error("config {path}: {detail}")]
+    Syntax { path: String, detail: String },
+    #[error("port {spec:?}: unknown port kind {kind:?}; known kinds: afxdp")]
+    UnknownKind { spec: String, kind: String },
+    #[error("port {spec:?}: expected KIND:IFACE[,key=value...] (e.g. afxdp:veth0,vlan=10)")]
+    BadPortSpec { spec: String },
+    #[error("port {spec:?}: unknown option {key:?}; known: queues, vlan, trunk, native, bind")]
+    UnknownOption { spec: String, key: String },
+    #[error("port {spec:?}: bad value {value:?} for {key}: {why}")]
+    BadValue {
+        spec: String,
+        key: String,
+        value: String,
+        why: String,
+    },
+    #[error("port {name} is configured twice")]
+    DuplicatePort { name: String },
+    #[error("port {name}: `vlan` (access) and `trunk` exclude each other")]
+    AccessAndTrunk { name: String },
+    #[error("port {name}: VLAN {vid} is out of range (1-4094)")]
+    VlanRange { name: String, vid: u16 },
+    #[error(
+        "no ports: give --port KIND:IFACE (at least two) or a config file with [[port]] tables"
+    )]
+    NoPorts,
+    #[error("xconnect mode pairs ports: it needs an even number of ports, got {0}")]
+    OddCrossConnect(usize),
+    #[error("{field} = {value} is invalid: {why}")]
+    Invalid {
+        field: &'static str,
+        value: String,
+        why: String,
+    },
+}
+
+/// How frames are forwarded between ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ForwardingMode {
+    /// L2 learning switch.
+    #[default]
+    Switch,
+    /// Port 0 <-> 1, 2 <-> 3, ...
+    Xconnect,
+}
+
+/// Port kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PortKind {
+    /// AF_XDP sockets on a netdev running steer.
+    Afxdp,
+}
+
+/// One port as configured.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PortConfig {
+    pub kind: PortKind,
+    pub iface: String,
+    pub queues: Vec<u32>,
+    pub vlan: VlanMode,
+    pub bind: BindMode,
+}
+
+impl PortConfig {
+    /// `kind:iface`, as logs and statistics name the port.
+    pub fn name(&self) -> String {
+        match self.kind {
+            PortKind::Afxdp => format!("afxdp:{}", self.iface),
+        }
+    }
+}
+
+/// Everything `dataplane run` needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunConfig {
+    pub mode: ForwardingMode,
+    pub busy_poll: bool,
+    pub core: Option<usize>,
+    pub burst: usize,
+    pub stats_interval: Option<Duration>,
+    pub frame_size: u32,
+    pub frames: u32,
+    pub fdb: FdbSettings,
+    pub ports: Vec<PortConfig>,
+}
+
+/// FDB limits as configured.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FdbSettings {
+    pub max_entries: usize,
+    pub max_age: Duration,
+}
+
+impl From<FdbSettings> for FdbConfig {
+    fn from(s: FdbSettings) -> FdbConfig {
+        FdbConfig {
+            max_entries: s.max_entries,
+            max_age: s.max_age,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    #[serde(default)]
+    mode: ForwardingMode,
+    #[serde(default)]
+    busy_poll: bool,
+    core: Option<usize>,
+    burst: Option<usize>,
+    stats_interval: Option<u64>,
+    #[serde(default)]
+    umem: UmemSection,
+    #[serde(default)]
+    fdb: FdbSection,
+    #[serde(default, rename = "port")]
+    ports: Vec<PortSection>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct UmemSection {
+    frame_size: Option<u32>,
+    frames: Option<u32>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FdbSection {
+    max_entries: Option<usize>,
+    max_age: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PortSection {
+    kind: PortKind,
+    iface: String,
+    #[serde(default)]
+    queues: Option<Vec<u32>>,
+    vlan: Option<u16>,
+    trunk: Option<Vec<u16>>,
+    native_vlan: Option<u16>,
+    #[serde(default)]
+    bind: Option<String>,
+}
+
+/// Defaults shared by both forms.
+pub const DEFAULT_FRAME_SIZE: u32 = 4096;
+pub const DEFAULT_FRAMES: u32 = 8192;
+pub const DEFAULT_BURST: usize = 64;
+
+impl RunConfig {
+    /// Reads and validates a TOML file. Syntax errors carry line and column.
+    pub fn from_file(path: &Path) -> Result<RunConfig, Error> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Read {
+            path: path.display().to_string(),
+            detail: e.to_string(),
+        })?;
+        Self::from_toml(&text, &path.display().to_string())
+    }
+
+    /// Parses TOML text (`origin` names it in errors).
+    pub fn from_toml(text: &str, origin: &str) -> Result<RunConfig, Error> {
+        let file: FileConfig = toml::from_str(text).map_err(|e| Error::Syntax {
+            path: origin.to_string(),
+            detail: describe_toml_error(text, &e),
+        })?;
+        let mut ports = Vec::new();
+        for p in file.ports {
+            let name = format!("afxdp:{}", p.iface);
+            let vlan = vlan_mode(&name, p.vlan, p.trunk, p.native_vlan)?;
+            let bind = match p.bind.as_deref() {
+                None => BindMode::Auto,
+                Some(b) => parse_bind(b).map_err(|why| Error::BadValue {
+                    spec: name.clone(),
+                    key: "bind".into(),
+                    value: b.into(),
+                    why,
+                })?,
+            };
+            ports.push(PortConfig {
+                kind: p.kind,
+                iface: p.iface,
+                queues: p.queues.unwrap_or_else(|| vec![0]),
+                vlan,
+                bind,
+            });
+        }
+        let config = RunConfig {
+            mode: file.mode,
+            busy_poll: file.busy_poll,
+            core: file.core,
+            burst: file.burst.unwrap_or(DEFAULT_BURST),
+            stats_interval: file
+                .stats_interval
+                .filter(|s| *s > 0)
+                .map(Duration::from_secs),
+            frame_size: file.umem.frame_size.unwrap_or(DEFAULT_FRAME_SIZE),
+            frames: file.umem.frames.unwrap_or(DEFAULT_FRAMES),
+            fdb: FdbSettings {
+                max_entries: file.fdb.max_entries.unwrap_or(8192),
+                max_age: Duration::from_secs(file.fdb.max_age.unwrap_or(300)),
+            },
+            ports,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The flag form: `--port afxdp:IF[,queues=0+1][,vlan=N|,trunk=N+M][,native=N][,bind=copy]`.
+    pub fn from_flags(
+        specs: &[String],
+        mode: ForwardingMode,
+        busy_poll: bool,
+        core: Option<usize>,
+        burst: usize,
+        stats_interval: Option<Duration>,
+    ) -> Result<RunConfig, Error> {
+        let ports = specs
+            .iter()
+            .map(|s| parse_port_spec(s))
+            .collect::<Result<Vec<_>, _>>()?;
+        let config = RunConfig {
+            mode,
+            busy_poll,
+            core,
+            burst,
+            stats_interval,
+            frame_size: DEFAULT_FRAME_SIZE,
+            frames: DEFAULT_FRAMES,
+            fdb: FdbSettings {
+                max_entries: 8192,
+                max_age: Duration::from_secs(300),
+            },
+            ports,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), Error> {
+        if self.ports.is_empty() {
+            return Err(Error::NoPorts);
+        }
+        let mut seen = HashSet::new();
+        for p in &self.ports {
+            if !seen.insert(p.name()) {
+                return Err(Error::DuplicatePort { name: p.name() });
+            }
+        }
+        if self.mode == ForwardingMode::Xconnect && !self.ports.len().is_multiple_of(2) {
+            return Err(Error::OddCrossConnect(self.ports.len()));
+        }
+        if !(self.frame_size == 2048 || self.frame_size == 4096) {
+            return Err(Error::Invalid {
+                field: "umem.frame_size",
+                value: self.frame_size.to_string(),
+                why: "must be 2048 or 4096".into(),
+            });
+        }
+        if !self.frames.is_power_of_two() || self.frames < 512 {
+            return Err(Error::Invalid {
+                field: "umem.frames",
+                value: self.frames.to_string(),
+                why: "must be a power of two, at least 512".into(),
+            });
+        }
+        if self.burst == 0 || self.burst > 1024 {
+            return Err(Error::Invalid {
+                field: "burst",
+                value: self.burst.to_string(),
+                why: "must be 1..=1024".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Cross-connect peers: 0<->1, 2<->3, ...
+    pub fn xconnect_peers(&self) -> Vec<Option<usize>> {
+        (0..self.ports.len()).map(|i| Some(i ^ 1)).collect()
+    }
+}
+
+fn vlan_mode(
+    name: &str,
+    vlan: Option<u16>,
+    trunk: Option<Vec<u16>>,
+    native: Option<u16>,
+) -> Result<VlanMode, Error> {
+    let check = |vid: u16| {
+        if (1..=4094).contains(&vid) {
+            Ok(vid)
+        } else {
+            Err(Error::VlanRange {
+                name: name.to_string(),
+                vid,
+            })
+        }
+    };
+    match (vlan, trunk) {
+        (Some(_), Some(_)) => Err(Error::AccessAndTrunk {
+            name: name.to_string(),
+        }),
+        (Some(v), None) => Ok(VlanMode::Access(check(v)?)),
+        (None, Some(list)) => {
+            for v in &list {
+                check(*v)?;
+            }
+            Ok(VlanMode::Trunk {
+                allowed: Some(VlanSet::new(list)),
+                native: match native {
+                    Some(n) => check(n)?,
+                    None => crate::switch::vlan::UNTAGGED,
+                },
+            })
+        }
+        (None, None) => Ok(match native {
+            Some(n) => VlanMode::Trunk {
+                allowed: None,
+                native: check(n)?,
+            },
+            None => VlanMode::default(),
+        }),
+    }
+}
+
+fn parse_bind(s: &str) -> Result<BindMode, String> {
+    match s {
+        "auto" => Ok(BindMode::Auto),
+        "copy" => Ok(BindMode::Copy),
+        "zerocopy" | "zero-copy" => Ok(BindMode::ZeroCopy),
+        _ => Err("expected auto, copy or zerocopy".into()),
+    }
+}
+
+/// Parses `afxdp:veth0,queues=0+1,vlan=10`.
+pub fn parse_port_spec(spec: &str) -> Result<PortConfig, Error> {
+    let (kind, rest) = spec.split_once(':').ok_or_else(|| Error::BadPortSpec {
+        spec: spec.to_string(),
+    })?;
+    let kind = match kind {
+        "afxdp" => PortKind::Afxdp,
+        other => {
+            return Err(Error::UnknownKind {
+                spec: spec.to_string(),
+                kind: other.to_string(),
+            })
+        }
+    };
+    let mut parts = rest.split(',');
+    let iface = parts.next().unwrap_or_default().to_string();
+    if iface.is_empty() || iface.len() > 15 {
+        return Err(Error::BadPortSpec {
+            spec: spec.to_string(),
+        });
+    }
+    let bad = |key: &str, value: &str, why: &str| Error::BadValue {
+        spec: spec.to_string(),
+        key: key.to_string(),
+        value: value.to_string(),
+        why: why.to_string(),
+    };
+    let list = |key: &str, value: &str| -> Result<Vec<u32>, Error> {
+        value
+            .split('+')
+            .map(|v| {
+                v.parse::<u32>()
+                    .map_err(|_| bad(key, value, "expected numbers joined by '+'"))
+            })
+            .collect()
+    };
+    let (mut queues, mut vlan, mut trunk, mut native, mut bind) =
+        (vec![0], None, None, None, BindMode::Auto);
+    for part in parts {
+        let (key, value) = part.split_once('=').ok_or_else(|| Error::BadPortSpec {
+            spec: spec.to_string(),
+        })?;
+        match key {
+            "queues" => queues = list(key, value)?,
+            "vlan" => {
+                vlan = Some(
+                    value
+                        .parse::<u16>()
+                        .map_err(|_| bad(key, value, "expected a VLAN id"))?,
+                )
+            }
+            "trunk" => trunk = Some(list(key, value)?.into_iter().map(|v| v as u16).collect()),
+            "native" => {
+                native = Some(
+                    value
+                        .parse::<u16>()
+                        .map_err(|_| bad(key, value, "expected a VLAN id"))?,
+                )
+            }
+            "bind" => bind = parse_bind(value).map_err(|why| bad(key, value, &why))?,
+            other => {
+                return Err(Error::UnknownOption {
+                    spec: spec.to_string(),
+                    key: other.to_string(),
+                })
+            }
+        }
+    }
+    let name = format!("afxdp:{iface}");
+    Ok(PortConfig {
+        kind,
+        vlan: vlan_mode(&name, vlan, trunk, native)?,
+        iface,
+        queues,
+        bind,
+    })
+}
+
+/// toml's error with the line and column spelled out first.
+fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim().to_string();
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flag_form() {
+        let c = RunConfig::from_flags(
+            &[
+                "afxdp:v0".into(),
+                "afxdp:v1,vlan=10,queues=0+1,bind=copy".into(),
+            ],
+            ForwardingMode::Switch,
+            false,
+            Some(1),
+            64,
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.ports[0].vlan, VlanMode::default());
+        assert_eq!(c.ports[1].vlan, VlanMode::Access(10));
+        assert_eq!(c.ports[1].queues, vec![0, 1]);
+        assert_eq!(c.ports[1].bind, BindMode::Copy);
+    }
+
+    #[test]
+    fn bad_flags_name_the_problem() {
+        let err = |s: &str| parse_port_spec(s).unwrap_err();
+        assert!(matches!(err("tap0"), Error::BadPortSpec { .. }));
+        assert!(matches!(err("tap:tap0"), Error::UnknownKind { kind, .. } if kind == "tap"));
+        assert!(
+            matches!(err("afxdp:v0,color=red"), Error::UnknownOption { key, .. } if key == "color")
+        );
+        assert!(matches!(err("afxdp:v0,vlan=x"), Error::BadValue { key, .. } if key == "vlan"));
+        assert!(matches!(
+            err("afxdp:v0,vlan=5000"),
+            Error::VlanRange { vid: 5000, .. }
+        ));
+        assert!(matches!(
+            err("afxdp:v0,vlan=1,trunk=2"),
+            Error::AccessAndTrunk { .. }
+        ));
+        let dup = RunConfig::from_flags(
+            &["afxdp:v0".into(), "afxdp:v0".into()],
+            ForwardingMode::Switch,
+            false,
+            None,
+            64,
+            None,
+        );
+        assert_eq!(
+            dup,
+            Err(Error::DuplicatePort {
+                name: "afxdp:v0".into()
+            })
+        );
+        let odd = RunConfig::from_flags(
+            &["afxdp:v0".into()],
+            ForwardingMode::Xconnect,
+            false,
+            None,
+            64,
+            None,
+        );
+        assert_eq!(odd, Err(Error::OddCrossConnect(1)));
+    }
+
+    #[test]
+    fn toml_form() {
+        let c = RunConfig::from_toml(
+            r#"
+mode = "xconnect"
+busy_poll = true
+core = 1
+[umem]
+frames = 4096
+[[port]]
+kind = "afxdp"
+iface = "a"
+trunk = [10, 20]
+native_vlan = 5
+[[port]]
+kind = "afxdp"
+iface = "b"
+"#,
+            "test.toml",
+        )
+        .unwrap();
+        assert_eq!(c.mode, ForwardingMode::Xconnect);
+        assert!(c.busy_poll);
+        assert_eq!(c.frames, 4096);
+        assert_eq!(c.xconnect_peers(), vec![Some(1), Some(0)]);
+        match &c.ports[0].vlan {
+            VlanMode::Trunk { allowed, native } => {
+                assert_eq!(*native, 5);
+                assert!(allowed.as_ref().unwrap().contains(20));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn toml_syntax_errors_have_line_and_column() {
+        let err = RunConfig::from_toml("mode = \"switch\"\nburst = \n", "x.toml").unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("x.toml") && msg.contains("line 2, column"),
+            "{msg}"
+        );
+        let unknown = RunConfig::from_toml(
+            "[[port]]\nkind = \"afxdp\"\niface = \"a\"\ncolour = 1\n",
+            "y.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            unknown.contains("line 4") && unknown.contains("colour"),
+            "{unknown}"
+        );
+        let kind = RunConfig::from_toml("[[port]]\nkind = \"floppy\"\niface = \"a\"\n", "z.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(kind.contains("line 2") && kind.contains("floppy"), "{kind}");
+    }
+
+    #[test]
+    fn no_ports_is_an_error() {
+        assert_eq!(RunConfig::from_toml("", "e.toml"), Err(Error::NoPorts));
+    }
+}

@@ -1,0 +1,244 @@
+//! AF_XDP port: the netdev runs `steer`, which redirects the frames the
+//! switch wants into one AF_XDP socket per configured rx queue.
+//!
+//! All sockets of all AF_XDP ports share the PMD thread's UMEM, so a frame
+//! received here and sent out of another AF_XDP port is never copied in
+//! userspace: only its descriptor moves from our RX ring to their TX ring.
+
+use std::os::fd::RawFd;
+use std::sync::Arc;
+
+use thiserror::Error;
+
+use super::{Frames, Port, PortCounters};
+use crate::steer::pins::PinRoot;
+use crate::steer::{
+    self, policy::PolicySpec, AttachOptions, AttachReport, Attachment, ModeRequest,
+};
+use crate::xsk::{self, BoundMode, SocketConfig, Umem, XdpDesc, XskSocket};
+
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error("AF_XDP port on {ifname}: attaching steer: {source}")]
+    Steer {
+        ifname: String,
+        // Boxed: steer errors are large and this one is rare.
+        source: Box<steer::Error>,
+    },
+    #[error("AF_XDP port on {ifname} queue {queue}: {source}")]
+    Socket {
+        ifname: String,
+        queue: u32,
+        source: xsk::Error,
+    },
+}
+
+/// How to open an AF_XDP port.
+#[derive(Debug, Clone)]
+pub struct AfxdpConfig {
+    /// The netdev.
+    pub ifname: String,
+    /// Rx queues to open a socket on (veth: queue 0).
+    pub queues: Vec<u32>,
+    /// Socket options (ring sizes, copy/zero-copy, busy poll).
+    pub socket: SocketConfig,
+    /// How many frames to keep in each fill ring.
+    pub fill_frames: u32,
+    /// XDP attach mode if steer has to be attached.
+    pub attach_mode: ModeRequest,
+}
+
+/// An open AF_XDP port.
+pub struct AfxdpPort {
+    name: String,
+    ifname: String,
+    sockets: Vec<XskSocket>,
+    /// Frames handed to each socket's fill ring and not yet received back.
+    in_fill: Vec<u64>,
+    fill_frames: u32,
+    /// Next socket to receive from (round robin over queues).
+    next_rx: usize,
+    counters: Arc<PortCounters>,
+    attachment: Attachment,
+    /// True if this port attached steer (and so detaches it on drop).
+    attached_here: bool,
+    pins: PinRoot,
+    bound: BoundMode,
+}
+
+impl AfxdpPort {
+    /// Attaches steer if needed (policy: everything to the switch), opens a
+    /// socket per queue on `umem` and registers it in steer's XSKMAP.
+    pub fn open(
+        config: &AfxdpConfig,
+        umem: &Arc<Umem>,
+        pins: &PinRoot,
+        counters: Arc<PortCounters>,
+    ) -> Result<AfxdpPort, Error> {
+        let ifname = config.ifname.clone();
+        let steer_err = |source| Error::Steer {
+            ifname: ifname.clone(),
+            source: Box::new(source),
+        };
+        let attached_here = if pins.interface(&ifname).exist() {
+            false
+        } else {
+            let report = steer::attach(
+                pins,
+                &AttachOptions {
+                    ifname: ifname.clone(),
+                    mode: config.attach_mode,
+                    policy: PolicySpec::redirect_all(),
+                    force: false,
+                },
+            )
+            .map_err(steer_err)?;
+            if let AttachReport::Attached { mode, .. } = report {
+                tracing::info!(ifname, mode = mode.name(), "attached steer");
+            }
+            true
+        };
+        let mut port = AfxdpPort {
+            name: format!("afxdp:{ifname}"),
+            ifname: ifname.clone(),
+            sockets: Vec::new(),
+            in_fill: Vec::new(),
+            fill_frames: config.fill_frames,
+            next_rx: 0,
+            counters,
+            attachment: Attachment::open(pins, &ifname).map_err(steer_err)?,
+            attached_here,
+            pins: pins.clone(),
+            bound: BoundMode::Copy,
+        };
+        // From here, dropping `port` unregisters and detaches what was made.
+        for &queue in &config.queues {
+            let socket =
+                XskSocket::new(umem, &ifname, queue, &config.socket).map_err(|source| {
+                    Error::Socket {
+                        ifname: ifname.clone(),
+                        queue,
+                        source,
+                    }
+                })?;
+            port.bound = socket.bound_mode();
+            port.attachment
+                .register_socket(queue, socket.fd())
+                .map_err(steer_err)?;
+            port.sockets.push(socket);
+            port.in_fill.push(0);
+        }
+        tracing::info!(
+            port = port.name,
+            queues = ?config.queues,
+            mode = ?port.bound,
+            "AF_XDP port open{}",
+            if port.bound == BoundMode::Copy { " (copy mode: the driver has no zero-copy support)" } else { "" }
+        );
+        Ok(port)
+    }
+
+    /// Copy or zero-copy, as the kernel bound the sockets.
+    pub fn bound_mode(&self) -> BoundMode {
+        self.bound
+    }
+}
+
+impl Port for AfxdpPort {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn rx_burst(&mut self, _frames: &mut Frames<'_>, out: &mut Vec<XdpDesc>, max: usize) -> usize {
+        let n_sockets = self.sockets.len();
+        let mut got = 0usize;
+        for _ in 0..n_sockets {
+            let i = self.next_rx;
+            self.next_rx = (self.next_rx + 1) % n_sockets;
+            let before = out.len();
+            let n = self.sockets[i].recv(out, (max - got) as u32) as usize;
+            self.in_fill[i] -= n as u64;
+            let bytes: u64 = out[before..].iter().map(|d| d.len as u64).sum();
+            self.counters.add_rx(n as u64, bytes);
+            got += n;
+            if got >= max {
+                break;
+            }
+        }
+        got
+    }
+
+    fn tx_burst(&mut self, _frames: &mut Frames<'_>, batch: &mut Vec<XdpDesc>) {
+        if batch.is_empty() {
+            return;
+        }
+        // One TX socket per port: queue selection on TX does not matter for
+        // veth and keeps completion handling in one place.
+        let socket = &mut self.sockets[0];
+        let n = socket.send(batch) as usize;
+        let bytes: u64 = batch[..n].iter().map(|d| d.len as u64).sum();
+        self.counters.add_tx(n as u64, bytes);
+        batch.drain(..n);
+        socket.kick_tx();
+    }
+
+    fn maintain(&mut self, frames: &mut Frames<'_>) {
+        for (i, socket) in self.sockets.iter_mut().enumerate() {
+            socket.complete(frames.pool, u32::MAX);
+            // Copy mode sends at most a few dozen frames per kick: keep
+            // kicking while frames wait in the TX ring.
+            if socket.outstanding_tx() > 0 {
+                socket.kick_tx();
+            }
+            let want = (self.fill_frames as u64).saturating_sub(self.in_fill[i]);
+            if want >= 16 || self.in_fill[i] == 0 {
+                let n = socket.fill(frames.pool, want as u32);
+                self.in_fill[i] += n as u64;
+            }
+            if socket.fill_needs_wakeup() {
+                socket.wakeup_rx();
+            }
+        }
+    }
+
+    fn poll_fds(&self) -> Vec<RawFd> {
+        self.sockets.iter().map(|s| s.fd()).collect()
+    }
+
+    fn frames_held(&self) -> u64 {
+        self.in_fill.iter().sum::<u64>()
+            + self
+                .sockets
+                .iter()
+                .map(|s| s.outstanding_tx() as u64)
+                .sum::<u64>()
+    }
+
+    fn refresh_counters(&mut self) {
+        let total: u64 = self
+            .sockets
+            .iter()
+            .filter_map(|s| s.statistics().ok())
+            .map(|st| st.rx_dropped + st.rx_invalid_descs + st.tx_invalid_descs + st.rx_ring_full)
+            .sum();
+        self.counters.set_kernel_drops(total);
+    }
+
+    fn counters(&self) -> &Arc<PortCounters> {
+        &self.counters
+    }
+}
+
+impl Drop for AfxdpPort {
+    fn drop(&mut self) {
+        for socket in &self.sockets {
+            let _ = self.attachment.unregister_socket(socket.queue_id());
+        }
+        if self.attached_here {
+            match steer::detach(&self.pins, &self.ifname) {
+                Ok(()) => tracing::info!(ifname = self.ifname, "detached steer"),
+                Err(e) => tracing::warn!(ifname = self.ifname, "detaching steer: {e}"),
+            }
+        }
+    }
+}

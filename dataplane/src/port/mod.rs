@@ -1,0 +1,165 @@
+//! Ports: where frames enter and leave the switch, one module per kind,
+//! all behind [`Port`].
+//!
+//! Frames live in the one UMEM every port of a PMD thread shares; a frame is
+//! named by its [`XdpDesc`] (address and length in that UMEM). AF_XDP ports
+//! hand descriptors over without copying; other kinds copy in or out of
+//! UMEM frames at their edge.
+
+pub mod afxdp;
+
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::xsk::{FramePool, Umem, XdpDesc};
+
+/// The frames of a PMD thread: the UMEM and its free list.
+pub struct Frames<'a> {
+    pub umem: &'a Umem,
+    pub pool: &'a mut FramePool,
+}
+
+/// One switch port.
+pub trait Port: Send {
+    /// Name for logs and statistics (e.g. `afxdp:veth0`).
+    fn name(&self) -> &str;
+
+    /// Appends up to `max` received frames to `out`; returns how many.
+    fn rx_burst(&mut self, frames: &mut Frames<'_>, out: &mut Vec<XdpDesc>, max: usize) -> usize;
+
+    /// Queues `batch` for transmission. Frames the port accepted are removed
+    /// from `batch` (the port returns them to the pool once sent); what is
+    /// left did not fit and stays the caller's to free and count.
+    fn tx_burst(&mut self, frames: &mut Frames<'_>, batch: &mut Vec<XdpDesc>);
+
+    /// Reclaims sent frames, refills receive buffers, kicks the kernel.
+    /// Called once per engine iteration.
+    fn maintain(&mut self, frames: &mut Frames<'_>);
+
+    /// File descriptors to wait on (POLLIN) when the switch is idle.
+    fn poll_fds(&self) -> Vec<RawFd>;
+
+    /// Frames this port holds right now (receive buffers handed to the
+    /// kernel, frames queued for transmit): the exact-accounting check adds
+    /// these to the free pool.
+    fn frames_held(&self) -> u64;
+
+    /// Refreshes counters that cost a syscall (kernel drop statistics);
+    /// the engine calls it about once a second, never per frame.
+    fn refresh_counters(&mut self);
+
+    /// The port's counters (shared with whoever reports them).
+    fn counters(&self) -> &Arc<PortCounters>;
+}
+
+/// Why a frame was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum DropReason {
+    /// No free UMEM frame for a copy (flooding, or a copying port).
+    NoFreeFrame = 0,
+    /// The egress port's transmit ring was full.
+    TxRingFull = 1,
+    /// The kernel rejected a descriptor or dropped on a full RX ring.
+    Kernel = 2,
+    /// Switch policy: VLAN not allowed, destination on the ingress port,
+    /// no egress.
+    Policy = 3,
+    /// Too short to parse.
+    Malformed = 4,
+}
+
+impl DropReason {
+    /// Every reason, in counter order.
+    pub const ALL: [DropReason; 5] = [
+        DropReason::NoFreeFrame,
+        DropReason::TxRingFull,
+        DropReason::Kernel,
+        DropReason::Policy,
+        DropReason::Malformed,
+    ];
+
+    /// Name in statistics output.
+    pub const fn name(self) -> &'static str {
+        match self {
+            DropReason::NoFreeFrame => "no_free_frame",
+            DropReason::TxRingFull => "tx_ring_full",
+            DropReason::Kernel => "kernel",
+            DropReason::Policy => "policy",
+            DropReason::Malformed => "malformed",
+        }
+    }
+}
+
+/// Counters of one port, written by its PMD thread, read by anyone.
+/// Relaxed atomics: each counter is independent and only ever grows.
+#[derive(Debug, Default)]
+pub struct PortCounters {
+    pub rx_packets: AtomicU64,
+    pub rx_bytes: AtomicU64,
+    pub tx_packets: AtomicU64,
+    pub tx_bytes: AtomicU64,
+    drops: [AtomicU64; 5],
+}
+
+impl PortCounters {
+    /// Adds received frames.
+    pub fn add_rx(&self, packets: u64, bytes: u64) {
+        self.rx_packets.fetch_add(packets, Ordering::Relaxed);
+        self.rx_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Adds transmitted frames.
+    pub fn add_tx(&self, packets: u64, bytes: u64) {
+        self.tx_packets.fetch_add(packets, Ordering::Relaxed);
+        self.tx_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Adds drops for `reason`.
+    pub fn add_drop(&self, reason: DropReason, n: u64) {
+        self.drops[reason as usize].fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Sets the kernel-reported drops (they are totals, not increments).
+    pub fn set_kernel_drops(&self, total: u64) {
+        self.drops[DropReason::Kernel as usize].store(total, Ordering::Relaxed);
+    }
+
+    /// A consistent-enough copy for display.
+    pub fn snapshot(&self) -> PortSnapshot {
+        let mut drops = [0; 5];
+        for (d, c) in drops.iter_mut().zip(&self.drops) {
+            *d = c.load(Ordering::Relaxed);
+        }
+        PortSnapshot {
+            rx_packets: self.rx_packets.load(Ordering::Relaxed),
+            rx_bytes: self.rx_bytes.load(Ordering::Relaxed),
+            tx_packets: self.tx_packets.load(Ordering::Relaxed),
+            tx_bytes: self.tx_bytes.load(Ordering::Relaxed),
+            drops,
+        }
+    }
+}
+
+/// Plain copy of [`PortCounters`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PortSnapshot {
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    pub drops: [u64; 5],
+}
+
+impl PortSnapshot {
+    /// Drops for one reason.
+    pub fn drops(&self, reason: DropReason) -> u64 {
+        self.drops[reason as usize]
+    }
+
+    /// All drops.
+    pub fn total_drops(&self) -> u64 {
+        self.drops.iter().sum()
+    }
+}

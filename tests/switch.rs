@@ -1,0 +1,250 @@
+//! The userspace switch on real veths: hosts in their own namespaces,
+//! connected only through AF_XDP ports of `dataplane run` in a switch
+//! namespace.
+//!
+//! ```text
+//!  a: a0 10.77.1.1 ── sa ┐
+//!  b: b0 10.77.1.2 ── sb ├ sw (dataplane run)
+//!  c: c0 10.77.1.3 ── sc ┘
+//! ```
+
+mod harness;
+
+use std::time::Duration;
+
+use harness::{
+    collect_test_frames, mac_of, privileged, test_frame, NetNs, PacketSocket, RunningSwitch,
+    Topology, TEST_ETHERTYPE,
+};
+
+struct Hosts {
+    _topo: Topology,
+    sw: NetNs,
+    hosts: Vec<NetNs>,
+}
+
+/// `n` hosts named a, b, c... each wired to port s<name> of the switch namespace.
+fn hosts(tag: &str, n: usize) -> Hosts {
+    let mut topo = Topology::new(tag);
+    let sw = topo.netns("sw");
+    let mut hosts = Vec::new();
+    for (i, name) in ["a", "b", "c"].iter().take(n).enumerate() {
+        let h = topo.netns(name);
+        let (hif, sif) = (format!("{name}0"), format!("s{name}"));
+        topo.veth((&h, &hif), (&sw, &sif));
+        h.ip(&["addr", "add", &format!("10.77.1.{}/24", i + 1), "dev", &hif]);
+        hosts.push(h);
+    }
+    Hosts {
+        _topo: topo,
+        sw,
+        hosts,
+    }
+}
+
+fn ping(from: &NetNs, to: &str, n: u32) -> bool {
+    from.exec(&[
+        "ping",
+        "-c",
+        &n.to_string(),
+        "-i",
+        "0.05",
+        "-W",
+        "2",
+        "-q",
+        to,
+    ])
+    .status
+    .success()
+}
+
+/// Sends `n` test frames from `ns`/`ifname` to `dst`, in bursts of 32 with a
+/// pause in between: a moderate rate (~50 kpps) the tests must not lose any of.
+fn send_paced(ns: &NetNs, ifname: &str, dst: [u8; 6], n: u32) {
+    let src = mac_of(ns, ifname);
+    ns.enter(|| {
+        let sock = PacketSocket::open(ifname);
+        for seq in 0..n {
+            sock.send(&test_frame(dst, src, TEST_ETHERTYPE, seq, 64));
+            if seq % 32 == 31 {
+                std::thread::sleep(Duration::from_micros(500));
+            }
+        }
+    });
+}
+
+/// Frames seen by a collector, as a sorted, deduplicated list.
+fn distinct(mut seqs: Vec<u32>) -> Vec<u32> {
+    seqs.sort_unstable();
+    seqs.dedup();
+    seqs
+}
+
+fn assert_clean_shutdown(h: &Hosts, sw: RunningSwitch, ifaces: &[&str]) -> String {
+    let (ok, out) = sw.stop();
+    assert!(ok, "dataplane run did not exit cleanly on SIGINT:\n{out}");
+    assert!(
+        out.contains(" 0 unaccounted"),
+        "every UMEM frame must be accounted for:\n{out}"
+    );
+    for i in ifaces {
+        assert_eq!(h.sw.xdp_prog_id(i), None, "steer left attached on {i}");
+        assert!(!h.sw.pin_dir(i).exists(), "pins left for {i}");
+    }
+    out
+}
+
+#[test]
+fn two_hosts_ping_and_a_udp_stream_without_loss() {
+    if !privileged("two_hosts_ping_and_a_udp_stream_without_loss") {
+        return;
+    }
+    let h = hosts("sw2", 2);
+    let (a, b) = (&h.hosts[0], &h.hosts[1]);
+    let sw = RunningSwitch::start(&h.sw, &["--port", "afxdp:sa", "--port", "afxdp:sb"]);
+    assert!(
+        ping(a, "10.77.1.2", 5),
+        "ping a -> b through the switch:\n{}",
+        sw.output()
+    );
+    assert!(ping(b, "10.77.1.1", 3), "ping b -> a through the switch");
+
+    const N: u32 = 5000;
+    let (rx, ready) = collect_test_frames(b, "b0", N as usize, Duration::from_secs(10));
+    ready.recv().unwrap();
+    send_paced(a, "a0", mac_of(b, "b0"), N);
+    let got = distinct(rx.join().unwrap());
+    assert_eq!(
+        got.len(),
+        N as usize,
+        "lost {} of {N} frames",
+        N as usize - got.len()
+    );
+    assert_eq!(got, (0..N).collect::<Vec<_>>());
+
+    let out = assert_clean_shutdown(&h, sw, &["sa", "sb"]);
+    assert!(out.contains("afxdp:sa"), "{out}");
+}
+
+#[test]
+fn unknown_destination_floods_learned_goes_to_one_port() {
+    if !privileged("unknown_destination_floods_learned_goes_to_one_port") {
+        return;
+    }
+    let h = hosts("flood", 3);
+    let (a, b, c) = (&h.hosts[0], &h.hosts[1], &h.hosts[2]);
+    let sw = RunningSwitch::start(
+        &h.sw,
+        &[
+            "--port", "afxdp:sa", "--port", "afxdp:sb", "--port", "afxdp:sc",
+        ],
+    );
+    let (mac_a, mac_b) = (mac_of(a, "a0"), mac_of(b, "b0"));
+
+    // b has not sent anything: frames to it are unknown unicast, flooded.
+    let (at_b, rb) = collect_test_frames(b, "b0", 20, Duration::from_secs(3));
+    let (at_c, rc) = collect_test_frames(c, "c0", 20, Duration::from_secs(3));
+    rb.recv().unwrap();
+    rc.recv().unwrap();
+    send_paced(a, "a0", mac_b, 20);
+    assert_eq!(distinct(at_b.join().unwrap()).len(), 20, "flooded to b");
+    assert_eq!(distinct(at_c.join().unwrap()).len(), 20, "flooded to c");
+
+    // b speaks once: the switch learns where b is.
+    send_paced(b, "b0", mac_a, 1);
+    std::thread::sleep(Duration::from_millis(100));
+    let (at_b, rb) = collect_test_frames(b, "b0", 30, Duration::from_secs(3));
+    let (at_c, rc) = collect_test_frames(c, "c0", 30, Duration::from_secs(2));
+    rb.recv().unwrap();
+    rc.recv().unwrap();
+    send_paced(a, "a0", mac_b, 30);
+    assert_eq!(
+        distinct(at_b.join().unwrap()).len(),
+        30,
+        "learned: all to b"
+    );
+    assert_eq!(at_c.join().unwrap().len(), 0, "learned: nothing to c");
+
+    // The FDB is visible on demand (SIGUSR1).
+    sw.signal(libc::SIGUSR1);
+    let fdb_shown = harness::wait_for(Duration::from_secs(3), || {
+        sw.output().contains("FDB (").then_some(())
+    });
+    assert!(fdb_shown.is_some(), "{}", sw.output());
+    let out = sw.output();
+    let mac_b_text = format!(
+        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        mac_b[0], mac_b[1], mac_b[2], mac_b[3], mac_b[4], mac_b[5]
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.contains(&mac_b_text) && l.contains("afxdp:sb")),
+        "FDB should show b on afxdp:sb:\n{out}"
+    );
+    assert_clean_shutdown(&h, sw, &["sa", "sb", "sc"]);
+}
+
+#[test]
+fn vlans_isolate_access_ports() {
+    if !privileged("vlans_isolate_access_ports") {
+        return;
+    }
+    let h = hosts("vlan", 3);
+    let (a, c) = (&h.hosts[0], &h.hosts[2]);
+    let sw = RunningSwitch::start(
+        &h.sw,
+        &[
+            "--port",
+            "afxdp:sa,vlan=10",
+            "--port",
+            "afxdp:sb,vlan=10",
+            "--port",
+            "afxdp:sc,vlan=20",
+        ],
+    );
+    assert!(ping(a, "10.77.1.2", 3), "same VLAN: a reaches b");
+    assert!(!ping(a, "10.77.1.3", 2), "other VLAN: a must not reach c");
+    let (at_c, rc) = collect_test_frames(c, "c0", 10, Duration::from_secs(2));
+    rc.recv().unwrap();
+    send_paced(a, "a0", [0xff; 6], 10);
+    assert_eq!(
+        at_c.join().unwrap().len(),
+        0,
+        "broadcast leaked across VLANs"
+    );
+    assert_clean_shutdown(&h, sw, &["sa", "sb", "sc"]);
+}
+
+#[test]
+fn frames_the_policy_does_not_select_reach_the_switch_namespace_kernel() {
+    if !privileged("frames_the_policy_does_not_select_reach_the_switch_namespace_kernel") {
+        return;
+    }
+    let h = hosts("policy", 2);
+    let (a, b) = (&h.hosts[0], &h.hosts[1]);
+    // Management address on the switch's own interface.
+    h.sw.ip(&["addr", "add", "10.77.1.254/24", "dev", "sa"]);
+    // Only the test EtherType goes to the switch; the rest stays the kernel's.
+    h.sw.dataplane_ok(&["attach", "--iface", "sa", "--match", "ethertype=0x88b5"]);
+    let sw = RunningSwitch::start(&h.sw, &["--port", "afxdp:sa", "--port", "afxdp:sb"]);
+    assert!(
+        ping(a, "10.77.1.254", 3),
+        "the switch namespace's kernel still answers on sa"
+    );
+    let (at_b, rb) = collect_test_frames(b, "b0", 100, Duration::from_secs(5));
+    rb.recv().unwrap();
+    send_paced(a, "a0", mac_of(b, "b0"), 100);
+    assert_eq!(
+        distinct(at_b.join().unwrap()).len(),
+        100,
+        "selected frames are switched"
+    );
+    let (ok, out) = sw.stop();
+    assert!(ok, "{out}");
+    // steer was attached by the user, so `run` leaves it (with its policy).
+    assert!(
+        h.sw.xdp_prog_id("sa").is_some(),
+        "user's attachment must stay"
+    );
+    h.sw.dataplane_ok(&["detach", "--iface", "sa"]);
+}
