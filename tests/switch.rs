@@ -84,8 +84,8 @@ fn assert_clean_shutdown(h: &Hosts, sw: RunningSwitch, ifaces: &[&str]) -> Strin
     let (ok, out) = sw.stop();
     assert!(ok, "dataplane run did not exit cleanly on SIGINT:\n{out}");
     assert!(
-        out.contains(" 0 unaccounted"),
-        "every UMEM frame must be accounted for:\n{out}"
+        out.contains(" 0 in TX/completion rings, 0 unaccounted"),
+        "after traffic stops every UMEM frame is free or a receive buffer:\n{out}"
     );
     for i in ifaces {
         assert_eq!(h.sw.xdp_prog_id(i), None, "steer left attached on {i}");
@@ -247,4 +247,66 @@ fn frames_the_policy_does_not_select_reach_the_switch_namespace_kernel() {
         "user's attachment must stay"
     );
     h.sw.dataplane_ok(&["detach", "--iface", "sa"]);
+}
+
+#[test]
+fn idle_switch_sleeps_instead_of_spinning() {
+    if !privileged("idle_switch_sleeps_instead_of_spinning") {
+        return;
+    }
+    let h = hosts("idle", 2);
+    let sw = RunningSwitch::start(&h.sw, &["--port", "afxdp:sa", "--port", "afxdp:sb"]);
+    assert!(ping(&h.hosts[0], "10.77.1.2", 2), "switch forwards");
+    std::thread::sleep(Duration::from_millis(500));
+    // The PMD thread must be asleep in poll(2) nearly every time we look.
+    let mut sleeping = 0;
+    let samples = 40;
+    let t0 = harness::cpu_ticks(sw.pid());
+    for _ in 0..samples {
+        let states = harness::thread_states(sw.pid(), "dataplane-pmd");
+        assert_eq!(states.len(), 1, "one PMD thread");
+        if states[0] == 'S' {
+            sleeping += 1;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let ticks = harness::cpu_ticks(sw.pid()) - t0;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    eprintln!(
+        "idle switch: PMD asleep in {sleeping}/{samples} samples; process CPU {:.2}% of a core over 2 s",
+        ticks as f64 / hz / 2.0 * 100.0
+    );
+    assert!(
+        sleeping >= samples * 9 / 10,
+        "PMD asleep in only {sleeping}/{samples} samples"
+    );
+    assert_clean_shutdown(&h, sw, &["sa", "sb"]);
+}
+
+#[test]
+fn busy_poll_pmd_keeps_running() {
+    if !privileged("busy_poll_pmd_keeps_running") {
+        return;
+    }
+    let h = hosts("busy", 2);
+    let sw = RunningSwitch::start(
+        &h.sw,
+        &["--busy-poll", "--port", "afxdp:sa", "--port", "afxdp:sb"],
+    );
+    assert!(
+        ping(&h.hosts[0], "10.77.1.2", 2),
+        "switch forwards with busy polling"
+    );
+    let running = (0..20)
+        .filter(|_| {
+            std::thread::sleep(Duration::from_millis(20));
+            harness::thread_states(sw.pid(), "dataplane-pmd") == vec!['R']
+        })
+        .count();
+    assert!(
+        running >= 15,
+        "busy-poll PMD running in only {running}/20 samples"
+    );
+    assert_clean_shutdown(&h, sw, &["sa", "sb"]);
 }

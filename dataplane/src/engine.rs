@@ -60,15 +60,17 @@ pub struct FrameAccounting {
     pub total: u64,
     /// Frames on the free list.
     pub free: u64,
-    /// Frames the ports hold (fill/RX rings, TX/completion rings).
-    pub held_by_ports: u64,
+    /// Receive buffers the ports handed to the kernel (fill and RX rings).
+    pub in_rx_rings: u64,
+    /// Frames queued for transmit (TX and completion rings).
+    pub in_tx_rings: u64,
 }
 
 impl FrameAccounting {
     /// Frames that are nowhere they should be (lost or double-counted).
     /// Between iterations nothing is in flight, so this must be zero.
     pub fn unaccounted(&self) -> i64 {
-        self.total as i64 - self.free as i64 - self.held_by_ports as i64
+        self.total as i64 - self.free as i64 - self.in_rx_rings as i64 - self.in_tx_rings as i64
     }
 }
 
@@ -394,11 +396,16 @@ impl Engine {
         self.shared
             .idle_iterations
             .fetch_add(std::mem::take(idle), Ordering::Relaxed);
-        let held: u64 = self.ports.iter().map(|p| p.frames_held()).sum();
+        let (mut in_rx_rings, mut in_tx_rings) = (0, 0);
+        for held in self.ports.iter().map(|p| p.frames_held()) {
+            in_rx_rings += held.rx_side;
+            in_tx_rings += held.tx_side;
+        }
         *self.shared.accounting.lock().unwrap() = FrameAccounting {
             total: self.pool.capacity() as u64,
             free: self.pool.len() as u64,
-            held_by_ports: held,
+            in_rx_rings,
+            in_tx_rings,
         };
         let names: Vec<&str> = self.ports.iter().map(|p| p.name()).collect();
         *self.shared.fdb.lock().unwrap() = self

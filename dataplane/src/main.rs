@@ -450,10 +450,11 @@ fn run_switch(root: &PinRoot, args: RunArgs) -> anyhow::Result<()> {
     print!("{}", dataplane::run::stats_table(&summary.ports, None));
     let a = summary.accounting;
     println!(
-        "frames: {} total, {} free, {} held by ports, {} unaccounted",
+        "frames: {} total, {} free, {} in fill/RX rings, {} in TX/completion rings, {} unaccounted",
         a.total,
         a.free,
-        a.held_by_ports,
+        a.in_rx_rings,
+        a.in_tx_rings,
         a.unaccounted()
     );
     Ok(())

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use thiserror::Error;
 
-use super::{Frames, Port, PortCounters};
+use super::{Frames, HeldFrames, Port, PortCounters};
 use crate::steer::pins::PinRoot;
 use crate::steer::{
     self, policy::PolicySpec, AttachOptions, AttachReport, Attachment, ModeRequest,
@@ -205,13 +205,11 @@ impl Port for AfxdpPort {
         self.sockets.iter().map(|s| s.fd()).collect()
     }
 
-    fn frames_held(&self) -> u64 {
-        self.in_fill.iter().sum::<u64>()
-            + self
-                .sockets
-                .iter()
-                .map(|s| s.outstanding_tx() as u64)
-                .sum::<u64>()
+    fn frames_held(&self) -> HeldFrames {
+        HeldFrames {
+            rx_side: self.in_fill.iter().sum(),
+            tx_side: self.sockets.iter().map(|s| s.outstanding_tx() as u64).sum(),
+        }
     }
 
     fn refresh_counters(&mut self) {

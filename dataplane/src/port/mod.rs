@@ -40,10 +40,9 @@ pub trait Port: Send {
     /// File descriptors to wait on (POLLIN) when the switch is idle.
     fn poll_fds(&self) -> Vec<RawFd>;
 
-    /// Frames this port holds right now (receive buffers handed to the
-    /// kernel, frames queued for transmit): the exact-accounting check adds
+    /// Frames this port holds right now: the exact-accounting check adds
     /// these to the free pool.
-    fn frames_held(&self) -> u64;
+    fn frames_held(&self) -> HeldFrames;
 
     /// Refreshes counters that cost a syscall (kernel drop statistics);
     /// the engine calls it about once a second, never per frame.
@@ -51,6 +50,15 @@ pub trait Port: Send {
 
     /// The port's counters (shared with whoever reports them).
     fn counters(&self) -> &Arc<PortCounters>;
+}
+
+/// Frames a port holds, by where they are.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HeldFrames {
+    /// Receive buffers: in fill rings or RX rings.
+    pub rx_side: u64,
+    /// Queued for transmit: in TX rings, on the wire, or in completion rings.
+    pub tx_side: u64,
 }
 
 /// Why a frame was dropped.
