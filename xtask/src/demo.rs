@@ -1,9 +1,9 @@
 //! `cargo xtask demo`: the main job end to end on a topology of its own.
 //!
 //! Builds everything, brings up `scripts/veth-setup.sh up dpdemo` (hosts a
-//! and b, switch namespace sw), attaches `steer` to both switch ports, sends
-//! traffic from a to b and shows the live counters, then removes everything,
-//! also on Ctrl-C or failure.
+//! and b, switch namespace sw), runs the switch between the two switch
+//! ports, pings and streams UDP from a to b while the switch prints live
+//! counters, then removes everything, also on Ctrl-C or failure.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -41,67 +41,67 @@ pub fn run(opts: &DemoOptions) -> Result<()> {
     eprintln!("\n[demo] topology: {TOPOLOGY}-a (a0 10.200.0.1) <-> sa [{TOPOLOGY}-sw] sb <-> (b0 10.200.0.2) {TOPOLOGY}-b");
     let _topology = Topology::up(&workspace_root())?;
     let sw = format!("{TOPOLOGY}-sw");
-    let dp = |args: &[&str]| -> Result<()> {
-        checked(Command::new(&bin).args(["--netns", &sw]).args(args))
-    };
-    dp(&["attach", "--iface", "sa", "--policy", "pass"])?;
-    dp(&["attach", "--iface", "sb", "--policy", "pass"])?;
+    let host_a = format!("{TOPOLOGY}-a");
 
-    // Until the userspace switch forwards between sa and sb, a kernel bridge
-    // in the switch namespace connects them: steer counts every frame and
-    // passes it on, which is exactly what it does for management traffic.
-    let ip_sw = |args: &[&str]| checked(Command::new("ip").args(["-n", &sw]).args(args));
-    ip_sw(&["link", "add", "br0", "type", "bridge"])?;
-    ip_sw(&["link", "set", "sa", "master", "br0"])?;
-    ip_sw(&["link", "set", "sb", "master", "br0"])?;
-    ip_sw(&["link", "set", "br0", "up"])?;
+    eprintln!("[demo] starting the switch: dataplane -n {sw} run --port afxdp:sa --port afxdp:sb --stats-interval 1");
+    let mut switch = KillOnDrop(
+        Command::new(&bin)
+            .args(["--netns", &sw, "run", "--port", "afxdp:sa", "--port", "afxdp:sb"])
+            .args(["--stats-interval", "1", "--core", "1"])
+            .spawn()
+            .context("starting dataplane run")?,
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    if let Some(status) = switch.0.try_wait()? {
+        bail!("dataplane run exited early ({status})");
+    }
 
+    eprintln!("\n[demo] ping a -> b through the switch:");
+    checked(Command::new("ip").args(["netns", "exec", &host_a, "ping", "-c", "3", "-i", "0.2", "10.200.0.2"]))?;
+
+    let mac_b = output_of(Command::new("ip").args(["-n", &format!("{TOPOLOGY}-b"), "-br", "link", "show", "b0"]))?
+        .split_whitespace()
+        .nth(2)
+        .context("reading b0's MAC")?
+        .to_string();
     eprintln!(
-        "[demo] ping from a to b for {}s; live counters of steer on sa and sb:\n",
+        "\n[demo] {}s of UDP from a to b at 200 kpps (dataplane gen); the switch prints its counters every second:\n",
         opts.seconds
     );
-    let mut ping = KillOnDrop(
-        Command::new("ip")
-            .args(["netns", "exec", &format!("{TOPOLOGY}-a")])
-            .args([
-                "ping",
-                "-i",
-                "0.01",
-                "-q",
-                "-w",
-                &opts.seconds.to_string(),
-                "10.200.0.2",
-            ])
-            .stdout(Stdio::piped())
-            .spawn()
-            .context("starting ping")?,
-    );
-    let mut watch = KillOnDrop(
+    let mut generator = KillOnDrop(
         Command::new(&bin)
-            .args(["--netns", &sw, "status", "--watch", "1"])
+            .args(["--netns", &host_a, "gen", "--iface", "a0", "--dst-mac", &mac_b])
+            .args(["--rate", "200000", "--cpu", "0", "--duration", &opts.seconds.to_string()])
             .spawn()
-            .context("starting dataplane status --watch")?,
+            .context("starting dataplane gen")?,
     );
-    let end = Instant::now() + Duration::from_secs(opts.seconds);
+    let end = Instant::now() + Duration::from_secs(opts.seconds + 1);
     while Instant::now() < end && !stop.load(Ordering::Relaxed) {
-        if ping.0.try_wait()?.is_some() {
+        if generator.0.try_wait()?.is_some() {
             break;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    watch.interrupt();
-    ping.interrupt();
-    let out = ping.0.wait_with_output_ref()?;
-    eprintln!("\n[demo] ping summary: {}", out.trim());
-    eprintln!("[demo] final counters:");
-    dp(&["status"])?;
-    dp(&["detach", "--iface", "sa"])?;
-    dp(&["detach", "--iface", "sb"])?;
+    generator.interrupt();
+    let _ = generator.0.wait();
+    eprintln!("\n[demo] steer on the switch ports (frames the XDP program redirected to the switch):");
+    checked(Command::new(&bin).args(["--netns", &sw, "status"]))?;
+    eprintln!("\n[demo] stopping the switch (Ctrl-C): it detaches XDP and releases its sockets");
+    switch.interrupt();
+    let _ = switch.0.wait();
     if stop.load(Ordering::Relaxed) {
         eprintln!("[demo] interrupted");
     }
     eprintln!("[demo] cleaning up");
     Ok(())
+}
+
+fn output_of(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().context("running a command")?;
+    if !out.status.success() {
+        bail!("{:?} failed: {}", cmd, String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// The demo topology, removed on drop (also on error and Ctrl-C).
@@ -143,26 +143,6 @@ impl KillOnDrop {
             // SAFETY: kill(2) on our own child's pid.
             unsafe { kill(self.0.id() as i32, 2) };
         }
-    }
-}
-
-trait WaitOutputRef {
-    fn wait_with_output_ref(&mut self) -> Result<String>;
-}
-
-impl WaitOutputRef for Child {
-    /// Waits and returns what the child printed on stdout (its summary).
-    fn wait_with_output_ref(&mut self) -> Result<String> {
-        use std::io::Read;
-        let mut s = String::new();
-        if let Some(mut out) = self.stdout.take() {
-            out.read_to_string(&mut s)?;
-        }
-        self.wait()?;
-        Ok(s.lines()
-            .filter(|l| l.contains("packets") || l.contains("rtt"))
-            .collect::<Vec<_>>()
-            .join("; "))
     }
 }
 
