@@ -46,7 +46,9 @@ pub fn run(opts: &DemoOptions) -> Result<()> {
     eprintln!("[demo] starting the switch: dataplane -n {sw} run --port afxdp:sa --port afxdp:sb --stats-interval 1");
     let mut switch = KillOnDrop(
         Command::new(&bin)
-            .args(["--netns", &sw, "run", "--port", "afxdp:sa", "--port", "afxdp:sb"])
+            .args([
+                "--netns", &sw, "run", "--port", "afxdp:sa", "--port", "afxdp:sb",
+            ])
             .args(["--stats-interval", "1", "--core", "1"])
             .spawn()
             .context("starting dataplane run")?,
@@ -57,21 +59,53 @@ pub fn run(opts: &DemoOptions) -> Result<()> {
     }
 
     eprintln!("\n[demo] ping a -> b through the switch:");
-    checked(Command::new("ip").args(["netns", "exec", &host_a, "ping", "-c", "3", "-i", "0.2", "10.200.0.2"]))?;
+    checked(Command::new("ip").args([
+        "netns",
+        "exec",
+        &host_a,
+        "ping",
+        "-c",
+        "3",
+        "-i",
+        "0.2",
+        "10.200.0.2",
+    ]))?;
 
-    let mac_b = output_of(Command::new("ip").args(["-n", &format!("{TOPOLOGY}-b"), "-br", "link", "show", "b0"]))?
-        .split_whitespace()
-        .nth(2)
-        .context("reading b0's MAC")?
-        .to_string();
+    let mac_b = output_of(Command::new("ip").args([
+        "-n",
+        &format!("{TOPOLOGY}-b"),
+        "-br",
+        "link",
+        "show",
+        "b0",
+    ]))?
+    .split_whitespace()
+    .nth(2)
+    .context("reading b0's MAC")?
+    .to_string();
     eprintln!(
         "\n[demo] {}s of UDP from a to b at 200 kpps (dataplane gen); the switch prints its counters every second:\n",
         opts.seconds
     );
     let mut generator = KillOnDrop(
         Command::new(&bin)
-            .args(["--netns", &host_a, "gen", "--iface", "a0", "--dst-mac", &mac_b])
-            .args(["--rate", "200000", "--cpu", "0", "--duration", &opts.seconds.to_string()])
+            .args([
+                "--netns",
+                &host_a,
+                "gen",
+                "--iface",
+                "a0",
+                "--dst-mac",
+                &mac_b,
+            ])
+            .args([
+                "--rate",
+                "200000",
+                "--cpu",
+                "0",
+                "--duration",
+                &opts.seconds.to_string(),
+            ])
             .spawn()
             .context("starting dataplane gen")?,
     );
@@ -84,7 +118,9 @@ pub fn run(opts: &DemoOptions) -> Result<()> {
     }
     generator.interrupt();
     let _ = generator.0.wait();
-    eprintln!("\n[demo] steer on the switch ports (frames the XDP program redirected to the switch):");
+    eprintln!(
+        "\n[demo] steer on the switch ports (frames the XDP program redirected to the switch):"
+    );
     checked(Command::new(&bin).args(["--netns", &sw, "status"]))?;
     eprintln!("\n[demo] stopping the switch (Ctrl-C): it detaches XDP and releases its sockets");
     switch.interrupt();

@@ -3,6 +3,7 @@
 //! Each subcommand runs the steps it depends on first (all idempotent), so
 //! `cargo xtask demo` and `cargo xtask test` work from a fresh clone.
 
+mod bench;
 mod build;
 mod demo;
 mod run;
@@ -33,6 +34,8 @@ enum Command {
     Test(test::TestOptions),
     /// Build everything, make a veth topology, attach, show live counters, clean up.
     Demo(demo::DemoOptions),
+    /// Benchmark the switch against the Linux bridge, DPDK testpmd and XDP redirect.
+    Bench(bench::BenchOptions),
 }
 
 fn main() {
@@ -43,6 +46,7 @@ fn main() {
         Command::Build(opts) => build::build_all(&opts).map(|_| ()),
         Command::Test(opts) => test::run(&opts),
         Command::Demo(opts) => demo::run(&opts),
+        Command::Bench(opts) => bench::run(&opts),
     };
     if let Err(err) = result {
         eprintln!("xtask: error: {err:#}");

@@ -1,58 +1,90 @@
-//! One AF_XDP socket: bound to (interface, rx queue), with its own fill and
-//! completion rings on a UMEM that it may share with other sockets.
+//! One AF_XDP socket, bound to (interface, rx queue), with its own four
+//! rings on a UMEM it may share with other sockets.
+//!
+//! Setup follows the kernel's order: socket, register the UMEM (first
+//! socket only) or not, ring sizes, ring mmaps, bind. The per-burst calls
+//! ([`XskSocket::fill`], [`recv`](XskSocket::recv), [`send`](XskSocket::send),
+//! [`complete`](XskSocket::complete)) touch only the mapped rings: no
+//! syscall, no allocation. Syscalls happen only in the wakeups
+//! ([`kick_tx`](XskSocket::kick_tx), [`wakeup_rx`](XskSocket::wakeup_rx)),
+//! and only when the kernel needs them.
 
 use std::ffi::CString;
+use std::fmt;
+use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
+use std::time::Duration;
 
-use super::ring::{map_consumer, map_producer, ConsumerRing, ProducerRing};
+use super::ring::{map_consumer, map_producer, mmap_offsets, ConsumerRing, ProducerRing, XdpDesc};
 use super::sys::*;
 use super::umem::{FramePool, Umem, UmemOwner};
-use super::{Error, XdpDesc};
+use super::Error;
 
-/// How to bind.
+/// How to bind a socket: the requested mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum BindMode {
     /// Zero-copy if the driver supports it, copy otherwise.
     #[default]
     Auto,
-    /// Copy mode only.
+    /// Copy mode: works on every driver (veth included).
     Copy,
-    /// Zero-copy only (fails on drivers without support, e.g. veth).
+    /// Zero-copy only: fails on drivers without support (e.g. veth).
     ZeroCopy,
 }
 
-/// How the kernel actually bound the socket.
+/// How the kernel actually bound a socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BoundMode {
-    /// Frames are copied between the driver's buffers and the UMEM.
+    /// The kernel copies frames between skbs/driver buffers and the UMEM.
     Copy,
-    /// The driver DMAs straight into the UMEM.
+    /// The driver DMAs straight to and from the UMEM.
     ZeroCopy,
 }
 
-/// Busy-poll socket options (SO_PREFER_BUSY_POLL and friends).
+impl fmt::Display for BindMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BindMode::Auto => "auto",
+            BindMode::Copy => "copy",
+            BindMode::ZeroCopy => "zero-copy",
+        })
+    }
+}
+
+impl fmt::Display for BoundMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BoundMode::Copy => "copy",
+            BoundMode::ZeroCopy => "zero-copy",
+        })
+    }
+}
+
+/// Busy-poll socket options: `SO_PREFER_BUSY_POLL` = 1, plus these two.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BusyPoll {
-    /// SO_BUSY_POLL: microseconds to busy-poll in a blocking call.
+    /// `SO_BUSY_POLL`: microseconds to busy-poll the device queue.
     pub usecs: u32,
-    /// SO_BUSY_POLL_BUDGET: packets per busy-poll round.
+    /// `SO_BUSY_POLL_BUDGET`: packets per busy-poll round.
     pub budget: u32,
 }
 
-/// Socket settings.
+/// Settings of one socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SocketConfig {
-    /// RX ring entries (power of two).
+    /// RX ring entries: a power of two (default 2048).
     pub rx_size: u32,
-    /// TX ring entries (power of two).
+    /// TX ring entries: a power of two (default 2048).
     pub tx_size: u32,
-    /// Copy / zero-copy choice.
+    /// Copy / zero-copy. Only the UMEM's first socket chooses; sockets
+    /// sharing it get its mode (an explicit mismatch is an error).
     pub bind: BindMode,
-    /// XDP_USE_NEED_WAKEUP: the kernel says when it needs a syscall, so an
-    /// idle socket costs no syscalls.
+    /// `XDP_USE_NEED_WAKEUP`: the kernel flags the rings when it needs a
+    /// syscall, so a quiet socket costs none (default true). Also decided
+    /// by the UMEM's first socket.
     pub need_wakeup: bool,
-    /// Busy-poll options, if wanted.
+    /// Busy-poll options, if any (default none).
     pub busy_poll: Option<BusyPoll>,
 }
 
@@ -68,243 +100,222 @@ impl Default for SocketConfig {
     }
 }
 
+impl SocketConfig {
+    /// Refuses ring sizes the kernel would refuse, naming the bad value.
+    pub fn validate(&self) -> Result<(), Error> {
+        for (field, value) in [
+            ("socket rx_size", self.rx_size),
+            ("socket tx_size", self.tx_size),
+        ] {
+            if !value.is_power_of_two() {
+                return Err(Error::InvalidConfig {
+                    field,
+                    value,
+                    expected: "a power of two",
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A bound AF_XDP socket.
+///
+/// Frames move through it as [`XdpDesc`]s and UMEM addresses; the socket
+/// counts the frames it holds for TX ([`outstanding_tx`](Self::outstanding_tx)),
+/// while frames given to the fill ring are the caller's to count (it knows
+/// how many [`fill`](Self::fill) moved and [`recv`](Self::recv) returned).
 pub struct XskSocket {
-    // Rings first: they are unmapped before the fd is closed.
+    // Field order is drop order: the rings (and their mmaps) go first, then
+    // the fd is closed, then our reference to the UMEM memory is released.
     rx: ConsumerRing<XdpDesc>,
     tx: ProducerRing<XdpDesc>,
     fill: ProducerRing<u64>,
     comp: ConsumerRing<u64>,
     fd: OwnedFd,
+    umem: Arc<Umem>,
+    /// Clears the in-frame offset of an address: `!(frame_size - 1)`.
+    chunk_mask: u64,
     ifname: String,
     queue: u32,
     bound: BoundMode,
     need_wakeup: bool,
-    /// Frames submitted to TX and not yet seen on the completion ring.
+    /// This socket registered the UMEM (others share it through our fd).
+    is_owner: bool,
+    /// Frames submitted to TX and not yet back from the completion ring.
     outstanding_tx: u32,
-    _umem: Arc<Umem>,
+    /// Unexpected kick failures (logged once).
+    kick_errors: u64,
 }
 
+/// A socket whose rings are mapped and which is bound, before it is
+/// entered in the UMEM's registration.
+struct Opened {
+    fd: OwnedFd,
+    rx: ConsumerRing<XdpDesc>,
+    tx: ProducerRing<XdpDesc>,
+    fill: ProducerRing<u64>,
+    comp: ConsumerRing<u64>,
+    bound: BoundMode,
+}
+
+/// What `open` does about the UMEM.
+#[derive(Clone, Copy)]
+enum Umode {
+    /// Register it (first socket) and bind in this mode.
+    Register { mode: BoundMode, need_wakeup: bool },
+    /// Share the one `owner` registered.
+    Share(UmemOwner),
+}
+
+/// A socket closed a moment ago keeps its queue until a kernel work item
+/// runs; EBUSY at bind is retried this many times, this far apart.
+const BUSY_RETRIES: u32 = 10;
+const BUSY_RETRY_DELAY: Duration = Duration::from_millis(20);
+
 impl XskSocket {
-    /// Creates, configures and binds a socket on `ifname` rx queue `queue`.
+    /// Creates, configures and binds a socket on `ifname` rx queue
+    /// `queue_id`, with frames in `umem`.
+    ///
+    /// The first socket on a UMEM registers it (`XDP_UMEM_REG`) and decides
+    /// copy/zero-copy and need_wakeup for all; later ones share it
+    /// (`XDP_SHARED_UMEM`), each with its own fill and completion rings
+    /// (kernel >= 5.10), so they must be on other interfaces or queues.
+    /// The first socket must outlive the others (see [`Umem`]).
+    ///
+    /// [`BindMode::Auto`] on the first socket tries zero-copy and, if bind
+    /// refuses it, starts over in copy mode with a fresh socket (a failed
+    /// bind leaves the first socket's rings unusable); see
+    /// [`bound_mode`](Self::bound_mode).
     pub fn new(
         umem: &Arc<Umem>,
         ifname: &str,
-        queue: u32,
+        queue_id: u32,
         config: &SocketConfig,
     ) -> Result<XskSocket, Error> {
-        let c = CString::new(ifname).map_err(|_| Error::NoSuchInterface {
-            ifname: ifname.to_string(),
-        })?;
-        // SAFETY: c is NUL-terminated.
-        let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
-        if ifindex == 0 {
-            return Err(Error::NoSuchInterface {
-                ifname: ifname.to_string(),
-            });
-        }
-        for (what, v) in [("rx_size", config.rx_size), ("tx_size", config.tx_size)] {
-            if v == 0 || !v.is_power_of_two() {
-                return Err(Error::Config {
-                    field: what,
-                    value: v,
-                    why: "must be a power of two",
+        config.validate()?;
+        let ifindex = ifindex(ifname)?;
+        let ctx = Ctx {
+            ifname,
+            queue: queue_id,
+        };
+        // Held until the socket is entered, so that two threads cannot both
+        // register the UMEM, nor share it with a socket being closed.
+        let mut reg = umem.registration();
+        let opened = match reg.owner {
+            Some(owner) => {
+                if (owner.ifindex, owner.queue) == (ifindex, queue_id) {
+                    return Err(Error::QueueTaken {
+                        ifname: ifname.to_string(),
+                        queue: queue_id,
+                    });
+                }
+                let clash = matches!(
+                    (config.bind, owner.mode),
+                    (BindMode::Copy, BoundMode::ZeroCopy) | (BindMode::ZeroCopy, BoundMode::Copy)
+                );
+                if clash {
+                    return Err(Error::ModeMismatch {
+                        ifname: ifname.to_string(),
+                        queue: queue_id,
+                        requested: config.bind,
+                        umem_mode: owner.mode,
+                    });
+                }
+                open_retrying(umem, &ctx, ifindex, config, Umode::Share(owner))?
+            }
+            None if reg.sockets > 0 => {
+                return Err(Error::UmemOwnerClosed {
+                    ifname: ifname.to_string(),
+                    queue: queue_id,
+                    open: reg.sockets,
                 });
             }
-        }
-        // A socket sharing the UMEM inherits the mode of the one that
-        // registered it; the kernel refuses mode flags on sharing sockets.
-        let inherited = umem.owner().lock().unwrap().map(|o| o.mode);
-        if let Some(mode) = inherited {
-            if config.bind == BindMode::ZeroCopy && mode == BoundMode::Copy {
-                return Err(Error::Config {
-                    field: "bind",
-                    value: queue,
-                    why: "zerocopy was asked, but the shared UMEM is bound in copy mode",
-                });
-            }
-            return Self::create(umem, ifname, ifindex, queue, config, mode);
-        }
-        match config.bind {
-            BindMode::Copy => Self::create(umem, ifname, ifindex, queue, config, BoundMode::Copy),
-            BindMode::ZeroCopy => {
-                Self::create(umem, ifname, ifindex, queue, config, BoundMode::ZeroCopy)
-            }
-            // A failed zero-copy bind consumes the socket's fill/completion
-            // rings in the kernel, so the copy-mode retry needs a new socket.
-            BindMode::Auto => {
-                match Self::create(umem, ifname, ifindex, queue, config, BoundMode::ZeroCopy) {
-                    Ok(s) => Ok(s),
-                    Err(Error::Bind { .. }) => {
-                        Self::create(umem, ifname, ifindex, queue, config, BoundMode::Copy)
+            None => {
+                let register = |mode| Umode::Register {
+                    mode,
+                    need_wakeup: config.need_wakeup,
+                };
+                match config.bind {
+                    BindMode::Copy => {
+                        open_retrying(umem, &ctx, ifindex, config, register(BoundMode::Copy))?
                     }
-                    Err(e) => Err(e),
+                    BindMode::ZeroCopy => {
+                        open_retrying(umem, &ctx, ifindex, config, register(BoundMode::ZeroCopy))?
+                    }
+                    BindMode::Auto => {
+                        match open_retrying(
+                            umem,
+                            &ctx,
+                            ifindex,
+                            config,
+                            register(BoundMode::ZeroCopy),
+                        ) {
+                            Ok(opened) => opened,
+                            Err(Error::Bind { source, .. })
+                                if source.raw_os_error() != Some(libc::EBUSY) =>
+                            {
+                                tracing::info!(
+                                    ifname,
+                                    queue = queue_id,
+                                    "zero-copy bind refused ({source}); binding in copy mode"
+                                );
+                                open_retrying(
+                                    umem,
+                                    &ctx,
+                                    ifindex,
+                                    config,
+                                    register(BoundMode::Copy),
+                                )?
+                            }
+                            Err(e) => return Err(e),
+                        }
+                    }
                 }
             }
-        }
-    }
+        };
 
-    fn create(
-        umem: &Arc<Umem>,
-        ifname: &str,
-        ifindex: u32,
-        queue: u32,
-        config: &SocketConfig,
-        mode: BoundMode,
-    ) -> Result<XskSocket, Error> {
-        let sys = |call: &'static str| {
-            let source = std::io::Error::last_os_error();
-            Error::Syscall {
-                call,
-                ifname: ifname.to_string(),
-                queue,
-                source,
+        let (is_owner, need_wakeup) = match reg.owner {
+            Some(owner) => (false, owner.need_wakeup),
+            None => {
+                reg.owner = Some(UmemOwner {
+                    fd: opened.fd.as_raw_fd(),
+                    ifindex,
+                    queue: queue_id,
+                    mode: opened.bound,
+                    need_wakeup: config.need_wakeup,
+                });
+                (true, config.need_wakeup)
             }
         };
-        // SAFETY: plain socket(2); owned right away.
-        let raw = unsafe { libc::socket(libc::AF_XDP, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-        if raw < 0 {
-            let source = std::io::Error::last_os_error();
-            if source.raw_os_error() == Some(libc::EAFNOSUPPORT) {
-                return Err(Error::XdpSocketsUnsupported);
-            }
-            return Err(Error::Syscall {
-                call: "socket(AF_XDP)",
-                ifname: ifname.to_string(),
-                queue,
-                source,
-            });
-        }
-        // SAFETY: raw is a fresh fd nobody else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let fdr = fd.as_raw_fd();
-
-        // Hold the owner lock across bind so two sockets cannot both
-        // register the UMEM.
-        let mut owner = umem.owner().lock().unwrap();
-        let shared_with = *owner;
-        // Sharing sockets follow the owner's wakeup mode too.
-        let need_wakeup = shared_with.map_or(config.need_wakeup, |o| o.need_wakeup);
-        if shared_with.is_none() {
-            let (addr, len) = umem.area();
-            let reg = XdpUmemReg {
-                addr,
-                len,
-                chunk_size: umem.frame_size(),
-                headroom: 0,
-                flags: 0,
-                tx_metadata_len: 0,
-            };
-            setsockopt(fdr, XDP_UMEM_REG, &reg).map_err(|_| sys("setsockopt(XDP_UMEM_REG)"))?;
-        }
-        let uc = umem.config();
-        setsockopt(fdr, XDP_UMEM_FILL_RING, &uc.fill_size)
-            .map_err(|_| sys("setsockopt(XDP_UMEM_FILL_RING)"))?;
-        setsockopt(fdr, XDP_UMEM_COMPLETION_RING, &uc.comp_size)
-            .map_err(|_| sys("setsockopt(XDP_UMEM_COMPLETION_RING)"))?;
-        setsockopt(fdr, XDP_RX_RING, &config.rx_size)
-            .map_err(|_| sys("setsockopt(XDP_RX_RING)"))?;
-        setsockopt(fdr, XDP_TX_RING, &config.tx_size)
-            .map_err(|_| sys("setsockopt(XDP_TX_RING)"))?;
-        if let Some(bp) = config.busy_poll {
-            let one: libc::c_int = 1;
-            let usecs = bp.usecs as libc::c_int;
-            let budget = bp.budget as libc::c_int;
-            for (opt, val, call) in [
-                (SO_PREFER_BUSY_POLL, &one, "setsockopt(SO_PREFER_BUSY_POLL)"),
-                (SO_BUSY_POLL, &usecs, "setsockopt(SO_BUSY_POLL)"),
-                (
-                    SO_BUSY_POLL_BUDGET,
-                    &budget,
-                    "setsockopt(SO_BUSY_POLL_BUDGET)",
-                ),
-            ] {
-                setsockopt_level(fdr, libc::SOL_SOCKET, opt, val).map_err(|_| sys(call))?;
-            }
-        }
-
-        let mut off = XdpMmapOffsets::default();
-        let mut optlen = std::mem::size_of::<XdpMmapOffsets>() as libc::socklen_t;
-        // SAFETY: off is writable for optlen bytes.
-        let rc = unsafe {
-            libc::getsockopt(
-                fdr,
-                SOL_XDP,
-                XDP_MMAP_OFFSETS,
-                &mut off as *mut XdpMmapOffsets as *mut libc::c_void,
-                &mut optlen,
-            )
-        };
-        if rc != 0 {
-            return Err(sys("getsockopt(XDP_MMAP_OFFSETS)"));
-        }
-        let map_err =
-            |what: &'static str| move |source: std::io::Error| Error::Mmap { what, source };
-        let fill = map_producer::<u64>(fdr, &off.fr, uc.fill_size, XDP_UMEM_PGOFF_FILL_RING)
-            .map_err(map_err("fill ring"))?;
-        let comp = map_consumer::<u64>(fdr, &off.cr, uc.comp_size, XDP_UMEM_PGOFF_COMPLETION_RING)
-            .map_err(map_err("completion ring"))?;
-        let rx = map_consumer::<XdpDesc>(fdr, &off.rx, config.rx_size, XDP_PGOFF_RX_RING)
-            .map_err(map_err("RX ring"))?;
-        let tx = map_producer::<XdpDesc>(fdr, &off.tx, config.tx_size, XDP_PGOFF_TX_RING)
-            .map_err(map_err("TX ring"))?;
-
-        let flags = if shared_with.is_some() {
-            XDP_SHARED_UMEM
-        } else {
-            let mode_flag = match mode {
-                BoundMode::Copy => XDP_COPY,
-                BoundMode::ZeroCopy => XDP_ZEROCOPY,
-            };
-            mode_flag | if need_wakeup { XDP_USE_NEED_WAKEUP } else { 0 }
-        };
-        let addr = SockaddrXdp {
-            sxdp_family: libc::AF_XDP as u16,
-            sxdp_flags: flags,
-            sxdp_ifindex: ifindex,
-            sxdp_queue_id: queue,
-            sxdp_shared_umem_fd: shared_with.map_or(0, |o| o.fd) as u32,
-        };
-        // SAFETY: addr is a valid sockaddr_xdp and its size is passed.
-        let rc = unsafe {
-            libc::bind(
-                fdr,
-                &addr as *const SockaddrXdp as *const libc::sockaddr,
-                std::mem::size_of::<SockaddrXdp>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(Error::Bind {
-                ifname: ifname.to_string(),
-                queue,
-                mode,
-                source: std::io::Error::last_os_error(),
-            });
-        }
-        if shared_with.is_none() {
-            *owner = Some(UmemOwner {
-                fd: fdr,
-                mode,
-                need_wakeup,
-            });
-        }
-        drop(owner);
+        reg.sockets += 1;
+        drop(reg);
+        tracing::debug!(
+            ifname,
+            queue = queue_id,
+            mode = %opened.bound,
+            shared = !is_owner,
+            "AF_XDP socket bound"
+        );
         Ok(XskSocket {
-            rx,
-            tx,
-            fill,
-            comp,
-            fd,
+            rx: opened.rx,
+            tx: opened.tx,
+            fill: opened.fill,
+            comp: opened.comp,
+            fd: opened.fd,
+            umem: Arc::clone(umem),
+            chunk_mask: !(umem.frame_size() as u64 - 1),
             ifname: ifname.to_string(),
-            queue,
-            bound: mode,
+            queue: queue_id,
+            bound: opened.bound,
             need_wakeup,
+            is_owner,
             outstanding_tx: 0,
-            _umem: umem.clone(),
+            kick_errors: 0,
         })
     }
 
-    /// The socket fd (to register in an XSKMAP, or to poll).
+    /// The socket's fd: to register in an XSKMAP, or to poll(2) for POLLIN.
     pub fn fd(&self) -> RawFd {
         self.fd.as_raw_fd()
     }
@@ -319,14 +330,22 @@ impl XskSocket {
         self.queue
     }
 
-    /// Copy or zero-copy.
+    /// Copy or zero-copy, as the kernel bound it.
     pub fn bound_mode(&self) -> BoundMode {
         self.bound
     }
 
-    /// Moves up to `max` free frames into the fill ring; returns how many.
+    /// The UMEM its frames live in.
+    pub fn umem(&self) -> &Arc<Umem> {
+        &self.umem
+    }
+
+    /// Moves up to `max` frames from `pool` into the fill ring (receive
+    /// buffers for the kernel); returns how many. Limited by the free
+    /// frames and the free ring slots.
     pub fn fill(&mut self, pool: &mut FramePool, max: u32) -> u32 {
-        let n = self.fill.reserve(max.min(pool.len() as u32));
+        let want = max.min(u32::try_from(pool.len()).unwrap_or(u32::MAX));
+        let n = self.fill.reserve(want);
         for i in 0..n {
             let addr = pool.alloc().expect("reserved no more than the pool holds");
             self.fill.write(i, addr);
@@ -335,7 +354,9 @@ impl XskSocket {
         n
     }
 
-    /// Appends up to `max` received descriptors to `out`; returns how many.
+    /// Appends up to `max` received frames to `out`; returns how many. The
+    /// caller now holds them (an `addr` points inside its frame, past the
+    /// kernel's headroom). Allocates only if `out` lacks capacity.
     pub fn recv(&mut self, out: &mut Vec<XdpDesc>, max: u32) -> u32 {
         let n = self.rx.peek(max);
         for i in 0..n {
@@ -345,25 +366,49 @@ impl XskSocket {
         n
     }
 
-    /// Queues descriptors for transmission; returns how many fit.
+    /// Queues `descs` for transmission, as many as fit in the TX ring, from
+    /// the front; returns how many. Those frames are the socket's until
+    /// [`complete`](Self::complete) returns them; the rest stay the
+    /// caller's. Call [`kick_tx`](Self::kick_tx) after a burst.
+    ///
+    /// Each descriptor must lie inside one frame of the UMEM: the kernel
+    /// skips an invalid one without completing it, so its frame would be
+    /// lost (debug builds assert).
     pub fn send(&mut self, descs: &[XdpDesc]) -> u32 {
-        let n = self.tx.reserve(descs.len() as u32);
-        for i in 0..n {
-            self.tx.write(i, descs[i as usize]);
+        let n = self
+            .tx
+            .reserve(u32::try_from(descs.len()).unwrap_or(u32::MAX));
+        for (i, desc) in descs[..n as usize].iter().enumerate() {
+            debug_assert!(
+                (desc.addr & !self.chunk_mask) + desc.len as u64 <= self.umem.frame_size() as u64
+                    && desc.addr < self.umem.len_bytes() as u64,
+                "TX descriptor {desc:?} leaves its frame or the UMEM"
+            );
+            self.tx.write(i as u32, *desc);
         }
         self.tx.submit(n);
         self.outstanding_tx += n;
         n
     }
 
-    /// Tells the kernel to process the TX ring, if it needs telling.
-    /// Transient refusals (busy, no buffers, device down) are not errors:
-    /// the frames stay queued and the next kick retries.
+    /// Makes the kernel process the TX ring, if it needs a syscall for it:
+    /// always in copy mode while frames wait in the ring (copy mode only
+    /// transmits inside sendto, a few dozen frames per call), in zero-copy
+    /// mode when the ring asks for a wakeup (or always without need_wakeup).
+    ///
+    /// "Try later" answers (EAGAIN: more left, EBUSY/ENOBUFS: no room now,
+    /// ENETDOWN: interface down) are not errors: the frames stay queued and
+    /// the next kick retries. Anything else is logged once per socket.
     pub fn kick_tx(&mut self) {
-        if self.need_wakeup && !self.tx.needs_wakeup() {
+        let needed = match self.bound {
+            BoundMode::Copy => self.tx.pending() > 0,
+            BoundMode::ZeroCopy => !self.need_wakeup || self.tx.needs_wakeup(),
+        };
+        if !needed {
             return;
         }
-        // SAFETY: zero-length sendto on our own socket; no buffers passed.
+        // SAFETY: a zero-length, non-blocking sendto on our own socket with
+        // no buffer and no address: the kernel reads no user memory.
         let rc = unsafe {
             libc::sendto(
                 self.fd.as_raw_fd(),
@@ -375,38 +420,61 @@ impl XskSocket {
             )
         };
         if rc < 0 {
-            let e = std::io::Error::last_os_error();
+            let e = io::Error::last_os_error();
             match e.raw_os_error() {
                 Some(libc::EAGAIN | libc::EBUSY | libc::ENOBUFS | libc::ENETDOWN) => {}
-                _ => tracing::debug!(ifname = self.ifname, queue = self.queue, "TX kick: {e}"),
+                _ => {
+                    self.kick_errors += 1;
+                    if self.kick_errors == 1 {
+                        tracing::warn!(
+                            ifname = self.ifname,
+                            queue = self.queue,
+                            "sendto (TX kick) on AF_XDP socket failed: {e}"
+                        );
+                    }
+                }
             }
         }
     }
 
-    /// Moves up to `max` completed TX frames back to the pool.
+    /// Moves up to `max` completed TX frames back to `pool`; returns how
+    /// many.
     pub fn complete(&mut self, pool: &mut FramePool, max: u32) -> u32 {
         let n = self.comp.peek(max);
         for i in 0..n {
-            pool.free(self.comp.read(i));
+            // The kernel returns the TX descriptor's address, which may
+            // point inside the frame.
+            pool.free(self.comp.read(i) & self.chunk_mask);
         }
         self.comp.release(n);
-        self.outstanding_tx -= n;
+        debug_assert!(
+            n <= self.outstanding_tx,
+            "{n} completions for {} frames sent",
+            self.outstanding_tx
+        );
+        self.outstanding_tx = self.outstanding_tx.saturating_sub(n);
         n
     }
 
-    /// Frames submitted for TX and not yet completed.
+    /// Frames submitted by [`send`](Self::send) and not yet returned by
+    /// [`complete`](Self::complete).
     pub fn outstanding_tx(&self) -> u32 {
         self.outstanding_tx
     }
 
-    /// The kernel wants a syscall before it refills RX from the fill ring.
+    /// True if the kernel stopped taking buffers from the fill ring until a
+    /// syscall ([`wakeup_rx`](Self::wakeup_rx) or poll) wakes it. Only ever
+    /// set with need_wakeup.
     pub fn fill_needs_wakeup(&self) -> bool {
-        self.need_wakeup && self.fill.needs_wakeup()
+        self.fill.needs_wakeup()
     }
 
-    /// Wakes the kernel's RX processing (zero-copy drivers with need_wakeup).
+    /// Wakes the kernel's RX processing (a zero-length, non-blocking
+    /// recvfrom); call it when [`fill_needs_wakeup`](Self::fill_needs_wakeup).
+    /// Its errors mean "nothing to do" and are ignored.
     pub fn wakeup_rx(&self) {
-        // SAFETY: zero-length non-blocking recvfrom on our own socket.
+        // SAFETY: a zero-length, non-blocking recvfrom on our own socket
+        // with no buffer and no address: the kernel writes no user memory.
         unsafe {
             libc::recvfrom(
                 self.fd.as_raw_fd(),
@@ -419,54 +487,298 @@ impl XskSocket {
         };
     }
 
-    /// The kernel's drop and error counters for this socket.
+    /// The kernel's drop and error counters for this socket (one syscall:
+    /// call it about once a second, not per burst).
     pub fn statistics(&self) -> Result<XdpStatistics, Error> {
-        let mut st = XdpStatistics::default();
-        let mut len = std::mem::size_of::<XdpStatistics>() as libc::socklen_t;
-        // SAFETY: st is writable for len bytes.
-        let rc = unsafe {
-            libc::getsockopt(
-                self.fd.as_raw_fd(),
-                SOL_XDP,
-                XDP_STATISTICS,
-                &mut st as *mut XdpStatistics as *mut libc::c_void,
-                &mut len,
-            )
-        };
-        if rc != 0 {
-            return Err(Error::Syscall {
-                call: "getsockopt(XDP_STATISTICS)",
-                ifname: self.ifname.clone(),
-                queue: self.queue,
-                source: std::io::Error::last_os_error(),
-            });
-        }
-        Ok(st)
+        let mut stats = XdpStatistics::default();
+        // Older kernels fill a prefix (the rest stays 0).
+        getsockopt(self.fd(), XDP_STATISTICS, &mut stats).map_err(|source| Error::GetSockOpt {
+            option: "XDP_STATISTICS",
+            ifname: self.ifname.clone(),
+            queue: self.queue,
+            source,
+        })?;
+        Ok(stats)
     }
 }
 
-fn setsockopt<T>(fd: RawFd, opt: libc::c_int, val: &T) -> std::io::Result<()> {
-    setsockopt_level(fd, SOL_XDP, opt, val)
+impl Drop for XskSocket {
+    fn drop(&mut self) {
+        // The fd and rings are released by the fields' own drops, after
+        // this; here the UMEM forgets us.
+        let mut reg = self.umem.registration();
+        reg.sockets -= 1;
+        if self.is_owner {
+            reg.owner = None;
+            if reg.sockets > 0 {
+                tracing::warn!(
+                    ifname = self.ifname,
+                    queue = self.queue,
+                    others = reg.sockets,
+                    "the AF_XDP socket that registered the UMEM closed before the sockets sharing it; \
+                     they keep working, but no new socket can share this UMEM"
+                );
+            }
+        }
+    }
 }
 
-fn setsockopt_level<T>(
+// SAFETY: the socket exclusively owns its fd and its side of the four rings
+// (mutated only through `&mut self`); the UMEM is Send + Sync. Nothing ties
+// it to the thread that created it.
+unsafe impl Send for XskSocket {}
+
+/// Interface and queue, for error messages.
+struct Ctx<'a> {
+    ifname: &'a str,
+    queue: u32,
+}
+
+impl Ctx<'_> {
+    fn setsockopt(&self, option: &'static str) -> impl FnOnce(io::Error) -> Error + '_ {
+        move |source| Error::SetSockOpt {
+            option,
+            ifname: self.ifname.to_string(),
+            queue: self.queue,
+            source,
+        }
+    }
+
+    fn getsockopt(&self, option: &'static str) -> impl FnOnce(io::Error) -> Error + '_ {
+        move |source| Error::GetSockOpt {
+            option,
+            ifname: self.ifname.to_string(),
+            queue: self.queue,
+            source,
+        }
+    }
+
+    fn mmap(&self, ring: &'static str) -> impl FnOnce(io::Error) -> Error + '_ {
+        move |source| Error::RingMmap {
+            ring,
+            ifname: self.ifname.to_string(),
+            queue: self.queue,
+            source,
+        }
+    }
+}
+
+/// The kernel's index of `ifname` in this network namespace.
+fn ifindex(ifname: &str) -> Result<u32, Error> {
+    let missing = || Error::NoSuchInterface {
+        ifname: ifname.to_string(),
+    };
+    let c = CString::new(ifname).map_err(|_| missing())?;
+    // SAFETY: `c` is a valid NUL-terminated string for the whole call.
+    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if index == 0 {
+        return Err(missing());
+    }
+    Ok(index)
+}
+
+/// [`open`], retried with a fresh socket while bind says EBUSY (the queue
+/// of a socket closed a moment ago is released by deferred kernel work).
+fn open_retrying(
+    umem: &Umem,
+    ctx: &Ctx<'_>,
+    ifindex: u32,
+    config: &SocketConfig,
+    umode: Umode,
+) -> Result<Opened, Error> {
+    let mut attempt = 0;
+    loop {
+        match open(umem, ctx, ifindex, config, umode) {
+            Err(Error::Bind { source, .. })
+                if source.raw_os_error() == Some(libc::EBUSY) && attempt < BUSY_RETRIES =>
+            {
+                attempt += 1;
+                std::thread::sleep(BUSY_RETRY_DELAY);
+            }
+            result => return result,
+        }
+    }
+}
+
+/// One attempt: socket, UMEM registration (or not), rings, bind. On error
+/// everything made so far is closed and unmapped (by the drops).
+fn open(
+    umem: &Umem,
+    ctx: &Ctx<'_>,
+    ifindex: u32,
+    config: &SocketConfig,
+    umode: Umode,
+) -> Result<Opened, Error> {
+    // SAFETY: plain socket(2); the result is checked and owned right away.
+    let raw = unsafe { libc::socket(libc::AF_XDP, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        let source = io::Error::last_os_error();
+        if source.raw_os_error() == Some(libc::EAFNOSUPPORT) {
+            return Err(Error::XdpSocketsUnsupported {
+                ifname: ctx.ifname.to_string(),
+                queue: ctx.queue,
+            });
+        }
+        return Err(Error::Socket {
+            ifname: ctx.ifname.to_string(),
+            queue: ctx.queue,
+            source,
+        });
+    }
+    // SAFETY: `raw` is a fresh fd that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let fdr = fd.as_raw_fd();
+
+    if let Umode::Register { .. } = umode {
+        let (addr, len) = umem.area();
+        let reg = XdpUmemReg {
+            addr,
+            len,
+            chunk_size: umem.frame_size(),
+            headroom: 0,
+            flags: 0,
+            tx_metadata_len: 0,
+        };
+        setsockopt(fdr, SOL_XDP, XDP_UMEM_REG, &reg).map_err(|source| Error::UmemRegister {
+            ifname: ctx.ifname.to_string(),
+            queue: ctx.queue,
+            bytes: len,
+            source,
+        })?;
+    }
+    // Every socket gets its own fill and completion rings, the sharing ones
+    // included: that is what lets one UMEM serve several interfaces/queues,
+    // and keeps each socket's TX completions its own.
+    let uc = umem.config();
+    setsockopt(fdr, SOL_XDP, XDP_UMEM_FILL_RING, &uc.fill_size)
+        .map_err(ctx.setsockopt("XDP_UMEM_FILL_RING"))?;
+    setsockopt(fdr, SOL_XDP, XDP_UMEM_COMPLETION_RING, &uc.comp_size)
+        .map_err(ctx.setsockopt("XDP_UMEM_COMPLETION_RING"))?;
+    setsockopt(fdr, SOL_XDP, XDP_RX_RING, &config.rx_size)
+        .map_err(ctx.setsockopt("XDP_RX_RING"))?;
+    setsockopt(fdr, SOL_XDP, XDP_TX_RING, &config.tx_size)
+        .map_err(ctx.setsockopt("XDP_TX_RING"))?;
+    if let Some(bp) = config.busy_poll {
+        let as_int = |v: u32| libc::c_int::try_from(v).unwrap_or(libc::c_int::MAX);
+        for (option, name, value) in [
+            (SO_PREFER_BUSY_POLL, "SO_PREFER_BUSY_POLL", 1),
+            (SO_BUSY_POLL, "SO_BUSY_POLL", as_int(bp.usecs)),
+            (
+                SO_BUSY_POLL_BUDGET,
+                "SO_BUSY_POLL_BUDGET",
+                as_int(bp.budget),
+            ),
+        ] {
+            setsockopt(fdr, libc::SOL_SOCKET, option, &value).map_err(ctx.setsockopt(name))?;
+        }
+    }
+
+    let off = mmap_offsets(fdr).map_err(ctx.getsockopt("XDP_MMAP_OFFSETS"))?;
+    let fill = map_producer::<u64>(fdr, &off.fr, uc.fill_size, XDP_UMEM_PGOFF_FILL_RING)
+        .map_err(ctx.mmap("fill"))?;
+    let comp = map_consumer::<u64>(fdr, &off.cr, uc.comp_size, XDP_UMEM_PGOFF_COMPLETION_RING)
+        .map_err(ctx.mmap("completion"))?;
+    let rx = map_consumer::<XdpDesc>(fdr, &off.rx, config.rx_size, XDP_PGOFF_RX_RING)
+        .map_err(ctx.mmap("RX"))?;
+    let tx = map_producer::<XdpDesc>(fdr, &off.tx, config.tx_size, XDP_PGOFF_TX_RING)
+        .map_err(ctx.mmap("TX"))?;
+
+    // A sharing socket may pass no mode flags: it inherits the owner's.
+    let (flags, shared_fd, flags_text) = match umode {
+        Umode::Register {
+            mode: BoundMode::Copy,
+            need_wakeup,
+        } => (XDP_COPY | wakeup_flag(need_wakeup), 0, "XDP_COPY"),
+        Umode::Register {
+            mode: BoundMode::ZeroCopy,
+            need_wakeup,
+        } => (XDP_ZEROCOPY | wakeup_flag(need_wakeup), 0, "XDP_ZEROCOPY"),
+        Umode::Share(owner) => (XDP_SHARED_UMEM, owner.fd as u32, "XDP_SHARED_UMEM"),
+    };
+    let addr = SockaddrXdp {
+        sxdp_family: libc::AF_XDP as u16,
+        sxdp_flags: flags,
+        sxdp_ifindex: ifindex,
+        sxdp_queue_id: ctx.queue,
+        sxdp_shared_umem_fd: shared_fd,
+    };
+    // SAFETY: `addr` is a valid sockaddr_xdp and its exact size is passed.
+    let rc = unsafe {
+        libc::bind(
+            fdr,
+            (&addr as *const SockaddrXdp).cast::<libc::sockaddr>(),
+            std::mem::size_of::<SockaddrXdp>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(Error::Bind {
+            ifname: ctx.ifname.to_string(),
+            queue: ctx.queue,
+            flags: flags_text,
+            source: io::Error::last_os_error(),
+        });
+    }
+
+    // Ask the kernel how it bound, rather than assume (a sharing socket's
+    // mode is the UMEM's).
+    let mut options = XdpOptions::default();
+    getsockopt(fdr, XDP_OPTIONS, &mut options).map_err(ctx.getsockopt("XDP_OPTIONS"))?;
+    let bound = if options.flags & XDP_OPTIONS_ZEROCOPY != 0 {
+        BoundMode::ZeroCopy
+    } else {
+        BoundMode::Copy
+    };
+    Ok(Opened {
+        fd,
+        rx,
+        tx,
+        fill,
+        comp,
+        bound,
+    })
+}
+
+fn wakeup_flag(need_wakeup: bool) -> u16 {
+    if need_wakeup {
+        XDP_USE_NEED_WAKEUP
+    } else {
+        0
+    }
+}
+
+/// setsockopt(2) with a plain-old-data value.
+fn setsockopt<T: Copy>(
     fd: RawFd,
     level: libc::c_int,
-    opt: libc::c_int,
-    val: &T,
-) -> std::io::Result<()> {
-    // SAFETY: val points at a T of the size passed.
+    option: libc::c_int,
+    value: &T,
+) -> io::Result<()> {
+    // SAFETY: `value` points to a live T of exactly the size passed; the
+    // kernel only reads it.
     let rc = unsafe {
         libc::setsockopt(
             fd,
             level,
-            opt,
-            val as *const T as *const libc::c_void,
+            option,
+            (value as *const T).cast(),
             std::mem::size_of::<T>() as libc::socklen_t,
         )
     };
     if rc != 0 {
-        return Err(std::io::Error::last_os_error());
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// getsockopt(2) at SOL_XDP into a plain-old-data value (a kernel that
+/// knows a shorter struct fills a prefix).
+fn getsockopt<T: Copy>(fd: RawFd, option: libc::c_int, value: &mut T) -> io::Result<()> {
+    let mut len = std::mem::size_of::<T>() as libc::socklen_t;
+    // SAFETY: `value` is writable for `len` bytes and the kernel writes at
+    // most `len`; T is plain data for which any bytes are valid.
+    let rc = unsafe { libc::getsockopt(fd, SOL_XDP, option, (value as *mut T).cast(), &mut len) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
     }
     Ok(())
 }

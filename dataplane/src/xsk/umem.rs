@@ -1,26 +1,44 @@
 //! The UMEM (the packet memory AF_XDP sockets share with the kernel) and
-//! its free list.
+//! its free list, [`FramePool`].
 //!
-//! Ownership rule that makes the raw accesses sound: every frame (chunk) is
-//! held by exactly one party at a time — the [`FramePool`], a kernel ring
-//! (fill, RX, TX, completion), or the PMD thread between rings. Only the
-//! holder reads or writes the chunk's bytes.
+//! # Ownership of frames
+//!
+//! The UMEM is cut into `frame_count` frames (chunks) of `frame_size` bytes,
+//! named by their offset from the start of the area (the "address"). The
+//! rule that makes the raw accesses sound, and the frame accounting exact:
+//! **every frame is held by exactly one party at a time** — the
+//! [`FramePool`], a kernel ring (fill, RX, TX, completion) of one socket, or
+//! the code between rings that took it from one of those. Only the holder
+//! reads or writes the frame's bytes; handing a frame on (to a ring, or back
+//! to the pool) ends the right to touch it.
+//!
+//! # Registration
+//!
+//! The UMEM is registered with the kernel (`XDP_UMEM_REG`) by the first
+//! socket created on it; later sockets bind with `XDP_SHARED_UMEM` naming
+//! that socket's fd (see [`super::XskSocket::new`]). So **the first socket
+//! must outlive the others**: keep the sockets in a `Vec` in creation order
+//! and drop it back to front (or drop its owner after the rest). Closing the
+//! first socket while others are open is refused for later creations with
+//! [`Error::UmemOwnerClosed`] rather than binding to a recycled fd number.
 
 use std::os::fd::RawFd;
-use std::sync::Mutex;
+use std::ptr::NonNull;
+use std::sync::{Mutex, MutexGuard};
 
+use super::socket::BoundMode;
 use super::Error;
 
-/// Sizes of a UMEM.
+/// Sizes of a UMEM and of the fill/completion rings of each socket on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UmemConfig {
-    /// Bytes per frame (chunk): 2048 or 4096.
+    /// Bytes per frame: a power of two in 2048..=4096 (default 4096).
     pub frame_size: u32,
-    /// Number of frames.
+    /// Number of frames, at least 1 (default 4096).
     pub frame_count: u32,
-    /// Entries of each socket's fill ring (power of two).
+    /// Entries of each socket's fill ring: a power of two (default 2048).
     pub fill_size: u32,
-    /// Entries of each socket's completion ring (power of two).
+    /// Entries of each socket's completion ring: a power of two (default 2048).
     pub comp_size: u32,
 }
 
@@ -36,58 +54,88 @@ impl Default for UmemConfig {
 }
 
 impl UmemConfig {
-    /// Refuses sizes the kernel would refuse, naming the bad value.
+    /// Refuses sizes the kernel (or this module) would refuse, naming the
+    /// field and its bad value.
     pub fn validate(&self) -> Result<(), Error> {
-        let bad = |field: &'static str, value: u32, why: &'static str| {
-            Err(Error::Config { field, value, why })
+        let bad = |field: &'static str, value: u32, expected: &'static str| {
+            Err(Error::InvalidConfig {
+                field,
+                value,
+                expected,
+            })
         };
-        if !(self.frame_size == 2048 || self.frame_size == 4096) {
-            return bad("frame_size", self.frame_size, "must be 2048 or 4096");
+        if !(2048..=4096).contains(&self.frame_size) || !self.frame_size.is_power_of_two() {
+            return bad("umem frame_size", self.frame_size, "2048 or 4096");
         }
-        if self.frame_count == 0 || !self.frame_count.is_power_of_two() {
-            return bad("frame_count", self.frame_count, "must be a power of two");
+        if self.frame_count == 0 {
+            return bad("umem frame_count", self.frame_count, "at least 1");
         }
-        for (field, v) in [("fill_size", self.fill_size), ("comp_size", self.comp_size)] {
-            if v == 0 || !v.is_power_of_two() {
-                return bad(field, v, "must be a power of two");
+        for (field, v) in [
+            ("umem fill_size", self.fill_size),
+            ("umem comp_size", self.comp_size),
+        ] {
+            if !v.is_power_of_two() {
+                return bad(field, v, "a power of two");
             }
         }
         Ok(())
     }
 }
 
-/// The socket that registered a UMEM, and how it was bound: sockets that
-/// share the UMEM inherit its mode (the kernel refuses mode flags on them).
+/// The socket that registered the UMEM with the kernel, as later sockets
+/// need it: they bind with `XDP_SHARED_UMEM` + its fd, and inherit its mode
+/// (the kernel refuses mode flags on sharing sockets).
 #[derive(Debug, Clone, Copy)]
 pub(super) struct UmemOwner {
+    /// Its fd number (borrowed: the socket owns and closes it).
     pub fd: RawFd,
-    pub mode: super::BoundMode,
+    /// Where it is bound; a second socket on the same interface queue would
+    /// share its rings, which this module does not support.
+    pub ifindex: u32,
+    pub queue: u32,
+    /// Copy or zero-copy: decided for the whole UMEM by this socket.
+    pub mode: BoundMode,
+    /// Whether it bound with `XDP_USE_NEED_WAKEUP` (inherited as well).
     pub need_wakeup: bool,
 }
 
-/// Packet memory registered with the kernel by the first socket bound on it.
-pub struct Umem {
-    area: *mut u8,
-    len: usize,
-    config: UmemConfig,
-    /// The socket that registered this UMEM (XDP_UMEM_REG); later sockets
-    /// bind with XDP_SHARED_UMEM pointing at it. That socket must stay open
-    /// while others are being created.
-    owner: Mutex<Option<UmemOwner>>,
+/// Who uses the UMEM in the kernel: guarded by a mutex because sockets are
+/// created and closed rarely, possibly from several threads.
+#[derive(Debug, Default)]
+pub(super) struct Registration {
+    /// The registering socket, while it is open.
+    pub owner: Option<UmemOwner>,
+    /// Open sockets on this UMEM, the owner included.
+    pub sockets: usize,
 }
 
-// SAFETY: the area is plain memory; who may touch which chunk is governed by
-// the ownership rule in the module docs, not by the thread that holds `Umem`.
+/// Packet memory shared with the kernel: one anonymous mapping of
+/// `frame_count * frame_size` bytes, registered by the first socket bound
+/// on it. Share it as `Arc<Umem>`; every socket keeps a clone, so the memory
+/// outlives all of them.
+pub struct Umem {
+    area: NonNull<u8>,
+    len: usize,
+    config: UmemConfig,
+    registration: Mutex<Registration>,
+}
+
+// SAFETY: the area is plain memory whose frames are accessed according to
+// the ownership rule in the module docs (by whichever thread holds the
+// frame), not according to which thread holds the `Umem`; the registration
+// state is behind a Mutex.
 unsafe impl Send for Umem {}
-// SAFETY: as above; `owner` is behind a Mutex.
+// SAFETY: as above: `&Umem` only gives out frame slices under that rule.
 unsafe impl Sync for Umem {}
 
 impl Umem {
-    /// Allocates the area (anonymous, pre-faulted).
+    /// Validates `config` and maps the area (anonymous, private, pre-faulted
+    /// so the kernel's pinning at registration does not fault it in).
     pub fn new(config: UmemConfig) -> Result<Umem, Error> {
         config.validate()?;
         let len = config.frame_size as usize * config.frame_count as usize;
-        // SAFETY: fresh anonymous mapping; checked below.
+        // SAFETY: asks for a fresh anonymous mapping; touches no existing
+        // memory; the result is checked below.
         let area = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
@@ -99,16 +147,18 @@ impl Umem {
             )
         };
         if area == libc::MAP_FAILED {
-            return Err(Error::Mmap {
-                what: "UMEM area",
+            return Err(Error::UmemMmap {
+                bytes: len,
+                frame_count: config.frame_count,
+                frame_size: config.frame_size,
                 source: std::io::Error::last_os_error(),
             });
         }
         Ok(Umem {
-            area: area as *mut u8,
+            area: NonNull::new(area.cast()).expect("mmap returned NULL"),
             len,
             config,
-            owner: Mutex::new(None),
+            registration: Mutex::new(Registration::default()),
         })
     }
 
@@ -122,42 +172,74 @@ impl Umem {
         self.config.frame_size
     }
 
-    /// Start address and length, for XDP_UMEM_REG.
+    /// Number of frames.
+    pub fn frame_count(&self) -> u32 {
+        self.config.frame_count
+    }
+
+    /// Size of the area in bytes.
+    pub fn len_bytes(&self) -> usize {
+        self.len
+    }
+
+    /// Start address and length, for `XDP_UMEM_REG`.
     pub(super) fn area(&self) -> (u64, u64) {
-        (self.area as u64, self.len as u64)
+        (self.area.as_ptr() as u64, self.len as u64)
     }
 
-    pub(super) fn owner(&self) -> &Mutex<Option<UmemOwner>> {
-        &self.owner
+    /// The registration state (see the module docs).
+    pub(super) fn registration(&self) -> MutexGuard<'_, Registration> {
+        // A panic while holding it cannot leave it half-updated (each
+        // critical section is a couple of assignments), so poison is moot.
+        self.registration
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The bytes `[addr, addr + len)` of the UMEM.
+    /// The bytes `[addr, addr + len)` of the UMEM, which must lie inside one
+    /// frame.
     ///
-    /// Panics if the range is outside the UMEM (a descriptor from a ring is
-    /// checked by the kernel; one of ours would be a bug).
+    /// The caller must hold that frame (module docs): reading a frame the
+    /// kernel holds races with its writes.
+    ///
+    /// # Panics
+    /// If the range leaves the frame or the UMEM: descriptors from the
+    /// kernel never do, so this is a bug in the caller.
+    #[inline]
     pub fn frame(&self, addr: u64, len: usize) -> &[u8] {
         self.check(addr, len);
-        // SAFETY: in bounds (checked); the caller holds the frame (module
-        // rule), so nobody writes it meanwhile.
-        unsafe { std::slice::from_raw_parts(self.area.add(addr as usize), len) }
+        // SAFETY: `check` proved the range is inside the mapping, which lives
+        // as long as `self`; by the ownership rule nobody writes the frame
+        // while its holder reads it.
+        unsafe { std::slice::from_raw_parts(self.area.as_ptr().add(addr as usize), len) }
     }
 
-    /// The bytes `[addr, addr + len)`, writable.
+    /// The bytes `[addr, addr + len)`, writable; the range must lie inside
+    /// one frame.
     ///
     /// # Safety
-    /// The caller must hold the frame containing the range (no ring and no
-    /// other reference may use it while the slice lives).
+    /// The caller must hold the frame containing the range (module docs),
+    /// and no other slice of that frame (from [`frame`](Self::frame) or
+    /// `frame_mut`) may be alive while the returned one is.
+    ///
+    /// # Panics
+    /// As [`frame`](Self::frame).
+    #[inline]
     #[allow(clippy::mut_from_ref)]
     pub unsafe fn frame_mut(&self, addr: u64, len: usize) -> &mut [u8] {
         self.check(addr, len);
-        std::slice::from_raw_parts_mut(self.area.add(addr as usize), len)
+        // SAFETY: in bounds (checked); exclusive by the caller's contract.
+        unsafe { std::slice::from_raw_parts_mut(self.area.as_ptr().add(addr as usize), len) }
     }
 
+    /// Panics unless `[addr, addr + len)` lies inside one frame of the area.
+    #[inline]
     fn check(&self, addr: u64, len: usize) {
-        let end = addr as usize + len;
+        let frame_size = self.config.frame_size as u64;
+        let offset = addr & (frame_size - 1);
         assert!(
-            end <= self.len,
-            "UMEM access [{addr}, {end}) beyond {} bytes",
+            addr < self.len as u64 && offset + len as u64 <= frame_size,
+            "UMEM access [{addr:#x}, +{len}) leaves its {frame_size}-byte frame or the {}-byte UMEM",
             self.len
         );
     }
@@ -165,18 +247,24 @@ impl Umem {
 
 impl Drop for Umem {
     fn drop(&mut self) {
-        // SAFETY: area/len are exactly what mmap returned; sockets that used
-        // it hold an Arc<Umem>, so none is left.
-        unsafe { libc::munmap(self.area as *mut libc::c_void, self.len) };
+        // SAFETY: area/len are exactly what mmap returned. Every socket that
+        // registered or shared the area holds an Arc<Umem>, so none is left,
+        // and `frame` slices borrow `self`.
+        unsafe { libc::munmap(self.area.as_ptr().cast(), self.len) };
     }
 }
 
-/// Free frames of one UMEM, by chunk address.
+/// The free list of one UMEM's frames, by frame (chunk) base address.
+///
+/// Not shared: one pool per PMD thread, passed `&mut` to the socket calls
+/// that move frames ([`XskSocket::fill`](super::XskSocket::fill),
+/// [`XskSocket::complete`](super::XskSocket::complete)). Never allocates
+/// after [`new`](Self::new): the stack has room for every frame.
 pub struct FramePool {
     free: Vec<u64>,
     frame_size: u64,
     capacity: usize,
-    /// Debug builds track membership to catch double frees at once.
+    /// Debug builds track membership to catch a double free at once.
     #[cfg(debug_assertions)]
     in_pool: Vec<bool>,
 }
@@ -185,18 +273,19 @@ impl FramePool {
     /// A pool holding every frame of `umem`.
     pub fn new(umem: &Umem) -> FramePool {
         let n = umem.config.frame_count as usize;
-        let fs = umem.config.frame_size as u64;
+        let frame_size = umem.config.frame_size as u64;
         FramePool {
-            // Pop from the end: hand out low addresses first.
-            free: (0..n as u64).rev().map(|i| i * fs).collect(),
-            frame_size: fs,
+            // Popped from the end: low addresses are handed out first.
+            free: (0..n as u64).rev().map(|i| i * frame_size).collect(),
+            frame_size,
             capacity: n,
             #[cfg(debug_assertions)]
             in_pool: vec![true; n],
         }
     }
 
-    /// Takes a free frame (its chunk address).
+    /// Takes a free frame: its base address, now held by the caller.
+    #[inline]
     pub fn alloc(&mut self) -> Option<u64> {
         let addr = self.free.pop()?;
         #[cfg(debug_assertions)]
@@ -206,36 +295,49 @@ impl FramePool {
         Some(addr)
     }
 
-    /// Returns the frame containing `addr` (any address inside the chunk:
-    /// descriptors may point past headroom or a pushed tag).
+    /// Gives back the frame at base address `addr`. Descriptors may point
+    /// inside a frame (RX headroom): mask with `!(frame_size - 1)` first.
+    #[inline]
     pub fn free(&mut self, addr: u64) {
-        let chunk = addr & !(self.frame_size - 1);
         debug_assert!(
-            ((chunk / self.frame_size) as usize) < self.capacity,
-            "frame {addr:#x} is outside the UMEM"
+            addr.is_multiple_of(self.frame_size),
+            "freeing {addr:#x}: not a frame base address (frame size {})",
+            self.frame_size
+        );
+        debug_assert!(
+            ((addr / self.frame_size) as usize) < self.capacity,
+            "freeing {addr:#x}: beyond the {} frames of the UMEM",
+            self.capacity
         );
         #[cfg(debug_assertions)]
         {
-            let i = (chunk / self.frame_size) as usize;
-            assert!(!self.in_pool[i], "frame {chunk:#x} freed twice");
+            let i = (addr / self.frame_size) as usize;
+            assert!(!self.in_pool[i], "frame {addr:#x} freed twice");
             self.in_pool[i] = true;
         }
-        self.free.push(chunk);
+        self.free.push(addr);
     }
 
     /// Free frames.
+    #[inline]
     pub fn len(&self) -> usize {
         self.free.len()
     }
 
     /// True when no frame is free.
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.free.is_empty()
     }
 
-    /// Frames in the UMEM.
+    /// Frames in the UMEM: `len()` once every frame is back.
     pub fn capacity(&self) -> usize {
         self.capacity
+    }
+
+    /// Bytes per frame.
+    pub fn frame_size(&self) -> u32 {
+        self.frame_size as u32
     }
 }
 
@@ -259,18 +361,33 @@ mod tests {
         let mut pool = FramePool::new(&umem);
         assert_eq!((pool.len(), pool.capacity()), (16, 16));
         let taken: Vec<u64> = (0..16).map(|_| pool.alloc().unwrap()).collect();
-        assert!(pool.alloc().is_none());
+        assert!(pool.alloc().is_none(), "exactly 16 frames");
         assert!(pool.is_empty());
         let mut sorted = taken.clone();
         sorted.sort();
         sorted.dedup();
-        assert_eq!(sorted.len(), 16, "distinct frames");
-        assert!(sorted.iter().all(|a| a % 2048 == 0 && *a < 16 * 2048));
-        // Descriptors come back pointing inside their chunk.
-        for a in &taken {
-            pool.free(a + 256);
+        assert_eq!(sorted, (0..16).map(|i| i * 2048).collect::<Vec<_>>());
+        // Partial return, then the rest, in a scrambled order.
+        for a in taken.iter().step_by(2) {
+            pool.free(*a);
         }
-        assert_eq!(pool.len(), 16);
+        assert_eq!(pool.len(), 8);
+        for a in taken.iter().skip(1).step_by(2).rev() {
+            pool.free(*a);
+        }
+        assert_eq!(pool.len(), pool.capacity());
+        // And every frame can be taken again, each once.
+        let mut again: Vec<u64> = std::iter::from_fn(|| pool.alloc()).collect();
+        again.sort();
+        assert_eq!(again, sorted);
+    }
+
+    #[test]
+    fn pool_hands_out_low_addresses_first() {
+        let umem = small();
+        let mut pool = FramePool::new(&umem);
+        assert_eq!(pool.alloc(), Some(0));
+        assert_eq!(pool.alloc(), Some(2048));
     }
 
     #[test]
@@ -281,39 +398,115 @@ mod tests {
         let mut pool = FramePool::new(&umem);
         let a = pool.alloc().unwrap();
         pool.free(a);
-        pool.free(a + 1);
+        pool.free(a);
+    }
+
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "not a frame base address")]
+    fn unaligned_free_is_caught() {
+        let umem = small();
+        let mut pool = FramePool::new(&umem);
+        let a = pool.alloc().unwrap();
+        pool.free(a + 256);
+    }
+
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "beyond the 16 frames")]
+    fn foreign_free_is_caught() {
+        let umem = small();
+        let mut pool = FramePool::new(&umem);
+        pool.free(16 * 2048);
     }
 
     #[test]
     fn frames_are_readable_and_writable() {
         let umem = small();
-        // SAFETY: nothing else uses this UMEM.
-        unsafe { umem.frame_mut(2048, 4) }.copy_from_slice(&[1, 2, 3, 4]);
-        assert_eq!(umem.frame(2048, 4), &[1, 2, 3, 4]);
+        // SAFETY: this test is the only holder of every frame of `umem`.
+        unsafe { umem.frame_mut(2048 + 256, 4) }.copy_from_slice(&[1, 2, 3, 4]);
+        assert_eq!(umem.frame(2048 + 256, 4), &[1, 2, 3, 4]);
+        assert_eq!(umem.frame(15 * 2048, 2048).len(), 2048, "last full frame");
+        assert_eq!(umem.len_bytes(), 16 * 2048);
     }
 
     #[test]
-    #[should_panic(expected = "beyond")]
-    fn out_of_range_access_panics() {
+    #[should_panic(expected = "leaves its 2048-byte frame")]
+    fn access_past_the_umem_panics() {
         let umem = small();
-        umem.frame(16 * 2048 - 2, 4);
+        umem.frame(16 * 2048, 1);
     }
 
     #[test]
-    fn bad_sizes_are_named() {
-        let err = Umem::new(UmemConfig {
-            frame_size: 1000,
-            ..UmemConfig::default()
-        })
-        .err()
-        .unwrap();
-        assert!(err.to_string().contains("frame_size"), "{err}");
-        let err = UmemConfig {
-            fill_size: 3,
-            ..UmemConfig::default()
+    #[should_panic(expected = "leaves its 2048-byte frame")]
+    fn access_across_frames_panics() {
+        let umem = small();
+        umem.frame(2048 - 2, 4);
+    }
+
+    #[test]
+    fn config_errors_name_the_bad_value() {
+        let cases = [
+            (
+                UmemConfig {
+                    frame_size: 1000,
+                    ..UmemConfig::default()
+                },
+                "umem frame_size = 1000",
+            ),
+            (
+                UmemConfig {
+                    frame_size: 8192,
+                    ..UmemConfig::default()
+                },
+                "umem frame_size = 8192",
+            ),
+            (
+                UmemConfig {
+                    frame_size: 3072,
+                    ..UmemConfig::default()
+                },
+                "umem frame_size = 3072",
+            ),
+            (
+                UmemConfig {
+                    frame_count: 0,
+                    ..UmemConfig::default()
+                },
+                "umem frame_count = 0",
+            ),
+            (
+                UmemConfig {
+                    fill_size: 3,
+                    ..UmemConfig::default()
+                },
+                "umem fill_size = 3",
+            ),
+            (
+                UmemConfig {
+                    comp_size: 0,
+                    ..UmemConfig::default()
+                },
+                "umem comp_size = 0",
+            ),
+        ];
+        for (config, expected) in cases {
+            let err = Umem::new(config).err().expect("invalid config accepted");
+            assert!(matches!(err, Error::InvalidConfig { .. }), "{err:?}");
+            assert!(
+                err.to_string().contains(expected),
+                "{err} lacks {expected:?}"
+            );
         }
-        .validate()
-        .unwrap_err();
-        assert!(err.to_string().contains("fill_size"), "{err}");
+        assert!(UmemConfig::default().validate().is_ok());
+        let ok = UmemConfig {
+            frame_size: 2048,
+            frame_count: 3,
+            ..UmemConfig::default()
+        };
+        assert!(
+            ok.validate().is_ok(),
+            "frame_count need not be a power of two"
+        );
     }
 }
