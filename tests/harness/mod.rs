@@ -263,6 +263,21 @@ impl PacketSocket {
         PacketSocket { fd, ifindex }
     }
 
+    /// Sets SO_RCVBUFFORCE (for sinks read only after a burst was sent).
+    pub fn set_receive_buffer(&self, bytes: i32) {
+        // SAFETY: `bytes` is a live c_int of the size passed.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                (&bytes as *const i32).cast(),
+                std::mem::size_of::<i32>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "SO_RCVBUFFORCE: {}", std::io::Error::last_os_error());
+    }
+
     /// Sends one frame; panics if the kernel refuses it.
     pub fn send(&self, frame: &[u8]) {
         // SAFETY: frame is a valid buffer of frame.len() bytes.

@@ -295,27 +295,24 @@ impl FramePool {
         Some(addr)
     }
 
-    /// Gives back the frame at base address `addr`. Descriptors may point
-    /// inside a frame (RX headroom): mask with `!(frame_size - 1)` first.
+    /// Gives back the frame containing `addr`: its base address, or any
+    /// address inside it (a descriptor's `addr` points past RX headroom or a
+    /// pushed tag), so callers need not mask.
     #[inline]
     pub fn free(&mut self, addr: u64) {
+        let base = addr & !(self.frame_size - 1);
         debug_assert!(
-            addr.is_multiple_of(self.frame_size),
-            "freeing {addr:#x}: not a frame base address (frame size {})",
-            self.frame_size
-        );
-        debug_assert!(
-            ((addr / self.frame_size) as usize) < self.capacity,
+            ((base / self.frame_size) as usize) < self.capacity,
             "freeing {addr:#x}: beyond the {} frames of the UMEM",
             self.capacity
         );
         #[cfg(debug_assertions)]
         {
-            let i = (addr / self.frame_size) as usize;
-            assert!(!self.in_pool[i], "frame {addr:#x} freed twice");
+            let i = (base / self.frame_size) as usize;
+            assert!(!self.in_pool[i], "frame {base:#x} freed twice");
             self.in_pool[i] = true;
         }
-        self.free.push(addr);
+        self.free.push(base);
     }
 
     /// Free frames.
@@ -402,13 +399,26 @@ mod tests {
     }
 
     #[test]
+    fn freeing_an_address_inside_a_frame_frees_that_frame() {
+        let umem = small();
+        let mut pool = FramePool::new(&umem);
+        let a = pool.alloc().unwrap();
+        let b = pool.alloc().unwrap();
+        pool.free(b + 256);
+        pool.free(a + 2047);
+        assert_eq!(pool.len(), pool.capacity());
+        assert_eq!((pool.alloc(), pool.alloc()), (Some(a), Some(b)));
+    }
+
+    #[test]
     #[cfg(debug_assertions)]
-    #[should_panic(expected = "not a frame base address")]
-    fn unaligned_free_is_caught() {
+    #[should_panic(expected = "freed twice")]
+    fn double_free_through_an_inner_address_is_caught() {
         let umem = small();
         let mut pool = FramePool::new(&umem);
         let a = pool.alloc().unwrap();
         pool.free(a + 256);
+        pool.free(a);
     }
 
     #[test]
