@@ -18,7 +18,7 @@
 //! Both CPUs' busy time is reported for that reason.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -391,6 +391,12 @@ fn start_path(path: PathKind, topo: &Topology, dp: &Dataplane) -> Result<Running
             running.child = Some(dp.spawn(&sw, &["forward", "--from", "sa", "--to", "sb"])?);
         }
         PathKind::TestpmdAfXdp => {
+            // libxdp (under testpmd's af_xdp PMD) leaves a lock directory in
+            // bpffs: remove it afterwards unless it was there before.
+            let libxdp_dir = "/sys/fs/bpf/xdp";
+            if !Path::new(libxdp_dir).exists() {
+                running.undo.push(vec!["rmdir".into(), libxdp_dir.into()]);
+            }
             // nsenter changes only the network namespace, so libxdp still
             // finds the host's bpffs (ip netns exec would remount /sys).
             let child = Command::new("nsenter")
