@@ -448,6 +448,13 @@ fn run_switch(root: &PinRoot, args: RunArgs) -> anyhow::Result<()> {
     })?;
     println!("final port statistics:");
     print!("{}", dataplane::run::stats_table(&summary.ports, None));
+    let polling = (summary.busy_cycles + summary.idle_cycles).max(1);
+    println!(
+        "PMD: {:.1}% of polling cycles forwarded frames ({} busy, {} idle cycles; time asleep not counted)",
+        summary.busy_cycles as f64 * 100.0 / polling as f64,
+        summary.busy_cycles,
+        summary.idle_cycles
+    );
     let a = summary.accounting;
     println!(
         "frames: {} total, {} free, {} in fill/RX rings, {} in TX/completion rings, {} unaccounted",

@@ -39,6 +39,9 @@ pub enum Error {
 #[derive(Debug, Clone)]
 pub struct RunSummary {
     pub accounting: FrameAccounting,
+    /// PMD cycles in iterations that found frames, and that found none.
+    pub busy_cycles: u64,
+    pub idle_cycles: u64,
     pub ports: Vec<(String, PortSnapshot)>,
 }
 
@@ -146,6 +149,8 @@ pub fn run(
     let accounting = pmd.join().map_err(|_| Error::Panicked)?;
     Ok(RunSummary {
         accounting,
+        busy_cycles: shared.busy_cycles.load(Ordering::Relaxed),
+        idle_cycles: shared.idle_cycles.load(Ordering::Relaxed),
         ports: shared
             .ports
             .iter()

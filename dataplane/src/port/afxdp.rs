@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use thiserror::Error;
 
-use super::{Frames, HeldFrames, Port, PortCounters};
+use super::{DropReason, Frames, HeldFrames, Port, PortCounters};
 use crate::steer::pins::PinRoot;
 use crate::steer::{
     self, policy::PolicySpec, AttachOptions, AttachReport, Attachment, ModeRequest,
@@ -213,13 +213,15 @@ impl Port for AfxdpPort {
     }
 
     fn refresh_counters(&mut self) {
-        let total: u64 = self
-            .sockets
-            .iter()
-            .filter_map(|s| s.statistics().ok())
-            .map(|st| st.rx_dropped + st.rx_invalid_descs + st.tx_invalid_descs + st.rx_ring_full)
-            .sum();
-        self.counters.set_kernel_drops(total);
+        let (mut rx_kernel, mut invalid) = (0, 0);
+        for st in self.sockets.iter().filter_map(|s| s.statistics().ok()) {
+            rx_kernel += st.rx_dropped + st.rx_ring_full;
+            invalid += st.rx_invalid_descs + st.tx_invalid_descs;
+        }
+        self.counters
+            .set_kernel_drops(DropReason::RxKernel, rx_kernel);
+        self.counters
+            .set_kernel_drops(DropReason::InvalidDescriptor, invalid);
     }
 
     fn counters(&self) -> &Arc<PortCounters> {
@@ -229,6 +231,11 @@ impl Port for AfxdpPort {
 
 impl Drop for AfxdpPort {
     fn drop(&mut self) {
+        for socket in &self.sockets {
+            if let Ok(st) = socket.statistics() {
+                tracing::debug!(port = self.name, queue = socket.queue_id(), stats = ?st, "kernel AF_XDP statistics");
+            }
+        }
         for socket in &self.sockets {
             let _ = self.attachment.unregister_socket(socket.queue_id());
         }

@@ -69,21 +69,24 @@ pub enum DropReason {
     NoFreeFrame = 0,
     /// The egress port's transmit ring was full.
     TxRingFull = 1,
-    /// The kernel rejected a descriptor or dropped on a full RX ring.
-    Kernel = 2,
+    /// The kernel dropped on receive: RX ring full, or no fill buffer.
+    RxKernel = 2,
+    /// The kernel rejected a descriptor (RX or TX).
+    InvalidDescriptor = 3,
     /// Switch policy: VLAN not allowed, destination on the ingress port,
     /// no egress.
-    Policy = 3,
+    Policy = 4,
     /// Too short to parse.
-    Malformed = 4,
+    Malformed = 5,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 5] = [
+    pub const ALL: [DropReason; 6] = [
         DropReason::NoFreeFrame,
         DropReason::TxRingFull,
-        DropReason::Kernel,
+        DropReason::RxKernel,
+        DropReason::InvalidDescriptor,
         DropReason::Policy,
         DropReason::Malformed,
     ];
@@ -93,7 +96,8 @@ impl DropReason {
         match self {
             DropReason::NoFreeFrame => "no_free_frame",
             DropReason::TxRingFull => "tx_ring_full",
-            DropReason::Kernel => "kernel",
+            DropReason::RxKernel => "rx_kernel",
+            DropReason::InvalidDescriptor => "invalid_desc",
             DropReason::Policy => "policy",
             DropReason::Malformed => "malformed",
         }
@@ -108,7 +112,7 @@ pub struct PortCounters {
     pub rx_bytes: AtomicU64,
     pub tx_packets: AtomicU64,
     pub tx_bytes: AtomicU64,
-    drops: [AtomicU64; 5],
+    drops: [AtomicU64; DropReason::ALL.len()],
 }
 
 impl PortCounters {
@@ -129,14 +133,14 @@ impl PortCounters {
         self.drops[reason as usize].fetch_add(n, Ordering::Relaxed);
     }
 
-    /// Sets the kernel-reported drops (they are totals, not increments).
-    pub fn set_kernel_drops(&self, total: u64) {
-        self.drops[DropReason::Kernel as usize].store(total, Ordering::Relaxed);
+    /// Sets a kernel-reported drop count (a total, not an increment).
+    pub fn set_kernel_drops(&self, reason: DropReason, total: u64) {
+        self.drops[reason as usize].store(total, Ordering::Relaxed);
     }
 
     /// A consistent-enough copy for display.
     pub fn snapshot(&self) -> PortSnapshot {
-        let mut drops = [0; 5];
+        let mut drops = [0; DropReason::ALL.len()];
         for (d, c) in drops.iter_mut().zip(&self.drops) {
             *d = c.load(Ordering::Relaxed);
         }
@@ -157,7 +161,7 @@ pub struct PortSnapshot {
     pub rx_bytes: u64,
     pub tx_packets: u64,
     pub tx_bytes: u64,
-    pub drops: [u64; 5],
+    pub drops: [u64; DropReason::ALL.len()],
 }
 
 impl PortSnapshot {
