@@ -16,11 +16,13 @@ pub enum Outcome {
     /// Selected for redirect, but no socket is registered for its rx queue:
     /// given to the kernel stack so nothing is lost silently.
     NoSocket = 4,
+    /// Learned unicast redirected to its egress device by the fast path.
+    FastPath = 5,
 }
 
 impl Outcome {
     /// Number of outcomes: the length of the `COUNTERS` array.
-    pub const COUNT: u32 = 5;
+    pub const COUNT: u32 = 6;
 
     /// All outcomes, in counter-index order.
     pub const ALL: [Outcome; Self::COUNT as usize] = [
@@ -29,6 +31,7 @@ impl Outcome {
         Outcome::Dropped,
         Outcome::Malformed,
         Outcome::NoSocket,
+        Outcome::FastPath,
     ];
 
     /// Index into the `COUNTERS` map.
@@ -44,6 +47,7 @@ impl Outcome {
             Outcome::Dropped => "dropped",
             Outcome::Malformed => "malformed",
             Outcome::NoSocket => "no_socket",
+            Outcome::FastPath => "fast_path",
         }
     }
 }

@@ -12,6 +12,7 @@
 #![no_std]
 
 pub mod counters;
+pub mod fastpath;
 pub mod policy;
 pub mod wire;
 
@@ -35,11 +36,19 @@ pub mod map_names {
     pub const FWD_PORT: &str = "FWD_PORT";
     /// `PerCpuArray<u64>`: frames forwarded (0) and failed (1).
     pub const FWD_COUNT: &str = "FWD_COUNT";
+    /// `HashMap<FdbKey, FdbValue>`: learned addresses for the fast path.
+    pub const FDB: &str = "FDB";
+    /// `DevMap`: switch port id -> egress device.
+    pub const PORTS: &str = "PORTS";
     /// aya-log's ring buffer.
     pub const LOGS: &str = "AYA_LOGS";
 }
 
 /// Capacity of the XSKMAP: the highest rx queue index a socket can sit on, plus one.
 pub const MAX_QUEUES: u32 = 64;
+/// Capacity of the fast-path FDB map.
+pub const MAX_FDB: u32 = 8192;
+/// Capacity of the `PORTS` devmap: the most ports a switch can have.
+pub const MAX_PORTS: u32 = 64;
 /// Capacity of the match table (MACs + VLANs + EtherTypes together).
 pub const MAX_MATCHES: u32 = 1024;

@@ -49,6 +49,15 @@ pub struct Policy {
     /// How the program was attached (an [`AttachMode`] as `u32`); the kernel
     /// side ignores it, `dataplane status` reports it.
     pub attach_mode: u32,
+    /// Nonzero: redirect learned unicast in the kernel (see `fastpath`).
+    /// Set by a running switch, cleared when it stops.
+    pub fast_path: u32,
+    /// This interface's switch port id (meaningful with `fast_path`).
+    pub port_id: u32,
+    /// The switch VLAN of untagged frames received here.
+    pub untagged_vlan: u32,
+    /// Always zero.
+    pub pad: u32,
 }
 
 /// How the XDP program is attached to the device, recorded for `status`.
@@ -169,7 +178,7 @@ pub fn decide(mode: Mode, header: &L2Header, listed: impl Fn(&MatchKey) -> bool)
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: both are #[repr(C)], made only of integers and byte arrays,
-    // with no implicit padding (Policy: 2 x u32; MatchKey: 1 + 1 + 6 bytes),
+    // with no implicit padding (Policy: 6 x u32; MatchKey: 1 + 1 + 6 bytes),
     // so every bit pattern is a valid value and no byte is uninitialised.
     unsafe impl aya::Pod for super::Policy {}
     unsafe impl aya::Pod for super::MatchKey {}
@@ -256,6 +265,6 @@ mod tests {
     #[test]
     fn match_key_has_no_padding() {
         assert_eq!(core::mem::size_of::<MatchKey>(), 8);
-        assert_eq!(core::mem::size_of::<Policy>(), 8);
+        assert_eq!(core::mem::size_of::<Policy>(), 24);
     }
 }

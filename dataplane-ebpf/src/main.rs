@@ -3,7 +3,9 @@
 //! `steer` runs on every interface the switch owns. It parses L2, asks the
 //! interface's policy whether the switch wants the frame, and either hands it
 //! to the AF_XDP socket of the frame's rx queue or lets the kernel stack have
-//! it. Every frame is counted under exactly one outcome.
+//! it. Every frame is counted under exactly one outcome. While a switch runs
+//! with its fast path on, learned unicast between its ports is redirected
+//! here, in the kernel, straight to the egress device (`FDB` + `PORTS`).
 //!
 //! `forward` redirects every frame to the device in slot 0 of its devmap. It
 //! is the bare in-kernel XDP redirect (the ceiling the benchmarks compare
@@ -12,6 +14,7 @@
 #![no_std]
 #![no_main]
 
+use aya_ebpf::helpers::bpf_ktime_get_ns;
 use aya_ebpf::{
     bindings::xdp_action,
     macros::{map, xdp},
@@ -21,9 +24,10 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use dataplane_common::{
     counters::Outcome,
+    fastpath::{self, FastPathDecision, FdbKey, FdbValue},
     policy::{decide, MatchKey, Mode, Policy, Verdict},
-    wire::{parse_l2, FrameBytes},
-    MAX_MATCHES, MAX_QUEUES,
+    wire::{parse_l2, FrameBytes, L2Header},
+    MAX_FDB, MAX_MATCHES, MAX_PORTS, MAX_QUEUES,
 };
 
 #[map]
@@ -37,6 +41,12 @@ static XSKS: XskMap = XskMap::with_max_entries(MAX_QUEUES, 0);
 
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Outcome::COUNT, 0);
+
+#[map]
+static FDB: HashMap<FdbKey, FdbValue> = HashMap::with_max_entries(MAX_FDB, 0);
+
+#[map]
+static PORTS: DevMap = DevMap::with_max_entries(MAX_PORTS, 0);
 
 #[map]
 static FWD_PORT: DevMap = DevMap::with_max_entries(1, 0);
@@ -92,16 +102,21 @@ fn steer_frame(ctx: &XdpContext) -> (u32, Outcome) {
             return (xdp_action::XDP_PASS, Outcome::Malformed);
         }
     };
-    let mode = match POLICY.get(0) {
-        Some(p) => Mode::from_raw(p.mode),
-        None => Mode::Pass,
+    let Some(policy) = POLICY.get(0) else {
+        return (xdp_action::XDP_PASS, Outcome::Passed);
     };
+    let mode = Mode::from_raw(policy.mode);
     // SAFETY: the lookup copies nothing out; we only test for presence.
     let listed = |key: &MatchKey| unsafe { MATCHES.get(key).is_some() };
     match decide(mode, &header, listed) {
         Verdict::Pass => (xdp_action::XDP_PASS, Outcome::Passed),
         Verdict::Drop => (xdp_action::XDP_DROP, Outcome::Dropped),
         Verdict::Redirect => {
+            if policy.fast_path != 0 {
+                if let Some(action) = fast_path(policy, &header) {
+                    return (action, Outcome::FastPath);
+                }
+            }
             // SAFETY: ctx.ctx points at the xdp_md the kernel handed us.
             let queue = unsafe { (*ctx.ctx).rx_queue_index };
             // With XDP_PASS in the flags the helper returns XDP_PASS instead of
@@ -113,6 +128,30 @@ fn steer_frame(ctx: &XdpContext) -> (u32, Outcome) {
             }
         }
     }
+}
+
+/// Redirects learned unicast to its egress port, or `None` for userspace.
+#[inline(always)]
+fn fast_path(policy: &Policy, header: &L2Header) -> Option<u32> {
+    // SAFETY: lookups copy the value out; the map outlives the program run.
+    let lookup = |k: &FdbKey| unsafe { FDB.get(k).copied() };
+    let FastPathDecision::Redirect(port) =
+        fastpath::decide(policy.port_id, policy.untagged_vlan as u16, header, lookup)
+    else {
+        return None;
+    };
+    let action = PORTS.redirect(port, 0).ok()?;
+    // The source is alive: tell userspace ageing, which never sees this frame.
+    let src = FdbKey {
+        mac: header.src,
+        vlan: policy.untagged_vlan as u16,
+    };
+    if let Some(entry) = FDB.get_ptr_mut(&src) {
+        // SAFETY: points into the map value; a racing writer can only store
+        // another timestamp, and a torn read by userspace just looks older.
+        unsafe { (*entry).last_hit_ns = bpf_ktime_get_ns() };
+    }
+    Some(action)
 }
 
 #[xdp]

@@ -3,6 +3,7 @@
 //!
 //! ```toml
 //! mode = "switch"          # or "xconnect" (port pairs, like testpmd io-fwd)
+//! fast_path = true         # learned unicast between AF_XDP ports stays in the kernel
 //! busy_poll = false        # spin even when idle (benchmarks)
 //! core = 1                 # CPU of the PMD thread
 //! burst = 64
@@ -120,6 +121,8 @@ impl PortConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunConfig {
     pub mode: ForwardingMode,
+    /// Redirect learned unicast between AF_XDP ports in the kernel.
+    pub fast_path: bool,
     pub busy_poll: bool,
     pub core: Option<usize>,
     pub burst: usize,
@@ -151,6 +154,7 @@ impl From<FdbSettings> for FdbConfig {
 struct FileConfig {
     #[serde(default)]
     mode: ForwardingMode,
+    fast_path: Option<bool>,
     #[serde(default)]
     busy_poll: bool,
     core: Option<usize>,
@@ -236,6 +240,7 @@ impl RunConfig {
         }
         let config = RunConfig {
             mode: file.mode,
+            fast_path: file.fast_path.unwrap_or(true),
             busy_poll: file.busy_poll,
             core: file.core,
             burst: file.burst.unwrap_or(DEFAULT_BURST),
@@ -256,9 +261,11 @@ impl RunConfig {
     }
 
     /// The flag form: `--port afxdp:IF[,queues=0+1][,vlan=N|,trunk=N+M][,native=N][,bind=copy]`.
+    #[allow(clippy::too_many_arguments)]
     pub fn from_flags(
         specs: &[String],
         mode: ForwardingMode,
+        fast_path: bool,
         busy_poll: bool,
         core: Option<usize>,
         burst: usize,
@@ -270,6 +277,7 @@ impl RunConfig {
             .collect::<Result<Vec<_>, _>>()?;
         let config = RunConfig {
             mode,
+            fast_path,
             busy_poll,
             core,
             burst,
@@ -485,6 +493,7 @@ mod tests {
                 "afxdp:v1,vlan=10,queues=0+1,bind=copy".into(),
             ],
             ForwardingMode::Switch,
+            true,
             false,
             Some(1),
             64,
@@ -517,6 +526,7 @@ mod tests {
         let dup = RunConfig::from_flags(
             &["afxdp:v0".into(), "afxdp:v0".into()],
             ForwardingMode::Switch,
+            true,
             false,
             None,
             64,
@@ -531,6 +541,7 @@ mod tests {
         let odd = RunConfig::from_flags(
             &["afxdp:v0".into()],
             ForwardingMode::Xconnect,
+            true,
             false,
             None,
             64,

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use dataplane_common::wire::parse_l2;
 
+use crate::fastpath::FastPath;
 use crate::port::{DropReason, Frames, Port, PortCounters};
 use crate::switch::{self, Decision, EgressTag, Switch};
 use crate::xsk::{FramePool, Umem, XdpDesc};
@@ -112,6 +113,8 @@ impl EngineShared {
 /// The PMD thread's world.
 pub struct Engine {
     config: EngineConfig,
+    /// Declared before `ports` so it is dropped (turned off) first.
+    fast_path: Option<FastPath>,
     umem: Arc<Umem>,
     pool: FramePool,
     ports: Vec<Box<dyn Port>>,
@@ -133,8 +136,12 @@ impl Engine {
         umem: Arc<Umem>,
         pool: FramePool,
         ports: Vec<Box<dyn Port>>,
-        switch: Switch,
+        mut switch: Switch,
+        fast_path: Option<FastPath>,
     ) -> Engine {
+        if fast_path.is_some() {
+            switch.fdb_mut().record_changes();
+        }
         let n = ports.len();
         let shared = Arc::new(EngineShared {
             stop: AtomicBool::new(false),
@@ -151,6 +158,7 @@ impl Engine {
         let burst = config.burst;
         Engine {
             config,
+            fast_path,
             umem,
             pool,
             ports,
@@ -219,6 +227,13 @@ impl Engine {
             std::thread::sleep(Duration::from_millis(1));
         }
         self.housekeeping(Instant::now(), &mut busy, &mut idle);
+        // Tear down in order: the fast path off first (nothing may be
+        // redirected to a port being closed), then the ports last-opened
+        // first, so the socket that registered the shared UMEM closes last.
+        drop(self.fast_path.take());
+        while let Some(port) = self.ports.pop() {
+            drop(port);
+        }
         self.shared.accounting()
     }
 
@@ -249,8 +264,19 @@ impl Engine {
         }
         if moved > 0 {
             self.publish_drops();
+            self.mirror_fdb();
         }
         moved
+    }
+
+    /// Applies what this iteration learned to the in-kernel fast path.
+    fn mirror_fdb(&mut self) {
+        if let Some(fp) = self.fast_path.as_mut() {
+            if self.switch.fdb().has_changes() {
+                let changes = self.switch.fdb_mut().take_changes();
+                fp.apply(&changes, &self.switch);
+            }
+        }
     }
 
     fn switch_frame(&mut self, in_port: usize, desc: XdpDesc, now: Instant) {
@@ -403,7 +429,17 @@ impl Engine {
 
     /// Once or twice a second: ageing, kernel statistics, shared copies.
     fn housekeeping(&mut self, now: Instant, busy: &mut u64, idle: &mut u64) {
+        if let Some(fp) = self.fast_path.as_mut() {
+            fp.refresh_ageing(&mut self.switch, now);
+            fp.check_egress(&self.switch);
+            for (port, n) in fp.forwarded().into_iter().enumerate() {
+                if let Some(n) = n {
+                    self.ports[port].counters().set_fast_path(n);
+                }
+            }
+        }
         self.switch.expire(now);
+        self.mirror_fdb();
         for port in &mut self.ports {
             port.refresh_counters();
         }

@@ -10,7 +10,6 @@
 //! The frames are sent from the CPU that calls [`Generator::run`]; pin the
 //! calling thread away from the switch's PMD core.
 
-use std::os::fd::{AsFd, AsRawFd};
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
@@ -131,11 +130,12 @@ impl Generator {
 
     /// Sends `repeat` frames in one BPF_PROG_RUN (blocks until done).
     pub fn run(&self, repeat: u32) -> Result<(), Error> {
-        let fd = self.forward.program().fd()?.as_fd().as_raw_fd();
-        prog_run_live(fd, &self.frame, self.ifindex, repeat).map_err(|source| Error::Run {
-            ifname: self.ifname.clone(),
-            source,
-        })
+        self.forward
+            .run_live(&self.frame, self.ifindex, repeat)
+            .map_err(|source| Error::Run {
+                ifname: self.ifname.clone(),
+                source,
+            })
     }
 
     /// Frames forwarded and failed so far (summed over CPUs).
@@ -200,64 +200,6 @@ impl Generator {
             elapsed: start.elapsed(),
         })
     }
-}
-
-/// BPF_PROG_TEST_RUN (bpf(2) command 10) with BPF_F_TEST_XDP_LIVE_FRAMES.
-fn prog_run_live(prog_fd: i32, frame: &[u8], ifindex: u32, repeat: u32) -> std::io::Result<()> {
-    const BPF_PROG_TEST_RUN: libc::c_long = 10;
-    const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
-    /// struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
-    #[repr(C)]
-    struct XdpMd([u32; 6]);
-    /// The `test` member of union bpf_attr.
-    #[repr(C)]
-    #[derive(Default)]
-    struct TestRunAttr {
-        prog_fd: u32,
-        retval: u32,
-        data_size_in: u32,
-        data_size_out: u32,
-        data_in: u64,
-        data_out: u64,
-        repeat: u32,
-        duration: u32,
-        ctx_size_in: u32,
-        ctx_size_out: u32,
-        ctx_in: u64,
-        ctx_out: u64,
-        flags: u32,
-        cpu: u32,
-        batch_size: u32,
-        pad: u32,
-    }
-    // The kernel requires data_end == frame length and no metadata; the
-    // ingress device must exist in the caller's network namespace.
-    let ctx = XdpMd([0, frame.len() as u32, 0, ifindex, 0, 0]);
-    let mut attr = TestRunAttr {
-        prog_fd: prog_fd as u32,
-        data_size_in: frame.len() as u32,
-        data_in: frame.as_ptr() as u64,
-        repeat,
-        ctx_size_in: std::mem::size_of::<XdpMd>() as u32,
-        ctx_in: &ctx as *const XdpMd as u64,
-        flags: BPF_F_TEST_XDP_LIVE_FRAMES,
-        batch_size: 64,
-        ..Default::default()
-    };
-    // SAFETY: attr, frame and ctx outlive the call; the size is passed; the
-    // kernel only reads data_in/ctx_in (no outputs in live mode).
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_TEST_RUN,
-            &mut attr as *mut TestRunAttr,
-            std::mem::size_of::<TestRunAttr>(),
-        )
-    };
-    if ret < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 #[cfg(test)]

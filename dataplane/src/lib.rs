@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod engine;
+pub mod fastpath;
 pub mod forward;
 pub mod gen;
 pub mod logging;

@@ -131,7 +131,7 @@ enum Command {
 #[derive(clap::Args)]
 struct RunArgs {
     /// TOML configuration (see the README); excludes the port flags.
-    #[arg(long, short = 'c', value_name = "FILE", conflicts_with_all = ["ports", "xconnect"])]
+    #[arg(long, short = 'c', value_name = "FILE", conflicts_with_all = ["ports", "xconnect", "no_fast_path"])]
     config: Option<PathBuf>,
     /// A port: KIND:IFACE[,options] (repeatable).
     #[arg(long = "port", short = 'p', value_name = "SPEC")]
@@ -142,6 +142,10 @@ struct RunArgs {
     /// Spin even when idle (lowest latency, a full core).
     #[arg(long)]
     busy_poll: bool,
+    /// Keep every frame on the AF_XDP path: no in-kernel redirect of learned
+    /// unicast between ports (for comparisons).
+    #[arg(long)]
+    no_fast_path: bool,
     /// CPU for the poll-mode thread.
     #[arg(long, value_name = "CPU")]
     core: Option<usize>,
@@ -410,6 +414,7 @@ fn run_switch(root: &PinRoot, args: RunArgs) -> anyhow::Result<()> {
             } else {
                 ForwardingMode::Switch
             },
+            !args.no_fast_path,
             args.busy_poll,
             args.core,
             args.burst,

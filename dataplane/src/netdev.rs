@@ -149,6 +149,97 @@ pub fn pin_thread_to_cpu(cpu: usize) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The driver statistics `ethtool -S IFNAME` shows, as (name, value).
+pub fn ethtool_stats(ifname: &str) -> Result<Vec<(String, u64)>, Error> {
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    const ETHTOOL_GSSET_INFO: u32 = 0x37;
+    const ETHTOOL_GSTRINGS: u32 = 0x1b;
+    const ETHTOOL_GSTATS: u32 = 0x1d;
+    const ETH_SS_STATS: u32 = 1;
+    const ETH_GSTRING_LEN: usize = 32;
+    let fail = |what: &str| Error::Query {
+        ifname: ifname.to_string(),
+        detail: format!("{what}: {}", std::io::Error::last_os_error()),
+    };
+    ifindex(ifname)?;
+    // SAFETY: plain socket(2), closed by OwnedFd.
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(fail("socket"));
+    }
+    // SAFETY: raw is a fresh fd we own.
+    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+    let ioctl = |data: *mut u8| -> bool {
+        // SAFETY: ifreq is plain data; ifr_data points at a buffer laid out
+        // for the command in its first u32, valid for the whole call.
+        unsafe {
+            let mut req: libc::ifreq = std::mem::zeroed();
+            for (d, s) in req.ifr_name.iter_mut().zip(ifname.bytes()) {
+                *d = s as libc::c_char;
+            }
+            req.ifr_ifru.ifru_data = data as *mut libc::c_char;
+            libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&fd), SIOCETHTOOL, &mut req) == 0
+        }
+    };
+    // struct ethtool_sset_info { u32 cmd; u32 reserved; u64 sset_mask; u32 data[] }
+    let mut sset = [0u32; 6];
+    sset[0] = ETHTOOL_GSSET_INFO;
+    sset[2] = 1 << ETH_SS_STATS;
+    if !ioctl(sset.as_mut_ptr() as *mut u8) {
+        return Err(fail("ETHTOOL_GSSET_INFO"));
+    }
+    let count = if sset[2] & (1 << ETH_SS_STATS) != 0 {
+        sset[4] as usize
+    } else {
+        0
+    };
+    if count == 0 {
+        return Ok(Vec::new());
+    }
+    // struct ethtool_gstrings { u32 cmd; u32 string_set; u32 len; u8 data[] }
+    let mut strings = vec![0u8; 12 + count * ETH_GSTRING_LEN];
+    strings[0..4].copy_from_slice(&ETHTOOL_GSTRINGS.to_ne_bytes());
+    strings[4..8].copy_from_slice(&ETH_SS_STATS.to_ne_bytes());
+    strings[8..12].copy_from_slice(&(count as u32).to_ne_bytes());
+    if !ioctl(strings.as_mut_ptr()) {
+        return Err(fail("ETHTOOL_GSTRINGS"));
+    }
+    // struct ethtool_stats { u32 cmd; u32 n_stats; u64 data[] }
+    let mut stats = vec![0u64; 1 + count];
+    stats[0] = ETHTOOL_GSTATS as u64 | ((count as u64) << 32);
+    if !ioctl(stats.as_mut_ptr() as *mut u8) {
+        return Err(fail("ETHTOOL_GSTATS"));
+    }
+    Ok((0..count)
+        .map(|i| {
+            let raw = &strings[12 + i * ETH_GSTRING_LEN..12 + (i + 1) * ETH_GSTRING_LEN];
+            let end = raw.iter().position(|b| *b == 0).unwrap_or(raw.len());
+            (
+                String::from_utf8_lossy(&raw[..end]).into_owned(),
+                stats[1 + i],
+            )
+        })
+        .collect())
+}
+
+/// Frames XDP-redirected to `ifname` that it transmitted, summed over its
+/// queues (veth: `tx_queue_N_xdp_xmit`), or `None` if the driver does not
+/// report it. A veth whose peer has neither an XDP program nor GRO drops
+/// redirected frames without counting an error anywhere; this counter not
+/// growing is the only sign.
+pub fn xdp_xmit_count(ifname: &str) -> Result<Option<u64>, Error> {
+    let stats = ethtool_stats(ifname)?;
+    let mut found = false;
+    let mut total = 0;
+    for (name, v) in &stats {
+        if name.ends_with("_xdp_xmit") {
+            found = true;
+            total += v;
+        }
+    }
+    Ok(found.then_some(total))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,6 +272,13 @@ mod tests {
         assert_eq!((got[1].id, got[1].mode), (8, "driver"));
         let none: Value = serde_json::from_str(r#"[{"ifname":"v0"}]"#).unwrap();
         assert!(parse_xdp_json(&none).is_empty());
+    }
+
+    #[test]
+    fn loopback_has_no_driver_statistics_and_missing_is_an_error() {
+        // lo has no ethtool string set: an empty list, not an error.
+        assert!(ethtool_stats("lo").map(|v| v.is_empty()).unwrap_or(true));
+        assert!(ethtool_stats("dp-no-such-if").is_err());
     }
 
     #[test]

@@ -9,10 +9,12 @@ use thiserror::Error;
 
 use crate::config::{ForwardingMode, PortKind, RunConfig};
 use crate::engine::{Engine, EngineConfig, EngineShared, FrameAccounting};
+use crate::fastpath::{FastPath, FastPortConfig};
 use crate::port::afxdp::{AfxdpConfig, AfxdpPort};
 use crate::port::{DropReason, Port, PortCounters, PortSnapshot};
 use crate::steer::pins::PinRoot;
 use crate::steer::ModeRequest;
+use crate::switch::vlan::UNTAGGED;
 use crate::switch::{Forwarding, Switch, SwitchPort};
 use crate::xsk::{self, FramePool, SocketConfig, Umem, UmemConfig};
 use crate::{port, privileges};
@@ -29,6 +31,8 @@ pub enum Error {
     },
     #[error(transparent)]
     Afxdp(#[from] port::afxdp::Error),
+    #[error(transparent)]
+    FastPath(#[from] crate::fastpath::Error),
     #[error("starting the PMD thread: {0}")]
     Thread(std::io::Error),
     #[error("the PMD thread panicked; ports were released as it unwound")]
@@ -114,6 +118,22 @@ pub fn run(
         },
     };
     let switch = Switch::new(switch_ports, forwarding, config.fdb.into());
+    let fast_path = if config.fast_path && config.mode == ForwardingMode::Switch {
+        let members: Vec<FastPortConfig> = config
+            .ports
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.kind == PortKind::Afxdp)
+            .map(|(id, p)| FastPortConfig {
+                port: id,
+                ifname: p.iface.clone(),
+                untagged_vlan: p.vlan.ingress(None).unwrap_or(UNTAGGED),
+            })
+            .collect();
+        Some(FastPath::start(pins, config.ports.len(), &members)?)
+    } else {
+        None
+    };
     let engine = Engine::new(
         EngineConfig {
             burst: config.burst,
@@ -124,6 +144,7 @@ pub fn run(
         pool,
         ports,
         switch,
+        fast_path,
     );
     let shared = engine.shared();
     let pmd = std::thread::Builder::new()
@@ -165,27 +186,29 @@ pub fn stats_table(
     previous: Option<(&[(String, PortSnapshot)], f64)>,
 ) -> String {
     let mut s = format!(
-        "{:<20} {:>12} {:>10} {:>12} {:>10}",
-        "PORT", "RX_PKTS", "RX_PPS", "TX_PKTS", "TX_PPS"
+        "{:<20} {:>12} {:>10} {:>12} {:>10} {:>12} {:>10}",
+        "PORT", "RX_PKTS", "RX_PPS", "TX_PKTS", "TX_PPS", "FAST_PKTS", "FAST_PPS"
     );
     for r in DropReason::ALL {
         s.push_str(&format!(" {:>13}", format!("drop_{}", r.name())));
     }
     s.push('\n');
     for (i, (name, c)) in now.iter().enumerate() {
-        let (rx_pps, tx_pps) = match previous {
+        let (rx_pps, tx_pps, fast_pps) = match previous {
             Some((prev, dt)) if dt > 0.0 => {
                 let p = prev.get(i).map(|(_, p)| *p).unwrap_or_default();
+                let rate = |now: u64, before: u64| now.saturating_sub(before) as f64 / dt;
                 (
-                    (c.rx_packets - p.rx_packets) as f64 / dt,
-                    (c.tx_packets - p.tx_packets) as f64 / dt,
+                    rate(c.rx_packets, p.rx_packets),
+                    rate(c.tx_packets, p.tx_packets),
+                    rate(c.fast_path, p.fast_path),
                 )
             }
-            _ => (0.0, 0.0),
+            _ => (0.0, 0.0, 0.0),
         };
         s.push_str(&format!(
-            "{:<20} {:>12} {:>10.0} {:>12} {:>10.0}",
-            name, c.rx_packets, rx_pps, c.tx_packets, tx_pps
+            "{:<20} {:>12} {:>10.0} {:>12} {:>10.0} {:>12} {:>10.0}",
+            name, c.rx_packets, rx_pps, c.tx_packets, tx_pps, c.fast_path, fast_pps
         ));
         for r in DropReason::ALL {
             s.push_str(&format!(" {:>13}", c.drops(r)));

@@ -112,6 +112,9 @@ pub struct PortCounters {
     pub rx_bytes: AtomicU64,
     pub tx_packets: AtomicU64,
     pub tx_bytes: AtomicU64,
+    /// Frames the in-kernel fast path forwarded from this port (they never
+    /// reach the AF_XDP socket, so rx/tx above do not count them).
+    pub fast_path: AtomicU64,
     drops: [AtomicU64; DropReason::ALL.len()],
 }
 
@@ -133,6 +136,11 @@ impl PortCounters {
         self.drops[reason as usize].fetch_add(n, Ordering::Relaxed);
     }
 
+    /// Sets the fast-path total (read from the port's `steer` counters).
+    pub fn set_fast_path(&self, total: u64) {
+        self.fast_path.store(total, Ordering::Relaxed);
+    }
+
     /// Sets a kernel-reported drop count (a total, not an increment).
     pub fn set_kernel_drops(&self, reason: DropReason, total: u64) {
         self.drops[reason as usize].store(total, Ordering::Relaxed);
@@ -149,6 +157,7 @@ impl PortCounters {
             rx_bytes: self.rx_bytes.load(Ordering::Relaxed),
             tx_packets: self.tx_packets.load(Ordering::Relaxed),
             tx_bytes: self.tx_bytes.load(Ordering::Relaxed),
+            fast_path: self.fast_path.load(Ordering::Relaxed),
             drops,
         }
     }
@@ -161,6 +170,7 @@ pub struct PortSnapshot {
     pub rx_bytes: u64,
     pub tx_packets: u64,
     pub tx_bytes: u64,
+    pub fast_path: u64,
     pub drops: [u64; DropReason::ALL.len()],
 }
 

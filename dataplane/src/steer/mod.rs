@@ -11,11 +11,12 @@ pub mod policy;
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, XskMap};
+use aya::maps::{Array, DevMap, HashMap, Map, MapData, MapError, PerCpuArray, XskMap};
 use aya::programs::links::FdLink;
 use aya::programs::{ProgramError, ProgramInfo, Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
 use dataplane_common::counters::Outcome;
+use dataplane_common::fastpath::{FdbKey, FdbValue};
 use dataplane_common::map_names;
 use dataplane_common::policy::{AttachMode, MatchKey, Mode, Policy};
 use thiserror::Error;
@@ -34,11 +35,13 @@ pub(crate) fn object() -> &'static [u8] {
 }
 
 /// Maps that are pinned next to the link.
-const PINNED_MAPS: [&str; 5] = [
+const PINNED_MAPS: [&str; 7] = [
     map_names::POLICY,
     map_names::MATCHES,
     map_names::XSKS,
     map_names::COUNTERS,
+    map_names::FDB,
+    map_names::PORTS,
     map_names::LOGS,
 ];
 
@@ -92,6 +95,12 @@ pub enum Error {
         ifname: String,
         name: &'static str,
         source: MapError,
+    },
+    #[error("fast path of {ifname}: setting switch port {port_id}: {source}")]
+    FastPort {
+        ifname: String,
+        port_id: u32,
+        source: aya::maps::xdp::XdpMapError,
     },
     #[error("dataplane has nothing attached to {ifname} in this network namespace (see `dataplane status`)")]
     NotAttached { ifname: String },
@@ -287,6 +296,8 @@ pub struct Attachment {
     matches: HashMap<MapData, MatchKey, u8>,
     xsks: XskMap<MapData>,
     counters: PerCpuArray<MapData, u64>,
+    fdb: HashMap<MapData, FdbKey, FdbValue>,
+    ports: DevMap<MapData>,
 }
 
 impl Attachment {
@@ -329,6 +340,12 @@ impl Attachment {
             counters: map(map_names::COUNTERS)?
                 .try_into()
                 .map_err(|e| typed(map_names::COUNTERS, e))?,
+            fdb: map(map_names::FDB)?
+                .try_into()
+                .map_err(|e| typed(map_names::FDB, e))?,
+            ports: map(map_names::PORTS)?
+                .try_into()
+                .map_err(|e| typed(map_names::PORTS, e))?,
         })
     }
 
@@ -349,6 +366,84 @@ impl Attachment {
         self.xsks
             .unset(queue)
             .map_err(|source| self.map_error(map_names::XSKS, source))
+    }
+
+    /// Turns the in-kernel fast path on for this interface as switch port
+    /// `port_id`, whose untagged frames belong to `untagged_vlan`.
+    pub fn enable_fast_path(&mut self, port_id: u32, untagged_vlan: u16) -> Result<(), Error> {
+        self.update_policy(|p| {
+            p.fast_path = 1;
+            p.port_id = port_id;
+            p.untagged_vlan = untagged_vlan as u32;
+        })
+    }
+
+    /// Turns the fast path off and forgets its FDB entries and ports.
+    pub fn disable_fast_path(&mut self) -> Result<(), Error> {
+        self.update_policy(|p| p.fast_path = 0)?;
+        let keys: Vec<FdbKey> = self.fdb.keys().filter_map(Result::ok).collect();
+        for k in keys {
+            let _ = self.fdb.remove(&k);
+        }
+        for port in 0..dataplane_common::MAX_PORTS {
+            let _ = self.ports.set(port, 0, None, 0).ok();
+        }
+        Ok(())
+    }
+
+    /// Lets the fast path redirect to switch port `port_id` (device `ifindex`).
+    pub fn set_fast_port(&mut self, port_id: u32, ifindex: u32) -> Result<(), Error> {
+        self.ports
+            .set(port_id, ifindex, None, 0)
+            .map_err(|source| Error::FastPort {
+                ifname: self.ifname.clone(),
+                port_id,
+                source,
+            })
+    }
+
+    /// Installs or moves a learned address for the fast path.
+    pub fn fdb_insert(&mut self, vlan: u16, mac: [u8; 6], port: u32) -> Result<(), Error> {
+        let key = FdbKey { mac, vlan };
+        let value = FdbValue {
+            port,
+            pad: 0,
+            last_hit_ns: 0,
+        };
+        self.fdb
+            .insert(key, value, 0)
+            .map_err(|source| self.map_error(map_names::FDB, source))
+    }
+
+    /// Removes a learned address from the fast path (absent is fine).
+    pub fn fdb_remove(&mut self, vlan: u16, mac: [u8; 6]) {
+        let _ = self.fdb.remove(&FdbKey { mac, vlan });
+    }
+
+    /// When the fast path last forwarded a frame from this address
+    /// (CLOCK_MONOTONIC nanoseconds), if it ever did.
+    pub fn fdb_last_hit(&self, vlan: u16, mac: [u8; 6]) -> Option<u64> {
+        self.fdb
+            .get(&FdbKey { mac, vlan }, 0)
+            .ok()
+            .map(|v| v.last_hit_ns)
+            .filter(|t| *t != 0)
+    }
+
+    /// Entries in the fast-path FDB.
+    pub fn fdb_len(&self) -> usize {
+        self.fdb.keys().filter(Result::is_ok).count()
+    }
+
+    fn update_policy(&mut self, f: impl FnOnce(&mut Policy)) -> Result<(), Error> {
+        let mut p = self
+            .policy
+            .get(&0, 0)
+            .map_err(|source| self.map_error(map_names::POLICY, source))?;
+        f(&mut p);
+        self.policy
+            .set(0, p, 0)
+            .map_err(|source| self.map_error(map_names::POLICY, source))
     }
 
     /// Replaces the policy (mode and match table).
@@ -585,6 +680,10 @@ fn write_policy(ebpf: &mut Ebpf, ifname: &str, spec: &PolicySpec) -> Result<(), 
             Policy {
                 mode: spec.mode as u32,
                 attach_mode: 0,
+                fast_path: 0,
+                port_id: 0,
+                untagged_vlan: 0,
+                pad: 0,
             },
             0,
         )

@@ -31,12 +31,27 @@ pub enum Learned {
     Ignored,
 }
 
+/// A change to the table, for mirrors of it (the in-kernel fast path).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FdbChange {
+    /// `mac` on `vlan` now lives on `port` (new or moved).
+    Upsert {
+        vlan: u16,
+        mac: [u8; 6],
+        port: PortId,
+    },
+    /// `mac` on `vlan` is forgotten (aged out, flushed, port down).
+    Remove { vlan: u16, mac: [u8; 6] },
+}
+
 /// Learning table with ageing and a size limit.
 #[derive(Debug)]
 pub struct Fdb {
     entries: HashMap<(u16, [u8; 6]), FdbEntry>,
     max_entries: usize,
     max_age: Duration,
+    /// Changes since the last [`Fdb::take_changes`], when someone mirrors us.
+    journal: Option<Vec<FdbChange>>,
 }
 
 impl Fdb {
@@ -46,7 +61,48 @@ impl Fdb {
             entries: HashMap::with_capacity(max_entries.min(4096)),
             max_entries,
             max_age,
+            journal: None,
         }
+    }
+
+    /// Starts recording changes; [`Fdb::take_changes`] must then be called
+    /// regularly (the engine does, after every burst).
+    pub fn record_changes(&mut self) {
+        self.journal.get_or_insert_with(Vec::new);
+    }
+
+    /// The changes recorded since the last call.
+    pub fn take_changes(&mut self) -> Vec<FdbChange> {
+        self.journal
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    /// True if changes are waiting (cheap, for the per-burst check).
+    pub fn has_changes(&self) -> bool {
+        self.journal.as_ref().is_some_and(|j| !j.is_empty())
+    }
+
+    fn record(&mut self, change: FdbChange) {
+        if let Some(j) = self.journal.as_mut() {
+            j.push(change);
+        }
+    }
+
+    /// Marks `mac` on `vlan` as seen at `seen` if that is later than what
+    /// the table knows (traffic the fast path forwarded without us).
+    pub fn touch(&mut self, vlan: u16, mac: [u8; 6], seen: Instant) {
+        if let Some(e) = self.entries.get_mut(&(vlan, mac)) {
+            if seen > e.last_seen {
+                e.last_seen = seen;
+            }
+        }
+    }
+
+    /// The ageing time.
+    pub fn max_age(&self) -> Duration {
+        self.max_age
     }
 
     /// Records that `mac` on `vlan` was seen on `port` at `now`.
@@ -58,11 +114,11 @@ impl Fdb {
             let from = e.port;
             e.last_seen = now;
             e.port = port;
-            return if from == port {
-                Learned::Refreshed
-            } else {
-                Learned::Moved { from }
-            };
+            if from == port {
+                return Learned::Refreshed;
+            }
+            self.record(FdbChange::Upsert { vlan, mac, port });
+            return Learned::Moved { from };
         }
         if self.entries.len() >= self.max_entries {
             self.expire(now);
@@ -77,6 +133,7 @@ impl Fdb {
                 last_seen: now,
             },
         );
+        self.record(FdbChange::Upsert { vlan, mac, port });
         Learned::New
     }
 
@@ -88,21 +145,36 @@ impl Fdb {
 
     /// Removes entries older than the ageing time; returns how many.
     pub fn expire(&mut self, now: Instant) -> usize {
-        let before = self.entries.len();
         let max_age = self.max_age;
-        self.entries
-            .retain(|_, e| now.saturating_duration_since(e.last_seen) < max_age);
-        before - self.entries.len()
+        self.remove_where(|e| now.saturating_duration_since(e.last_seen) >= max_age)
     }
 
     /// Forgets everything learned on `port` (port removed or down).
     pub fn flush_port(&mut self, port: PortId) {
-        self.entries.retain(|_, e| e.port != port);
+        self.remove_where(|e| e.port == port);
     }
 
     /// Forgets everything.
     pub fn flush(&mut self) {
-        self.entries.clear();
+        self.remove_where(|_| true);
+    }
+
+    fn remove_where(&mut self, gone: impl Fn(&FdbEntry) -> bool) -> usize {
+        let mut removed = Vec::new();
+        self.entries.retain(|k, e| {
+            let drop = gone(e);
+            if drop {
+                removed.push(*k);
+            }
+            !drop
+        });
+        for (vlan, mac) in &removed {
+            self.record(FdbChange::Remove {
+                vlan: *vlan,
+                mac: *mac,
+            });
+        }
+        removed.len()
     }
 
     /// Number of entries (expired ones included until [`Fdb::expire`] runs).
@@ -185,6 +257,53 @@ mod tests {
         let mut fdb = Fdb::new(10, Duration::from_secs(5));
         assert_eq!(fdb.learn(1, [0xff; 6], 1, Instant::now()), Learned::Ignored);
         assert!(fdb.is_empty());
+    }
+
+    #[test]
+    fn changes_are_journaled_only_when_recorded() {
+        let t0 = Instant::now();
+        let mut fdb = Fdb::new(10, Duration::from_secs(5));
+        fdb.learn(1, A, 1, t0);
+        assert!(fdb.take_changes().is_empty(), "not recording yet");
+        fdb.record_changes();
+        fdb.learn(1, B, 1, t0);
+        fdb.learn(1, B, 1, t0); // refresh: no change
+        fdb.learn(1, B, 2, t0); // move
+        fdb.flush_port(1);
+        assert_eq!(
+            fdb.take_changes(),
+            vec![
+                FdbChange::Upsert {
+                    vlan: 1,
+                    mac: B,
+                    port: 1
+                },
+                FdbChange::Upsert {
+                    vlan: 1,
+                    mac: B,
+                    port: 2
+                },
+                FdbChange::Remove { vlan: 1, mac: A },
+            ]
+        );
+        fdb.expire(t0 + Duration::from_secs(5));
+        assert_eq!(
+            fdb.take_changes(),
+            vec![FdbChange::Remove { vlan: 1, mac: B }]
+        );
+        assert!(!fdb.has_changes());
+    }
+
+    #[test]
+    fn touch_only_moves_forward() {
+        let t0 = Instant::now();
+        let age = Duration::from_secs(5);
+        let mut fdb = Fdb::new(10, age);
+        fdb.learn(1, A, 1, t0);
+        fdb.touch(1, A, t0 + Duration::from_secs(4));
+        fdb.touch(1, A, t0); // older: ignored
+        assert_eq!(fdb.lookup(1, A, t0 + Duration::from_secs(8)), Some(1));
+        assert_eq!(fdb.expire(t0 + Duration::from_secs(8)), 0);
     }
 
     #[test]

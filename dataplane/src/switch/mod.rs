@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use dataplane_common::wire::L2Header;
 
-pub use fdb::{Fdb, Learned, PortId};
+pub use fdb::{Fdb, FdbChange, Learned, PortId};
 pub use vlan::{EgressTag, VlanMode, VlanSet};
 
 /// How frames are forwarded.
@@ -137,6 +137,16 @@ impl Switch {
     /// Forgets every learned address.
     pub fn flush_fdb(&mut self) {
         self.fdb.flush();
+    }
+
+    /// The learning table, for mirrors (journal, fast-path refresh).
+    pub fn fdb_mut(&mut self) -> &mut Fdb {
+        &mut self.fdb
+    }
+
+    /// True when the switch learns (not cross-connect).
+    pub fn is_learning(&self) -> bool {
+        self.forwarding == Forwarding::Learning
     }
 
     /// Learning counters.

@@ -1,0 +1,184 @@
+//! The in-kernel fast path: learned unicast between XDP-capable ports is
+//! redirected by `steer` straight to the egress device, without a trip
+//! through userspace.
+//!
+//! Userspace learns; the kernel only follows what userspace learned. The
+//! decision here is deliberately narrower than the userspace switch's, so
+//! that it can only ever pick the port the userspace switch would pick.
+
+use crate::wire::L2Header;
+
+/// Key of the `FDB` map: (MAC, VLAN), 8 bytes, no padding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(C)]
+pub struct FdbKey {
+    pub mac: [u8; 6],
+    /// The switch's VLAN (0: untagged domain).
+    pub vlan: u16,
+}
+
+/// Value of the `FDB` map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C)]
+pub struct FdbValue {
+    /// Switch port id (index into the `PORTS` devmap).
+    pub port: u32,
+    pub pad: u32,
+    /// bpf_ktime_get_ns (CLOCK_MONOTONIC) when a frame *from* this address
+    /// last took the fast path: userspace ageing treats it as "seen".
+    pub last_hit_ns: u64,
+}
+
+/// What the fast path does with a frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FastPathDecision {
+    /// Redirect to this switch port through the devmap.
+    Redirect(u32),
+    /// Let userspace decide (learning, flooding, VLANs, moves).
+    SlowPath,
+}
+
+/// Decides for a frame that arrived on `my_port`, whose untagged frames
+/// belong to `untagged_vlan`.
+///
+/// Fast only when all of these hold, which is exactly when the userspace
+/// switch would forward unchanged to one known port:
+/// - the frame is untagged (no tag to classify, push or pop),
+/// - the destination is unicast and known on another port,
+/// - the source is known on this very port (nothing to learn or move).
+///
+/// Userspace only installs entries whose port sends `untagged_vlan` frames
+/// untagged, so the egress needs no tag either.
+#[inline(always)]
+pub fn decide(
+    my_port: u32,
+    untagged_vlan: u16,
+    header: &L2Header,
+    lookup: impl Fn(&FdbKey) -> Option<FdbValue>,
+) -> FastPathDecision {
+    if header.vlan.is_some() || header.is_multicast() {
+        return FastPathDecision::SlowPath;
+    }
+    let src = FdbKey {
+        mac: header.src,
+        vlan: untagged_vlan,
+    };
+    match lookup(&src) {
+        Some(v) if v.port == my_port => {}
+        _ => return FastPathDecision::SlowPath,
+    }
+    let dst = FdbKey {
+        mac: header.dst,
+        vlan: untagged_vlan,
+    };
+    match lookup(&dst) {
+        Some(v) if v.port != my_port => FastPathDecision::Redirect(v.port),
+        _ => FastPathDecision::SlowPath,
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: #[repr(C)], integers and byte arrays only, no implicit padding
+    // (FdbKey: 6 + 2 bytes; FdbValue: 4 + 4 + 8 bytes).
+    unsafe impl aya::Pod for super::FdbKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FdbValue {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::ETH_HLEN;
+
+    const A: [u8; 6] = [2, 0, 0, 0, 0, 0xa];
+    const B: [u8; 6] = [2, 0, 0, 0, 0, 0xb];
+
+    fn hdr(src: [u8; 6], dst: [u8; 6], vlan: Option<u16>) -> L2Header {
+        L2Header {
+            dst,
+            src,
+            vlan,
+            ethertype: 0x0800,
+            header_len: ETH_HLEN,
+        }
+    }
+
+    fn table(entries: &[([u8; 6], u16, u32)]) -> impl Fn(&FdbKey) -> Option<FdbValue> + '_ {
+        move |k| {
+            entries
+                .iter()
+                .find(|(m, v, _)| *m == k.mac && *v == k.vlan)
+                .map(|(_, _, p)| FdbValue {
+                    port: *p,
+                    pad: 0,
+                    last_hit_ns: 0,
+                })
+        }
+    }
+
+    #[test]
+    fn known_pair_goes_fast() {
+        let t = [(A, 0, 0), (B, 0, 1)];
+        assert_eq!(
+            decide(0, 0, &hdr(A, B, None), table(&t)),
+            FastPathDecision::Redirect(1)
+        );
+        assert_eq!(
+            decide(1, 0, &hdr(B, A, None), table(&t)),
+            FastPathDecision::Redirect(0)
+        );
+    }
+
+    #[test]
+    fn anything_to_learn_or_decide_goes_slow() {
+        let t = [(A, 0, 0), (B, 0, 1)];
+        // Unknown source, moved source, unknown destination, same port.
+        assert_eq!(
+            decide(2, 0, &hdr(A, B, None), table(&t)),
+            FastPathDecision::SlowPath
+        );
+        assert_eq!(
+            decide(0, 0, &hdr([2, 0, 0, 0, 0, 0xc], B, None), table(&t)),
+            FastPathDecision::SlowPath
+        );
+        assert_eq!(
+            decide(0, 0, &hdr(A, [2, 0, 0, 0, 0, 0xc], None), table(&t)),
+            FastPathDecision::SlowPath
+        );
+        let same = [(A, 0, 0), (B, 0, 0)];
+        assert_eq!(
+            decide(0, 0, &hdr(A, B, None), table(&same)),
+            FastPathDecision::SlowPath
+        );
+        // Broadcast, tagged.
+        assert_eq!(
+            decide(0, 0, &hdr(A, [0xff; 6], None), table(&t)),
+            FastPathDecision::SlowPath
+        );
+        assert_eq!(
+            decide(0, 0, &hdr(A, B, Some(0)), table(&t)),
+            FastPathDecision::SlowPath
+        );
+    }
+
+    #[test]
+    fn vlans_are_separate() {
+        let t = [(A, 10, 0), (B, 20, 1)];
+        assert_eq!(
+            decide(0, 10, &hdr(A, B, None), table(&t)),
+            FastPathDecision::SlowPath
+        );
+        let t = [(A, 10, 0), (B, 10, 1)];
+        assert_eq!(
+            decide(0, 10, &hdr(A, B, None), table(&t)),
+            FastPathDecision::Redirect(1)
+        );
+    }
+
+    #[test]
+    fn layouts_have_no_padding() {
+        assert_eq!(core::mem::size_of::<FdbKey>(), 8);
+        assert_eq!(core::mem::size_of::<FdbValue>(), 16);
+    }
+}

@@ -1,0 +1,308 @@
+//! The in-kernel fast path of a running switch.
+//!
+//! The userspace switch stays the one that learns and decides; this module
+//! mirrors what it learned into each port's `steer` maps (`FDB`: address ->
+//! port, `PORTS`: port -> device), so that `steer` can redirect learned
+//! unicast between XDP-capable ports straight to the egress device
+//! (see `dataplane_common::fastpath::decide` for exactly when).
+//!
+//! Consistency rules:
+//! - an entry is installed only while its port can take redirects and sends
+//!   that VLAN untagged; every change of the userspace FDB (learn, move,
+//!   ageing, flush) is applied to every port's map after the burst that
+//!   caused it;
+//! - the kernel stamps the *source* entry of each frame it fast-forwards;
+//!   userspace ageing reads that stamp before it expires an entry;
+//! - a veth drops redirected frames, silently, unless its peer runs XDP or
+//!   has GRO on: each egress is probed with one frame before it is used
+//!   (its `xdp_xmit` counter must grow), and while it is used the frames the
+//!   fast path redirected are compared with what the egress devices sent.
+
+use std::time::{Duration, Instant};
+
+use dataplane_common::counters::Outcome;
+use thiserror::Error;
+
+use crate::forward::Forward;
+use crate::netdev;
+use crate::steer::pins::PinRoot;
+use crate::steer::{self, Attachment};
+use crate::switch::{EgressTag, FdbChange, Switch};
+
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error("fast path on {ifname}: {source}")]
+    Steer {
+        ifname: String,
+        source: Box<steer::Error>,
+    },
+}
+
+/// One switch port that runs `steer`.
+struct FastPort {
+    ifname: String,
+    attachment: Attachment,
+    /// Redirects to this port are accepted (probe passed, none lost since).
+    egress_ok: bool,
+}
+
+/// The fast path of one switch, by switch port id.
+pub struct FastPath {
+    ports: Vec<Option<FastPort>>,
+    /// Frames redirected by all ports, and sent by all egress devices, when
+    /// last compared.
+    last_redirected: u64,
+    last_sent: u64,
+}
+
+/// A port taking part: (switch port id, interface, VLAN of its untagged frames).
+#[derive(Debug, Clone)]
+pub struct FastPortConfig {
+    pub port: usize,
+    pub ifname: String,
+    pub untagged_vlan: u16,
+}
+
+impl FastPath {
+    /// Probes every port's egress, programs the devmaps and turns the fast
+    /// path on in each port's `steer`.
+    pub fn start(
+        pins: &PinRoot,
+        n_ports: usize,
+        members: &[FastPortConfig],
+    ) -> Result<FastPath, Error> {
+        let mut ports: Vec<Option<FastPort>> = (0..n_ports).map(|_| None).collect();
+        for m in members {
+            let err = |source| Error::Steer {
+                ifname: m.ifname.clone(),
+                source: Box::new(source),
+            };
+            let attachment = Attachment::open(pins, &m.ifname).map_err(err)?;
+            let egress_ok = match probe_egress(&m.ifname) {
+                Ok(()) => true,
+                Err(why) => {
+                    tracing::warn!(
+                        ifname = m.ifname,
+                        "fast path toward {} disabled: {why}; frames to it take the AF_XDP path",
+                        m.ifname
+                    );
+                    false
+                }
+            };
+            ports[m.port] = Some(FastPort {
+                ifname: m.ifname.clone(),
+                attachment,
+                egress_ok,
+            });
+        }
+        let egress: Vec<(u32, u32)> = ports
+            .iter()
+            .enumerate()
+            .filter_map(|(id, p)| {
+                let p = p.as_ref()?;
+                let ifindex = netdev::ifindex(&p.ifname).ok()?;
+                p.egress_ok.then_some((id as u32, ifindex))
+            })
+            .collect();
+        for m in members {
+            let p = ports[m.port].as_mut().expect("just set");
+            let err = |source| Error::Steer {
+                ifname: m.ifname.clone(),
+                source: Box::new(source),
+            };
+            for &(id, ifindex) in &egress {
+                p.attachment.set_fast_port(id, ifindex).map_err(err)?;
+            }
+            p.attachment
+                .enable_fast_path(m.port as u32, m.untagged_vlan)
+                .map_err(err)?;
+        }
+        tracing::info!(
+            ports = members.len(),
+            egress = egress.len(),
+            "fast path on: learned unicast between these ports stays in the kernel"
+        );
+        let mut fp = FastPath {
+            ports,
+            last_redirected: 0,
+            last_sent: 0,
+        };
+        (fp.last_redirected, fp.last_sent) = fp.totals();
+        Ok(fp)
+    }
+
+    /// (frames redirected by every port's steer, frames the egress devices
+    /// that report it sent from redirects).
+    fn totals(&self) -> (u64, u64) {
+        let redirected = self.forwarded().into_iter().flatten().sum();
+        let sent = self
+            .ports
+            .iter()
+            .flatten()
+            .filter(|p| p.egress_ok)
+            .filter_map(|p| netdev::xdp_xmit_count(&p.ifname).ok().flatten())
+            .sum();
+        (redirected, sent)
+    }
+
+    /// Mirrors userspace FDB changes into every port's map.
+    pub fn apply(&mut self, changes: &[FdbChange], switch: &Switch) {
+        for change in changes {
+            match *change {
+                FdbChange::Upsert { vlan, mac, port } => {
+                    let usable = self
+                        .ports
+                        .get(port)
+                        .and_then(Option::as_ref)
+                        .is_some_and(|p| p.egress_ok)
+                        && switch.ports()[port].up
+                        && switch.ports()[port].vlan.egress(vlan) == Some(EgressTag::Untagged);
+                    for p in self.ports.iter_mut().flatten() {
+                        if usable {
+                            if let Err(e) = p.attachment.fdb_insert(vlan, mac, port as u32) {
+                                // A full map only costs speed: userspace still forwards.
+                                tracing::debug!(ifname = p.ifname, "fast-path FDB insert: {e}");
+                            }
+                        } else {
+                            // A move to a port the fast path cannot use.
+                            p.attachment.fdb_remove(vlan, mac);
+                        }
+                    }
+                }
+                FdbChange::Remove { vlan, mac } => {
+                    for p in self.ports.iter_mut().flatten() {
+                        p.attachment.fdb_remove(vlan, mac);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Before ageing: entries the fast path used recently count as seen.
+    pub fn refresh_ageing(&self, switch: &mut Switch, now: Instant) {
+        let max_age = switch.fdb().max_age();
+        let mono_now = monotonic_ns();
+        let candidates: Vec<_> = switch
+            .fdb()
+            .entries()
+            .into_iter()
+            .filter(|(_, _, e)| now.saturating_duration_since(e.last_seen) > max_age / 2)
+            .collect();
+        for (vlan, mac, entry) in candidates {
+            // The source stamp lives in the map of the port the address is on.
+            let Some(p) = self.ports.get(entry.port).and_then(Option::as_ref) else {
+                continue;
+            };
+            if let Some(hit) = p.attachment.fdb_last_hit(vlan, mac) {
+                let ago = Duration::from_nanos(mono_now.saturating_sub(hit));
+                if let Some(seen) = now.checked_sub(ago) {
+                    switch.fdb_mut().touch(vlan, mac, seen);
+                }
+            }
+        }
+    }
+
+    /// Watches the egress devices: if the fast path redirected more frames
+    /// than the egress devices sent, one of them is dropping them; probe
+    /// each again and stop using the ones that fail, saying why.
+    pub fn check_egress(&mut self, switch: &Switch) {
+        let (redirected, sent) = self.totals();
+        let lost = (redirected - self.last_redirected).saturating_sub(sent - self.last_sent);
+        (self.last_redirected, self.last_sent) = (redirected, sent);
+        // Counters are read a moment apart: tolerate a burst's worth.
+        if lost <= 64 {
+            return;
+        }
+        let mut newly_bad = Vec::new();
+        for (id, slot) in self.ports.iter_mut().enumerate() {
+            let Some(p) = slot.as_mut().filter(|p| p.egress_ok) else {
+                continue;
+            };
+            if let Err(why) = probe_egress(&p.ifname) {
+                p.egress_ok = false;
+                newly_bad.push(id);
+                tracing::warn!(
+                    ifname = p.ifname,
+                    lost,
+                    "fast path toward {} disabled: {why}",
+                    p.ifname
+                );
+            }
+        }
+        if newly_bad.is_empty() {
+            return;
+        }
+        let removals: Vec<FdbChange> = switch
+            .fdb()
+            .entries()
+            .into_iter()
+            .filter(|(_, _, e)| newly_bad.contains(&e.port))
+            .map(|(vlan, mac, _)| FdbChange::Remove { vlan, mac })
+            .collect();
+        self.apply(&removals, switch);
+        (self.last_redirected, self.last_sent) = self.totals();
+    }
+
+    /// Frames each port's `steer` fast-forwarded, by switch port id.
+    pub fn forwarded(&self) -> Vec<Option<u64>> {
+        self.ports
+            .iter()
+            .map(|p| {
+                p.as_ref()
+                    .and_then(|p| p.attachment.counters().ok())
+                    .map(|c| c.get(Outcome::FastPath))
+            })
+            .collect()
+    }
+}
+
+impl Drop for FastPath {
+    /// Off before the ports go: nothing may be redirected to a port that is
+    /// being torn down.
+    fn drop(&mut self) {
+        for p in self.ports.iter_mut().flatten() {
+            if let Err(e) = p.attachment.disable_fast_path() {
+                tracing::warn!(ifname = p.ifname, "turning the fast path off: {e}");
+            }
+        }
+    }
+}
+
+/// Sends one frame to `ifname` by XDP redirect and checks that the device
+/// transmitted it (a veth whose peer has neither XDP nor GRO drops it
+/// without a trace, except that its `xdp_xmit` counter stays put).
+fn probe_egress(ifname: &str) -> Result<(), String> {
+    let sent = || netdev::xdp_xmit_count(ifname).map_err(|e| e.to_string());
+    let Some(before) = sent()? else {
+        // No counter to judge by (not a veth): trust it.
+        return Ok(());
+    };
+    let forward = Forward::load(ifname).map_err(|e| e.to_string())?;
+    let ifindex = netdev::ifindex(ifname).map_err(|e| e.to_string())?;
+    let mac = netdev::mac(ifname).map_err(|e| e.to_string())?;
+    // Addressed to the port itself: the peer's stack drops it as not its own.
+    let mut frame = vec![0u8; 60];
+    frame[0..6].copy_from_slice(&mac);
+    frame[6..12].copy_from_slice(&mac);
+    frame[12..14].copy_from_slice(&0x88b5u16.to_be_bytes());
+    forward
+        .run_live(&frame, ifindex, 1)
+        .map_err(|e| format!("probe frame: {e}"))?;
+    if sent()?.unwrap_or(0) <= before {
+        return Err(format!(
+            "the other end of {ifname} drops XDP-redirected frames; it needs an XDP program \
+             or GRO (`ethtool -K PEER gro on` on the peer of {ifname})"
+        ));
+    }
+    Ok(())
+}
+
+/// CLOCK_MONOTONIC in nanoseconds (what bpf_ktime_get_ns returns).
+fn monotonic_ns() -> u64 {
+    // SAFETY: clock_gettime writes into a timespec we own.
+    unsafe {
+        let mut ts: libc::timespec = std::mem::zeroed();
+        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
+        ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    }
+}

@@ -1,0 +1,291 @@
+//! The in-kernel fast path: learned unicast between AF_XDP ports is
+//! redirected by `steer` in the kernel, and it never delivers a frame
+//! anywhere the userspace switch would not.
+//!
+//! ```text
+//!  a: a0 ── sa ┐
+//!  b: b0 ── sb ├ sw (dataplane run)
+//!  c: c0 ── sc ┘
+//! ```
+//! The hosts' veths have GRO on, which a veth needs to accept redirected
+//! frames (the switch probes for it).
+
+mod harness;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use harness::{
+    collect_test_frames, mac_of, privileged, test_frame, NetNs, PacketSocket, RunningSwitch,
+    Topology, TEST_ETHERTYPE,
+};
+use serde_json::Value;
+
+struct Hosts {
+    _topo: Topology,
+    sw: NetNs,
+    hosts: Vec<NetNs>,
+}
+
+fn hosts(tag: &str, n: usize, gro: bool) -> Hosts {
+    let mut topo = Topology::new(tag);
+    let sw = topo.netns("sw");
+    let mut hosts = Vec::new();
+    for (i, name) in ["a", "b", "c"].iter().take(n).enumerate() {
+        let h = topo.netns(name);
+        let (hif, sif) = (format!("{name}0"), format!("s{name}"));
+        topo.veth((&h, &hif), (&sw, &sif));
+        h.ip(&["addr", "add", &format!("10.77.2.{}/24", i + 1), "dev", &hif]);
+        if gro {
+            h.exec_ok(&["ethtool", "-K", &hif, "gro", "on"]);
+        }
+        hosts.push(h);
+    }
+    Hosts {
+        _topo: topo,
+        sw,
+        hosts,
+    }
+}
+
+fn steer_counter(sw: &NetNs, ifname: &str, outcome: &str) -> u64 {
+    let out = sw.dataplane_ok(&["status", "--json"]);
+    let list: Value = serde_json::from_str(&out).unwrap();
+    list.as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["interface"] == ifname)
+        .and_then(|s| s["counters"][outcome].as_u64())
+        .unwrap_or_else(|| panic!("no {outcome} for {ifname} in {out}"))
+}
+
+/// Sends `n` test frames from `ns`/`ifname` with explicit addresses,
+/// numbered from `first`, paced.
+fn send(ns: &NetNs, ifname: &str, src: [u8; 6], dst: [u8; 6], first: u32, n: u32) {
+    ns.enter(|| {
+        let sock = PacketSocket::open(ifname);
+        for seq in first..first + n {
+            sock.send(&test_frame(dst, src, TEST_ETHERTYPE, seq, 64));
+            if seq % 32 == 31 {
+                std::thread::sleep(Duration::from_micros(500));
+            }
+        }
+    });
+    // Let learning (and its mirror into the kernel) settle between steps.
+    std::thread::sleep(Duration::from_millis(150));
+}
+
+#[test]
+fn learned_unicast_takes_the_fast_path_without_loss() {
+    if !privileged("learned_unicast_takes_the_fast_path_without_loss") {
+        return;
+    }
+    let h = hosts("fast", 2, true);
+    let (a, b) = (&h.hosts[0], &h.hosts[1]);
+    let sw = RunningSwitch::start(&h.sw, &["--port", "afxdp:sa", "--port", "afxdp:sb"]);
+    assert!(
+        sw.output().contains("egress=2"),
+        "both egresses accept redirects:\n{}",
+        sw.output()
+    );
+    let (mac_a, mac_b) = (mac_of(a, "a0"), mac_of(b, "b0"));
+    // Both speak once: both are learned (and mirrored into the kernel).
+    send(a, "a0", mac_a, [0xff; 6], 1_000_000, 1);
+    send(b, "b0", mac_b, mac_a, 1_000_001, 1);
+
+    let fast_before = steer_counter(&h.sw, "sa", "fast_path");
+    let redirected_before = steer_counter(&h.sw, "sa", "redirected");
+    const N: u32 = 5000;
+    let (rx, ready) = collect_test_frames(b, "b0", N as usize, Duration::from_secs(10));
+    ready.recv().unwrap();
+    send(a, "a0", mac_a, mac_b, 0, N);
+    let mut got = rx.join().unwrap();
+    got.sort_unstable();
+    got.dedup();
+    assert_eq!(got, (0..N).collect::<Vec<_>>(), "every frame arrives once");
+    let fast = steer_counter(&h.sw, "sa", "fast_path") - fast_before;
+    let slow = steer_counter(&h.sw, "sa", "redirected") - redirected_before;
+    assert_eq!(
+        fast, N as u64,
+        "all {N} took the fast path ({slow} went to userspace)"
+    );
+    assert_eq!(slow, 0);
+    // The run reports fast-path frames per port too.
+    let (ok, out) = sw.stop();
+    assert!(ok, "{out}");
+    assert!(out.contains(" 0 unaccounted"), "{out}");
+    assert_eq!(h.sw.xdp_prog_id("sa"), None, "steer detached at exit");
+}
+
+#[test]
+fn peers_without_xdp_or_gro_are_refused_and_traffic_still_flows() {
+    if !privileged("peers_without_xdp_or_gro_are_refused_and_traffic_still_flows") {
+        return;
+    }
+    let h = hosts("nogro", 2, false);
+    let sw = RunningSwitch::start(&h.sw, &["--port", "afxdp:sa", "--port", "afxdp:sb"]);
+    let out = sw.output();
+    assert!(
+        out.contains("fast path toward sa disabled") && out.contains("gro on"),
+        "{out}"
+    );
+    assert!(out.contains("egress=0"), "{out}");
+    let ping = h.hosts[0].exec(&["ping", "-c", "3", "-i", "0.1", "-W", "2", "-q", "10.77.2.2"]);
+    assert!(
+        ping.status.success(),
+        "traffic falls back to the AF_XDP path"
+    );
+    assert_eq!(steer_counter(&h.sw, "sa", "fast_path"), 0);
+}
+
+/// Deliveries of one traffic script: host -> sorted sequence numbers.
+type Deliveries = BTreeMap<String, Vec<u32>>;
+
+/// The same traffic, step by step, with sequence ranges per step; returns
+/// what each host received.
+fn play_script(h: &Hosts) -> Deliveries {
+    let names = ["a", "b", "c"];
+    let macs: Vec<[u8; 6]> = h
+        .hosts
+        .iter()
+        .zip(names)
+        .map(|(ns, n)| mac_of(ns, &format!("{n}0")))
+        .collect();
+    let (a, b, c) = (&h.hosts[0], &h.hosts[1], &h.hosts[2]);
+    let collectors: Vec<_> = h
+        .hosts
+        .iter()
+        .zip(names)
+        .map(|(ns, n)| {
+            let (handle, ready) =
+                collect_test_frames(ns, &format!("{n}0"), 100_000, Duration::from_secs(6));
+            ready.recv().unwrap();
+            handle
+        })
+        .collect();
+    let unknown = [0x02, 0xee, 0, 0, 0, 1];
+    // 1. a and b introduce themselves (broadcast): learned.
+    send(a, "a0", macs[0], [0xff; 6], 0, 1);
+    send(b, "b0", macs[1], [0xff; 6], 10, 1);
+    // 2. learned unicast both ways (fast path when enabled).
+    send(a, "a0", macs[0], macs[1], 100, 200);
+    send(b, "b0", macs[1], macs[0], 300, 200);
+    // 3. broadcast and unknown unicast: flooded by userspace.
+    send(a, "a0", macs[0], [0xff; 6], 500, 20);
+    send(a, "a0", macs[0], unknown, 600, 20);
+    // 4. c, not yet learned, sends to a: slow path learns c.
+    send(c, "c0", macs[2], macs[0], 700, 50);
+    // 5. b's address moves to c's port; a -> b must now reach c.
+    send(c, "c0", macs[1], macs[0], 800, 1);
+    send(a, "a0", macs[0], macs[1], 900, 100);
+    // 6. b comes back on its own port.
+    send(b, "b0", macs[1], macs[0], 1100, 1);
+    send(a, "a0", macs[0], macs[1], 1200, 100);
+    names
+        .iter()
+        .zip(collectors)
+        .map(|(n, handle)| {
+            let mut seqs = handle.join().unwrap();
+            seqs.sort_unstable();
+            (n.to_string(), seqs)
+        })
+        .collect()
+}
+
+#[test]
+fn fast_path_delivers_exactly_what_the_userspace_switch_delivers() {
+    if !privileged("fast_path_delivers_exactly_what_the_userspace_switch_delivers") {
+        return;
+    }
+    let mut results = Vec::new();
+    for fast in [false, true] {
+        let h = hosts(if fast { "cmpf" } else { "cmps" }, 3, true);
+        let mut args = vec![
+            "--port", "afxdp:sa", "--port", "afxdp:sb", "--port", "afxdp:sc",
+        ];
+        if !fast {
+            args.push("--no-fast-path");
+        }
+        let sw = RunningSwitch::start(&h.sw, &args);
+        let deliveries = play_script(&h);
+        let fast_frames: u64 = ["sa", "sb", "sc"]
+            .iter()
+            .map(|i| steer_counter(&h.sw, i, "fast_path"))
+            .sum();
+        let (ok, out) = sw.stop();
+        assert!(ok, "{out}");
+        assert!(out.contains(" 0 unaccounted"), "{out}");
+        if fast {
+            assert!(
+                fast_frames >= 400,
+                "the fast path carried the learned unicast: {fast_frames}"
+            );
+        } else {
+            assert_eq!(
+                fast_frames, 0,
+                "--no-fast-path keeps everything in userspace"
+            );
+        }
+        results.push(deliveries);
+    }
+    let (slow, fast) = (&results[0], &results[1]);
+    // Sanity of the script itself (userspace switch): the move was followed.
+    let has = |d: &Deliveries, host: &str, seq: u32| d[host].binary_search(&seq).is_ok();
+    assert!(
+        has(slow, "b", 100) && has(slow, "a", 300),
+        "learned unicast"
+    );
+    assert!(
+        has(slow, "b", 500) && has(slow, "c", 500),
+        "broadcast floods"
+    );
+    assert!(
+        has(slow, "c", 900) && !has(slow, "b", 900),
+        "after the move, b's frames go to c"
+    );
+    assert!(has(slow, "b", 1200) && !has(slow, "c", 1200), "and back");
+    assert_eq!(
+        slow, fast,
+        "the fast path delivered differently from the userspace switch"
+    );
+}
+
+#[test]
+fn vlans_still_isolate_with_the_fast_path_on() {
+    if !privileged("vlans_still_isolate_with_the_fast_path_on") {
+        return;
+    }
+    let h = hosts("fvlan", 3, true);
+    let sw = RunningSwitch::start(
+        &h.sw,
+        &[
+            "--port",
+            "afxdp:sa,vlan=10",
+            "--port",
+            "afxdp:sb,vlan=10",
+            "--port",
+            "afxdp:sc,vlan=20",
+        ],
+    );
+    let (a, b, c) = (&h.hosts[0], &h.hosts[1], &h.hosts[2]);
+    let (mac_a, mac_b, mac_c) = (mac_of(a, "a0"), mac_of(b, "b0"), mac_of(c, "c0"));
+    send(a, "a0", mac_a, [0xff; 6], 0, 1);
+    send(b, "b0", mac_b, [0xff; 6], 1, 1);
+    send(c, "c0", mac_c, [0xff; 6], 2, 1);
+    let (at_b, rb) = collect_test_frames(b, "b0", 100, Duration::from_secs(3));
+    let (at_c, rc) = collect_test_frames(c, "c0", 100, Duration::from_secs(3));
+    rb.recv().unwrap();
+    rc.recv().unwrap();
+    send(a, "a0", mac_a, mac_b, 10, 100);
+    send(a, "a0", mac_a, mac_c, 200, 100);
+    assert_eq!(at_b.join().unwrap().len(), 100, "same VLAN: delivered");
+    assert!(
+        at_c.join().unwrap().is_empty(),
+        "other VLAN: nothing, fast or slow"
+    );
+    assert!(
+        steer_counter(&h.sw, "sa", "fast_path") >= 100,
+        "same-VLAN unicast went fast"
+    );
+    drop(sw);
+}
