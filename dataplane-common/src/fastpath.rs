@@ -17,13 +17,19 @@ pub struct FdbKey {
     pub vlan: u16,
 }
 
+/// [`FdbValue::flags`]: frames *to* this address may be redirected to its
+/// port (the port takes redirects and sends this VLAN untagged). Entries
+/// without it still serve to check that a source sits where it was learned.
+pub const FDB_REDIRECT: u32 = 1;
+
 /// Value of the `FDB` map.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(C)]
 pub struct FdbValue {
     /// Switch port id (index into the `PORTS` devmap).
     pub port: u32,
-    pub pad: u32,
+    /// [`FDB_REDIRECT`] or 0.
+    pub flags: u32,
     /// bpf_ktime_get_ns (CLOCK_MONOTONIC) when a frame *from* this address
     /// last took the fast path: userspace ageing treats it as "seen".
     pub last_hit_ns: u64,
@@ -44,11 +50,10 @@ pub enum FastPathDecision {
 /// Fast only when all of these hold, which is exactly when the userspace
 /// switch would forward unchanged to one known port:
 /// - the frame is untagged (no tag to classify, push or pop),
-/// - the destination is unicast and known on another port,
+/// - the destination is unicast and known on another port that may be
+///   redirected to ([`FDB_REDIRECT`]: userspace sets it only when that port
+///   takes redirects and sends this VLAN untagged, so no tag is needed),
 /// - the source is known on this very port (nothing to learn or move).
-///
-/// Userspace only installs entries whose port sends `untagged_vlan` frames
-/// untagged, so the egress needs no tag either.
 #[inline(always)]
 pub fn decide(
     my_port: u32,
@@ -72,7 +77,9 @@ pub fn decide(
         vlan: untagged_vlan,
     };
     match lookup(&dst) {
-        Some(v) if v.port != my_port => FastPathDecision::Redirect(v.port),
+        Some(v) if v.port != my_port && v.flags & FDB_REDIRECT != 0 => {
+            FastPathDecision::Redirect(v.port)
+        }
         _ => FastPathDecision::SlowPath,
     }
 }
@@ -111,10 +118,26 @@ mod tests {
                 .find(|(m, v, _)| *m == k.mac && *v == k.vlan)
                 .map(|(_, _, p)| FdbValue {
                     port: *p,
-                    pad: 0,
+                    flags: FDB_REDIRECT,
                     last_hit_ns: 0,
                 })
         }
+    }
+
+    #[test]
+    fn destinations_not_marked_for_redirect_go_slow() {
+        let lookup = |k: &FdbKey| {
+            Some(FdbValue {
+                port: if k.mac == A { 0 } else { 1 },
+                // B's port does not take redirects; A is only a source.
+                flags: 0,
+                last_hit_ns: 0,
+            })
+        };
+        assert_eq!(
+            decide(0, 0, &hdr(A, B, None), lookup),
+            FastPathDecision::SlowPath
+        );
     }
 
     #[test]

@@ -150,7 +150,10 @@ impl FastPath {
         for change in changes {
             match *change {
                 FdbChange::Upsert { vlan, mac, port } => {
-                    let usable = self
+                    // Installed in any case (a known source is what lets the
+                    // frames *from* it go fast); a redirect target only if
+                    // its port takes redirects and sends this VLAN untagged.
+                    let redirect = self
                         .ports
                         .get(port)
                         .and_then(Option::as_ref)
@@ -158,14 +161,10 @@ impl FastPath {
                         && switch.ports()[port].up
                         && switch.ports()[port].vlan.egress(vlan) == Some(EgressTag::Untagged);
                     for p in self.ports.iter_mut().flatten() {
-                        if usable {
-                            if let Err(e) = p.attachment.fdb_insert(vlan, mac, port as u32) {
-                                // A full map only costs speed: userspace still forwards.
-                                tracing::debug!(ifname = p.ifname, "fast-path FDB insert: {e}");
-                            }
-                        } else {
-                            // A move to a port the fast path cannot use.
-                            p.attachment.fdb_remove(vlan, mac);
+                        if let Err(e) = p.attachment.fdb_insert(vlan, mac, port as u32, redirect) {
+                            // A full map only costs speed: userspace still
+                            // forwards what the kernel does not know.
+                            tracing::debug!(ifname = p.ifname, "fast-path FDB insert: {e}");
                         }
                     }
                 }
@@ -232,14 +231,19 @@ impl FastPath {
         if newly_bad.is_empty() {
             return;
         }
-        let removals: Vec<FdbChange> = switch
+        // Re-install their entries: now only as sources, not as targets.
+        let updates: Vec<FdbChange> = switch
             .fdb()
             .entries()
             .into_iter()
             .filter(|(_, _, e)| newly_bad.contains(&e.port))
-            .map(|(vlan, mac, _)| FdbChange::Remove { vlan, mac })
+            .map(|(vlan, mac, e)| FdbChange::Upsert {
+                vlan,
+                mac,
+                port: e.port,
+            })
             .collect();
-        self.apply(&removals, switch);
+        self.apply(&updates, switch);
         (self.last_redirected, self.last_sent) = self.totals();
     }
 

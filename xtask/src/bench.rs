@@ -65,7 +65,9 @@ pub enum Scenario {
 pub enum PathKind {
     /// Linux bridge in the switch namespace (the kernel path).
     LinuxBridge,
-    /// dataplane, learning switch, adaptive polling.
+    /// dataplane, learning switch, in-kernel fast path for learned unicast.
+    DataplaneFastpath,
+    /// dataplane, learning switch, adaptive polling, AF_XDP path only.
     Dataplane,
     /// dataplane, learning switch, busy polling.
     DataplaneBusy,
@@ -77,9 +79,23 @@ pub enum PathKind {
     XdpRedirect,
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_names_are_unique() {
+        let mut names: Vec<_> = PathKind::ALL.iter().map(|p| p.name()).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), PathKind::ALL.len());
+    }
+}
+
 impl PathKind {
-    const ALL: [PathKind; 6] = [
+    const ALL: [PathKind; 7] = [
         PathKind::LinuxBridge,
+        PathKind::DataplaneFastpath,
         PathKind::Dataplane,
         PathKind::DataplaneBusy,
         PathKind::DataplaneXconnect,
@@ -90,6 +106,7 @@ impl PathKind {
     fn name(self) -> &'static str {
         match self {
             PathKind::LinuxBridge => "linux-bridge",
+            PathKind::DataplaneFastpath => "dataplane-fastpath",
             PathKind::Dataplane => "dataplane",
             PathKind::DataplaneBusy => "dataplane-busy",
             PathKind::DataplaneXconnect => "dataplane-xconnect",
@@ -101,8 +118,9 @@ impl PathKind {
     fn describe(self) -> &'static str {
         match self {
             PathKind::LinuxBridge => "Linux bridge br0 (sa, sb), GRO on sa, br_netfilter off",
-            PathKind::Dataplane => "dataplane run, learning switch, adaptive polling, PMD on CPU 1",
-            PathKind::DataplaneBusy => "dataplane run, learning switch, busy polling, PMD on CPU 1",
+            PathKind::DataplaneFastpath => "dataplane run, learning switch, learned unicast redirected in XDP (fast path), PMD on CPU 1",
+            PathKind::Dataplane => "dataplane run --no-fast-path, learning switch, AF_XDP path, adaptive polling, PMD on CPU 1",
+            PathKind::DataplaneBusy => "dataplane run --no-fast-path, learning switch, AF_XDP path, busy polling, PMD on CPU 1",
             PathKind::DataplaneXconnect => {
                 "dataplane run --xconnect (io-fwd), busy polling, PMD on CPU 1"
             }
@@ -375,15 +393,18 @@ fn start_path(path: PathKind, topo: &Topology, dp: &Dataplane) -> Result<Running
                 "off".into(),
             ]);
         }
-        PathKind::Dataplane | PathKind::DataplaneBusy | PathKind::DataplaneXconnect => {
+        PathKind::DataplaneFastpath
+        | PathKind::Dataplane
+        | PathKind::DataplaneBusy
+        | PathKind::DataplaneXconnect => {
             let mut args = vec![
                 "run", "--port", "afxdp:sa", "--port", "afxdp:sb", "--core", "1",
             ];
-            if path != PathKind::Dataplane {
-                args.push("--busy-poll");
-            }
-            if path == PathKind::DataplaneXconnect {
-                args.push("--xconnect");
+            match path {
+                PathKind::DataplaneFastpath => {}
+                PathKind::Dataplane => args.push("--no-fast-path"),
+                PathKind::DataplaneBusy => args.extend(["--no-fast-path", "--busy-poll"]),
+                _ => args.extend(["--xconnect", "--busy-poll"]),
             }
             running.child = Some(dp.spawn(&sw, &args)?);
         }
@@ -426,8 +447,25 @@ fn start_path(path: PathKind, topo: &Topology, dp: &Dataplane) -> Result<Running
             running.child = Some(child);
         }
     }
-    // Let the path settle (attach, bind, learn) before measuring.
+    // Let the path settle (attach, bind) before measuring.
     std::thread::sleep(Duration::from_secs(2));
+    // The sink host speaks once, so learning switches know where b0 is (as
+    // any real host would have; without it every frame is unknown unicast).
+    let _ = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &topo.ns("b"),
+            "ping",
+            "-c",
+            "1",
+            "-W",
+            "1",
+            "10.200.0.1",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
     if let Some(c) = running.child.as_mut() {
         if let Some(status) = c.try_wait()? {
             let mut err = String::new();
@@ -560,8 +598,8 @@ fn render(
         opts.seconds, opts.repeat
     ));
     md.push_str("Generator: `dataplane gen` (XDP live frames) on CPU 0; sink: XDP drop on b0; forwarders on CPU 1 where they have a thread. All veth, copy-mode AF_XDP (veth has no zero-copy).\n\n");
-    md.push_str("| path | size | delivered Mpps | offered Mpps | vs bridge | vs testpmd | CPU0 busy | CPU1 busy | core-s per Mpkt |\n");
-    md.push_str("|---|---|---|---|---|---|---|---|---|\n");
+    md.push_str("| path | size | delivered Mpps | offered Mpps | vs bridge | vs testpmd | vs XDP redirect | CPU0 busy | CPU1 busy | core-s per Mpkt |\n");
+    md.push_str("|---|---|---|---|---|---|---|---|---|---|\n");
     let median_of = |p: PathKind, size: usize| -> Option<f64> {
         results
             .iter()
@@ -596,7 +634,7 @@ fn render(
                     .unwrap_or_else(|| "-".into())
             };
             md.push_str(&format!(
-                "| {} | {size} | {:.3} / {:.3} / {:.3} | {:.2} | {} | {} | {:.0}% | {:.0}% | {:.2} |\n",
+                "| {} | {size} | {:.3} / {:.3} / {:.3} | {:.2} | {} | {} | {} | {:.0}% | {:.0}% | {:.2} |\n",
                 p.name(),
                 d.0 / 1e6,
                 d.1 / 1e6,
@@ -604,6 +642,7 @@ fn render(
                 o.1 / 1e6,
                 ratio(PathKind::LinuxBridge),
                 ratio(PathKind::TestpmdAfXdp),
+                ratio(PathKind::XdpRedirect),
                 c0 * 100.0,
                 c1 * 100.0,
                 core_s_per_mpkt

@@ -16,7 +16,7 @@ use aya::programs::links::FdLink;
 use aya::programs::{ProgramError, ProgramInfo, Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
 use dataplane_common::counters::Outcome;
-use dataplane_common::fastpath::{FdbKey, FdbValue};
+use dataplane_common::fastpath::{FdbKey, FdbValue, FDB_REDIRECT};
 use dataplane_common::map_names;
 use dataplane_common::policy::{AttachMode, MatchKey, Mode, Policy};
 use thiserror::Error;
@@ -402,12 +402,20 @@ impl Attachment {
             })
     }
 
-    /// Installs or moves a learned address for the fast path.
-    pub fn fdb_insert(&mut self, vlan: u16, mac: [u8; 6], port: u32) -> Result<(), Error> {
+    /// Installs or moves a learned address for the fast path; `redirect`:
+    /// frames to it may be redirected to `port` (else it only serves as a
+    /// known source).
+    pub fn fdb_insert(
+        &mut self,
+        vlan: u16,
+        mac: [u8; 6],
+        port: u32,
+        redirect: bool,
+    ) -> Result<(), Error> {
         let key = FdbKey { mac, vlan };
         let value = FdbValue {
             port,
-            pad: 0,
+            flags: if redirect { FDB_REDIRECT } else { 0 },
             last_hit_ns: 0,
         };
         self.fdb
