@@ -289,3 +289,41 @@ fn vlans_still_isolate_with_the_fast_path_on() {
     );
     drop(sw);
 }
+
+#[test]
+fn one_way_fast_when_only_the_receiver_accepts_redirects() {
+    if !privileged("one_way_fast_when_only_the_receiver_accepts_redirects") {
+        return;
+    }
+    // Only b's veth accepts redirected frames; a's does not.
+    let h = hosts("oneway", 2, false);
+    let (a, b) = (&h.hosts[0], &h.hosts[1]);
+    b.exec_ok(&["ethtool", "-K", "b0", "gro", "on"]);
+    let sw = RunningSwitch::start(&h.sw, &["--port", "afxdp:sa", "--port", "afxdp:sb"]);
+    assert!(sw.output().contains("egress=1"), "{}", sw.output());
+    let (mac_a, mac_b) = (mac_of(a, "a0"), mac_of(b, "b0"));
+    send(a, "a0", mac_a, [0xff; 6], 1_000_000, 1);
+    send(b, "b0", mac_b, [0xff; 6], 1_000_001, 1);
+    let (at_b, rb) = collect_test_frames(b, "b0", 300, Duration::from_secs(5));
+    let (at_a, ra) = collect_test_frames(a, "a0", 300, Duration::from_secs(5));
+    rb.recv().unwrap();
+    ra.recv().unwrap();
+    send(a, "a0", mac_a, mac_b, 0, 300);
+    send(b, "b0", mac_b, mac_a, 1000, 300);
+    assert_eq!(at_b.join().unwrap().len(), 300, "a -> b delivered");
+    assert_eq!(
+        at_a.join().unwrap().len(),
+        300,
+        "b -> a delivered (through userspace)"
+    );
+    assert!(
+        steer_counter(&h.sw, "sa", "fast_path") >= 300,
+        "a -> b went fast"
+    );
+    assert_eq!(
+        steer_counter(&h.sw, "sb", "fast_path"),
+        0,
+        "b -> a must not be redirected to sa"
+    );
+    drop(sw);
+}
