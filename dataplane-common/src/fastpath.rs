@@ -30,9 +30,10 @@ pub struct FdbValue {
     pub port: u32,
     /// [`FDB_REDIRECT`] or 0.
     pub flags: u32,
-    /// bpf_ktime_get_ns (CLOCK_MONOTONIC) when a frame *from* this address
-    /// last took the fast path: userspace ageing treats it as "seen".
-    pub last_hit_ns: u64,
+    /// Frames *from* this address the fast path forwarded (racy increments
+    /// from several CPUs: only "did it change" matters). Userspace ageing,
+    /// which never sees those frames, treats a change as "seen".
+    pub hits: u64,
 }
 
 /// What the fast path does with a frame.
@@ -45,7 +46,8 @@ pub enum FastPathDecision {
 }
 
 /// Decides for a frame that arrived on `my_port`, whose untagged frames
-/// belong to `untagged_vlan`.
+/// belong to `untagged_vlan`; `src` is the frame's source entry, looked up
+/// by the caller (who also counts the hit on it).
 ///
 /// Fast only when all of these hold, which is exactly when the userspace
 /// switch would forward unchanged to one known port:
@@ -59,16 +61,13 @@ pub fn decide(
     my_port: u32,
     untagged_vlan: u16,
     header: &L2Header,
+    src: Option<&FdbValue>,
     lookup: impl Fn(&FdbKey) -> Option<FdbValue>,
 ) -> FastPathDecision {
     if header.vlan.is_some() || header.is_multicast() {
         return FastPathDecision::SlowPath;
     }
-    let src = FdbKey {
-        mac: header.src,
-        vlan: untagged_vlan,
-    };
-    match lookup(&src) {
+    match src {
         Some(v) if v.port == my_port => {}
         _ => return FastPathDecision::SlowPath,
     }
@@ -81,6 +80,15 @@ pub fn decide(
             FastPathDecision::Redirect(v.port)
         }
         _ => FastPathDecision::SlowPath,
+    }
+}
+
+/// The key of a frame's source entry.
+#[inline(always)]
+pub fn source_key(untagged_vlan: u16, header: &L2Header) -> FdbKey {
+    FdbKey {
+        mac: header.src,
+        vlan: untagged_vlan,
     }
 }
 
@@ -119,7 +127,7 @@ mod tests {
                 .map(|(_, _, p)| FdbValue {
                     port: *p,
                     flags: FDB_REDIRECT,
-                    last_hit_ns: 0,
+                    hits: 0,
                 })
         }
     }
@@ -131,24 +139,35 @@ mod tests {
                 port: if k.mac == A { 0 } else { 1 },
                 // B's port does not take redirects; A is only a source.
                 flags: 0,
-                last_hit_ns: 0,
+                hits: 0,
             })
         };
         assert_eq!(
-            decide(0, 0, &hdr(A, B, None), lookup),
+            fast(0, 0, &hdr(A, B, None), lookup),
             FastPathDecision::SlowPath
         );
+    }
+
+    /// `decide` with the source looked up in the same table, as steer does.
+    fn fast(
+        port: u32,
+        vlan: u16,
+        h: &L2Header,
+        lookup: impl Fn(&FdbKey) -> Option<FdbValue>,
+    ) -> FastPathDecision {
+        let src = lookup(&source_key(vlan, h));
+        decide(port, vlan, h, src.as_ref(), lookup)
     }
 
     #[test]
     fn known_pair_goes_fast() {
         let t = [(A, 0, 0), (B, 0, 1)];
         assert_eq!(
-            decide(0, 0, &hdr(A, B, None), table(&t)),
+            fast(0, 0, &hdr(A, B, None), table(&t)),
             FastPathDecision::Redirect(1)
         );
         assert_eq!(
-            decide(1, 0, &hdr(B, A, None), table(&t)),
+            fast(1, 0, &hdr(B, A, None), table(&t)),
             FastPathDecision::Redirect(0)
         );
     }
@@ -158,29 +177,29 @@ mod tests {
         let t = [(A, 0, 0), (B, 0, 1)];
         // Unknown source, moved source, unknown destination, same port.
         assert_eq!(
-            decide(2, 0, &hdr(A, B, None), table(&t)),
+            fast(2, 0, &hdr(A, B, None), table(&t)),
             FastPathDecision::SlowPath
         );
         assert_eq!(
-            decide(0, 0, &hdr([2, 0, 0, 0, 0, 0xc], B, None), table(&t)),
+            fast(0, 0, &hdr([2, 0, 0, 0, 0, 0xc], B, None), table(&t)),
             FastPathDecision::SlowPath
         );
         assert_eq!(
-            decide(0, 0, &hdr(A, [2, 0, 0, 0, 0, 0xc], None), table(&t)),
+            fast(0, 0, &hdr(A, [2, 0, 0, 0, 0, 0xc], None), table(&t)),
             FastPathDecision::SlowPath
         );
         let same = [(A, 0, 0), (B, 0, 0)];
         assert_eq!(
-            decide(0, 0, &hdr(A, B, None), table(&same)),
+            fast(0, 0, &hdr(A, B, None), table(&same)),
             FastPathDecision::SlowPath
         );
         // Broadcast, tagged.
         assert_eq!(
-            decide(0, 0, &hdr(A, [0xff; 6], None), table(&t)),
+            fast(0, 0, &hdr(A, [0xff; 6], None), table(&t)),
             FastPathDecision::SlowPath
         );
         assert_eq!(
-            decide(0, 0, &hdr(A, B, Some(0)), table(&t)),
+            fast(0, 0, &hdr(A, B, Some(0)), table(&t)),
             FastPathDecision::SlowPath
         );
     }
@@ -189,12 +208,12 @@ mod tests {
     fn vlans_are_separate() {
         let t = [(A, 10, 0), (B, 20, 1)];
         assert_eq!(
-            decide(0, 10, &hdr(A, B, None), table(&t)),
+            fast(0, 10, &hdr(A, B, None), table(&t)),
             FastPathDecision::SlowPath
         );
         let t = [(A, 10, 0), (B, 10, 1)];
         assert_eq!(
-            decide(0, 10, &hdr(A, B, None), table(&t)),
+            fast(0, 10, &hdr(A, B, None), table(&t)),
             FastPathDecision::Redirect(1)
         );
     }

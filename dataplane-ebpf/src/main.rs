@@ -14,7 +14,6 @@
 #![no_std]
 #![no_main]
 
-use aya_ebpf::helpers::bpf_ktime_get_ns;
 use aya_ebpf::{
     bindings::xdp_action,
     macros::{map, xdp},
@@ -133,23 +132,24 @@ fn steer_frame(ctx: &XdpContext) -> (u32, Outcome) {
 /// Redirects learned unicast to its egress port, or `None` for userspace.
 #[inline(always)]
 fn fast_path(policy: &Policy, header: &L2Header) -> Option<u32> {
+    let vlan = policy.untagged_vlan as u16;
+    // One lookup of the source: checked by `decide`, then its hit counted
+    // through the same pointer (no second hash).
+    let src = FDB.get_ptr_mut(&fastpath::source_key(vlan, header));
+    // SAFETY: the pointer, if any, points at a live map value.
+    let src_ref = src.map(|p| unsafe { &*p });
     // SAFETY: lookups copy the value out; the map outlives the program run.
     let lookup = |k: &FdbKey| unsafe { FDB.get(k).copied() };
     let FastPathDecision::Redirect(port) =
-        fastpath::decide(policy.port_id, policy.untagged_vlan as u16, header, lookup)
+        fastpath::decide(policy.port_id, vlan, header, src_ref, lookup)
     else {
         return None;
     };
     let action = PORTS.redirect(port, 0).ok()?;
-    // The source is alive: tell userspace ageing, which never sees this frame.
-    let src = FdbKey {
-        mac: header.src,
-        vlan: policy.untagged_vlan as u16,
-    };
-    if let Some(entry) = FDB.get_ptr_mut(&src) {
-        // SAFETY: points into the map value; a racing writer can only store
-        // another timestamp, and a torn read by userspace just looks older.
-        unsafe { (*entry).last_hit_ns = bpf_ktime_get_ns() };
+    if let Some(entry) = src {
+        // SAFETY: points into the map value; concurrent increments from
+        // other CPUs may be lost, which only matters if *all* of them are.
+        unsafe { (*entry).hits = (*entry).hits.wrapping_add(1) };
     }
     Some(action)
 }

@@ -11,14 +11,16 @@
 //!   that VLAN untagged; every change of the userspace FDB (learn, move,
 //!   ageing, flush) is applied to every port's map after the burst that
 //!   caused it;
-//! - the kernel stamps the *source* entry of each frame it fast-forwards;
-//!   userspace ageing reads that stamp before it expires an entry;
+//! - the kernel counts a hit on the *source* entry of each frame it
+//!   fast-forwards; userspace ageing treats a changed count as "seen"
+//!   before it would expire an entry;
 //! - a veth drops redirected frames, silently, unless its peer runs XDP or
 //!   has GRO on: each egress is probed with one frame before it is used
 //!   (its `xdp_xmit` counter must grow), and while it is used the frames the
 //!   fast path redirected are compared with what the egress devices sent.
 
-use std::time::{Duration, Instant};
+use std::collections::HashMap;
+use std::time::Instant;
 
 use dataplane_common::counters::Outcome;
 use thiserror::Error;
@@ -49,6 +51,8 @@ struct FastPort {
 /// The fast path of one switch, by switch port id.
 pub struct FastPath {
     ports: Vec<Option<FastPort>>,
+    /// Hit counts of FDB entries when ageing last looked at them.
+    hits_seen: HashMap<(u16, [u8; 6]), u64>,
     /// Frames redirected by all ports, and sent by all egress devices, when
     /// last compared.
     last_redirected: u64,
@@ -124,6 +128,7 @@ impl FastPath {
         );
         let mut fp = FastPath {
             ports,
+            hits_seen: HashMap::new(),
             last_redirected: 0,
             last_sent: 0,
         };
@@ -169,6 +174,7 @@ impl FastPath {
                     }
                 }
                 FdbChange::Remove { vlan, mac } => {
+                    self.hits_seen.remove(&(vlan, mac));
                     for p in self.ports.iter_mut().flatten() {
                         p.attachment.fdb_remove(vlan, mac);
                     }
@@ -177,10 +183,11 @@ impl FastPath {
         }
     }
 
-    /// Before ageing: entries the fast path used recently count as seen.
-    pub fn refresh_ageing(&self, switch: &mut Switch, now: Instant) {
+    /// Before ageing: entries whose hit count moved since the last look
+    /// were used by the fast path, so they count as seen now. Only entries
+    /// past half their ageing time are looked at (a map read each).
+    pub fn refresh_ageing(&mut self, switch: &mut Switch, now: Instant) {
         let max_age = switch.fdb().max_age();
-        let mono_now = monotonic_ns();
         let candidates: Vec<_> = switch
             .fdb()
             .entries()
@@ -188,15 +195,16 @@ impl FastPath {
             .filter(|(_, _, e)| now.saturating_duration_since(e.last_seen) > max_age / 2)
             .collect();
         for (vlan, mac, entry) in candidates {
-            // The source stamp lives in the map of the port the address is on.
+            // The hit is counted in the map of the port the address is on.
             let Some(p) = self.ports.get(entry.port).and_then(Option::as_ref) else {
                 continue;
             };
-            if let Some(hit) = p.attachment.fdb_last_hit(vlan, mac) {
-                let ago = Duration::from_nanos(mono_now.saturating_sub(hit));
-                if let Some(seen) = now.checked_sub(ago) {
-                    switch.fdb_mut().touch(vlan, mac, seen);
-                }
+            let Some(hits) = p.attachment.fdb_hits(vlan, mac) else {
+                continue;
+            };
+            let before = self.hits_seen.insert((vlan, mac), hits);
+            if hits != 0 && before != Some(hits) {
+                switch.fdb_mut().touch(vlan, mac, now);
             }
         }
     }
@@ -299,14 +307,4 @@ fn probe_egress(ifname: &str) -> Result<(), String> {
         ));
     }
     Ok(())
-}
-
-/// CLOCK_MONOTONIC in nanoseconds (what bpf_ktime_get_ns returns).
-fn monotonic_ns() -> u64 {
-    // SAFETY: clock_gettime writes into a timespec we own.
-    unsafe {
-        let mut ts: libc::timespec = std::mem::zeroed();
-        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
-        ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-    }
 }

@@ -416,7 +416,7 @@ impl Attachment {
         let value = FdbValue {
             port,
             flags: if redirect { FDB_REDIRECT } else { 0 },
-            last_hit_ns: 0,
+            hits: 0,
         };
         self.fdb
             .insert(key, value, 0)
@@ -428,14 +428,9 @@ impl Attachment {
         let _ = self.fdb.remove(&FdbKey { mac, vlan });
     }
 
-    /// When the fast path last forwarded a frame from this address
-    /// (CLOCK_MONOTONIC nanoseconds), if it ever did.
-    pub fn fdb_last_hit(&self, vlan: u16, mac: [u8; 6]) -> Option<u64> {
-        self.fdb
-            .get(&FdbKey { mac, vlan }, 0)
-            .ok()
-            .map(|v| v.last_hit_ns)
-            .filter(|t| *t != 0)
+    /// Frames from this address the fast path forwarded (change = alive).
+    pub fn fdb_hits(&self, vlan: u16, mac: [u8; 6]) -> Option<u64> {
+        self.fdb.get(&FdbKey { mac, vlan }, 0).ok().map(|v| v.hits)
     }
 
     /// Entries in the fast-path FDB.
