@@ -327,3 +327,84 @@ fn one_way_fast_when_only_the_receiver_accepts_redirects() {
     );
     drop(sw);
 }
+
+/// Entries in a port's fast-path FDB map, as bpftool sees it.
+fn kernel_fdb_entries(sw: &NetNs, ifname: &str) -> usize {
+    let map = sw.pin_dir(ifname).join("FDB");
+    let out = std::process::Command::new("bpftool")
+        .args(["-j", "map", "dump", "pinned"])
+        .arg(&map)
+        .output()
+        .expect("bpftool");
+    assert!(
+        out.status.success(),
+        "bpftool map dump {}: {}",
+        map.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
+    v.as_array().map_or(0, |a| a.len())
+}
+
+#[test]
+fn fast_path_hits_keep_entries_alive_and_idle_ones_age_out_everywhere() {
+    if !privileged("fast_path_hits_keep_entries_alive_and_idle_ones_age_out_everywhere") {
+        return;
+    }
+    let h = hosts("age", 3, true);
+    let (a, b, c) = (&h.hosts[0], &h.hosts[1], &h.hosts[2]);
+    let config = std::env::temp_dir().join(format!("dpt-age-{}.toml", std::process::id()));
+    std::fs::write(
+        &config,
+        "[fdb]\nmax_age = 2\n\n[[port]]\nkind = \"afxdp\"\niface = \"sa\"\n\n\
+         [[port]]\nkind = \"afxdp\"\niface = \"sb\"\n\n[[port]]\nkind = \"afxdp\"\niface = \"sc\"\n",
+    )
+    .unwrap();
+    let sw = RunningSwitch::start(&h.sw, &["--config", config.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&config);
+    let (mac_a, mac_b, mac_c) = (mac_of(a, "a0"), mac_of(b, "b0"), mac_of(c, "c0"));
+    send(a, "a0", mac_a, [0xff; 6], 0, 1);
+    send(b, "b0", mac_b, [0xff; 6], 1, 1);
+    send(c, "c0", mac_c, [0xff; 6], 2, 1);
+    assert_eq!(
+        kernel_fdb_entries(&h.sw, "sa"),
+        3,
+        "all three learned and mirrored"
+    );
+
+    // a and b talk for 5 s (2.5x the ageing time), all of it in the kernel;
+    // c stays silent.
+    let fast_before = steer_counter(&h.sw, "sa", "fast_path");
+    let end = std::time::Instant::now() + Duration::from_secs(5);
+    let mut seq = 10;
+    while std::time::Instant::now() < end {
+        send(a, "a0", mac_a, mac_b, seq, 20);
+        send(b, "b0", mac_b, mac_a, seq + 20, 20);
+        seq += 40;
+    }
+    let fast = steer_counter(&h.sw, "sa", "fast_path") - fast_before;
+    assert!(fast > 0, "a -> b took the fast path");
+    let slow_after = steer_counter(&h.sw, "sa", "redirected");
+    // Still fast at the end: a's and b's entries never expired, because
+    // their hit counts moved; c's did, in userspace and in every map.
+    send(a, "a0", mac_a, mac_b, 1_000_000, 20);
+    assert_eq!(
+        steer_counter(&h.sw, "sa", "redirected"),
+        slow_after,
+        "a -> b still in the kernel after 2.5 ageing times"
+    );
+    for port in ["sa", "sb", "sc"] {
+        assert_eq!(
+            kernel_fdb_entries(&h.sw, port),
+            2,
+            "c aged out of {port}'s map too"
+        );
+    }
+    sw.signal(libc::SIGUSR1);
+    let shown = harness::wait_for(Duration::from_secs(3), || {
+        sw.output().contains("FDB (").then_some(())
+    });
+    assert!(shown.is_some());
+    assert!(sw.output().contains("FDB (2 entries)"), "{}", sw.output());
+    drop(sw);
+}
