@@ -46,7 +46,7 @@ pub enum Error {
     Read { path: String, detail: String },
     #[error("config {path}: {detail}")]
     Syntax { path: String, detail: String },
-    #[error("port {spec:?}: unknown port kind {kind:?}; known kinds: afxdp")]
+    #[error("port {spec:?}: unknown port kind {kind:?}; known kinds: afxdp, tap")]
     UnknownKind { spec: String, kind: String },
     #[error("port {spec:?}: expected KIND:IFACE[,key=value...] (e.g. afxdp:veth0,vlan=10)")]
     BadPortSpec { spec: String },
@@ -96,6 +96,8 @@ pub enum ForwardingMode {
 pub enum PortKind {
     /// AF_XDP sockets on a netdev running steer.
     Afxdp,
+    /// A TAP device (a VM's virtio NIC sits behind it).
+    Tap,
 }
 
 /// One port as configured.
@@ -113,6 +115,7 @@ impl PortConfig {
     pub fn name(&self) -> String {
         match self.kind {
             PortKind::Afxdp => format!("afxdp:{}", self.iface),
+            PortKind::Tap => format!("tap:{}", self.iface),
         }
     }
 }
@@ -219,7 +222,10 @@ impl RunConfig {
         })?;
         let mut ports = Vec::new();
         for p in file.ports {
-            let name = format!("afxdp:{}", p.iface);
+            let name = match p.kind {
+                PortKind::Afxdp => format!("afxdp:{}", p.iface),
+                PortKind::Tap => format!("tap:{}", p.iface),
+            };
             let vlan = vlan_mode(&name, p.vlan, p.trunk, p.native_vlan)?;
             let bind = match p.bind.as_deref() {
                 None => BindMode::Auto,
@@ -230,10 +236,16 @@ impl RunConfig {
                     why,
                 })?,
             };
+            let queues = match (p.kind, p.queues) {
+                // A TAP's queues are a count, not queue ids.
+                (PortKind::Tap, Some(q)) => (0..q.first().copied().unwrap_or(1).max(1)).collect(),
+                (_, Some(q)) => q,
+                (_, None) => vec![0],
+            };
             ports.push(PortConfig {
                 kind: p.kind,
                 iface: p.iface,
-                queues: p.queues.unwrap_or_else(|| vec![0]),
+                queues,
                 vlan,
                 bind,
             });
@@ -396,6 +408,7 @@ pub fn parse_port_spec(spec: &str) -> Result<PortConfig, Error> {
     })?;
     let kind = match kind {
         "afxdp" => PortKind::Afxdp,
+        "tap" => PortKind::Tap,
         other => {
             return Err(Error::UnknownKind {
                 spec: spec.to_string(),
@@ -432,6 +445,15 @@ pub fn parse_port_spec(spec: &str) -> Result<PortConfig, Error> {
             spec: spec.to_string(),
         })?;
         match key {
+            // AF_XDP: the rx queue ids; TAP: how many queues.
+            "queues" if kind == PortKind::Tap => {
+                let n = value
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|n| (1..=16).contains(n))
+                    .ok_or_else(|| bad(key, value, "a TAP takes a queue count, 1-16"))?;
+                queues = (0..n).collect();
+            }
             "queues" => queues = list(key, value)?,
             "vlan" => {
                 vlan = Some(
@@ -457,7 +479,10 @@ pub fn parse_port_spec(spec: &str) -> Result<PortConfig, Error> {
             }
         }
     }
-    let name = format!("afxdp:{iface}");
+    let name = match kind {
+        PortKind::Afxdp => format!("afxdp:{iface}"),
+        PortKind::Tap => format!("tap:{iface}"),
+    };
     Ok(PortConfig {
         kind,
         vlan: vlan_mode(&name, vlan, trunk, native)?,
@@ -510,7 +535,10 @@ mod tests {
     fn bad_flags_name_the_problem() {
         let err = |s: &str| parse_port_spec(s).unwrap_err();
         assert!(matches!(err("tap0"), Error::BadPortSpec { .. }));
-        assert!(matches!(err("tap:tap0"), Error::UnknownKind { kind, .. } if kind == "tap"));
+        assert!(matches!(err("vhost:x"), Error::UnknownKind { kind, .. } if kind == "vhost"));
+        assert!(
+            matches!(err("tap:vm0,queues=0+1"), Error::BadValue { key, .. } if key == "queues")
+        );
         assert!(
             matches!(err("afxdp:v0,color=red"), Error::UnknownOption { key, .. } if key == "color")
         );
@@ -548,6 +576,21 @@ mod tests {
             None,
         );
         assert_eq!(odd, Err(Error::OddCrossConnect(1)));
+    }
+
+    #[test]
+    fn tap_ports() {
+        let p = parse_port_spec("tap:vm0,queues=2,vlan=10").unwrap();
+        assert_eq!(
+            (p.kind, p.queues.len(), p.name()),
+            (PortKind::Tap, 2, "tap:vm0".to_string())
+        );
+        let c = RunConfig::from_toml(
+            "[[port]]\nkind = \"tap\"\niface = \"vm0\"\nqueues = [4]\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(c.ports[0].queues.len(), 4);
     }
 
     #[test]

@@ -81,11 +81,13 @@ enum Command {
         #[arg(long, conflicts_with = "watch")]
         json: bool,
     },
-    /// Run the switch: AF_XDP ports, one poll-mode thread, until Ctrl-C.
+    /// Run the switch: AF_XDP and TAP ports, one poll-mode thread, until Ctrl-C.
     ///
-    /// Attaches steer (everything to the switch) to each port's interface
-    /// unless it is already attached, opens an AF_XDP socket per queue on a
-    /// shared UMEM, and forwards between the ports. Ctrl-C or SIGTERM stops
+    /// Attaches steer (everything to the switch) to each AF_XDP port's
+    /// interface unless it is already attached, opens an AF_XDP socket per
+    /// queue on a shared UMEM, opens TAP devices, and forwards between the
+    /// ports; learned unicast between AF_XDP ports is forwarded in the kernel
+    /// (fast path) unless --no-fast-path. Ctrl-C or SIGTERM stops
     /// it, unregisters the sockets and detaches what it attached. SIGUSR1
     /// prints port statistics and the FDB.
     #[command(after_help = "Examples:\n  \
@@ -93,7 +95,9 @@ enum Command {
         dataplane -n dp-sw run --port afxdp:sa,vlan=10 --port afxdp:sb,trunk=10+20 --stats-interval 1\n  \
         dataplane -n dp-sw run --xconnect --busy-poll --core 1 --port afxdp:sa --port afxdp:sb\n  \
         dataplane -n dp-sw run --config switch.toml\n\n\
-        Port spec: afxdp:IFACE[,queues=0+1][,vlan=N | ,trunk=N+M[,native=N]][,bind=auto|copy|zerocopy]")]
+        Port specs:\n  \
+        afxdp:IFACE[,queues=0+1][,vlan=N | ,trunk=N+M[,native=N]][,bind=auto|copy|zerocopy]\n  \
+        tap:NAME[,queues=N][,vlan=N | ,trunk=N+M[,native=N]]   (creates or opens a TAP device)")]
     Run(RunArgs),
     /// Send UDP frames out of an interface as fast as the kernel can (or at --rate).
     ///

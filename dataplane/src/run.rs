@@ -11,6 +11,7 @@ use crate::config::{ForwardingMode, PortKind, RunConfig};
 use crate::engine::{Engine, EngineConfig, EngineShared, FrameAccounting};
 use crate::fastpath::{FastPath, FastPortConfig};
 use crate::port::afxdp::{AfxdpConfig, AfxdpPort};
+use crate::port::tap::TapPort;
 use crate::port::{DropReason, Port, PortCounters, PortSnapshot};
 use crate::steer::pins::PinRoot;
 use crate::steer::ModeRequest;
@@ -33,6 +34,8 @@ pub enum Error {
     Afxdp(#[from] port::afxdp::Error),
     #[error(transparent)]
     FastPath(#[from] crate::fastpath::Error),
+    #[error(transparent)]
+    Tap(#[from] port::tap::Error),
     #[error("starting the PMD thread: {0}")]
     Thread(std::io::Error),
     #[error("the PMD thread panicked; ports were released as it unwound")]
@@ -98,6 +101,11 @@ pub fn run(
                     pins,
                     Arc::new(PortCounters::default()),
                 )?;
+                ports.push(Box::new(port));
+            }
+            PortKind::Tap => {
+                let port =
+                    TapPort::open(&p.iface, p.queues.len(), Arc::new(PortCounters::default()))?;
                 ports.push(Box::new(port));
             }
         }

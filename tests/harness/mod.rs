@@ -525,6 +525,10 @@ pub fn collect_test_frames(
         let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
         assert_eq!(rc, 0);
         let sock = PacketSocket::open(&ifname);
+        // Room for every expected frame: under CPU contention this thread
+        // may read late, and a default-sized buffer would drop (a loss in
+        // the test, not in the switch).
+        sock.set_receive_buffer(32 << 20);
         let _ = ready_tx.send(());
         sock.receive(expect, timeout, |f| {
             test_frame_seq(f, TEST_ETHERTYPE).is_some()

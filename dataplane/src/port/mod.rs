@@ -7,6 +7,7 @@
 //! UMEM frames at their edge.
 
 pub mod afxdp;
+pub mod tap;
 
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
