@@ -64,8 +64,10 @@ fn tap_hint(e: &std::io::Error) -> &'static str {
 
 /// An open TAP port (one fd per queue).
 pub struct TapPort {
+    /// The TAP device.
+    ifname: String,
+    /// The port, as statistics name it (`tap:IFNAME`).
     name: String,
-    port_name: String,
     queues: Vec<OwnedFd>,
     next_rx: usize,
     counters: Arc<PortCounters>,
@@ -85,8 +87,8 @@ impl TapPort {
             fds.push(open_queue(name, queues > 1)?);
         }
         let port = TapPort {
-            name: name.to_string(),
-            port_name: format!("tap:{name}"),
+            ifname: name.to_string(),
+            name: format!("tap:{name}"),
             queues: fds,
             next_rx: 0,
             counters,
@@ -106,7 +108,7 @@ impl TapPort {
 
     /// The TAP device's name.
     pub fn ifname(&self) -> &str {
-        &self.name
+        &self.ifname
     }
 }
 
@@ -190,7 +192,7 @@ fn configure_netdev(name: &str, tx_queue_len: libc::c_int) {
 
 impl Port for TapPort {
     fn name(&self) -> &str {
-        &self.port_name
+        &self.name
     }
 
     fn rx_burst(&mut self, frames: &mut Frames<'_>, out: &mut Vec<XdpDesc>, max: usize) -> usize {
