@@ -99,7 +99,7 @@ impl TapPort {
         // while an adaptive PMD wakes up (the guest cannot tell).
         configure_netdev(name, TX_QUEUE_LEN);
         tracing::info!(
-            port = port.port_name,
+            port = port.name,
             queues = port.queues.len(),
             "TAP port open"
         );
