@@ -403,3 +403,95 @@ fn redirect_policy_delivers_to_a_registered_af_xdp_socket() {
     assert_eq!(count(&c, "no_socket"), 0, "{c}");
     assert!(count(&c, "passed") >= 2, "{c}");
 }
+
+#[test]
+fn skb_mode_attach_works_and_is_reported() {
+    if !privileged("skb_mode_attach_works_and_is_reported") {
+        return;
+    }
+    let (_topo, a, sw) = two_hosts("skb");
+    let out = sw.dataplane_ok(&[
+        "attach", "--iface", "s0", "--mode", "skb", "--policy", "pass",
+    ]);
+    assert!(out.contains("skb mode"), "{out}");
+    let status: Value = serde_json::from_str(&sw.dataplane_ok(&["status", "--json"])).unwrap();
+    assert_eq!(status[0]["mode"], "skb");
+    let kernel = sw.ip(&["-d", "link", "show", "s0"]);
+    assert!(
+        kernel.contains("xdpgeneric") || kernel.contains("prog/xdp"),
+        "{kernel}"
+    );
+    assert!(ping(&a, "10.77.0.2", 3), "generic XDP passes traffic too");
+    assert!(count(&counters(&sw, "s0"), "passed") >= 3);
+    sw.dataplane_ok(&["detach", "--iface", "s0"]);
+    assert_eq!(sw.xdp_prog_id("s0"), None);
+}
+
+#[test]
+fn missing_capabilities_are_named_before_anything_changes() {
+    if !privileged("missing_capabilities_are_named_before_anything_changes") {
+        return;
+    }
+    let (_topo, _a, sw) = two_hosts("caps");
+    // Root, but with every capability dropped (as an unprivileged user is).
+    let out = std::process::Command::new("setpriv")
+        .args(["--inh-caps=-all", "--bounding-set=-all", "--"])
+        .arg(harness::dataplane_bin())
+        .args(["--netns", sw.name(), "attach", "--iface", "s0"])
+        .output()
+        .expect("setpriv");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    // Entering the namespace already needs CAP_SYS_ADMIN; either way the
+    // message names the missing capability and says to run as root.
+    assert!(err.contains("CAP_") && err.contains("root"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(sw.xdp_prog_id("s0"), None, "nothing attached");
+}
+
+#[test]
+fn ebpf_log_records_reach_dataplane_logs() {
+    if !privileged("ebpf_log_records_reach_dataplane_logs") {
+        return;
+    }
+    let (_topo, a, sw) = two_hosts("logs");
+    // The program logs malformed frames at debug level when attached with it on.
+    let attach = std::process::Command::new(harness::dataplane_bin())
+        .args([
+            "--netns",
+            sw.name(),
+            "attach",
+            "--iface",
+            "s0",
+            "--policy",
+            "pass",
+        ])
+        .env("RUST_LOG", "debug")
+        .output()
+        .unwrap();
+    assert!(attach.status.success());
+    let mut logs = std::process::Command::new(harness::dataplane_bin())
+        .args(["--netns", sw.name(), "logs", "--iface", "s0"])
+        .env("RUST_LOG", "debug")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let dst = mac_of(&sw, "s0");
+    let src = mac_of(&a, "a0");
+    a.enter(|| {
+        let sock = PacketSocket::open("a0");
+        let f = test_frame(dst, src, 0x8100, 0, 18);
+        sock.send(&f[..16]);
+    });
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(logs.id() as i32, libc::SIGINT) };
+    let out = logs.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("malformed frame of 16 bytes"),
+        "eBPF record not shown:\n{err}"
+    );
+}

@@ -20,7 +20,7 @@ pub enum Error {
         path: String,
         source: std::io::Error,
     },
-    #[error("entering network namespace {name:?}: {source}")]
+    #[error("entering network namespace {name:?}: {source}{hint}", hint = if source.raw_os_error() == Some(libc::EPERM) { " (needs CAP_SYS_ADMIN: run dataplane as root)" } else { "" })]
     Enter {
         name: String,
         source: std::io::Error,
