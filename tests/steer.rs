@@ -470,7 +470,7 @@ fn ebpf_log_records_reach_dataplane_logs() {
         .output()
         .unwrap();
     assert!(attach.status.success());
-    let mut logs = std::process::Command::new(harness::dataplane_bin())
+    let logs = std::process::Command::new(harness::dataplane_bin())
         .args(["--netns", sw.name(), "logs", "--iface", "s0"])
         .env("RUST_LOG", "debug")
         .stderr(std::process::Stdio::piped())
