@@ -138,12 +138,13 @@ fn peers_without_xdp_or_gro_are_refused_and_traffic_still_flows() {
     assert_eq!(steer_counter(&h.sw, "sa", "fast_path"), 0);
 }
 
-/// Deliveries of one traffic script: host -> sorted sequence numbers.
-type Deliveries = BTreeMap<String, Vec<u32>>;
+/// Deliveries of one traffic script: host -> sorted (sequence, VLAN tag).
+type Deliveries = BTreeMap<String, Vec<(u32, Option<u16>)>>;
 
 /// The same traffic, step by step, with sequence ranges per step; returns
-/// what each host received.
-fn play_script(h: &Hosts) -> Deliveries {
+/// what each host received. `b_tag`: host b sends its frames tagged with
+/// this VLAN (b sits on a trunk), else untagged.
+fn play_script(h: &Hosts, b_tag: Option<u16>) -> Deliveries {
     let names = ["a", "b", "c"];
     let macs: Vec<[u8; 6]> = h
         .hosts
@@ -152,24 +153,35 @@ fn play_script(h: &Hosts) -> Deliveries {
         .map(|(ns, n)| mac_of(ns, &format!("{n}0")))
         .collect();
     let (a, b, c) = (&h.hosts[0], &h.hosts[1], &h.hosts[2]);
+    let keep: fn(&[u8]) -> bool = |f| vlan_and_seq(f).is_some();
     let collectors: Vec<_> = h
         .hosts
         .iter()
         .zip(names)
         .map(|(ns, n)| {
-            let (handle, ready) =
-                collect_test_frames(ns, &format!("{n}0"), 100_000, Duration::from_secs(6));
+            let (handle, ready) = harness::collect_frames(
+                ns,
+                &format!("{n}0"),
+                100_000,
+                Duration::from_secs(6),
+                keep,
+            );
             ready.recv().unwrap();
             handle
         })
         .collect();
+    // b's frames carry b_tag (a trunk host); everyone else's are untagged.
+    let send_b = |src: [u8; 6], dst: [u8; 6], first: u32, n: u32| match b_tag {
+        None => send(b, "b0", src, dst, first, n),
+        Some(vid) => send_tagged(b, "b0", src, dst, vid, first, n),
+    };
     let unknown = [0x02, 0xee, 0, 0, 0, 1];
     // 1. a and b introduce themselves (broadcast): learned.
     send(a, "a0", macs[0], [0xff; 6], 0, 1);
-    send(b, "b0", macs[1], [0xff; 6], 10, 1);
+    send_b(macs[1], [0xff; 6], 10, 1);
     // 2. learned unicast both ways (fast path when enabled).
     send(a, "a0", macs[0], macs[1], 100, 200);
-    send(b, "b0", macs[1], macs[0], 300, 200);
+    send_b(macs[1], macs[0], 300, 200);
     // 3. broadcast and unknown unicast: flooded by userspace.
     send(a, "a0", macs[0], [0xff; 6], 500, 20);
     send(a, "a0", macs[0], unknown, 600, 20);
@@ -179,35 +191,54 @@ fn play_script(h: &Hosts) -> Deliveries {
     send(c, "c0", macs[1], macs[0], 800, 1);
     send(a, "a0", macs[0], macs[1], 900, 100);
     // 6. b comes back on its own port.
-    send(b, "b0", macs[1], macs[0], 1100, 1);
+    send_b(macs[1], macs[0], 1100, 1);
     send(a, "a0", macs[0], macs[1], 1200, 100);
     names
         .iter()
         .zip(collectors)
         .map(|(n, handle)| {
-            let mut seqs = handle.join().unwrap();
-            seqs.sort_unstable();
-            (n.to_string(), seqs)
+            let mut seen: Vec<(u32, Option<u16>)> = handle
+                .join()
+                .unwrap()
+                .iter()
+                .filter_map(|f| vlan_and_seq(f))
+                .map(|(vlan, seq)| (seq, vlan))
+                .collect();
+            seen.sort_unstable();
+            (n.to_string(), seen)
         })
         .collect()
 }
 
-#[test]
-fn fast_path_delivers_exactly_what_the_userspace_switch_delivers() {
-    if !privileged("fast_path_delivers_exactly_what_the_userspace_switch_delivers") {
-        return;
-    }
+/// Like [`send`], with an 802.1Q tag.
+fn send_tagged(ns: &NetNs, ifname: &str, src: [u8; 6], dst: [u8; 6], vid: u16, first: u32, n: u32) {
+    ns.enter(|| {
+        let sock = PacketSocket::open(ifname);
+        for seq in first..first + n {
+            sock.send(&harness::tagged(
+                &test_frame(dst, src, TEST_ETHERTYPE, seq, 64),
+                vid,
+            ));
+            if seq % 32 == 31 {
+                std::thread::sleep(Duration::from_micros(500));
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(150));
+}
+
+/// Plays the script with and without the fast path on ports `ports` and
+/// requires the same deliveries; returns them.
+fn compare_paths(tag: &str, ports: &[&str], b_tag: Option<u16>) -> Deliveries {
     let mut results = Vec::new();
     for fast in [false, true] {
-        let h = hosts(if fast { "cmpf" } else { "cmps" }, 3, true);
-        let mut args = vec![
-            "--port", "afxdp:sa", "--port", "afxdp:sb", "--port", "afxdp:sc",
-        ];
+        let h = hosts(&format!("{tag}{}", if fast { "f" } else { "s" }), 3, true);
+        let mut args: Vec<&str> = ports.iter().flat_map(|p| ["--port", p]).collect();
         if !fast {
             args.push("--no-fast-path");
         }
         let sw = RunningSwitch::start(&h.sw, &args);
-        let deliveries = play_script(&h);
+        let deliveries = play_script(&h, b_tag);
         let fast_frames: u64 = ["sa", "sb", "sc"]
             .iter()
             .map(|i| steer_counter(&h.sw, i, "fast_path"))
@@ -229,24 +260,68 @@ fn fast_path_delivers_exactly_what_the_userspace_switch_delivers() {
         results.push(deliveries);
     }
     let (slow, fast) = (&results[0], &results[1]);
-    // Sanity of the script itself (userspace switch): the move was followed.
-    let has = |d: &Deliveries, host: &str, seq: u32| d[host].binary_search(&seq).is_ok();
-    assert!(
-        has(slow, "b", 100) && has(slow, "a", 300),
-        "learned unicast"
-    );
-    assert!(
-        has(slow, "b", 500) && has(slow, "c", 500),
-        "broadcast floods"
-    );
-    assert!(
-        has(slow, "c", 900) && !has(slow, "b", 900),
-        "after the move, b's frames go to c"
-    );
-    assert!(has(slow, "b", 1200) && !has(slow, "c", 1200), "and back");
     assert_eq!(
         slow, fast,
         "the fast path delivered differently from the userspace switch"
+    );
+    results.pop().unwrap()
+}
+
+fn has(d: &Deliveries, host: &str, seq: u32, vlan: Option<u16>) -> bool {
+    d[host].binary_search(&(seq, vlan)).is_ok()
+}
+
+#[test]
+fn fast_path_delivers_exactly_what_the_userspace_switch_delivers() {
+    if !privileged("fast_path_delivers_exactly_what_the_userspace_switch_delivers") {
+        return;
+    }
+    let d = compare_paths("cmp", &["afxdp:sa", "afxdp:sb", "afxdp:sc"], None);
+    // Sanity of the script itself: what the userspace switch does.
+    assert!(
+        has(&d, "b", 100, None) && has(&d, "a", 300, None),
+        "learned unicast"
+    );
+    assert!(
+        has(&d, "b", 500, None) && has(&d, "c", 500, None),
+        "broadcast floods"
+    );
+    assert!(
+        has(&d, "c", 900, None) && !has(&d, "b", 900, None),
+        "after the move, b's frames go to c"
+    );
+    assert!(
+        has(&d, "b", 1200, None) && !has(&d, "c", 1200, None),
+        "and back"
+    );
+}
+
+#[test]
+fn fast_path_delivers_what_the_userspace_switch_delivers_across_vlan_modes() {
+    if !privileged("fast_path_delivers_what_the_userspace_switch_delivers_across_vlan_modes") {
+        return;
+    }
+    // a, c: access ports of VLAN 10; b: a trunk sending VLAN 10 tagged.
+    let d = compare_paths(
+        "cmv",
+        &[
+            "afxdp:sa,vlan=10",
+            "afxdp:sb,trunk=10+20",
+            "afxdp:sc,vlan=10",
+        ],
+        Some(10),
+    );
+    assert!(
+        has(&d, "b", 100, Some(10)),
+        "a -> b leaves the trunk tagged"
+    );
+    assert!(
+        has(&d, "a", 300, None),
+        "b -> a leaves the access port untagged"
+    );
+    assert!(
+        has(&d, "c", 900, None) && !has(&d, "b", 900, Some(10)),
+        "the move is followed"
     );
 }
 
@@ -407,4 +482,137 @@ fn fast_path_hits_keep_entries_alive_and_idle_ones_age_out_everywhere() {
     assert!(shown.is_some());
     assert!(sw.output().contains("FDB (2 entries)"), "{}", sw.output());
     drop(sw);
+}
+
+/// (VLAN, sequence number) of a test frame, tagged or not.
+fn vlan_and_seq(frame: &[u8]) -> Option<(Option<u16>, u32)> {
+    let h = dataplane_common::wire::parse_l2(frame).ok()?;
+    if h.ethertype != TEST_ETHERTYPE || frame.len() < h.header_len + 4 {
+        return None;
+    }
+    let seq = u32::from_be_bytes(frame[h.header_len..h.header_len + 4].try_into().unwrap());
+    Some((h.vlan, seq))
+}
+
+#[test]
+fn vlan_tags_are_pushed_and_popped_in_the_fast_path() {
+    if !privileged("vlan_tags_are_pushed_and_popped_in_the_fast_path") {
+        return;
+    }
+    // a: access port of VLAN 10; b: trunk of VLANs 10 and 20.
+    let h = hosts("fvtag", 2, true);
+    let (a, b) = (&h.hosts[0], &h.hosts[1]);
+    let sw = RunningSwitch::start(
+        &h.sw,
+        &[
+            "--port",
+            "afxdp:sa,vlan=10",
+            "--port",
+            "afxdp:sb,trunk=10+20",
+        ],
+    );
+    let (mac_a, mac_b) = (mac_of(a, "a0"), mac_of(b, "b0"));
+    let send_raw = |ns: &NetNs, ifname: &str, frames: Vec<Vec<u8>>| {
+        ns.enter(|| {
+            let sock = PacketSocket::open(ifname);
+            for (i, f) in frames.iter().enumerate() {
+                sock.send(f);
+                if i % 32 == 31 {
+                    std::thread::sleep(Duration::from_micros(500));
+                }
+            }
+        });
+        std::thread::sleep(Duration::from_millis(150));
+    };
+    // Both introduce themselves in VLAN 10 (b tagged, a untagged).
+    send_raw(
+        a,
+        "a0",
+        vec![test_frame([0xff; 6], mac_a, TEST_ETHERTYPE, 0, 64)],
+    );
+    send_raw(
+        b,
+        "b0",
+        vec![harness::tagged(
+            &test_frame([0xff; 6], mac_b, TEST_ETHERTYPE, 1, 64),
+            10,
+        )],
+    );
+
+    let keep: fn(&[u8]) -> bool = |f| vlan_and_seq(f).is_some_and(|(_, seq)| seq >= 100);
+    let fast_a = steer_counter(&h.sw, "sa", "fast_path");
+    let fast_b = steer_counter(&h.sw, "sb", "fast_path");
+
+    // a -> b: untagged in, must leave on the trunk tagged with VLAN 10.
+    let (at_b, rb) = harness::collect_frames(b, "b0", 100, Duration::from_secs(5), keep);
+    rb.recv().unwrap();
+    send_raw(
+        a,
+        "a0",
+        (100..200)
+            .map(|s| test_frame(mac_b, mac_a, TEST_ETHERTYPE, s, 64))
+            .collect(),
+    );
+    let got: Vec<_> = at_b
+        .join()
+        .unwrap()
+        .iter()
+        .filter_map(|f| vlan_and_seq(f))
+        .collect();
+    assert_eq!(got.len(), 100, "a -> b delivered");
+    assert!(
+        got.iter().all(|(vlan, _)| *vlan == Some(10)),
+        "tag pushed: {:?}",
+        &got[..3]
+    );
+    assert_eq!(
+        steer_counter(&h.sw, "sa", "fast_path") - fast_a,
+        100,
+        "a -> b in the kernel"
+    );
+
+    // b -> a: tagged VLAN 10 in, must reach the access port untagged.
+    let (at_a, ra) = harness::collect_frames(a, "a0", 100, Duration::from_secs(5), keep);
+    ra.recv().unwrap();
+    send_raw(
+        b,
+        "b0",
+        (200..300)
+            .map(|s| harness::tagged(&test_frame(mac_a, mac_b, TEST_ETHERTYPE, s, 64), 10))
+            .collect(),
+    );
+    let got: Vec<_> = at_a
+        .join()
+        .unwrap()
+        .iter()
+        .filter_map(|f| vlan_and_seq(f))
+        .collect();
+    assert_eq!(got.len(), 100, "b -> a delivered");
+    assert!(
+        got.iter().all(|(vlan, _)| vlan.is_none()),
+        "tag popped: {:?}",
+        &got[..3]
+    );
+    assert_eq!(
+        steer_counter(&h.sw, "sb", "fast_path") - fast_b,
+        100,
+        "b -> a in the kernel"
+    );
+
+    // The same addresses in VLAN 20 reach nobody on VLAN 10's access port.
+    let (at_a, ra) = harness::collect_frames(a, "a0", 10, Duration::from_secs(2), keep);
+    ra.recv().unwrap();
+    send_raw(
+        b,
+        "b0",
+        (300..310)
+            .map(|s| harness::tagged(&test_frame(mac_a, mac_b, TEST_ETHERTYPE, s, 64), 20))
+            .collect(),
+    );
+    assert!(
+        at_a.join().unwrap().is_empty(),
+        "VLAN 20 leaked to an access port of VLAN 10"
+    );
+    let (ok, out) = sw.stop();
+    assert!(ok && out.contains(" 0 unaccounted"), "{out}");
 }

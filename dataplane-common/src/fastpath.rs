@@ -18,9 +18,23 @@ pub struct FdbKey {
 }
 
 /// [`FdbValue::flags`]: frames *to* this address may be redirected to its
-/// port (the port takes redirects and sends this VLAN untagged). Entries
-/// without it still serve to check that a source sits where it was learned.
+/// port (the port takes redirects). Entries without it still serve to check
+/// that a source sits where it was learned.
 pub const FDB_REDIRECT: u32 = 1;
+/// [`FdbValue::flags`]: the entry's port sends this VLAN tagged (else untagged).
+pub const FDB_TAGGED: u32 = 2;
+
+/// [`crate::policy::Policy::vlan_mode`] values: how a port classifies
+/// received frames, as the userspace switch's `VlanMode` does.
+pub mod vlan_mode {
+    /// Every VLAN tagged, untagged frames in the port's untagged VLAN.
+    pub const TRUNK_ALL: u32 = 0;
+    /// Untagged frames only (tagged ones are the slow path's to drop).
+    pub const ACCESS: u32 = 1;
+    /// Tagged frames of the allowed VLANs (`ALLOWED` bitmap), untagged
+    /// frames in the native VLAN.
+    pub const TRUNK_LISTED: u32 = 2;
+}
 
 /// Value of the `FDB` map.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,35 +50,70 @@ pub struct FdbValue {
     pub hits: u64,
 }
 
+/// How the frame's tag changes on its way out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rewrite {
+    /// Leaves as it came (untagged -> untagged, or same tag).
+    None,
+    /// Untagged in, tagged out: push an 802.1Q tag with this VID.
+    Push(u16),
+    /// Tagged in, untagged out: pop the tag.
+    Pop,
+}
+
 /// What the fast path does with a frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FastPathDecision {
-    /// Redirect to this switch port through the devmap.
-    Redirect(u32),
-    /// Let userspace decide (learning, flooding, VLANs, moves).
+    /// Redirect to this switch port through the devmap, rewriting the tag.
+    Redirect { port: u32, rewrite: Rewrite },
+    /// Let userspace decide (learning, flooding, VLAN policy, moves).
     SlowPath,
 }
 
-/// Decides for a frame that arrived on `my_port`, whose untagged frames
-/// belong to `untagged_vlan`; `src` is the frame's source entry, looked up
-/// by the caller (who also counts the hit on it).
+/// The port settings the fast path classifies with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortVlans {
+    /// A [`vlan_mode`] value.
+    pub mode: u32,
+    /// VLAN of untagged frames (access VLAN, or native VLAN of a trunk).
+    pub untagged_vlan: u16,
+}
+
+/// The switch VLAN of a frame received on a port, or `None` when the fast
+/// path leaves it to userspace. `allowed` answers trunk membership.
+#[inline(always)]
+pub fn classify(port: PortVlans, tag: Option<u16>, allowed: impl Fn(u16) -> bool) -> Option<u16> {
+    match tag {
+        None => Some(port.untagged_vlan),
+        // Priority tags and tags on access ports: userspace's rules.
+        Some(0) => None,
+        Some(_) if port.mode == vlan_mode::ACCESS => None,
+        Some(vid) if vid == port.untagged_vlan => Some(vid),
+        Some(vid) if port.mode == vlan_mode::TRUNK_ALL || allowed(vid) => Some(vid),
+        Some(_) => None,
+    }
+}
+
+/// Decides for a frame that arrived on `my_port` and was classified into
+/// `vlan` (see [`classify`]); `src` is the frame's source entry, looked up by
+/// the caller (who also counts the hit on it).
 ///
 /// Fast only when all of these hold, which is exactly when the userspace
-/// switch would forward unchanged to one known port:
-/// - the frame is untagged (no tag to classify, push or pop),
+/// switch would forward to one known port:
 /// - the destination is unicast and known on another port that may be
-///   redirected to ([`FDB_REDIRECT`]: userspace sets it only when that port
-///   takes redirects and sends this VLAN untagged, so no tag is needed),
+///   redirected to ([`FDB_REDIRECT`]),
 /// - the source is known on this very port (nothing to learn or move).
+///
+/// The tag then changes as the egress port sends that VLAN ([`FDB_TAGGED`]).
 #[inline(always)]
 pub fn decide(
     my_port: u32,
-    untagged_vlan: u16,
+    vlan: u16,
     header: &L2Header,
     src: Option<&FdbValue>,
     lookup: impl Fn(&FdbKey) -> Option<FdbValue>,
 ) -> FastPathDecision {
-    if header.vlan.is_some() || header.is_multicast() {
+    if header.is_multicast() {
         return FastPathDecision::SlowPath;
     }
     match src {
@@ -73,22 +122,31 @@ pub fn decide(
     }
     let dst = FdbKey {
         mac: header.dst,
-        vlan: untagged_vlan,
+        vlan,
     };
-    match lookup(&dst) {
-        Some(v) if v.port != my_port && v.flags & FDB_REDIRECT != 0 => {
-            FastPathDecision::Redirect(v.port)
-        }
-        _ => FastPathDecision::SlowPath,
+    let Some(v) = lookup(&dst) else {
+        return FastPathDecision::SlowPath;
+    };
+    if v.port == my_port || v.flags & FDB_REDIRECT == 0 {
+        return FastPathDecision::SlowPath;
+    }
+    let rewrite = match (header.vlan.is_some(), v.flags & FDB_TAGGED != 0) {
+        (false, false) | (true, true) => Rewrite::None,
+        (false, true) => Rewrite::Push(vlan),
+        (true, false) => Rewrite::Pop,
+    };
+    FastPathDecision::Redirect {
+        port: v.port,
+        rewrite,
     }
 }
 
-/// The key of a frame's source entry.
+/// The key of a frame's source entry in `vlan`.
 #[inline(always)]
-pub fn source_key(untagged_vlan: u16, header: &L2Header) -> FdbKey {
+pub fn source_key(vlan: u16, header: &L2Header) -> FdbKey {
     FdbKey {
         mac: header.src,
-        vlan: untagged_vlan,
+        vlan,
     }
 }
 
@@ -119,33 +177,20 @@ mod tests {
         }
     }
 
-    fn table(entries: &[([u8; 6], u16, u32)]) -> impl Fn(&FdbKey) -> Option<FdbValue> + '_ {
+    /// (mac, vlan, port, flags)
+    type Entry = ([u8; 6], u16, u32, u32);
+
+    fn table(entries: &[Entry]) -> impl Fn(&FdbKey) -> Option<FdbValue> + '_ {
         move |k| {
             entries
                 .iter()
-                .find(|(m, v, _)| *m == k.mac && *v == k.vlan)
-                .map(|(_, _, p)| FdbValue {
-                    port: *p,
-                    flags: FDB_REDIRECT,
+                .find(|(m, v, _, _)| *m == k.mac && *v == k.vlan)
+                .map(|(_, _, port, flags)| FdbValue {
+                    port: *port,
+                    flags: *flags,
                     hits: 0,
                 })
         }
-    }
-
-    #[test]
-    fn destinations_not_marked_for_redirect_go_slow() {
-        let lookup = |k: &FdbKey| {
-            Some(FdbValue {
-                port: if k.mac == A { 0 } else { 1 },
-                // B's port does not take redirects; A is only a source.
-                flags: 0,
-                hits: 0,
-            })
-        };
-        assert_eq!(
-            fast(0, 0, &hdr(A, B, None), lookup),
-            FastPathDecision::SlowPath
-        );
     }
 
     /// `decide` with the source looked up in the same table, as steer does.
@@ -153,68 +198,134 @@ mod tests {
         port: u32,
         vlan: u16,
         h: &L2Header,
-        lookup: impl Fn(&FdbKey) -> Option<FdbValue>,
+        t: impl Fn(&FdbKey) -> Option<FdbValue>,
     ) -> FastPathDecision {
-        let src = lookup(&source_key(vlan, h));
-        decide(port, vlan, h, src.as_ref(), lookup)
+        let src = t(&source_key(vlan, h));
+        decide(port, vlan, h, src.as_ref(), t)
+    }
+
+    const R: u32 = FDB_REDIRECT;
+    const RT: u32 = FDB_REDIRECT | FDB_TAGGED;
+
+    fn redirect(port: u32, rewrite: Rewrite) -> FastPathDecision {
+        FastPathDecision::Redirect { port, rewrite }
     }
 
     #[test]
     fn known_pair_goes_fast() {
-        let t = [(A, 0, 0), (B, 0, 1)];
+        let t = [(A, 0, 0, R), (B, 0, 1, R)];
         assert_eq!(
             fast(0, 0, &hdr(A, B, None), table(&t)),
-            FastPathDecision::Redirect(1)
+            redirect(1, Rewrite::None)
         );
         assert_eq!(
             fast(1, 0, &hdr(B, A, None), table(&t)),
-            FastPathDecision::Redirect(0)
+            redirect(0, Rewrite::None)
         );
     }
 
     #[test]
     fn anything_to_learn_or_decide_goes_slow() {
-        let t = [(A, 0, 0), (B, 0, 1)];
+        let t = [(A, 0, 0, R), (B, 0, 1, R)];
+        let c = [2, 0, 0, 0, 0, 0xc];
         // Unknown source, moved source, unknown destination, same port.
         assert_eq!(
             fast(2, 0, &hdr(A, B, None), table(&t)),
             FastPathDecision::SlowPath
         );
         assert_eq!(
-            fast(0, 0, &hdr([2, 0, 0, 0, 0, 0xc], B, None), table(&t)),
+            fast(0, 0, &hdr(c, B, None), table(&t)),
             FastPathDecision::SlowPath
         );
         assert_eq!(
-            fast(0, 0, &hdr(A, [2, 0, 0, 0, 0, 0xc], None), table(&t)),
+            fast(0, 0, &hdr(A, c, None), table(&t)),
             FastPathDecision::SlowPath
         );
-        let same = [(A, 0, 0), (B, 0, 0)];
+        let same = [(A, 0, 0, R), (B, 0, 0, R)];
         assert_eq!(
             fast(0, 0, &hdr(A, B, None), table(&same)),
             FastPathDecision::SlowPath
         );
-        // Broadcast, tagged.
+        // Broadcast.
         assert_eq!(
             fast(0, 0, &hdr(A, [0xff; 6], None), table(&t)),
-            FastPathDecision::SlowPath
-        );
-        assert_eq!(
-            fast(0, 0, &hdr(A, B, Some(0)), table(&t)),
             FastPathDecision::SlowPath
         );
     }
 
     #[test]
+    fn destinations_not_marked_for_redirect_go_slow() {
+        let t = [(A, 0, 0, 0), (B, 0, 1, 0)];
+        assert_eq!(
+            fast(0, 0, &hdr(A, B, None), table(&t)),
+            FastPathDecision::SlowPath
+        );
+    }
+
+    #[test]
+    fn tags_are_pushed_popped_or_kept_as_the_egress_sends_the_vlan() {
+        // A on an access port (untagged), B on a trunk (tagged) in VLAN 10.
+        let t = [(A, 10, 0, R), (B, 10, 1, RT)];
+        assert_eq!(
+            fast(0, 10, &hdr(A, B, None), table(&t)),
+            redirect(1, Rewrite::Push(10))
+        );
+        assert_eq!(
+            fast(1, 10, &hdr(B, A, Some(10)), table(&t)),
+            redirect(0, Rewrite::Pop)
+        );
+        // Trunk to trunk: the tag stays.
+        let t = [(A, 10, 0, RT), (B, 10, 1, RT)];
+        assert_eq!(
+            fast(0, 10, &hdr(A, B, Some(10)), table(&t)),
+            redirect(1, Rewrite::None)
+        );
+    }
+
+    #[test]
     fn vlans_are_separate() {
-        let t = [(A, 10, 0), (B, 20, 1)];
+        let t = [(A, 10, 0, R), (B, 20, 1, R)];
         assert_eq!(
             fast(0, 10, &hdr(A, B, None), table(&t)),
             FastPathDecision::SlowPath
         );
-        let t = [(A, 10, 0), (B, 10, 1)];
+    }
+
+    #[test]
+    fn classification_follows_the_port_mode() {
+        let none = |_: u16| false;
+        let only20 = |v: u16| v == 20;
+        let access = PortVlans {
+            mode: vlan_mode::ACCESS,
+            untagged_vlan: 10,
+        };
+        assert_eq!(classify(access, None, none), Some(10));
         assert_eq!(
-            fast(0, 10, &hdr(A, B, None), table(&t)),
-            FastPathDecision::Redirect(1)
+            classify(access, Some(10), none),
+            None,
+            "tagged on access: slow path"
+        );
+        let trunk = PortVlans {
+            mode: vlan_mode::TRUNK_LISTED,
+            untagged_vlan: 5,
+        };
+        assert_eq!(classify(trunk, None, only20), Some(5));
+        assert_eq!(classify(trunk, Some(20), only20), Some(20));
+        assert_eq!(
+            classify(trunk, Some(5), only20),
+            Some(5),
+            "native VLAN tagged"
+        );
+        assert_eq!(classify(trunk, Some(30), only20), None);
+        let all = PortVlans {
+            mode: vlan_mode::TRUNK_ALL,
+            untagged_vlan: 0,
+        };
+        assert_eq!(classify(all, Some(4000), none), Some(4000));
+        assert_eq!(
+            classify(all, Some(0), none),
+            None,
+            "priority tag: slow path"
         );
     }
 

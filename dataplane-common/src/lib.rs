@@ -40,6 +40,8 @@ pub mod map_names {
     pub const FDB: &str = "FDB";
     /// `DevMap`: switch port id -> egress device.
     pub const PORTS: &str = "PORTS";
+    /// `Array<u64>` of 64 words: the VLANs a trunk port allows, as a bitmap.
+    pub const ALLOWED: &str = "ALLOWED";
     /// aya-log's ring buffer.
     pub const LOGS: &str = "AYA_LOGS";
 }

@@ -56,8 +56,8 @@ pub struct Policy {
     pub port_id: u32,
     /// The switch VLAN of untagged frames received here.
     pub untagged_vlan: u32,
-    /// Always zero.
-    pub pad: u32,
+    /// How this port classifies tagged frames (`fastpath::vlan_mode`).
+    pub vlan_mode: u32,
 }
 
 /// How the XDP program is attached to the device, recorded for `status`.

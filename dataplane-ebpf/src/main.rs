@@ -14,6 +14,7 @@
 #![no_std]
 #![no_main]
 
+use aya_ebpf::helpers::bpf_xdp_adjust_head;
 use aya_ebpf::{
     bindings::xdp_action,
     macros::{map, xdp},
@@ -23,9 +24,9 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use dataplane_common::{
     counters::Outcome,
-    fastpath::{self, FastPathDecision, FdbKey, FdbValue},
+    fastpath::{self, FastPathDecision, FdbKey, FdbValue, PortVlans, Rewrite},
     policy::{decide, MatchKey, Mode, Policy, Verdict},
-    wire::{parse_l2, FrameBytes, L2Header},
+    wire::{parse_l2, FrameBytes, L2Header, ETH_HLEN, ETH_P_8021Q, VLAN_HLEN},
     MAX_FDB, MAX_MATCHES, MAX_PORTS, MAX_QUEUES,
 };
 
@@ -46,6 +47,10 @@ static FDB: HashMap<FdbKey, FdbValue> = HashMap::with_max_entries(MAX_FDB, 0);
 
 #[map]
 static PORTS: DevMap = DevMap::with_max_entries(MAX_PORTS, 0);
+
+/// The VLANs this port allows when it is a listed trunk, as 4096 bits.
+#[map]
+static ALLOWED: Array<u64> = Array::with_max_entries(64, 0);
 
 #[map]
 static FWD_PORT: DevMap = DevMap::with_max_entries(1, 0);
@@ -112,8 +117,8 @@ fn steer_frame(ctx: &XdpContext) -> (u32, Outcome) {
         Verdict::Drop => (xdp_action::XDP_DROP, Outcome::Dropped),
         Verdict::Redirect => {
             if policy.fast_path != 0 {
-                if let Some(action) = fast_path(policy, &header) {
-                    return (action, Outcome::FastPath);
+                if let Some(result) = fast_path(ctx, policy, &header) {
+                    return result;
                 }
             }
             // SAFETY: ctx.ctx points at the xdp_md the kernel handed us.
@@ -129,10 +134,20 @@ fn steer_frame(ctx: &XdpContext) -> (u32, Outcome) {
     }
 }
 
-/// Redirects learned unicast to its egress port, or `None` for userspace.
+/// Redirects learned unicast to its egress port (rewriting the VLAN tag as
+/// the egress sends that VLAN), or `None` to leave the frame to userspace.
 #[inline(always)]
-fn fast_path(policy: &Policy, header: &L2Header) -> Option<u32> {
-    let vlan = policy.untagged_vlan as u16;
+fn fast_path(ctx: &XdpContext, policy: &Policy, header: &L2Header) -> Option<(u32, Outcome)> {
+    let port = PortVlans {
+        mode: policy.vlan_mode,
+        untagged_vlan: policy.untagged_vlan as u16,
+    };
+    let allowed = |vid: u16| {
+        ALLOWED
+            .get((vid / 64) as u32)
+            .is_some_and(|word| word & (1u64 << (vid % 64)) != 0)
+    };
+    let vlan = fastpath::classify(port, header.vlan, allowed)?;
     // One lookup of the source: checked by `decide`, then its hit counted
     // through the same pointer (no second hash).
     let src = FDB.get_ptr_mut(&fastpath::source_key(vlan, header));
@@ -140,18 +155,70 @@ fn fast_path(policy: &Policy, header: &L2Header) -> Option<u32> {
     let src_ref = src.map(|p| unsafe { &*p });
     // SAFETY: lookups copy the value out; the map outlives the program run.
     let lookup = |k: &FdbKey| unsafe { FDB.get(k).copied() };
-    let FastPathDecision::Redirect(port) =
+    let FastPathDecision::Redirect { port, rewrite } =
         fastpath::decide(policy.port_id, vlan, header, src_ref, lookup)
     else {
         return None;
     };
+    // Look the egress up before touching the frame: a frame that falls back
+    // to userspace must arrive there as it came.
     let action = PORTS.redirect(port, 0).ok()?;
+    let rewritten = match rewrite {
+        Rewrite::None => true,
+        Rewrite::Push(vid) => push_tag(ctx, vid),
+        Rewrite::Pop => pop_tag(ctx),
+    };
+    if !rewritten {
+        return Some((xdp_action::XDP_DROP, Outcome::Dropped));
+    }
     if let Some(entry) = src {
         // SAFETY: points into the map value; concurrent increments from
         // other CPUs may be lost, which only matters if *all* of them are.
         unsafe { (*entry).hits = (*entry).hits.wrapping_add(1) };
     }
-    Some(action)
+    Some((action, Outcome::FastPath))
+}
+
+/// Inserts an 802.1Q tag with `vid` after the MAC addresses.
+#[inline(always)]
+fn push_tag(ctx: &XdpContext, vid: u16) -> bool {
+    // SAFETY: growing the head by 4 bytes of headroom the driver reserved;
+    // the helper fails (nonzero) rather than overrun.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(VLAN_HLEN as i32)) } != 0 {
+        return false;
+    }
+    let (start, end) = (ctx.data(), ctx.data_end());
+    if start + ETH_HLEN + VLAN_HLEN > end {
+        return false;
+    }
+    let p = start as *mut u8;
+    // SAFETY: [start, start + 18) is inside the packet (checked above); the
+    // MACs are read whole before they are written 4 bytes lower.
+    unsafe {
+        let macs = *(p.add(VLAN_HLEN) as *const [u8; 12]);
+        *(p as *mut [u8; 12]) = macs;
+        *(p.add(12) as *mut [u8; 2]) = ETH_P_8021Q.to_be_bytes();
+        *(p.add(14) as *mut [u8; 2]) = (vid & 0x0fff).to_be_bytes();
+    }
+    true
+}
+
+/// Removes the outer VLAN tag.
+#[inline(always)]
+fn pop_tag(ctx: &XdpContext) -> bool {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    if start + ETH_HLEN + VLAN_HLEN > end {
+        return false;
+    }
+    let p = start as *mut u8;
+    // SAFETY: [start, start + 18) is inside the packet (checked above); the
+    // MACs are read whole before they are written 4 bytes higher.
+    unsafe {
+        let macs = *(p as *const [u8; 12]);
+        *(p.add(VLAN_HLEN) as *mut [u8; 12]) = macs;
+    }
+    // SAFETY: shrinking the head by 4 bytes of a frame that has them.
+    unsafe { bpf_xdp_adjust_head(ctx.ctx, VLAN_HLEN as i32) == 0 }
 }
 
 #[xdp]

@@ -23,13 +23,14 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use dataplane_common::counters::Outcome;
+use dataplane_common::fastpath::{vlan_mode, FDB_REDIRECT, FDB_TAGGED};
 use thiserror::Error;
 
 use crate::forward::Forward;
 use crate::netdev;
 use crate::steer::pins::PinRoot;
 use crate::steer::{self, Attachment};
-use crate::switch::{EgressTag, FdbChange, Switch};
+use crate::switch::{EgressTag, FdbChange, Switch, VlanMode};
 
 #[derive(Debug, Error)]
 pub enum Error {
@@ -59,12 +60,29 @@ pub struct FastPath {
     last_sent: u64,
 }
 
-/// A port taking part: (switch port id, interface, VLAN of its untagged frames).
+/// A port taking part: its switch port id, interface and VLAN settings.
 #[derive(Debug, Clone)]
 pub struct FastPortConfig {
     pub port: usize,
     pub ifname: String,
-    pub untagged_vlan: u16,
+    pub vlan: VlanMode,
+}
+
+impl FastPortConfig {
+    /// (untagged VLAN, `vlan_mode` value, allowed bitmap) for `steer`.
+    fn vlan_settings(&self) -> (u16, u32, [u64; 64]) {
+        match &self.vlan {
+            VlanMode::Access(vid) => (*vid, vlan_mode::ACCESS, [0; 64]),
+            VlanMode::Trunk {
+                allowed: None,
+                native,
+            } => (*native, vlan_mode::TRUNK_ALL, [0; 64]),
+            VlanMode::Trunk {
+                allowed: Some(set),
+                native,
+            } => (*native, vlan_mode::TRUNK_LISTED, set.words()),
+        }
+    }
 }
 
 impl FastPath {
@@ -117,8 +135,9 @@ impl FastPath {
             for &(id, ifindex) in &egress {
                 p.attachment.set_fast_port(id, ifindex).map_err(err)?;
             }
+            let (untagged_vlan, mode, allowed) = m.vlan_settings();
             p.attachment
-                .enable_fast_path(m.port as u32, m.untagged_vlan)
+                .enable_fast_path(m.port as u32, untagged_vlan, mode, &allowed)
                 .map_err(err)?;
         }
         tracing::info!(
@@ -157,16 +176,20 @@ impl FastPath {
                 FdbChange::Upsert { vlan, mac, port } => {
                     // Installed in any case (a known source is what lets the
                     // frames *from* it go fast); a redirect target only if
-                    // its port takes redirects and sends this VLAN untagged.
-                    let redirect = self
+                    // its port takes redirects and carries this VLAN.
+                    let egress_ok = self
                         .ports
                         .get(port)
                         .and_then(Option::as_ref)
                         .is_some_and(|p| p.egress_ok)
-                        && switch.ports()[port].up
-                        && switch.ports()[port].vlan.egress(vlan) == Some(EgressTag::Untagged);
+                        && switch.ports()[port].up;
+                    let flags = match (egress_ok, switch.ports()[port].vlan.egress(vlan)) {
+                        (true, Some(EgressTag::Untagged)) => FDB_REDIRECT,
+                        (true, Some(EgressTag::Tagged(_))) => FDB_REDIRECT | FDB_TAGGED,
+                        _ => 0,
+                    };
                     for p in self.ports.iter_mut().flatten() {
-                        if let Err(e) = p.attachment.fdb_insert(vlan, mac, port as u32, redirect) {
+                        if let Err(e) = p.attachment.fdb_insert(vlan, mac, port as u32, flags) {
                             // A full map only costs speed: userspace still
                             // forwards what the kernel does not know.
                             tracing::debug!(ifname = p.ifname, "fast-path FDB insert: {e}");

@@ -15,7 +15,6 @@ use crate::port::tap::TapPort;
 use crate::port::{DropReason, Port, PortCounters, PortSnapshot};
 use crate::steer::pins::PinRoot;
 use crate::steer::ModeRequest;
-use crate::switch::vlan::UNTAGGED;
 use crate::switch::{Forwarding, Switch, SwitchPort};
 use crate::xsk::{self, FramePool, SocketConfig, Umem, UmemConfig};
 use crate::{port, privileges};
@@ -135,7 +134,7 @@ pub fn run(
             .map(|(id, p)| FastPortConfig {
                 port: id,
                 ifname: p.iface.clone(),
-                untagged_vlan: p.vlan.ingress(None).unwrap_or(UNTAGGED),
+                vlan: p.vlan.clone(),
             })
             .collect();
         Some(FastPath::start(pins, config.ports.len(), &members)?)

@@ -260,6 +260,21 @@ impl PacketSocket {
             )
         };
         assert_eq!(rc, 0, "bind AF_PACKET: {}", std::io::Error::last_os_error());
+        // The kernel strips received VLAN tags into metadata before packet
+        // sockets see the frame; ask for it, to put the tag back (as
+        // libpcap does) so tests see frames as they were on the wire.
+        let one: libc::c_int = 1;
+        // SAFETY: `one` is a live c_int of the size passed.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_PACKET,
+                libc::PACKET_AUXDATA,
+                (&one as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "PACKET_AUXDATA: {}", std::io::Error::last_os_error());
         PacketSocket { fd, ifindex }
     }
 
@@ -316,27 +331,61 @@ impl PacketSocket {
             if ready <= 0 {
                 continue;
             }
-            // SAFETY: sockaddr_ll is plain data.
-            let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-            let mut from_len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
-            // SAFETY: buf is writable for buf.len() bytes; from/from_len are valid.
-            let n = unsafe {
-                libc::recvfrom(
-                    self.fd.as_raw_fd(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    libc::MSG_DONTWAIT,
-                    &mut from as *mut libc::sockaddr_ll as *mut libc::sockaddr,
-                    &mut from_len,
-                )
-            };
-            // Frames this host sent itself show up too: only count arrivals.
-            let outgoing = from.sll_pkttype == libc::PACKET_OUTGOING;
-            if n > 0 && !outgoing && keep(&buf[..n as usize]) {
-                got.push(buf[..n as usize].to_vec());
+            match self.recv_one(&mut buf) {
+                Some(frame) if keep(&frame) => got.push(frame),
+                _ => {}
             }
         }
         got
+    }
+
+    /// One arrived frame (not one this host sent), with its VLAN tag put
+    /// back if the kernel had stripped it; `None` if none is waiting.
+    fn recv_one(&self, buf: &mut [u8]) -> Option<Vec<u8>> {
+        // SAFETY: plain data structures, zeroed, then filled by recvmsg.
+        let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        let mut control = [0u64; 16];
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        // SAFETY: msghdr is plain data; all pointers set below are live.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_name = (&mut from as *mut libc::sockaddr_ll).cast();
+        msg.msg_namelen = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of_val(&control);
+        // SAFETY: msg describes live buffers of the stated sizes.
+        let n = unsafe { libc::recvmsg(self.fd.as_raw_fd(), &mut msg, libc::MSG_DONTWAIT) };
+        if n <= 0 || from.sll_pkttype == libc::PACKET_OUTGOING {
+            return None;
+        }
+        let mut frame = buf[..n as usize].to_vec();
+        // SAFETY: walking the control messages recvmsg wrote into `control`.
+        unsafe {
+            let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+            while !cmsg.is_null() {
+                if (*cmsg).cmsg_level == libc::SOL_PACKET
+                    && (*cmsg).cmsg_type == libc::PACKET_AUXDATA
+                {
+                    let aux = &*(libc::CMSG_DATA(cmsg) as *const libc::tpacket_auxdata);
+                    if aux.tp_status & libc::TP_STATUS_VLAN_VALID != 0 && frame.len() >= 12 {
+                        let tpid = if aux.tp_status & libc::TP_STATUS_VLAN_TPID_VALID != 0 {
+                            aux.tp_vlan_tpid
+                        } else {
+                            0x8100
+                        };
+                        let mut tag = tpid.to_be_bytes().to_vec();
+                        tag.extend_from_slice(&aux.tp_vlan_tci.to_be_bytes());
+                        frame.splice(12..12, tag);
+                    }
+                }
+                cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+            }
+        }
+        Some(frame)
     }
 
     /// The interface index this socket is bound to.
@@ -569,4 +618,40 @@ pub fn thread_states(pid: u32, comm: &str) -> Vec<char> {
         }
     }
     out
+}
+
+/// Like [`collect_test_frames`], but returns whole frames `keep` accepts.
+pub fn collect_frames(
+    ns: &NetNs,
+    ifname: &str,
+    expect: usize,
+    timeout: Duration,
+    keep: fn(&[u8]) -> bool,
+) -> (
+    std::thread::JoinHandle<Vec<Vec<u8>>>,
+    std::sync::mpsc::Receiver<()>,
+) {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let path = format!("/var/run/netns/{}", ns.name());
+    let ifname = ifname.to_string();
+    let handle = std::thread::spawn(move || {
+        let file = File::open(&path).expect("open netns");
+        // SAFETY: setns on an fd we own; affects only this thread.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0);
+        let sock = PacketSocket::open(&ifname);
+        sock.set_receive_buffer(32 << 20);
+        let _ = ready_tx.send(());
+        sock.receive(expect, timeout, keep)
+    });
+    (handle, ready_rx)
+}
+
+/// `frame` with an 802.1Q tag for `vid` inserted after the MACs.
+pub fn tagged(frame: &[u8], vid: u16) -> Vec<u8> {
+    let mut f = frame.to_vec();
+    let mut tag = 0x8100u16.to_be_bytes().to_vec();
+    tag.extend_from_slice(&vid.to_be_bytes());
+    f.splice(12..12, tag);
+    f
 }

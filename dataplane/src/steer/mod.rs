@@ -16,7 +16,7 @@ use aya::programs::links::FdLink;
 use aya::programs::{ProgramError, ProgramInfo, Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
 use dataplane_common::counters::Outcome;
-use dataplane_common::fastpath::{FdbKey, FdbValue, FDB_REDIRECT};
+use dataplane_common::fastpath::{FdbKey, FdbValue};
 use dataplane_common::map_names;
 use dataplane_common::policy::{AttachMode, MatchKey, Mode, Policy};
 use thiserror::Error;
@@ -35,13 +35,14 @@ pub(crate) fn object() -> &'static [u8] {
 }
 
 /// Maps that are pinned next to the link.
-const PINNED_MAPS: [&str; 7] = [
+const PINNED_MAPS: [&str; 8] = [
     map_names::POLICY,
     map_names::MATCHES,
     map_names::XSKS,
     map_names::COUNTERS,
     map_names::FDB,
     map_names::PORTS,
+    map_names::ALLOWED,
     map_names::LOGS,
 ];
 
@@ -298,6 +299,7 @@ pub struct Attachment {
     counters: PerCpuArray<MapData, u64>,
     fdb: HashMap<MapData, FdbKey, FdbValue>,
     ports: DevMap<MapData>,
+    allowed: Array<MapData, u64>,
 }
 
 impl Attachment {
@@ -346,6 +348,9 @@ impl Attachment {
             ports: map(map_names::PORTS)?
                 .try_into()
                 .map_err(|e| typed(map_names::PORTS, e))?,
+            allowed: map(map_names::ALLOWED)?
+                .try_into()
+                .map_err(|e| typed(map_names::ALLOWED, e))?,
         })
     }
 
@@ -369,12 +374,26 @@ impl Attachment {
     }
 
     /// Turns the in-kernel fast path on for this interface as switch port
-    /// `port_id`, whose untagged frames belong to `untagged_vlan`.
-    pub fn enable_fast_path(&mut self, port_id: u32, untagged_vlan: u16) -> Result<(), Error> {
+    /// `port_id`: untagged frames belong to `untagged_vlan`, tagged ones are
+    /// classified by `vlan_mode` (`fastpath::vlan_mode`) and, for a listed
+    /// trunk, the `allowed` bitmap.
+    pub fn enable_fast_path(
+        &mut self,
+        port_id: u32,
+        untagged_vlan: u16,
+        vlan_mode: u32,
+        allowed: &[u64; 64],
+    ) -> Result<(), Error> {
+        for (i, word) in allowed.iter().enumerate() {
+            self.allowed
+                .set(i as u32, word, 0)
+                .map_err(|source| self.map_error(map_names::ALLOWED, source))?;
+        }
         self.update_policy(|p| {
             p.fast_path = 1;
             p.port_id = port_id;
             p.untagged_vlan = untagged_vlan as u32;
+            p.vlan_mode = vlan_mode;
         })
     }
 
@@ -402,20 +421,21 @@ impl Attachment {
             })
     }
 
-    /// Installs or moves a learned address for the fast path; `redirect`:
-    /// frames to it may be redirected to `port` (else it only serves as a
-    /// known source).
+    /// Installs or moves a learned address for the fast path. `flags`:
+    /// `FDB_REDIRECT` if frames to it may be redirected to `port` (else it
+    /// only serves as a known source), `FDB_TAGGED` if `port` sends `vlan`
+    /// tagged.
     pub fn fdb_insert(
         &mut self,
         vlan: u16,
         mac: [u8; 6],
         port: u32,
-        redirect: bool,
+        flags: u32,
     ) -> Result<(), Error> {
         let key = FdbKey { mac, vlan };
         let value = FdbValue {
             port,
-            flags: if redirect { FDB_REDIRECT } else { 0 },
+            flags,
             hits: 0,
         };
         self.fdb
@@ -686,7 +706,7 @@ fn write_policy(ebpf: &mut Ebpf, ifname: &str, spec: &PolicySpec) -> Result<(), 
                 fast_path: 0,
                 port_id: 0,
                 untagged_vlan: 0,
-                pad: 0,
+                vlan_mode: 0,
             },
             0,
         )

@@ -96,6 +96,12 @@ impl VlanSet {
         self.0[v / 64] & (1 << (v % 64)) != 0
     }
 
+    /// The bitmap as 64 words (VLAN v is bit v % 64 of word v / 64), the
+    /// layout of the fast path's `ALLOWED` map.
+    pub fn words(&self) -> [u64; 64] {
+        *self.0
+    }
+
     /// The members, ascending.
     pub fn iter(&self) -> impl Iterator<Item = u16> + '_ {
         (0u16..4096).filter(|v| self.contains(*v))
