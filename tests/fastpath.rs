@@ -16,62 +16,31 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use harness::{
-    collect_test_frames, mac_of, privileged, test_frame, NetNs, PacketSocket, RunningSwitch,
-    Topology, TEST_ETHERTYPE,
+    collect_test_frames, mac_of, privileged, steer_counter, test_frame, NetNs, RunningSwitch, Star,
+    TEST_ETHERTYPE,
 };
 use serde_json::Value;
 
-struct Hosts {
-    _topo: Topology,
-    sw: NetNs,
-    hosts: Vec<NetNs>,
-}
-
-fn hosts(tag: &str, n: usize, gro: bool) -> Hosts {
-    let mut topo = Topology::new(tag);
-    let sw = topo.netns("sw");
-    let mut hosts = Vec::new();
-    for (i, name) in ["a", "b", "c"].iter().take(n).enumerate() {
-        let h = topo.netns(name);
-        let (hif, sif) = (format!("{name}0"), format!("s{name}"));
-        topo.veth((&h, &hif), (&sw, &sif));
-        h.ip(&["addr", "add", &format!("10.77.2.{}/24", i + 1), "dev", &hif]);
-        if gro {
-            h.exec_ok(&["ethtool", "-K", &hif, "gro", "on"]);
-        }
-        hosts.push(h);
-    }
-    Hosts {
-        _topo: topo,
-        sw,
-        hosts,
-    }
-}
-
-fn steer_counter(sw: &NetNs, ifname: &str, outcome: &str) -> u64 {
-    let out = sw.dataplane_ok(&["status", "--json"]);
-    let list: Value = serde_json::from_str(&out).unwrap();
-    list.as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["interface"] == ifname)
-        .and_then(|s| s["counters"][outcome].as_u64())
-        .unwrap_or_else(|| panic!("no {outcome} for {ifname} in {out}"))
+/// `n` hosts on 10.77.2.0/24 around the switch namespace.
+fn hosts(tag: &str, n: usize, gro: bool) -> Star {
+    harness::star(tag, n, 2, gro)
 }
 
 /// Sends `n` test frames from `ns`/`ifname` with explicit addresses,
-/// numbered from `first`, paced.
+/// numbered from `first`, paced; then lets learning (and its mirror into
+/// the kernel) settle before the next step.
 fn send(ns: &NetNs, ifname: &str, src: [u8; 6], dst: [u8; 6], first: u32, n: u32) {
-    ns.enter(|| {
-        let sock = PacketSocket::open(ifname);
-        for seq in first..first + n {
-            sock.send(&test_frame(dst, src, TEST_ETHERTYPE, seq, 64));
-            if seq % 32 == 31 {
-                std::thread::sleep(Duration::from_micros(500));
-            }
-        }
-    });
-    // Let learning (and its mirror into the kernel) settle between steps.
+    let frames = (first..first + n).map(move |seq| test_frame(dst, src, TEST_ETHERTYPE, seq, 64));
+    harness::send_paced(ns, ifname, frames);
+    std::thread::sleep(Duration::from_millis(150));
+}
+
+/// Like [`send`], with an 802.1Q tag.
+#[allow(clippy::too_many_arguments)]
+fn send_tagged(ns: &NetNs, ifname: &str, src: [u8; 6], dst: [u8; 6], vid: u16, first: u32, n: u32) {
+    let frames = (first..first + n)
+        .map(move |seq| harness::tagged(&test_frame(dst, src, TEST_ETHERTYPE, seq, 64), vid));
+    harness::send_paced(ns, ifname, frames);
     std::thread::sleep(Duration::from_millis(150));
 }
 
@@ -144,7 +113,7 @@ type Deliveries = BTreeMap<String, Vec<(u32, Option<u16>)>>;
 /// The same traffic, step by step, with sequence ranges per step; returns
 /// what each host received. `b_tag`: host b sends its frames tagged with
 /// this VLAN (b sits on a trunk), else untagged.
-fn play_script(h: &Hosts, b_tag: Option<u16>) -> Deliveries {
+fn play_script(h: &Star, b_tag: Option<u16>) -> Deliveries {
     let names = ["a", "b", "c"];
     let macs: Vec<[u8; 6]> = h
         .hosts
@@ -208,23 +177,6 @@ fn play_script(h: &Hosts, b_tag: Option<u16>) -> Deliveries {
             (n.to_string(), seen)
         })
         .collect()
-}
-
-/// Like [`send`], with an 802.1Q tag.
-fn send_tagged(ns: &NetNs, ifname: &str, src: [u8; 6], dst: [u8; 6], vid: u16, first: u32, n: u32) {
-    ns.enter(|| {
-        let sock = PacketSocket::open(ifname);
-        for seq in first..first + n {
-            sock.send(&harness::tagged(
-                &test_frame(dst, src, TEST_ETHERTYPE, seq, 64),
-                vid,
-            ));
-            if seq % 32 == 31 {
-                std::thread::sleep(Duration::from_micros(500));
-            }
-        }
-    });
-    std::thread::sleep(Duration::from_millis(150));
 }
 
 /// Plays the script with and without the fast path on ports `ports` and
@@ -513,15 +465,7 @@ fn vlan_tags_are_pushed_and_popped_in_the_fast_path() {
     );
     let (mac_a, mac_b) = (mac_of(a, "a0"), mac_of(b, "b0"));
     let send_raw = |ns: &NetNs, ifname: &str, frames: Vec<Vec<u8>>| {
-        ns.enter(|| {
-            let sock = PacketSocket::open(ifname);
-            for (i, f) in frames.iter().enumerate() {
-                sock.send(f);
-                if i % 32 == 31 {
-                    std::thread::sleep(Duration::from_micros(500));
-                }
-            }
-        });
+        harness::send_paced(ns, ifname, frames);
         std::thread::sleep(Duration::from_millis(150));
     };
     // Both introduce themselves in VLAN 10 (b tagged, a untagged).

@@ -6,7 +6,9 @@
 
 mod harness;
 
-use harness::{mac_of, privileged, test_frame, NetNs, PacketSocket, Topology, TEST_ETHERTYPE};
+use harness::{
+    mac_of, ping, privileged, test_frame, NetNs, PacketSocket, Topology, TEST_ETHERTYPE,
+};
 use serde_json::Value;
 
 fn two_hosts(tag: &str) -> (Topology, NetNs, NetNs) {
@@ -35,22 +37,6 @@ fn count(c: &Value, outcome: &str) -> u64 {
     c[outcome]
         .as_u64()
         .unwrap_or_else(|| panic!("no counter {outcome} in {c}"))
-}
-
-fn ping(from: &NetNs, to: &str, n: u32) -> bool {
-    from.exec(&[
-        "ping",
-        "-c",
-        &n.to_string(),
-        "-i",
-        "0.05",
-        "-W",
-        "1",
-        "-q",
-        to,
-    ])
-    .status
-    .success()
 }
 
 /// Sends `n` test frames from `a0` in namespace `a` to `dst`.

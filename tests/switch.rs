@@ -13,74 +13,20 @@ mod harness;
 use std::time::Duration;
 
 use harness::{
-    collect_test_frames, mac_of, privileged, test_frame, NetNs, PacketSocket, RunningSwitch,
-    Topology, TEST_ETHERTYPE,
+    collect_test_frames, distinct, mac_of, ping, privileged, NetNs, RunningSwitch, Star,
 };
 
-struct Hosts {
-    _topo: Topology,
-    sw: NetNs,
-    hosts: Vec<NetNs>,
+/// `n` hosts on 10.77.1.0/24 around the switch namespace.
+fn hosts(tag: &str, n: usize) -> Star {
+    harness::star(tag, n, 1, false)
 }
 
-/// `n` hosts named a, b, c... each wired to port s<name> of the switch namespace.
-fn hosts(tag: &str, n: usize) -> Hosts {
-    let mut topo = Topology::new(tag);
-    let sw = topo.netns("sw");
-    let mut hosts = Vec::new();
-    for (i, name) in ["a", "b", "c"].iter().take(n).enumerate() {
-        let h = topo.netns(name);
-        let (hif, sif) = (format!("{name}0"), format!("s{name}"));
-        topo.veth((&h, &hif), (&sw, &sif));
-        h.ip(&["addr", "add", &format!("10.77.1.{}/24", i + 1), "dev", &hif]);
-        hosts.push(h);
-    }
-    Hosts {
-        _topo: topo,
-        sw,
-        hosts,
-    }
-}
-
-fn ping(from: &NetNs, to: &str, n: u32) -> bool {
-    from.exec(&[
-        "ping",
-        "-c",
-        &n.to_string(),
-        "-i",
-        "0.05",
-        "-W",
-        "2",
-        "-q",
-        to,
-    ])
-    .status
-    .success()
-}
-
-/// Sends `n` test frames from `ns`/`ifname` to `dst`, in bursts of 32 with a
-/// pause in between: a moderate rate (~50 kpps) the tests must not lose any of.
+/// `n` 64-byte test frames from `ifname` to `dst`, paced.
 fn send_paced(ns: &NetNs, ifname: &str, dst: [u8; 6], n: u32) {
-    let src = mac_of(ns, ifname);
-    ns.enter(|| {
-        let sock = PacketSocket::open(ifname);
-        for seq in 0..n {
-            sock.send(&test_frame(dst, src, TEST_ETHERTYPE, seq, 64));
-            if seq % 32 == 31 {
-                std::thread::sleep(Duration::from_micros(500));
-            }
-        }
-    });
+    harness::send_test_stream(ns, ifname, dst, n, 64);
 }
 
-/// Frames seen by a collector, as a sorted, deduplicated list.
-fn distinct(mut seqs: Vec<u32>) -> Vec<u32> {
-    seqs.sort_unstable();
-    seqs.dedup();
-    seqs
-}
-
-fn assert_clean_shutdown(h: &Hosts, sw: RunningSwitch, ifaces: &[&str]) -> String {
+fn assert_clean_shutdown(h: &Star, sw: RunningSwitch, ifaces: &[&str]) -> String {
     let (ok, out) = sw.stop();
     assert!(ok, "dataplane run did not exit cleanly on SIGINT:\n{out}");
     assert!(

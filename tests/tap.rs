@@ -11,10 +11,7 @@ mod harness;
 
 use std::time::Duration;
 
-use harness::{
-    collect_test_frames, mac_of, privileged, test_frame, NetNs, PacketSocket, RunningSwitch,
-    Topology, TEST_ETHERTYPE,
-};
+use harness::{collect_test_frames, mac_of, privileged, NetNs, RunningSwitch, Topology};
 
 struct Setup {
     _topo: Topology,
@@ -46,28 +43,16 @@ fn plug_vm(s: &Setup, tap: &str) {
 }
 
 fn ping(from: &NetNs, to: &str) -> bool {
-    from.exec(&["ping", "-c", "3", "-i", "0.1", "-W", "2", "-q", to])
-        .status
-        .success()
+    harness::ping(from, to, 3)
 }
 
+/// `n` 200-byte test frames from `ifname` to `dst`, paced.
 fn send_paced(ns: &NetNs, ifname: &str, dst: [u8; 6], n: u32) {
-    let src = mac_of(ns, ifname);
-    ns.enter(|| {
-        let sock = PacketSocket::open(ifname);
-        for seq in 0..n {
-            sock.send(&test_frame(dst, src, TEST_ETHERTYPE, seq, 200));
-            if seq % 32 == 31 {
-                std::thread::sleep(Duration::from_micros(500));
-            }
-        }
-    });
+    harness::send_test_stream(ns, ifname, dst, n, 200);
 }
 
-fn distinct(mut v: Vec<u32>) -> usize {
-    v.sort_unstable();
-    v.dedup();
-    v.len()
+fn distinct(v: Vec<u32>) -> usize {
+    harness::distinct(v).len()
 }
 
 #[test]

@@ -553,9 +553,10 @@ impl Drop for RunningSwitch {
     }
 }
 
-/// Receives test frames (ethertype [`TEST_ETHERTYPE`]) in `ns` on `ifname`
-/// on a background thread until `expect` arrived or `timeout` passed;
-/// join the handle for the sequence numbers seen.
+/// Receives test frames (ethertype [`TEST_ETHERTYPE`], untagged) in `ns`
+/// on `ifname` on a background thread until `expect` arrived or `timeout`
+/// passed; join the handle for the sequence numbers seen. Wait on the
+/// receiver before sending: it fires once the socket is listening.
 pub fn collect_test_frames(
     ns: &NetNs,
     ifname: &str,
@@ -565,28 +566,18 @@ pub fn collect_test_frames(
     std::thread::JoinHandle<Vec<u32>>,
     std::sync::mpsc::Receiver<()>,
 ) {
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let path = format!("/var/run/netns/{}", ns.name());
-    let ifname = ifname.to_string();
-    let handle = std::thread::spawn(move || {
-        let file = File::open(&path).expect("open netns");
-        // SAFETY: setns on an fd we own; affects only this thread.
-        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0);
-        let sock = PacketSocket::open(&ifname);
-        // Room for every expected frame: under CPU contention this thread
-        // may read late, and a default-sized buffer would drop (a loss in
-        // the test, not in the switch).
-        sock.set_receive_buffer(32 << 20);
-        let _ = ready_tx.send(());
-        sock.receive(expect, timeout, |f| {
-            test_frame_seq(f, TEST_ETHERTYPE).is_some()
-        })
-        .iter()
-        .filter_map(|f| test_frame_seq(f, TEST_ETHERTYPE))
-        .collect()
+    let (frames, ready) = collect_frames(ns, ifname, expect, timeout, |f| {
+        test_frame_seq(f, TEST_ETHERTYPE).is_some()
     });
-    (handle, ready_rx)
+    let seqs = std::thread::spawn(move || {
+        frames
+            .join()
+            .expect("collector thread")
+            .iter()
+            .filter_map(|f| test_frame_seq(f, TEST_ETHERTYPE))
+            .collect()
+    });
+    (seqs, ready)
 }
 
 /// User+system CPU time of a process, in clock ticks (from /proc/PID/stat).
@@ -654,4 +645,99 @@ pub fn tagged(frame: &[u8], vid: u16) -> Vec<u8> {
     tag.extend_from_slice(&vid.to_be_bytes());
     f.splice(12..12, tag);
     f
+}
+
+/// A switch namespace with hosts around it: host `x` (a, b, c, ...) has
+/// `x0` with 10.77.SUBNET.(i+1)/24, wired to port `sx` in `sw`.
+pub struct Star {
+    /// Owns the namespaces (removed on drop).
+    pub topo: Topology,
+    pub sw: NetNs,
+    pub hosts: Vec<NetNs>,
+}
+
+/// Builds a [`Star`] of `n` hosts (at most 3). `gro`: GRO on the hosts'
+/// veths, which a veth needs to accept XDP-redirected frames.
+pub fn star(tag: &str, n: usize, subnet: u8, gro: bool) -> Star {
+    let mut topo = Topology::new(tag);
+    let sw = topo.netns("sw");
+    let mut hosts = Vec::new();
+    for (i, name) in ["a", "b", "c"].iter().take(n).enumerate() {
+        let h = topo.netns(name);
+        let (hif, sif) = (format!("{name}0"), format!("s{name}"));
+        topo.veth((&h, &hif), (&sw, &sif));
+        h.ip(&[
+            "addr",
+            "add",
+            &format!("10.77.{subnet}.{}/24", i + 1),
+            "dev",
+            &hif,
+        ]);
+        if gro {
+            h.exec_ok(&["ethtool", "-K", &hif, "gro", "on"]);
+        }
+        hosts.push(h);
+    }
+    Star { topo, sw, hosts }
+}
+
+/// `ping -c N` from a namespace; true if every reply came.
+pub fn ping(from: &NetNs, to: &str, n: u32) -> bool {
+    from.exec(&[
+        "ping",
+        "-c",
+        &n.to_string(),
+        "-i",
+        "0.05",
+        "-W",
+        "2",
+        "-q",
+        to,
+    ])
+    .status
+    .success()
+}
+
+/// Sends `frames` out of `ifname` in `ns`, in bursts of 32 with a pause in
+/// between: a moderate rate (~50 kpps) that tests expect no loss at.
+pub fn send_paced(ns: &NetNs, ifname: &str, frames: impl IntoIterator<Item = Vec<u8>> + Send) {
+    ns.enter(|| {
+        let sock = PacketSocket::open(ifname);
+        for (i, f) in frames.into_iter().enumerate() {
+            sock.send(&f);
+            if i % 32 == 31 {
+                std::thread::sleep(Duration::from_micros(500));
+            }
+        }
+    });
+}
+
+/// `n` test frames of `len` bytes from `ifname`'s own MAC to `dst`,
+/// numbered from 0, paced as [`send_paced`].
+pub fn send_test_stream(ns: &NetNs, ifname: &str, dst: [u8; 6], n: u32, len: usize) {
+    let src = mac_of(ns, ifname);
+    send_paced(
+        ns,
+        ifname,
+        (0..n).map(move |seq| test_frame(dst, src, TEST_ETHERTYPE, seq, len)),
+    );
+}
+
+/// A `steer` outcome counter of `ifname`, from `dataplane status --json`.
+pub fn steer_counter(sw: &NetNs, ifname: &str, outcome: &str) -> u64 {
+    let out = sw.dataplane_ok(&["status", "--json"]);
+    let list: serde_json::Value = serde_json::from_str(&out).expect("status --json is JSON");
+    list.as_array()
+        .expect("a list")
+        .iter()
+        .find(|s| s["interface"] == ifname)
+        .and_then(|s| s["counters"][outcome].as_u64())
+        .unwrap_or_else(|| panic!("no {outcome} counter for {ifname} in {out}"))
+}
+
+/// Sorted, without duplicates.
+pub fn distinct(mut seqs: Vec<u32>) -> Vec<u32> {
+    seqs.sort_unstable();
+    seqs.dedup();
+    seqs
 }
