@@ -98,7 +98,17 @@ fn attachment_outlives_the_cli_and_detach_leaves_nothing() {
         assert!(pins.join(name).exists(), "pin {name} missing");
     }
 
+    let prog_id = sw.xdp_prog_id("s0").expect("attached");
     sw.dataplane_ok(&["detach", "--iface", "s0"]);
+    // Not just detached: unloaded (bpftool no longer knows the id).
+    let prog = std::process::Command::new("bpftool")
+        .args(["prog", "show", "id", &prog_id.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        !prog.status.success(),
+        "program {prog_id} still loaded after detach"
+    );
     assert_eq!(
         sw.xdp_prog_id("s0"),
         None,

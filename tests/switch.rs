@@ -238,7 +238,16 @@ fn busy_poll_pmd_keeps_running() {
     let h = hosts("busy", 2);
     let sw = RunningSwitch::start(
         &h.sw,
-        &["--busy-poll", "--port", "afxdp:sa", "--port", "afxdp:sb"],
+        // With the busy-poll socket options too (accepted on veth).
+        &[
+            "--busy-poll",
+            "--socket-busy-poll",
+            "20",
+            "--port",
+            "afxdp:sa",
+            "--port",
+            "afxdp:sb",
+        ],
     );
     assert!(
         ping(&h.hosts[0], "10.77.1.2", 2),

@@ -8,6 +8,7 @@
 //! core = 1                 # CPU of the PMD thread
 //! burst = 64
 //! stats_interval = 5       # seconds between statistics lines (0: off)
+//! socket_busy_poll = 20    # SO_BUSY_POLL microseconds on AF_XDP sockets (optional)
 //!
 //! [umem]
 //! frame_size = 4096
@@ -126,6 +127,9 @@ pub struct RunConfig {
     pub mode: ForwardingMode,
     /// Redirect learned unicast between AF_XDP ports in the kernel.
     pub fast_path: bool,
+    /// SO_BUSY_POLL microseconds (with SO_PREFER_BUSY_POLL) on AF_XDP
+    /// sockets, for drivers that poll in the syscall (not veth in copy mode).
+    pub socket_busy_poll: Option<u32>,
     pub busy_poll: bool,
     pub core: Option<usize>,
     pub burst: usize,
@@ -158,6 +162,7 @@ struct FileConfig {
     #[serde(default)]
     mode: ForwardingMode,
     fast_path: Option<bool>,
+    socket_busy_poll: Option<u32>,
     #[serde(default)]
     busy_poll: bool,
     core: Option<usize>,
@@ -253,6 +258,7 @@ impl RunConfig {
         let config = RunConfig {
             mode: file.mode,
             fast_path: file.fast_path.unwrap_or(true),
+            socket_busy_poll: file.socket_busy_poll.filter(|us| *us > 0),
             busy_poll: file.busy_poll,
             core: file.core,
             burst: file.burst.unwrap_or(DEFAULT_BURST),
@@ -290,6 +296,7 @@ impl RunConfig {
         let config = RunConfig {
             mode,
             fast_path,
+            socket_busy_poll: None,
             busy_poll,
             core,
             burst,

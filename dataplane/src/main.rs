@@ -146,6 +146,10 @@ struct RunArgs {
     /// Spin even when idle (lowest latency, a full core).
     #[arg(long)]
     busy_poll: bool,
+    /// Set SO_PREFER_BUSY_POLL and SO_BUSY_POLL (USECS) on the AF_XDP
+    /// sockets: for NIC drivers that poll in the syscall.
+    #[arg(long, value_name = "USECS")]
+    socket_busy_poll: Option<u32>,
     /// Keep every frame on the AF_XDP path: no in-kernel redirect of learned
     /// unicast between ports (for comparisons).
     #[arg(long)]
@@ -409,7 +413,7 @@ fn run_switch(root: &PinRoot, args: RunArgs) -> anyhow::Result<()> {
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
-    let config = match &args.config {
+    let mut config = match &args.config {
         Some(path) => RunConfig::from_file(path)?,
         None => RunConfig::from_flags(
             &args.ports,
@@ -427,6 +431,9 @@ fn run_switch(root: &PinRoot, args: RunArgs) -> anyhow::Result<()> {
                 .map(Duration::from_secs),
         )?,
     };
+    if let Some(us) = args.socket_busy_poll {
+        config.socket_busy_poll = Some(us);
+    }
     let stop = cli_status::ctrl_c_flag()?;
     let dump = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGUSR1, dump.clone())?;

@@ -16,7 +16,7 @@ use crate::port::{DropReason, Port, PortCounters, PortSnapshot};
 use crate::steer::pins::PinRoot;
 use crate::steer::ModeRequest;
 use crate::switch::{Forwarding, Switch, SwitchPort};
-use crate::xsk::{self, FramePool, SocketConfig, Umem, UmemConfig};
+use crate::xsk::{self, BusyPoll, FramePool, SocketConfig, Umem, UmemConfig};
 use crate::{port, privileges};
 
 #[derive(Debug, Error)]
@@ -85,7 +85,9 @@ pub fn run(
             PortKind::Afxdp => {
                 let socket = SocketConfig {
                     bind: p.bind,
-                    busy_poll: None,
+                    busy_poll: config
+                        .socket_busy_poll
+                        .map(|usecs| BusyPoll { usecs, budget: 64 }),
                     ..SocketConfig::default()
                 };
                 let port = AfxdpPort::open(
