@@ -265,3 +265,40 @@ fn busy_poll_pmd_keeps_running() {
     );
     assert_clean_shutdown(&h, sw, &["sa", "sb"]);
 }
+
+#[test]
+fn a_killed_switch_is_cleaned_up_by_the_next_run() {
+    if !privileged("a_killed_switch_is_cleaned_up_by_the_next_run") {
+        return;
+    }
+    let h = hosts("kill9", 2);
+    let args = ["--port", "afxdp:sa", "--port", "afxdp:sb"];
+    let first = RunningSwitch::start(&h.sw, &args);
+    assert!(ping(&h.hosts[0], "10.77.1.2", 2));
+    // A second switch on the same ports is refused while the first lives.
+    let second =
+        h.sw.dataplane(&["run", "--port", "afxdp:sa", "--port", "afxdp:sb"]);
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success());
+    assert!(
+        err.contains("in use by another running dataplane switch"),
+        "{err}"
+    );
+    first.signal(libc::SIGKILL);
+    drop(first);
+    assert!(
+        h.sw.xdp_prog_id("sa").is_some(),
+        "SIGKILL leaves steer attached"
+    );
+
+    let next = RunningSwitch::start(&h.sw, &args);
+    assert!(
+        next.output()
+            .contains("did not exit cleanly; taking it over"),
+        "{}",
+        next.output()
+    );
+    assert!(ping(&h.hosts[0], "10.77.1.2", 2), "the new switch forwards");
+    // This run took the attachments over, so it detaches them on exit.
+    assert_clean_shutdown(&h, next, &["sa", "sb"]);
+}

@@ -58,6 +58,12 @@ pub struct Policy {
     pub untagged_vlan: u32,
     /// How this port classifies tagged frames (`fastpath::vlan_mode`).
     pub vlan_mode: u32,
+    /// Process id of the `dataplane run` that attached this program (0: a
+    /// user's `dataplane attach`); lets the next run recognise what a
+    /// killed run left behind.
+    pub owner_pid: u32,
+    /// Always zero.
+    pub pad: u32,
 }
 
 /// How the XDP program is attached to the device, recorded for `status`.
@@ -178,7 +184,7 @@ pub fn decide(mode: Mode, header: &L2Header, listed: impl Fn(&MatchKey) -> bool)
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: both are #[repr(C)], made only of integers and byte arrays,
-    // with no implicit padding (Policy: 6 x u32; MatchKey: 1 + 1 + 6 bytes),
+    // with no implicit padding (Policy: 8 x u32; MatchKey: 1 + 1 + 6 bytes),
     // so every bit pattern is a valid value and no byte is uninitialised.
     unsafe impl aya::Pod for super::Policy {}
     unsafe impl aya::Pod for super::MatchKey {}
@@ -265,6 +271,6 @@ mod tests {
     #[test]
     fn match_key_has_no_padding() {
         assert_eq!(core::mem::size_of::<MatchKey>(), 8);
-        assert_eq!(core::mem::size_of::<Policy>(), 24);
+        assert_eq!(core::mem::size_of::<Policy>(), 32);
     }
 }

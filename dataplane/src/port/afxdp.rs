@@ -81,7 +81,7 @@ impl AfxdpPort {
             source: Box::new(source),
         };
         let attached_here = if pins.interface(&ifname).exist() {
-            false
+            take_over_if_orphaned(pins, &ifname).map_err(steer_err)?
         } else {
             let report = steer::attach(
                 pins,
@@ -98,6 +98,14 @@ impl AfxdpPort {
             }
             true
         };
+        let mut attachment = Attachment::open(pins, &ifname).map_err(steer_err)?;
+        if attached_here {
+            // Mark it ours, so that if this process is killed the next run
+            // knows the attachment was left behind, not made by a user.
+            attachment
+                .set_owner_pid(std::process::id())
+                .map_err(steer_err)?;
+        }
         let mut port = AfxdpPort {
             name: format!("afxdp:{ifname}"),
             ifname: ifname.clone(),
@@ -106,7 +114,7 @@ impl AfxdpPort {
             fill_frames: config.fill_frames,
             next_rx: 0,
             counters,
-            attachment: Attachment::open(pins, &ifname).map_err(steer_err)?,
+            attachment,
             attached_here,
             pins: pins.clone(),
             bound: BoundMode::Copy,
@@ -246,4 +254,36 @@ impl Drop for AfxdpPort {
             }
         }
     }
+}
+
+/// An attachment already exists on `ifname`. If a `dataplane run` that is no
+/// longer alive made it (killed with SIGKILL, crashed), it is taken over
+/// (fast path off, stale FDB gone) and this run will detach it on exit:
+/// returns true. A user's attachment is used as is: false. Another running
+/// switch: an error.
+fn take_over_if_orphaned(pins: &PinRoot, ifname: &str) -> Result<bool, steer::Error> {
+    let mut attachment = Attachment::open(pins, ifname)?;
+    let owner = attachment.owner_pid()?;
+    if owner == 0 {
+        return Ok(false);
+    }
+    if owner != std::process::id() && process_alive(owner) {
+        return Err(steer::Error::InUse {
+            ifname: ifname.to_string(),
+            pid: owner,
+        });
+    }
+    tracing::warn!(
+        ifname,
+        pid = owner,
+        "steer on {ifname} was left by a dataplane run (pid {owner}) that did not exit cleanly; taking it over"
+    );
+    attachment.disable_fast_path()?;
+    Ok(true)
+}
+
+/// True if `pid` is a live dataplane process (not a reused pid).
+fn process_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .is_ok_and(|comm| comm.trim_end() == "dataplane")
 }

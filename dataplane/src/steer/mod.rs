@@ -97,6 +97,10 @@ pub enum Error {
         name: &'static str,
         source: MapError,
     },
+    #[error(
+        "interface {ifname} is in use by another running dataplane switch (pid {pid}); stop it first"
+    )]
+    InUse { ifname: String, pid: u32 },
     #[error("fast path of {ifname}: setting switch port {port_id}: {source}")]
     FastPort {
         ifname: String,
@@ -395,6 +399,20 @@ impl Attachment {
             p.untagged_vlan = untagged_vlan as u32;
             p.vlan_mode = vlan_mode;
         })
+    }
+
+    /// The `dataplane run` that owns this attachment (0: none, a user's).
+    pub fn owner_pid(&self) -> Result<u32, Error> {
+        let p = self
+            .policy
+            .get(&0, 0)
+            .map_err(|source| self.map_error(map_names::POLICY, source))?;
+        Ok(p.owner_pid)
+    }
+
+    /// Records which `dataplane run` owns this attachment (0: none).
+    pub fn set_owner_pid(&mut self, pid: u32) -> Result<(), Error> {
+        self.update_policy(|p| p.owner_pid = pid)
     }
 
     /// Turns the fast path off and forgets its FDB entries and ports.
@@ -707,6 +725,8 @@ fn write_policy(ebpf: &mut Ebpf, ifname: &str, spec: &PolicySpec) -> Result<(), 
                 port_id: 0,
                 untagged_vlan: 0,
                 vlan_mode: 0,
+                owner_pid: 0,
+                pad: 0,
             },
             0,
         )
