@@ -140,11 +140,19 @@ impl FastPath {
                 .enable_fast_path(m.port as u32, untagged_vlan, mode, &allowed)
                 .map_err(err)?;
         }
-        tracing::info!(
-            ports = members.len(),
-            egress = egress.len(),
-            "fast path on: learned unicast between these ports stays in the kernel"
-        );
+        if egress.is_empty() {
+            tracing::warn!(
+                ports = members.len(),
+                egress = 0,
+                "fast path unused: no port accepts XDP-redirected frames; everything takes the AF_XDP path"
+            );
+        } else {
+            tracing::info!(
+                ports = members.len(),
+                egress = egress.len(),
+                "fast path on: learned unicast to these ports stays in the kernel"
+            );
+        }
         let mut fp = FastPath {
             ports,
             hits_seen: HashMap::new(),
