@@ -501,7 +501,14 @@ pub fn parse_port_spec(spec: &str) -> Result<PortConfig, Error> {
 
 /// toml's error with the line and column spelled out first.
 fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
-    let message = e.message().trim().to_string();
+    // One line, as every error of the CLI.
+    let message = e
+        .message()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
     match e.span() {
         Some(span) => {
             let before = &text[..span.start.min(text.len())];
