@@ -302,3 +302,51 @@ fn a_killed_switch_is_cleaned_up_by_the_next_run() {
     // This run took the attachments over, so it detaches them on exit.
     assert_clean_shutdown(&h, next, &["sa", "sb"]);
 }
+
+#[test]
+fn two_pmd_threads_switch_between_their_ports() {
+    if !privileged("two_pmd_threads_switch_between_their_ports") {
+        return;
+    }
+    // Ports go round robin: sa and sc on PMD 0 (CPU 0), sb on PMD 1 (CPU 1).
+    let h = hosts("pmd2", 3);
+    let (a, b, c) = (&h.hosts[0], &h.hosts[1], &h.hosts[2]);
+    let sw = RunningSwitch::start(
+        &h.sw,
+        &[
+            "--cores", "0,1", "--port", "afxdp:sa", "--port", "afxdp:sb", "--port", "afxdp:sc",
+        ],
+    );
+    assert!(sw.output().contains("pmds=2"), "{}", sw.output());
+    let pid = sw.pid();
+    assert_eq!(harness::thread_states(pid, "dataplane-pmd").len(), 1);
+    assert_eq!(harness::thread_states(pid, "dataplane-pmd1").len(), 1);
+    assert!(
+        ping(a, "10.77.1.2", 3),
+        "across PMDs (a on PMD 0, b on PMD 1)"
+    );
+    assert!(ping(a, "10.77.1.3", 3), "within PMD 0");
+    assert!(ping(b, "10.77.1.3", 3), "across PMDs the other way");
+
+    const N: u32 = 3000;
+    let (at_b, ready) = collect_test_frames(b, "b0", N as usize, Duration::from_secs(10));
+    ready.recv().unwrap();
+    send_paced(a, "a0", mac_of(b, "b0"), N);
+    assert_eq!(
+        distinct(at_b.join().unwrap()).len(),
+        N as usize,
+        "a -> b across PMDs without loss"
+    );
+
+    // A broadcast from b (PMD 1) reaches both hosts on PMD 0.
+    let (at_a, ra) = collect_test_frames(a, "a0", 20, Duration::from_secs(3));
+    let (at_c, rc) = collect_test_frames(c, "c0", 20, Duration::from_secs(3));
+    ra.recv().unwrap();
+    rc.recv().unwrap();
+    send_paced(b, "b0", [0xff; 6], 20);
+    assert_eq!(distinct(at_a.join().unwrap()).len(), 20);
+    assert_eq!(distinct(at_c.join().unwrap()).len(), 20);
+    let out = assert_clean_shutdown(&h, sw, &["sa", "sb", "sc"]);
+    // Two UMEMs of 8192 frames, all accounted for.
+    assert!(out.contains("frames: 16384 total"), "{out}");
+}

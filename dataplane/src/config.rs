@@ -5,7 +5,7 @@
 //! mode = "switch"          # or "xconnect" (port pairs, like testpmd io-fwd)
 //! fast_path = true         # learned unicast between AF_XDP ports stays in the kernel
 //! busy_poll = false        # spin even when idle (benchmarks)
-//! core = 1                 # CPU of the PMD thread
+//! cores = [1]              # CPUs of the PMD threads, one each (or `core = 1`)
 //! burst = 64
 //! stats_interval = 5       # seconds between statistics lines (0: off)
 //! socket_busy_poll = 20    # SO_BUSY_POLL microseconds on AF_XDP sockets (optional)
@@ -131,7 +131,8 @@ pub struct RunConfig {
     /// sockets, for drivers that poll in the syscall (not veth in copy mode).
     pub socket_busy_poll: Option<u32>,
     pub busy_poll: bool,
-    pub core: Option<usize>,
+    /// CPUs of the PMD threads, one thread each (empty: one unpinned PMD).
+    pub cores: Vec<usize>,
     pub burst: usize,
     pub stats_interval: Option<Duration>,
     pub frame_size: u32,
@@ -166,6 +167,7 @@ struct FileConfig {
     #[serde(default)]
     busy_poll: bool,
     core: Option<usize>,
+    cores: Option<Vec<usize>>,
     burst: Option<usize>,
     stats_interval: Option<u64>,
     #[serde(default)]
@@ -260,7 +262,11 @@ impl RunConfig {
             fast_path: file.fast_path.unwrap_or(true),
             socket_busy_poll: file.socket_busy_poll.filter(|us| *us > 0),
             busy_poll: file.busy_poll,
-            core: file.core,
+            cores: match (file.cores, file.core) {
+                (Some(list), _) => list,
+                (None, Some(c)) => vec![c],
+                (None, None) => Vec::new(),
+            },
             burst: file.burst.unwrap_or(DEFAULT_BURST),
             stats_interval: file
                 .stats_interval
@@ -285,7 +291,7 @@ impl RunConfig {
         mode: ForwardingMode,
         fast_path: bool,
         busy_poll: bool,
-        core: Option<usize>,
+        cores: Vec<usize>,
         burst: usize,
         stats_interval: Option<Duration>,
     ) -> Result<RunConfig, Error> {
@@ -298,7 +304,7 @@ impl RunConfig {
             fast_path,
             socket_busy_poll: None,
             busy_poll,
-            core,
+            cores,
             burst,
             stats_interval,
             frame_size: DEFAULT_FRAME_SIZE,
@@ -339,6 +345,16 @@ impl RunConfig {
                 value: self.frames.to_string(),
                 why: "must be a power of two, at least 512".into(),
             });
+        }
+        let mut seen = HashSet::new();
+        for c in &self.cores {
+            if !seen.insert(*c) {
+                return Err(Error::Invalid {
+                    field: "cores",
+                    value: c.to_string(),
+                    why: "listed twice (one PMD thread per CPU)".into(),
+                });
+            }
         }
         if self.burst == 0 || self.burst > 1024 {
             return Err(Error::Invalid {
@@ -534,7 +550,7 @@ mod tests {
             ForwardingMode::Switch,
             true,
             false,
-            Some(1),
+            vec![1],
             64,
             None,
         )
@@ -570,7 +586,7 @@ mod tests {
             ForwardingMode::Switch,
             true,
             false,
-            None,
+            Vec::new(),
             64,
             None,
         );
@@ -585,7 +601,7 @@ mod tests {
             ForwardingMode::Xconnect,
             true,
             false,
-            None,
+            Vec::new(),
             64,
             None,
         );

@@ -1,23 +1,27 @@
-//! The poll-mode forwarding thread.
+//! The poll-mode forwarding threads.
 //!
-//! One PMD thread owns the UMEM, its free list, every port and the switch.
-//! Each iteration runs to completion: receive a burst from each port, decide
-//! per frame, transmit per egress port, then let the ports reclaim and
-//! refill. Nothing on this path allocates, locks or logs per frame.
+//! Each PMD thread owns a UMEM, its free list and a set of ports; the switch
+//! (FDB, VLANs, fast-path mirror) is shared and locked once per received
+//! burst, never per frame. Each iteration runs to completion: take frames
+//! handed over by other PMDs, receive a burst from each own port, decide per
+//! frame, transmit per egress port, let the ports reclaim and refill.
+//! Nothing on this path allocates or logs per frame.
 //!
-//! Adaptive polling (default): after [`IDLE_SPINS`] empty iterations the
-//! thread sleeps in poll(2) on the ports' sockets, so an idle switch costs
-//! nearly nothing; `busy_poll` spins forever (benchmarks).
+//! Frames between ports of one PMD move by descriptor (one UMEM, no copy).
+//! A frame whose egress port belongs to another PMD is copied into that
+//! PMD's bounded handoff queue, and from there into its UMEM: each UMEM has
+//! exactly one owner thread, which keeps the frame accounting exact.
 //!
-//! One PMD thread today: every port shares one UMEM, so forwarding never
-//! copies between AF_XDP ports. Several threads would each need their own
-//! UMEM and a copy to cross between them.
+//! Adaptive polling (default): after [`IDLE_SPINS`] empty iterations a PMD
+//! sleeps in poll(2) on its ports and its handoff eventfd, so an idle switch
+//! costs nearly nothing; `busy_poll` spins forever (benchmarks).
 
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crossbeam_queue::ArrayQueue;
 use dataplane_common::wire::parse_l2;
 
 use crate::fastpath::FastPath;
@@ -34,6 +38,62 @@ const POLL_TIMEOUT_MS: i32 = 100;
 /// Headroom kept before frame data in copied frames, as the kernel does for
 /// received ones (XDP_PACKET_HEADROOM), so a VLAN tag can be pushed.
 const COPY_HEADROOM: u64 = 256;
+/// Largest frame that can cross between PMD threads (standard MTU frames
+/// with two tags fit).
+const HANDOFF_MAX: usize = 2048;
+/// Frames waiting in one PMD's handoff queue, at most.
+const HANDOFF_QUEUE: usize = 1024;
+
+/// The switch and its in-kernel mirror, shared by the PMD threads.
+pub struct SharedSwitch {
+    pub switch: Switch,
+    /// Taken out (and so turned off) before any port closes.
+    pub fast_path: Option<FastPath>,
+}
+
+/// A frame crossing from one PMD to the one that owns its egress port.
+struct Handoff {
+    port: u16,
+    len: u16,
+    data: [u8; HANDOFF_MAX],
+}
+
+/// What crosses into one PMD: a queue, and a way to wake it when it sleeps.
+struct Inbox {
+    queue: ArrayQueue<Handoff>,
+    /// Set while the owner sleeps in poll(2); senders then write `wake`.
+    sleeping: AtomicBool,
+    /// An eventfd in the owner's poll set.
+    wake: OwnedFd,
+}
+
+impl Inbox {
+    fn new() -> std::io::Result<Inbox> {
+        // SAFETY: eventfd(2) with no preconditions; the fd is owned below.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Inbox {
+            queue: ArrayQueue::new(HANDOFF_QUEUE),
+            sleeping: AtomicBool::new(false),
+            // SAFETY: fd is fresh and ours.
+            wake: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
+    }
+
+    fn wake(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64 to our eventfd.
+        unsafe { libc::write(self.wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    }
+
+    fn clear_wake(&self) {
+        let mut v: u64 = 0;
+        // SAFETY: reads 8 bytes into a live u64 (nonblocking).
+        unsafe { libc::read(self.wake.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
+    }
+}
 
 /// How the PMD thread runs.
 #[derive(Debug, Clone)]
@@ -84,7 +144,8 @@ pub struct EngineShared {
     /// in iterations that found none (sleep time in poll(2) not included).
     pub busy_cycles: AtomicU64,
     pub idle_cycles: AtomicU64,
-    accounting: Mutex<FrameAccounting>,
+    /// Per PMD thread.
+    accounting: Mutex<Vec<FrameAccounting>>,
     /// Per-port counters, by port index.
     pub ports: Vec<(String, Arc<PortCounters>)>,
     /// A copy of the FDB for `show fdb`, refreshed about once a second.
@@ -99,9 +160,17 @@ impl EngineShared {
         self.stop.store(true, Ordering::Relaxed);
     }
 
-    /// Frame accounting as of the last iteration boundary it was taken at.
+    /// Frame accounting over every PMD's UMEM, as of their last housekeeping.
     pub fn accounting(&self) -> FrameAccounting {
-        *self.accounting.lock().unwrap()
+        let all = self.accounting.lock().unwrap();
+        let mut sum = FrameAccounting::default();
+        for a in all.iter() {
+            sum.total += a.total;
+            sum.free += a.free;
+            sum.in_rx_rings += a.in_rx_rings;
+            sum.in_tx_rings += a.in_tx_rings;
+        }
+        sum
     }
 
     /// (VLAN, MAC, port name) of every learned address.
@@ -110,17 +179,22 @@ impl EngineShared {
     }
 }
 
-/// The PMD thread's world.
+/// One PMD thread's world.
 pub struct Engine {
+    id: usize,
     config: EngineConfig,
-    /// Declared before `ports` so it is dropped (turned off) first.
-    fast_path: Option<FastPath>,
     umem: Arc<Umem>,
     pool: FramePool,
-    ports: Vec<Box<dyn Port>>,
-    switch: Switch,
+    /// By global port id; `None` for ports another PMD owns.
+    ports: Vec<Option<Box<dyn Port>>>,
+    /// Global ids of the ports this PMD owns.
+    own: Vec<usize>,
+    /// PMD owning each port, by global port id.
+    owner: Arc<Vec<usize>>,
+    switch: Arc<Mutex<SharedSwitch>>,
+    inboxes: Arc<Vec<Inbox>>,
     shared: Arc<EngineShared>,
-    /// Per-egress-port transmit batches, reused every iteration.
+    /// Per-egress-port transmit batches (own ports), reused every iteration.
     tx: Vec<Vec<XdpDesc>>,
     rx: Vec<XdpDesc>,
     /// Scratch list of flood targets, reused.
@@ -129,59 +203,151 @@ pub struct Engine {
     drops: Vec<[u64; DropReason::ALL.len()]>,
 }
 
-impl Engine {
-    /// Builds the engine; `ports[i]` is switch port `i`.
-    pub fn new(
-        config: EngineConfig,
-        umem: Arc<Umem>,
-        pool: FramePool,
-        ports: Vec<Box<dyn Port>>,
-        mut switch: Switch,
-        fast_path: Option<FastPath>,
-    ) -> Engine {
-        if fast_path.is_some() {
-            switch.fdb_mut().record_changes();
+/// What one PMD thread starts with.
+pub struct PmdParts {
+    /// CPU to pin it to.
+    pub cpu: Option<usize>,
+    pub umem: Arc<Umem>,
+    pub pool: FramePool,
+    /// (global port id, port) of the ports it owns, opened on `umem`.
+    pub ports: Vec<(usize, Box<dyn Port>)>,
+}
+
+/// Ports with their global ids, as a PMD thread hands them back.
+type OwnedPorts = Vec<(usize, Box<dyn Port>)>;
+
+/// A PMD thread panicked (its ports were released as it unwound).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PmdPanicked;
+
+/// Running PMD threads.
+pub struct Running {
+    pub shared: Arc<EngineShared>,
+    switch: Arc<Mutex<SharedSwitch>>,
+    threads: Vec<std::thread::JoinHandle<OwnedPorts>>,
+}
+
+impl Running {
+    /// True once any PMD thread has ended (it only ends when asked, or on a panic).
+    pub fn any_finished(&self) -> bool {
+        self.threads.iter().any(|t| t.is_finished())
+    }
+
+    /// Stops the PMDs, turns the fast path off, then closes every port,
+    /// last-opened first (the socket that registered a UMEM closes last).
+    /// Returns the final accounting.
+    pub fn stop(self) -> Result<FrameAccounting, PmdPanicked> {
+        self.shared.request_stop();
+        let mut ports = Vec::new();
+        let mut panicked = false;
+        for t in self.threads {
+            match t.join() {
+                Ok(p) => ports.extend(p),
+                Err(_) => panicked = true,
+            }
         }
-        let n = ports.len();
-        let shared = Arc::new(EngineShared {
-            stop: AtomicBool::new(false),
-            busy_cycles: AtomicU64::new(0),
-            idle_cycles: AtomicU64::new(0),
-            accounting: Mutex::new(FrameAccounting::default()),
-            ports: ports
-                .iter()
-                .map(|p| (p.name().to_string(), p.counters().clone()))
-                .collect(),
-            fdb: Mutex::new(Vec::new()),
-            learning: Mutex::new(Default::default()),
-        });
+        let accounting = self.shared.accounting();
+        drop(self.switch.lock().map(|mut s| s.fast_path.take()));
+        ports.sort_by_key(|(id, _)| *id);
+        while let Some((_, port)) = ports.pop() {
+            drop(port);
+        }
+        if panicked {
+            return Err(PmdPanicked);
+        }
+        Ok(accounting)
+    }
+}
+
+/// Starts one PMD thread per element of `pmds`; port ids are global
+/// (switch port ids), `n_ports` of them in all.
+pub fn start(
+    config: EngineConfig,
+    pmds: Vec<PmdParts>,
+    n_ports: usize,
+    names: Vec<(String, Arc<PortCounters>)>,
+    mut switch: Switch,
+    fast_path: Option<FastPath>,
+) -> std::io::Result<Running> {
+    if fast_path.is_some() {
+        switch.fdb_mut().record_changes();
+    }
+    let shared = Arc::new(EngineShared {
+        stop: AtomicBool::new(false),
+        busy_cycles: AtomicU64::new(0),
+        idle_cycles: AtomicU64::new(0),
+        accounting: Mutex::new(vec![FrameAccounting::default(); pmds.len()]),
+        ports: names,
+        fdb: Mutex::new(Vec::new()),
+        learning: Mutex::new(Default::default()),
+    });
+    let mut owner = vec![0; n_ports];
+    for (pmd, parts) in pmds.iter().enumerate() {
+        for (id, _) in &parts.ports {
+            owner[*id] = pmd;
+        }
+    }
+    let owner = Arc::new(owner);
+    let switch = Arc::new(Mutex::new(SharedSwitch { switch, fast_path }));
+    let inboxes = Arc::new(
+        (0..pmds.len())
+            .map(|_| Inbox::new())
+            .collect::<std::io::Result<Vec<_>>>()?,
+    );
+    let mut threads = Vec::new();
+    for (id, parts) in pmds.into_iter().enumerate() {
         let burst = config.burst;
-        Engine {
-            config,
-            fast_path,
-            umem,
-            pool,
-            ports,
-            switch,
-            shared,
-            tx: (0..n).map(|_| Vec::with_capacity(burst * 4)).collect(),
-            rx: Vec::with_capacity(burst),
-            targets: Vec::with_capacity(n),
-            drops: vec![[0; DropReason::ALL.len()]; n],
+        let mut ports: Vec<Option<Box<dyn Port>>> = (0..n_ports).map(|_| None).collect();
+        let own: Vec<usize> = parts.ports.iter().map(|(i, _)| *i).collect();
+        for (i, p) in parts.ports {
+            ports[i] = Some(p);
         }
+        let engine = Engine {
+            id,
+            config: EngineConfig {
+                cpu: parts.cpu,
+                ..config.clone()
+            },
+            umem: parts.umem,
+            pool: parts.pool,
+            ports,
+            own,
+            owner: owner.clone(),
+            switch: switch.clone(),
+            inboxes: inboxes.clone(),
+            shared: shared.clone(),
+            tx: (0..n_ports)
+                .map(|_| Vec::with_capacity(burst * 4))
+                .collect(),
+            rx: Vec::with_capacity(burst),
+            targets: Vec::with_capacity(n_ports),
+            drops: vec![[0; DropReason::ALL.len()]; n_ports],
+        };
+        let name = format!("dataplane-pmd{id}");
+        threads.push(
+            std::thread::Builder::new()
+                .name(if id == 0 {
+                    "dataplane-pmd".into()
+                } else {
+                    name
+                })
+                .spawn(move || engine.run())?,
+        );
     }
+    Ok(Running {
+        shared,
+        switch,
+        threads,
+    })
+}
 
-    /// The handle to stop the engine and read its state.
-    pub fn shared(&self) -> Arc<EngineShared> {
-        self.shared.clone()
-    }
-
-    /// Runs until [`EngineShared::request_stop`]. Returns the final
-    /// accounting (taken after the ports had a last chance to reclaim).
-    pub fn run(mut self) -> FrameAccounting {
+impl Engine {
+    /// Runs until [`EngineShared::request_stop`]; returns its ports, so the
+    /// caller closes them after the fast path is off.
+    fn run(mut self) -> OwnedPorts {
         if let Some(cpu) = self.config.cpu {
             if let Err(e) = crate::netdev::pin_thread_to_cpu(cpu) {
-                tracing::warn!("could not pin the PMD thread to CPU {cpu}: {e}");
+                tracing::warn!("could not pin PMD {} to CPU {cpu}: {e}", self.id);
             }
         }
         // Prime the fill rings before the first frame arrives.
@@ -227,75 +393,127 @@ impl Engine {
             std::thread::sleep(Duration::from_millis(1));
         }
         self.housekeeping(Instant::now(), &mut busy, &mut idle);
-        // Tear down in order: the fast path off first (nothing may be
-        // redirected to a port being closed), then the ports last-opened
-        // first, so the socket that registered the shared UMEM closes last.
-        drop(self.fast_path.take());
-        while let Some(port) = self.ports.pop() {
-            drop(port);
-        }
-        self.shared.accounting()
+        let own = std::mem::take(&mut self.own);
+        own.into_iter()
+            .filter_map(|id| self.ports[id].take().map(|p| (id, p)))
+            .collect()
     }
 
-    /// One pass over every port; returns frames received.
+    /// One pass: frames handed over by other PMDs, then every own port;
+    /// returns frames received.
     fn iteration(&mut self) -> usize {
-        let mut moved = 0;
+        let mut moved = self.take_handoffs();
         // Read lazily: only when a burst arrived (FDB timestamps).
         let mut now: Option<Instant> = None;
         let burst = self.config.burst;
-        for in_port in 0..self.ports.len() {
+        let switch = self.switch.clone();
+        for k in 0..self.own.len() {
+            let in_port = self.own[k];
             self.rx.clear();
             let mut frames = Frames {
                 umem: &self.umem,
                 pool: &mut self.pool,
             };
-            let n = self.ports[in_port].rx_burst(&mut frames, &mut self.rx, burst);
+            let port = self.ports[in_port].as_mut().expect("own port");
+            let n = port.rx_burst(&mut frames, &mut self.rx, burst);
             if n == 0 {
                 continue;
             }
             moved += n;
             let now = *now.get_or_insert_with(Instant::now);
-            for i in 0..n {
-                let desc = self.rx[i];
-                self.switch_frame(in_port, desc, now);
+            {
+                // One lock per burst; nothing below blocks or makes syscalls
+                // except the rare fast-path mirror of what was learned.
+                let mut shared = switch.lock().unwrap();
+                for i in 0..n {
+                    let desc = self.rx[i];
+                    self.switch_frame(&mut shared.switch, in_port, desc, now);
+                }
+                mirror_fdb(&mut shared);
             }
             // Transmit after each ingress burst so TX rings drain steadily.
             self.flush_tx();
         }
         if moved > 0 {
             self.publish_drops();
-            self.mirror_fdb();
         }
         moved
     }
 
-    /// Applies what this iteration learned to the in-kernel fast path.
-    fn mirror_fdb(&mut self) {
-        if let Some(fp) = self.fast_path.as_mut() {
-            if self.switch.fdb().has_changes() {
-                let changes = self.switch.fdb_mut().take_changes();
-                fp.apply(&changes, &self.switch);
-            }
+    /// Frames other PMDs routed to this PMD's ports: copied into own frames.
+    fn take_handoffs(&mut self) -> usize {
+        let inbox = &self.inboxes[self.id];
+        let mut n = 0;
+        while n < self.config.burst * 2 {
+            let Some(h) = inbox.queue.pop() else { break };
+            n += 1;
+            let out = h.port as usize;
+            let Some(chunk) = self.pool.alloc() else {
+                self.drops[out][DropReason::NoFreeFrame as usize] += 1;
+                continue;
+            };
+            let len = h.len as usize;
+            // SAFETY: `chunk` was just taken off the free list: this PMD is
+            // its only holder until it is queued for TX.
+            unsafe { self.umem.frame_mut(chunk + COPY_HEADROOM, len) }
+                .copy_from_slice(&h.data[..len]);
+            self.tx[out].push(XdpDesc {
+                addr: chunk + COPY_HEADROOM,
+                len: len as u32,
+                options: 0,
+            });
         }
+        if n > 0 {
+            self.flush_tx();
+        }
+        n
     }
 
-    fn switch_frame(&mut self, in_port: usize, desc: XdpDesc, now: Instant) {
+    /// Queues a frame for `out`: on its TX batch if this PMD owns the port,
+    /// else copied into the owner's handoff queue (and freed here).
+    fn emit(&mut self, out: usize, desc: XdpDesc) {
+        let owner = self.owner[out];
+        if owner == self.id {
+            self.tx[out].push(desc);
+            return;
+        }
+        let len = desc.len as usize;
+        if len > HANDOFF_MAX {
+            // Beyond standard MTU frames: the PMDs do not share memory.
+            self.drops[out][DropReason::Policy as usize] += 1;
+        } else {
+            let mut h = Handoff {
+                port: out as u16,
+                len: len as u16,
+                data: [0; HANDOFF_MAX],
+            };
+            h.data[..len].copy_from_slice(self.umem.frame(desc.addr, len));
+            let inbox = &self.inboxes[owner];
+            if inbox.queue.push(h).is_err() {
+                self.drops[out][DropReason::TxRingFull as usize] += 1;
+            } else if inbox.sleeping.load(Ordering::SeqCst) {
+                inbox.wake();
+            }
+        }
+        self.pool.free(desc.addr);
+    }
+
+    fn switch_frame(&mut self, sw: &mut Switch, in_port: usize, desc: XdpDesc, now: Instant) {
         let data = self.umem.frame(desc.addr, desc.len as usize);
         let header = match parse_l2(data) {
             Ok(h) => h,
             Err(_) => return self.drop_frame(in_port, desc, DropReason::Malformed),
         };
-        match self.switch.decide(in_port, &header, now) {
+        match sw.decide(in_port, &header, now) {
             Decision::Drop(_) => self.drop_frame(in_port, desc, DropReason::Policy),
-            Decision::Pass { out } => self.tx[out].push(desc),
+            Decision::Pass { out } => self.emit(out, desc),
             Decision::Forward { out, tag, .. } => match self.retag(desc, header.vlan, tag) {
-                Some(d) => self.tx[out].push(d),
+                Some(d) => self.emit(out, d),
                 None => self.drop_frame(in_port, desc, DropReason::Policy),
             },
             Decision::Flood { vlan } => {
                 self.targets.clear();
-                self.targets
-                    .extend(self.switch.flood_targets(in_port, vlan));
+                self.targets.extend(sw.flood_targets(in_port, vlan));
                 let Some((&(last, last_tag), rest)) = self.targets.split_last() else {
                     return self.drop_frame(in_port, desc, DropReason::Policy);
                 };
@@ -305,14 +523,14 @@ impl Engine {
                     let (out, tag) = self.targets[i];
                     match self.copy_frame(desc) {
                         Some(copy) => match self.retag(copy, header.vlan, tag) {
-                            Some(d) => self.tx[out].push(d),
+                            Some(d) => self.emit(out, d),
                             None => self.drop_frame(in_port, copy, DropReason::Policy),
                         },
                         None => self.drops[out][DropReason::NoFreeFrame as usize] += 1,
                     }
                 }
                 match self.retag(desc, header.vlan, last_tag) {
-                    Some(d) => self.tx[last].push(d),
+                    Some(d) => self.emit(last, d),
                     None => self.drop_frame(in_port, desc, DropReason::Policy),
                 }
             }
@@ -367,7 +585,8 @@ impl Engine {
     }
 
     fn flush_tx(&mut self) {
-        for out in 0..self.ports.len() {
+        for k in 0..self.own.len() {
+            let out = self.own[k];
             if self.tx[out].is_empty() {
                 continue;
             }
@@ -375,7 +594,8 @@ impl Engine {
                 umem: &self.umem,
                 pool: &mut self.pool,
             };
-            self.ports[out].tx_burst(&mut frames, &mut self.tx[out]);
+            let port = self.ports[out].as_mut().expect("own port");
+            port.tx_burst(&mut frames, &mut self.tx[out]);
             // What did not fit is dropped: holding it would stall the
             // ingress side behind one slow port.
             let left = self.tx[out].len();
@@ -395,7 +615,8 @@ impl Engine {
             for reason in DropReason::ALL {
                 let n = std::mem::take(&mut drops[reason as usize]);
                 if n > 0 {
-                    self.ports[port].counters().add_drop(reason, n);
+                    // Any PMD may drop for any port: the counters are shared.
+                    self.shared.ports[port].1.add_drop(reason, n);
                 }
             }
         }
@@ -406,41 +627,45 @@ impl Engine {
             umem: &self.umem,
             pool: &mut self.pool,
         };
-        for port in &mut self.ports {
+        for port in self.ports.iter_mut().flatten() {
             port.maintain(&mut frames);
         }
     }
 
-    /// Blocks in poll(2) until a port has frames (or the timeout passes).
+    /// Blocks in poll(2) until a port has frames, another PMD hands some
+    /// over, or the timeout passes.
     fn sleep_until_traffic(&mut self) {
+        let inbox = &self.inboxes[self.id];
         let mut fds: Vec<libc::pollfd> = self
             .ports
             .iter()
+            .flatten()
             .flat_map(|p| p.poll_fds())
+            .chain(std::iter::once(inbox.wake.as_raw_fd()))
             .map(|fd: RawFd| libc::pollfd {
                 fd,
                 events: libc::POLLIN,
                 revents: 0,
             })
             .collect();
-        // SAFETY: fds is a valid array of fds.len() pollfd entries.
-        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, POLL_TIMEOUT_MS) };
+        // Announce the sleep, then look once more: a sender that pushed
+        // before seeing the flag is caught here, one after it wakes us.
+        inbox.sleeping.store(true, Ordering::SeqCst);
+        if inbox.queue.is_empty() {
+            // SAFETY: fds is a valid array of fds.len() pollfd entries.
+            unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, POLL_TIMEOUT_MS) };
+        }
+        inbox.sleeping.store(false, Ordering::SeqCst);
+        inbox.clear_wake();
     }
 
-    /// Once or twice a second: ageing, kernel statistics, shared copies.
+    /// Once or twice a second: kernel statistics and accounting of own
+    /// ports; PMD 0 also does the switch's ageing and shared copies.
     fn housekeeping(&mut self, now: Instant, busy: &mut u64, idle: &mut u64) {
-        if let Some(fp) = self.fast_path.as_mut() {
-            fp.refresh_ageing(&mut self.switch, now);
-            fp.check_egress(&self.switch);
-            for (port, n) in fp.forwarded().into_iter().enumerate() {
-                if let Some(n) = n {
-                    self.ports[port].counters().set_fast_path(n);
-                }
-            }
+        if self.id == 0 {
+            self.switch_housekeeping(now);
         }
-        self.switch.expire(now);
-        self.mirror_fdb();
-        for port in &mut self.ports {
+        for port in self.ports.iter_mut().flatten() {
             port.refresh_counters();
         }
         self.shared
@@ -450,18 +675,34 @@ impl Engine {
             .idle_cycles
             .fetch_add(std::mem::take(idle), Ordering::Relaxed);
         let (mut in_rx_rings, mut in_tx_rings) = (0, 0);
-        for held in self.ports.iter().map(|p| p.frames_held()) {
+        for held in self.ports.iter().flatten().map(|p| p.frames_held()) {
             in_rx_rings += held.rx_side;
             in_tx_rings += held.tx_side;
         }
-        *self.shared.accounting.lock().unwrap() = FrameAccounting {
+        self.shared.accounting.lock().unwrap()[self.id] = FrameAccounting {
             total: self.pool.capacity() as u64,
             free: self.pool.len() as u64,
             in_rx_rings,
             in_tx_rings,
         };
-        let names: Vec<&str> = self.ports.iter().map(|p| p.name()).collect();
-        *self.shared.fdb.lock().unwrap() = self
+    }
+
+    fn switch_housekeeping(&mut self, now: Instant) {
+        let mut shared = self.switch.lock().unwrap();
+        let SharedSwitch { switch, fast_path } = &mut *shared;
+        if let Some(fp) = fast_path.as_mut() {
+            fp.refresh_ageing(switch, now);
+            fp.check_egress(switch);
+            for (port, n) in fp.forwarded().into_iter().enumerate() {
+                if let Some(n) = n {
+                    self.shared.ports[port].1.set_fast_path(n);
+                }
+            }
+        }
+        switch.expire(now);
+        mirror_fdb(&mut shared);
+        let names: Vec<&str> = self.shared.ports.iter().map(|(n, _)| n.as_str()).collect();
+        *self.shared.fdb.lock().unwrap() = shared
             .switch
             .fdb()
             .entries()
@@ -469,7 +710,17 @@ impl Engine {
             .filter(|(_, _, e)| e.port < names.len())
             .map(|(vlan, mac, e)| (vlan, mac, names[e.port].to_string()))
             .collect();
-        *self.shared.learning.lock().unwrap() = self.switch.learning_stats();
+        *self.shared.learning.lock().unwrap() = shared.switch.learning_stats();
+    }
+}
+
+/// Applies what the switch learned to the in-kernel fast path.
+fn mirror_fdb(shared: &mut SharedSwitch) {
+    if let Some(fp) = shared.fast_path.as_mut() {
+        if shared.switch.fdb().has_changes() {
+            let changes = shared.switch.fdb_mut().take_changes();
+            fp.apply(&changes, &shared.switch);
+        }
     }
 }
 

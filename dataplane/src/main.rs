@@ -135,7 +135,7 @@ enum Command {
 #[derive(clap::Args)]
 struct RunArgs {
     /// TOML configuration (see the README); excludes the port flags.
-    #[arg(long, short = 'c', value_name = "FILE", conflicts_with_all = ["ports", "xconnect", "no_fast_path"])]
+    #[arg(long, short = 'c', value_name = "FILE", conflicts_with_all = ["ports", "xconnect", "no_fast_path", "core", "cores"])]
     config: Option<PathBuf>,
     /// A port: KIND:IFACE[,options] (repeatable).
     #[arg(long = "port", short = 'p', value_name = "SPEC")]
@@ -154,9 +154,13 @@ struct RunArgs {
     /// unicast between ports (for comparisons).
     #[arg(long)]
     no_fast_path: bool,
-    /// CPU for the poll-mode thread.
-    #[arg(long, value_name = "CPU")]
+    /// CPU for the poll-mode thread (one PMD).
+    #[arg(long, value_name = "CPU", conflicts_with = "cores")]
     core: Option<usize>,
+    /// CPUs for several poll-mode threads, one each (e.g. 0,1); ports are
+    /// spread over them round robin.
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    cores: Vec<usize>,
     /// Frames per receive burst.
     #[arg(long, default_value_t = dataplane::config::DEFAULT_BURST)]
     burst: usize,
@@ -424,7 +428,10 @@ fn run_switch(root: &PinRoot, args: RunArgs) -> anyhow::Result<()> {
             },
             !args.no_fast_path,
             args.busy_poll,
-            args.core,
+            match args.core {
+                Some(c) => vec![c],
+                None => args.cores.clone(),
+            },
             args.burst,
             args.stats_interval
                 .filter(|s| *s > 0)

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 
 use crate::config::{ForwardingMode, PortKind, RunConfig};
-use crate::engine::{Engine, EngineConfig, EngineShared, FrameAccounting};
+use crate::engine::{self, EngineConfig, EngineShared, FrameAccounting, PmdParts};
 use crate::fastpath::{FastPath, FastPortConfig};
 use crate::port::afxdp::{AfxdpConfig, AfxdpPort};
 use crate::port::tap::TapPort;
@@ -37,7 +37,7 @@ pub enum Error {
     Tap(#[from] port::tap::Error),
     #[error("starting the PMD thread: {0}")]
     Thread(std::io::Error),
-    #[error("the PMD thread panicked; ports were released as it unwound")]
+    #[error("a PMD thread panicked; ports were released as it unwound")]
     Panicked,
 }
 
@@ -61,27 +61,46 @@ pub fn run(
     on_tick: &mut dyn FnMut(&EngineShared),
 ) -> Result<RunSummary, Error> {
     privileges::require_admin()?;
-    let umem = Arc::new(
-        Umem::new(UmemConfig {
-            frame_size: config.frame_size,
-            frame_count: config.frames,
-            ..UmemConfig::default()
-        })
-        .map_err(|source| Error::Umem {
-            frames: config.frames,
-            frame_size: config.frame_size,
-            source,
-        })?,
-    );
-    let pool = FramePool::new(&umem);
-    // Keep a quarter of the frames for flooding copies and TX in flight;
-    // spread the rest over the fill rings.
-    let fill_queues: usize = config.ports.iter().map(|p| p.queues.len()).sum();
-    let fill_frames = ((config.frames as usize * 3 / 4) / fill_queues.max(1)).min(2048) as u32;
-
-    let mut ports: Vec<Box<dyn Port>> = Vec::new();
-    for p in &config.ports {
-        match p.kind {
+    // One PMD per listed core (one unpinned PMD if none); port i runs on
+    // PMD i mod n, each PMD with a UMEM of its own.
+    let n_pmds = config.cores.len().max(1);
+    let mut pmds: Vec<PmdParts> = Vec::new();
+    for pmd in 0..n_pmds {
+        let umem = Arc::new(
+            Umem::new(UmemConfig {
+                frame_size: config.frame_size,
+                frame_count: config.frames,
+                ..UmemConfig::default()
+            })
+            .map_err(|source| Error::Umem {
+                frames: config.frames,
+                frame_size: config.frame_size,
+                source,
+            })?,
+        );
+        pmds.push(PmdParts {
+            cpu: config.cores.get(pmd).copied(),
+            pool: FramePool::new(&umem),
+            umem,
+            ports: Vec::new(),
+        });
+    }
+    let mut names = Vec::new();
+    for (id, p) in config.ports.iter().enumerate() {
+        let pmd = id % n_pmds;
+        // Keep a quarter of a PMD's frames for flooding copies and TX in
+        // flight; spread the rest over its fill rings.
+        let fill_queues: usize = config
+            .ports
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % n_pmds == pmd)
+            .map(|(_, p)| p.queues.len())
+            .sum();
+        let fill_frames = ((config.frames as usize * 3 / 4) / fill_queues.max(1)).min(2048) as u32;
+        let counters = Arc::new(PortCounters::default());
+        let umem = pmds[pmd].umem.clone();
+        let port: Box<dyn Port> = match p.kind {
             PortKind::Afxdp => {
                 let socket = SocketConfig {
                     bind: p.bind,
@@ -90,7 +109,7 @@ pub fn run(
                         .map(|usecs| BusyPoll { usecs, budget: 64 }),
                     ..SocketConfig::default()
                 };
-                let port = AfxdpPort::open(
+                Box::new(AfxdpPort::open(
                     &AfxdpConfig {
                         ifname: p.iface.clone(),
                         queues: p.queues.clone(),
@@ -100,16 +119,13 @@ pub fn run(
                     },
                     &umem,
                     pins,
-                    Arc::new(PortCounters::default()),
-                )?;
-                ports.push(Box::new(port));
+                    counters.clone(),
+                )?)
             }
-            PortKind::Tap => {
-                let port =
-                    TapPort::open(&p.iface, p.queues.len(), Arc::new(PortCounters::default()))?;
-                ports.push(Box::new(port));
-            }
-        }
+            PortKind::Tap => Box::new(TapPort::open(&p.iface, p.queues.len(), counters.clone())?),
+        };
+        names.push((port.name().to_string(), counters));
+        pmds[pmd].ports.push((id, port));
     }
     let switch_ports = config
         .ports
@@ -143,40 +159,37 @@ pub fn run(
     } else {
         None
     };
-    let engine = Engine::new(
+    let running = engine::start(
         EngineConfig {
             burst: config.burst,
             busy_poll: config.busy_poll,
-            cpu: config.core,
+            cpu: None,
         },
-        umem,
-        pool,
-        ports,
+        pmds,
+        config.ports.len(),
+        names,
         switch,
         fast_path,
-    );
-    let shared = engine.shared();
-    let pmd = std::thread::Builder::new()
-        .name("dataplane-pmd".into())
-        .spawn(move || engine.run())
-        .map_err(Error::Thread)?;
+    )
+    .map_err(Error::Thread)?;
+    let shared = running.shared.clone();
     tracing::info!(
         ports = config.ports.len(),
         mode = ?config.mode,
         polling = if config.busy_poll { "busy" } else { "adaptive" },
-        core = ?config.core,
+        pmds = n_pmds,
+        cores = ?config.cores,
         "switch running"
     );
 
-    while !stop.load(Ordering::Relaxed) && !pmd.is_finished() {
+    while !stop.load(Ordering::Relaxed) && !running.any_finished() {
         let tick = Instant::now() + Duration::from_secs(1);
-        while Instant::now() < tick && !stop.load(Ordering::Relaxed) && !pmd.is_finished() {
+        while Instant::now() < tick && !stop.load(Ordering::Relaxed) && !running.any_finished() {
             std::thread::sleep(Duration::from_millis(50));
         }
         on_tick(&shared);
     }
-    shared.request_stop();
-    let accounting = pmd.join().map_err(|_| Error::Panicked)?;
+    let accounting = running.stop().map_err(|_| Error::Panicked)?;
     Ok(RunSummary {
         accounting,
         busy_cycles: shared.busy_cycles.load(Ordering::Relaxed),
