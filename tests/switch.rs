@@ -350,3 +350,36 @@ fn two_pmd_threads_switch_between_their_ports() {
     // Two UMEMs of 8192 frames, all accounted for.
     assert!(out.contains("frames: 16384 total"), "{out}");
 }
+
+#[test]
+fn a_port_going_down_or_away_does_not_stop_the_others() {
+    if !privileged("a_port_going_down_or_away_does_not_stop_the_others") {
+        return;
+    }
+    let h = hosts("fault", 3);
+    let (a, c) = (&h.hosts[0], &h.hosts[2]);
+    let sw = RunningSwitch::start(
+        &h.sw,
+        &[
+            "--port", "afxdp:sa", "--port", "afxdp:sb", "--port", "afxdp:sc",
+        ],
+    );
+    assert!(ping(a, "10.77.1.3", 2), "a -> c before");
+    h.sw.ip(&["link", "set", "sc", "down"]);
+    assert!(ping(a, "10.77.1.2", 10), "a -> b while sc is down");
+    assert!(!ping(c, "10.77.1.1", 1), "nothing crosses a down port");
+    h.sw.ip(&["link", "set", "sc", "up"]);
+    let back = harness::wait_for(Duration::from_secs(5), || {
+        ping(a, "10.77.1.3", 1).then_some(())
+    });
+    assert!(back.is_some(), "sc forwards again once up");
+    h.sw.ip(&["link", "del", "sc"]);
+    assert!(ping(a, "10.77.1.2", 10), "a -> b after sc was deleted");
+    // The switch still exits cleanly and detaches from what is left.
+    let (ok, out) = sw.stop();
+    assert!(ok, "{out}");
+    assert!(out.contains(" 0 unaccounted"), "{out}");
+    for i in ["sa", "sb"] {
+        assert_eq!(h.sw.xdp_prog_id(i), None, "steer left on {i}");
+    }
+}
