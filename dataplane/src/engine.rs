@@ -352,6 +352,9 @@ impl Engine {
         }
         // Prime the fill rings before the first frame arrives.
         self.maintain_ports();
+        // One handle for the loop: cloning the Arc per iteration would
+        // bounce its reference count between the PMDs' cores.
+        let switch = self.switch.clone();
         let mut idle_spins = 0u32;
         let mut next_housekeeping = Instant::now();
         let mut busy = 0u64;
@@ -359,7 +362,7 @@ impl Engine {
         let mut since_clock = 0u32;
         while !self.shared.stop.load(Ordering::Relaxed) {
             let start = cycles();
-            let moved = self.iteration();
+            let moved = self.iteration(&switch);
             self.maintain_ports();
             let spent = cycles().wrapping_sub(start);
             since_clock += 1;
@@ -401,12 +404,11 @@ impl Engine {
 
     /// One pass: frames handed over by other PMDs, then every own port;
     /// returns frames received.
-    fn iteration(&mut self) -> usize {
+    fn iteration(&mut self, switch: &Mutex<SharedSwitch>) -> usize {
         let mut moved = self.take_handoffs();
         // Read lazily: only when a burst arrived (FDB timestamps).
         let mut now: Option<Instant> = None;
         let burst = self.config.burst;
-        let switch = self.switch.clone();
         for k in 0..self.own.len() {
             let in_port = self.own[k];
             self.rx.clear();
