@@ -47,6 +47,27 @@ struct RingPtrs<T> {
 }
 
 impl<T> RingPtrs<T> {
+    /// Bundles the pointers of one ring (both constructors' contract applies).
+    fn new(
+        producer: *const AtomicU32,
+        consumer: *const AtomicU32,
+        flags: *const AtomicU32,
+        descs: *mut T,
+        size: u32,
+    ) -> Self {
+        assert!(
+            size.is_power_of_two(),
+            "ring size {size} is not a power of two"
+        );
+        RingPtrs {
+            producer,
+            consumer,
+            flags,
+            descs,
+            size,
+        }
+    }
+
     fn producer(&self) -> &AtomicU32 {
         // SAFETY: the constructors' contract: the pointer is valid and
         // aligned for as long as the ring (and so `self`) lives.
@@ -127,17 +148,7 @@ impl<T: Copy> ProducerRing<T> {
         descs: *mut T,
         size: u32,
     ) -> Self {
-        assert!(
-            size.is_power_of_two(),
-            "ring size {size} is not a power of two"
-        );
-        let ptrs = RingPtrs {
-            producer,
-            consumer,
-            flags,
-            descs,
-            size,
-        };
+        let ptrs = RingPtrs::new(producer, consumer, flags, descs, size);
         ProducerRing {
             cached_prod: ptrs.producer().load(Ordering::Relaxed),
             cached_cons: ptrs.consumer().load(Ordering::Acquire),
@@ -236,17 +247,7 @@ impl<T: Copy> ConsumerRing<T> {
         descs: *mut T,
         size: u32,
     ) -> Self {
-        assert!(
-            size.is_power_of_two(),
-            "ring size {size} is not a power of two"
-        );
-        let ptrs = RingPtrs {
-            producer,
-            consumer,
-            flags,
-            descs,
-            size,
-        };
+        let ptrs = RingPtrs::new(producer, consumer, flags, descs, size);
         ConsumerRing {
             cached_cons: ptrs.consumer().load(Ordering::Relaxed),
             cached_prod: ptrs.producer().load(Ordering::Acquire),
@@ -391,13 +392,13 @@ fn map_ring<T>(
     // flags (at these offsets, in front of `desc`) and `size` entries from
     // `desc` on: every pointer stays inside the `len` bytes just mapped.
     let ptrs = unsafe {
-        RingPtrs {
-            producer: base.add(off.producer as usize).cast::<AtomicU32>(),
-            consumer: base.add(off.consumer as usize).cast::<AtomicU32>(),
-            flags: base.add(off.flags as usize).cast::<AtomicU32>(),
-            descs: base.add(off.desc as usize).cast::<T>(),
+        RingPtrs::new(
+            base.add(off.producer as usize).cast::<AtomicU32>(),
+            base.add(off.consumer as usize).cast::<AtomicU32>(),
+            base.add(off.flags as usize).cast::<AtomicU32>(),
+            base.add(off.desc as usize).cast::<T>(),
             size,
-        }
+        )
     };
     debug_assert!(ptrs.descs.is_aligned() && ptrs.producer.is_aligned());
     Ok((map, ptrs))
