@@ -23,8 +23,6 @@ pub enum Error {
     Netdev(#[from] netdev::Error),
     #[error(transparent)]
     Forward(#[from] forward::Error),
-    #[error("loading the generator program: {0}")]
-    Program(#[from] aya::programs::ProgramError),
     #[error(
         "BPF_PROG_RUN in live-frame mode on {ifname} failed: {source} \
          (needs kernel >= 5.18 and root)"
