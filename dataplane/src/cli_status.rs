@@ -67,7 +67,7 @@ pub fn ctrl_c_flag() -> anyhow::Result<Arc<AtomicBool>> {
     Ok(flag)
 }
 
-fn sleep_unless(stop: &AtomicBool, total: Duration) {
+pub fn sleep_unless(stop: &AtomicBool, total: Duration) {
     let end = Instant::now() + total;
     while !stop.load(Ordering::Relaxed) {
         let left = end.saturating_duration_since(Instant::now());

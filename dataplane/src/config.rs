@@ -112,6 +112,64 @@ pub struct PortConfig {
 }
 
 impl PortConfig {
+    /// The `--port` form of this port (what `port add` takes).
+    pub fn spec(&self) -> String {
+        let mut s = self.name();
+        let default_queues = match self.kind {
+            PortKind::Afxdp => self.queues == [0],
+            PortKind::Tap => self.queues.len() == 1,
+        };
+        if !default_queues {
+            match self.kind {
+                PortKind::Tap => s.push_str(&format!(",queues={}", self.queues.len())),
+                PortKind::Afxdp => s.push_str(&format!(",queues={}", join(&self.queues))),
+            }
+        }
+        match &self.vlan {
+            VlanMode::Access(v) => s.push_str(&format!(",vlan={v}")),
+            VlanMode::Trunk { allowed, native } => {
+                if let Some(set) = allowed {
+                    s.push_str(&format!(",trunk={}", join(&set.iter().collect::<Vec<_>>())));
+                }
+                if *native != crate::switch::vlan::UNTAGGED {
+                    s.push_str(&format!(",native={native}"));
+                }
+            }
+        }
+        if self.bind != BindMode::Auto {
+            s.push_str(&format!(",bind={}", self.bind));
+        }
+        s
+    }
+
+    /// This port as a `[[port]]` table.
+    fn to_toml(&self) -> String {
+        let kind = match self.kind {
+            PortKind::Afxdp => "afxdp",
+            PortKind::Tap => "tap",
+        };
+        let mut t = format!("[[port]]\nkind = \"{kind}\"\niface = \"{}\"\n", self.iface);
+        match self.kind {
+            PortKind::Afxdp => t.push_str(&format!("queues = {:?}\n", self.queues)),
+            PortKind::Tap => t.push_str(&format!("queues = [{}]\n", self.queues.len())),
+        }
+        match &self.vlan {
+            VlanMode::Access(v) => t.push_str(&format!("vlan = {v}\n")),
+            VlanMode::Trunk { allowed, native } => {
+                if let Some(set) = allowed {
+                    t.push_str(&format!("trunk = {:?}\n", set.iter().collect::<Vec<_>>()));
+                }
+                if *native != crate::switch::vlan::UNTAGGED {
+                    t.push_str(&format!("native_vlan = {native}\n"));
+                }
+            }
+        }
+        if self.bind != BindMode::Auto {
+            t.push_str(&format!("bind = \"{}\"\n", self.bind));
+        }
+        t
+    }
+
     /// `kind:iface`, as logs and statistics name the port.
     pub fn name(&self) -> String {
         match self.kind {
@@ -366,6 +424,38 @@ impl RunConfig {
         Ok(())
     }
 
+    /// The configuration as a TOML file that `run --config` reads back to
+    /// the same switch (`show config` prints it, ports added at runtime
+    /// included).
+    pub fn to_toml(&self) -> String {
+        let mode = match self.mode {
+            ForwardingMode::Switch => "switch",
+            ForwardingMode::Xconnect => "xconnect",
+        };
+        let mut t = format!(
+            "mode = \"{mode}\"\nfast_path = {}\nbusy_poll = {}\ncores = {:?}\nburst = {}\n",
+            self.fast_path, self.busy_poll, self.cores, self.burst
+        );
+        if let Some(i) = self.stats_interval {
+            t.push_str(&format!("stats_interval = {}\n", i.as_secs()));
+        }
+        if let Some(us) = self.socket_busy_poll {
+            t.push_str(&format!("socket_busy_poll = {us}\n"));
+        }
+        t.push_str(&format!(
+            "\n[umem]\nframe_size = {}\nframes = {}\n\n[fdb]\nmax_entries = {}\nmax_age = {}\n",
+            self.frame_size,
+            self.frames,
+            self.fdb.max_entries,
+            self.fdb.max_age.as_secs()
+        ));
+        for p in &self.ports {
+            t.push('\n');
+            t.push_str(&p.to_toml());
+        }
+        t
+    }
+
     /// Cross-connect peers: 0<->1, 2<->3, ...
     pub fn xconnect_peers(&self) -> Vec<Option<usize>> {
         (0..self.ports.len()).map(|i| Some(i ^ 1)).collect()
@@ -515,6 +605,14 @@ pub fn parse_port_spec(spec: &str) -> Result<PortConfig, Error> {
     })
 }
 
+fn join<T: std::fmt::Display>(items: &[T]) -> String {
+    items
+        .iter()
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join("+")
+}
+
 /// toml's error with the line and column spelled out first.
 fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
     // One line, as every error of the CLI.
@@ -539,6 +637,33 @@ fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn to_toml_reads_back_to_the_same_config() {
+        let text = "mode = \"switch\"\nfast_path = false\ncores = [1]\nstats_interval = 5\n\
+            [umem]\nframe_size = 2048\nframes = 1024\n[fdb]\nmax_age = 30\n\
+            [[port]]\nkind = \"afxdp\"\niface = \"v0\"\nqueues = [0, 1]\nvlan = 10\n\
+            [[port]]\nkind = \"afxdp\"\niface = \"v1\"\ntrunk = [10, 20]\nnative_vlan = 5\nbind = \"copy\"\n\
+            [[port]]\nkind = \"tap\"\niface = \"vm0\"\nqueues = [2]\n";
+        let c = RunConfig::from_toml(text, "t").unwrap();
+        let again = RunConfig::from_toml(&c.to_toml(), "again").unwrap();
+        assert_eq!(c, again);
+    }
+
+    #[test]
+    fn spec_parses_back_to_the_same_port() {
+        for spec in [
+            "afxdp:v0",
+            "afxdp:v1,queues=0+1,vlan=10",
+            "afxdp:v2,trunk=10+20,native=5,bind=copy",
+            "afxdp:v3,native=7",
+            "tap:vm0,queues=2,vlan=3",
+        ] {
+            let p = parse_port_spec(spec).unwrap();
+            assert_eq!(p.spec(), spec);
+            assert_eq!(parse_port_spec(&p.spec()).unwrap(), p);
+        }
+    }
 
     #[test]
     fn flag_form() {

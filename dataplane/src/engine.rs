@@ -17,8 +17,9 @@
 //! costs nearly nothing; `busy_poll` spins forever (benchmarks).
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use crossbeam_queue::ArrayQueue;
@@ -43,6 +44,39 @@ const COPY_HEADROOM: u64 = 256;
 const HANDOFF_MAX: usize = 2048;
 /// Frames waiting in one PMD's handoff queue, at most.
 const HANDOFF_QUEUE: usize = 1024;
+/// Port slots: switch port ids are 0..MAX_PORTS (the fast path's devmap size).
+pub const MAX_PORTS: usize = dataplane_common::MAX_PORTS as usize;
+/// `owner` value of a slot no PMD serves.
+const NO_OWNER: usize = usize::MAX;
+/// How long the control side waits for a PMD to take or give back a port.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A change to a PMD's set of ports, applied between two iterations.
+enum PmdCommand {
+    /// Start serving `port` as switch port `id`.
+    Attach {
+        id: usize,
+        port: Box<dyn Port>,
+        done: mpsc::Sender<()>,
+    },
+    /// Stop serving port `id`: its frames go back to the pool and the port
+    /// is handed back (to be closed by the caller).
+    Detach {
+        id: usize,
+        done: mpsc::Sender<Box<dyn Port>>,
+    },
+}
+
+/// Why a port could not be attached to or detached from a PMD.
+#[derive(Debug, thiserror::Error)]
+pub enum PortChangeError {
+    #[error("no free port slot: at most {MAX_PORTS} ports")]
+    NoSlot,
+    #[error("port {0} is not served by any PMD")]
+    NotServed(usize),
+    #[error("PMD {0} did not answer within {COMMAND_TIMEOUT:?} (stopped or stuck)")]
+    NoAnswer(usize),
+}
 
 /// The switch and its in-kernel mirror, shared by the PMD threads.
 pub struct SharedSwitch {
@@ -65,6 +99,10 @@ struct Inbox {
     sleeping: AtomicBool,
     /// An eventfd in the owner's poll set.
     wake: OwnedFd,
+    /// Port changes for the owner; `has_commands` spares it the lock on
+    /// every iteration.
+    commands: Mutex<Vec<PmdCommand>>,
+    has_commands: AtomicBool,
 }
 
 impl Inbox {
@@ -79,6 +117,8 @@ impl Inbox {
             sleeping: AtomicBool::new(false),
             // SAFETY: fd is fresh and ours.
             wake: unsafe { OwnedFd::from_raw_fd(fd) },
+            commands: Mutex::new(Vec::new()),
+            has_commands: AtomicBool::new(false),
         })
     }
 
@@ -86,6 +126,13 @@ impl Inbox {
         let one: u64 = 1;
         // SAFETY: writes 8 bytes from a live u64 to our eventfd.
         unsafe { libc::write(self.wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    }
+
+    /// Queues a command for the owner and wakes it if it sleeps.
+    fn command(&self, command: PmdCommand) {
+        self.commands.lock().unwrap().push(command);
+        self.has_commands.store(true, Ordering::SeqCst);
+        self.wake();
     }
 
     fn clear_wake(&self) {
@@ -146,15 +193,40 @@ pub struct EngineShared {
     pub idle_cycles: AtomicU64,
     /// Per PMD thread.
     accounting: Mutex<Vec<FrameAccounting>>,
-    /// Per-port counters, by port index.
-    pub ports: Vec<(String, Arc<PortCounters>)>,
+    /// The ports, by switch port id (slot); `None` for a free slot.
+    ports: RwLock<Vec<Option<PortEntry>>>,
     /// A copy of the FDB for `show fdb`, refreshed about once a second.
     fdb: Mutex<Vec<(u16, [u8; 6], String)>>,
     /// Learning counters (learned, moved, table full).
     pub learning: Mutex<switch::LearningStats>,
 }
 
+/// A port as the outside world sees it.
+#[derive(Clone)]
+pub struct PortEntry {
+    pub name: String,
+    pub counters: Arc<PortCounters>,
+    /// The PMD thread serving it.
+    pub pmd: usize,
+}
+
 impl EngineShared {
+    /// (switch port id, entry) of every port, by id.
+    pub fn ports(&self) -> Vec<(usize, PortEntry)> {
+        self.ports
+            .read()
+            .unwrap()
+            .iter()
+            .enumerate()
+            .filter_map(|(id, p)| p.clone().map(|p| (id, p)))
+            .collect()
+    }
+
+    /// The port in slot `id`.
+    pub fn port(&self, id: usize) -> Option<PortEntry> {
+        self.ports.read().unwrap().get(id).cloned().flatten()
+    }
+
     /// Asks the PMD thread to stop after its current iteration.
     pub fn request_stop(&self) {
         self.stop.store(true, Ordering::Relaxed);
@@ -189,8 +261,9 @@ pub struct Engine {
     ports: Vec<Option<Box<dyn Port>>>,
     /// Global ids of the ports this PMD owns.
     own: Vec<usize>,
-    /// PMD owning each port, by global port id.
-    owner: Arc<Vec<usize>>,
+    /// PMD serving each port slot ([`NO_OWNER`] if none); a PMD sets its
+    /// own entries as it attaches and detaches ports.
+    owner: Arc<Vec<AtomicUsize>>,
     switch: Arc<Mutex<SharedSwitch>>,
     inboxes: Arc<Vec<Inbox>>,
     shared: Arc<EngineShared>,
@@ -225,12 +298,101 @@ pub struct Running {
     pub shared: Arc<EngineShared>,
     switch: Arc<Mutex<SharedSwitch>>,
     threads: Vec<std::thread::JoinHandle<OwnedPorts>>,
+    inboxes: Arc<Vec<Inbox>>,
+    owner: Arc<Vec<AtomicUsize>>,
+    /// Each PMD's UMEM: ports added at runtime are opened on it.
+    umems: Vec<Arc<Umem>>,
 }
 
 impl Running {
     /// True once any PMD thread has ended (it only ends when asked, or on a panic).
     pub fn any_finished(&self) -> bool {
         self.threads.iter().any(|t| t.is_finished())
+    }
+
+    /// The switch and its fast path, shared with the PMDs.
+    pub fn switch(&self) -> &Arc<Mutex<SharedSwitch>> {
+        &self.switch
+    }
+
+    /// Number of PMD threads.
+    pub fn pmd_count(&self) -> usize {
+        self.umems.len()
+    }
+
+    /// The UMEM of PMD `pmd` (a port to attach there is opened on it).
+    pub fn umem(&self, pmd: usize) -> &Arc<Umem> {
+        &self.umems[pmd]
+    }
+
+    /// A free port slot.
+    pub fn free_slot(&self) -> Result<usize, PortChangeError> {
+        let ports = self.shared.ports.read().unwrap();
+        (0..MAX_PORTS)
+            .find(|&id| ports.get(id).is_none_or(Option::is_none))
+            .ok_or(PortChangeError::NoSlot)
+    }
+
+    /// The PMD serving the fewest ports (where a new port goes).
+    pub fn least_loaded_pmd(&self) -> usize {
+        let ports = self.shared.ports.read().unwrap();
+        (0..self.pmd_count())
+            .min_by_key(|&pmd| ports.iter().flatten().filter(|p| p.pmd == pmd).count())
+            .unwrap_or(0)
+    }
+
+    /// Hands `port`, opened on PMD `pmd`'s UMEM, to that PMD as switch port
+    /// `id` and waits until it serves it. The switch learns of the port
+    /// only after this (the caller adds it), so no frame is sent to a port
+    /// nobody serves.
+    pub fn attach_port(
+        &self,
+        pmd: usize,
+        id: usize,
+        port: Box<dyn Port>,
+    ) -> Result<(), PortChangeError> {
+        {
+            let mut ports = self.shared.ports.write().unwrap();
+            if ports.len() <= id {
+                ports.resize(id + 1, None);
+            }
+            ports[id] = Some(PortEntry {
+                name: port.name().to_string(),
+                counters: port.counters().clone(),
+                pmd,
+            });
+        }
+        let (done, answer) = mpsc::channel();
+        self.inboxes[pmd].command(PmdCommand::Attach { id, port, done });
+        answer
+            .recv_timeout(COMMAND_TIMEOUT)
+            .map_err(|_| PortChangeError::NoAnswer(pmd))
+    }
+
+    /// Takes port `id` away from its PMD, which first hands its frames back
+    /// to the pool; returns the port, for the caller to close. Remove it
+    /// from the switch (and the fast path) first, so nothing is still being
+    /// sent to it. The slot stays taken until [`Running::forget_port`].
+    pub fn detach_port(&self, id: usize) -> Result<Box<dyn Port>, PortChangeError> {
+        let pmd = self
+            .owner
+            .get(id)
+            .map(|o| o.load(Ordering::SeqCst))
+            .filter(|&o| o != NO_OWNER)
+            .ok_or(PortChangeError::NotServed(id))?;
+        let (done, answer) = mpsc::channel();
+        self.inboxes[pmd].command(PmdCommand::Detach { id, done });
+        answer
+            .recv_timeout(COMMAND_TIMEOUT)
+            .map_err(|_| PortChangeError::NoAnswer(pmd))
+    }
+
+    /// Frees slot `id` for reuse, once its port is detached for good (a
+    /// port waiting for its interface keeps its slot and its PMD).
+    pub fn forget_port(&self, id: usize) {
+        if let Some(slot) = self.shared.ports.write().unwrap().get_mut(id) {
+            *slot = None;
+        }
     }
 
     /// Stops the PMDs, turns the fast path off, then closes every port,
@@ -260,15 +422,14 @@ impl Running {
 }
 
 /// Starts one PMD thread per element of `pmds`; port ids are global
-/// (switch port ids), `n_ports` of them in all.
+/// (switch port ids, below [`MAX_PORTS`]).
 pub fn start(
     config: EngineConfig,
     pmds: Vec<PmdParts>,
-    n_ports: usize,
-    names: Vec<(String, Arc<PortCounters>)>,
     mut switch: Switch,
     fast_path: Option<FastPath>,
 ) -> std::io::Result<Running> {
+    let n_ports = MAX_PORTS;
     if fast_path.is_some() {
         switch.fdb_mut().record_changes();
     }
@@ -277,17 +438,26 @@ pub fn start(
         busy_cycles: AtomicU64::new(0),
         idle_cycles: AtomicU64::new(0),
         accounting: Mutex::new(vec![FrameAccounting::default(); pmds.len()]),
-        ports: names,
+        ports: RwLock::new(vec![None; n_ports]),
         fdb: Mutex::new(Vec::new()),
         learning: Mutex::new(Default::default()),
     });
-    let mut owner = vec![0; n_ports];
-    for (pmd, parts) in pmds.iter().enumerate() {
-        for (id, _) in &parts.ports {
-            owner[*id] = pmd;
+    let owner: Arc<Vec<AtomicUsize>> =
+        Arc::new((0..n_ports).map(|_| AtomicUsize::new(NO_OWNER)).collect());
+    {
+        let mut entries = shared.ports.write().unwrap();
+        for (pmd, parts) in pmds.iter().enumerate() {
+            for (id, port) in &parts.ports {
+                owner[*id].store(pmd, Ordering::Relaxed);
+                entries[*id] = Some(PortEntry {
+                    name: port.name().to_string(),
+                    counters: port.counters().clone(),
+                    pmd,
+                });
+            }
         }
     }
-    let owner = Arc::new(owner);
+    let umems: Vec<Arc<Umem>> = pmds.iter().map(|p| p.umem.clone()).collect();
     let switch = Arc::new(Mutex::new(SharedSwitch { switch, fast_path }));
     let inboxes = Arc::new(
         (0..pmds.len())
@@ -338,6 +508,9 @@ pub fn start(
         shared,
         switch,
         threads,
+        inboxes,
+        owner,
+        umems,
     })
 }
 
@@ -361,6 +534,9 @@ impl Engine {
         let mut idle = 0u64;
         let mut since_clock = 0u32;
         while !self.shared.stop.load(Ordering::Relaxed) {
+            if self.inboxes[self.id].has_commands.load(Ordering::Relaxed) {
+                self.run_commands();
+            }
             let start = cycles();
             let moved = self.iteration(&switch);
             self.maintain_ports();
@@ -400,6 +576,49 @@ impl Engine {
         own.into_iter()
             .filter_map(|id| self.ports[id].take().map(|p| (id, p)))
             .collect()
+    }
+
+    /// Applies queued port changes (between iterations: no frame of this
+    /// PMD is in flight except in the ports' rings).
+    fn run_commands(&mut self) {
+        let inbox = &self.inboxes[self.id];
+        inbox.has_commands.store(false, Ordering::SeqCst);
+        let commands = std::mem::take(&mut *inbox.commands.lock().unwrap());
+        for command in commands {
+            match command {
+                PmdCommand::Attach { id, mut port, done } => {
+                    let mut frames = Frames {
+                        umem: &self.umem,
+                        pool: &mut self.pool,
+                    };
+                    // Prime its fill ring before frames arrive.
+                    port.maintain(&mut frames);
+                    self.ports[id] = Some(port);
+                    self.own.push(id);
+                    self.owner[id].store(self.id, Ordering::SeqCst);
+                    let _ = done.send(());
+                }
+                PmdCommand::Detach { id, done } => {
+                    self.owner[id].store(NO_OWNER, Ordering::SeqCst);
+                    self.own.retain(|&p| p != id);
+                    for d in std::mem::take(&mut self.tx[id]) {
+                        self.pool.free(d.addr);
+                    }
+                    let Some(mut port) = self.ports[id].take() else {
+                        continue;
+                    };
+                    let mut frames = Frames {
+                        umem: &self.umem,
+                        pool: &mut self.pool,
+                    };
+                    port.release_frames(&mut frames);
+                    if let Err(mpsc::SendError(port)) = done.send(port) {
+                        // Nobody waits any more: close it here.
+                        drop(port);
+                    }
+                }
+            }
+        }
     }
 
     /// One pass: frames handed over by other PMDs, then every own port;
@@ -450,6 +669,11 @@ impl Engine {
             let Some(h) = inbox.queue.pop() else { break };
             n += 1;
             let out = h.port as usize;
+            if self.ports[out].is_none() {
+                // Detached while the frame was on its way.
+                self.drops[out][DropReason::Policy as usize] += 1;
+                continue;
+            }
             let Some(chunk) = self.pool.alloc() else {
                 self.drops[out][DropReason::NoFreeFrame as usize] += 1;
                 continue;
@@ -474,10 +698,14 @@ impl Engine {
     /// Queues a frame for `out`: on its TX batch if this PMD owns the port,
     /// else copied into the owner's handoff queue (and freed here).
     fn emit(&mut self, out: usize, desc: XdpDesc) {
-        let owner = self.owner[out];
+        let owner = self.owner[out].load(Ordering::Relaxed);
         if owner == self.id {
             self.tx[out].push(desc);
             return;
+        }
+        if owner == NO_OWNER {
+            // Being removed: the switch will stop choosing it shortly.
+            return self.drop_frame(out, desc, DropReason::Policy);
         }
         let len = desc.len as usize;
         if len > HANDOFF_MAX {
@@ -613,12 +841,16 @@ impl Engine {
     }
 
     fn publish_drops(&mut self) {
+        if self.drops.iter().all(|d| d.iter().all(|&n| n == 0)) {
+            return;
+        }
+        // Any PMD may drop for any port: the counters are shared.
+        let ports = self.shared.ports.read().unwrap();
         for (port, drops) in self.drops.iter_mut().enumerate() {
             for reason in DropReason::ALL {
                 let n = std::mem::take(&mut drops[reason as usize]);
-                if n > 0 {
-                    // Any PMD may drop for any port: the counters are shared.
-                    self.shared.ports[port].1.add_drop(reason, n);
+                if let (true, Some(Some(p))) = (n > 0, ports.get(port)) {
+                    p.counters.add_drop(reason, n);
                 }
             }
         }
@@ -695,29 +927,35 @@ impl Engine {
         if let Some(fp) = fast_path.as_mut() {
             fp.refresh_ageing(switch, now);
             fp.check_egress(switch);
+            let ports = self.shared.ports.read().unwrap();
             for (port, n) in fp.forwarded().into_iter().enumerate() {
-                if let Some(n) = n {
-                    self.shared.ports[port].1.set_fast_path(n);
+                if let (Some(n), Some(Some(p))) = (n, ports.get(port)) {
+                    p.counters.set_fast_path(n);
                 }
             }
         }
         switch.expire(now);
         mirror_fdb(&mut shared);
-        let names: Vec<&str> = self.shared.ports.iter().map(|(n, _)| n.as_str()).collect();
+        let names: Vec<String> = shared
+            .switch
+            .ports()
+            .iter()
+            .map(|p| p.name.clone())
+            .collect();
         *self.shared.fdb.lock().unwrap() = shared
             .switch
             .fdb()
             .entries()
             .into_iter()
             .filter(|(_, _, e)| e.port < names.len())
-            .map(|(vlan, mac, e)| (vlan, mac, names[e.port].to_string()))
+            .map(|(vlan, mac, e)| (vlan, mac, names[e.port].clone()))
             .collect();
         *self.shared.learning.lock().unwrap() = shared.switch.learning_stats();
     }
 }
 
 /// Applies what the switch learned to the in-kernel fast path.
-fn mirror_fdb(shared: &mut SharedSwitch) {
+pub fn mirror_fdb(shared: &mut SharedSwitch) {
     if let Some(fp) = shared.fast_path.as_mut() {
         if shared.switch.fdb().has_changes() {
             let changes = shared.switch.fdb_mut().take_changes();

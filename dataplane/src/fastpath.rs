@@ -163,6 +163,90 @@ impl FastPath {
         Ok(fp)
     }
 
+    /// Takes a port added while the switch runs into the fast path: probes
+    /// its egress, exchanges devmap entries with the other ports, turns the
+    /// fast path on in its `steer` and installs what was learned so far.
+    pub fn add_port(
+        &mut self,
+        pins: &PinRoot,
+        m: &FastPortConfig,
+        switch: &Switch,
+    ) -> Result<(), Error> {
+        let err = |source| Error::Steer {
+            ifname: m.ifname.clone(),
+            source: Box::new(source),
+        };
+        let mut attachment = Attachment::open(pins, &m.ifname).map_err(err)?;
+        let egress_ok = match probe_egress(&m.ifname) {
+            Ok(()) => true,
+            Err(why) => {
+                tracing::warn!(
+                    ifname = m.ifname,
+                    "fast path toward {} disabled: {why}; frames to it take the AF_XDP path",
+                    m.ifname
+                );
+                false
+            }
+        };
+        for (id, p) in self.ports.iter().enumerate() {
+            let Some(p) = p.as_ref().filter(|p| p.egress_ok) else {
+                continue;
+            };
+            if let Ok(ifindex) = netdev::ifindex(&p.ifname) {
+                attachment.set_fast_port(id as u32, ifindex).map_err(err)?;
+            }
+        }
+        if egress_ok {
+            if let Ok(ifindex) = netdev::ifindex(&m.ifname) {
+                attachment
+                    .set_fast_port(m.port as u32, ifindex)
+                    .map_err(err)?;
+                for p in self.ports.iter_mut().flatten() {
+                    if let Err(e) = p.attachment.set_fast_port(m.port as u32, ifindex) {
+                        tracing::warn!(ifname = p.ifname, "fast path toward {}: {e}", m.ifname);
+                    }
+                }
+            }
+        }
+        let (untagged_vlan, mode, allowed) = m.vlan_settings();
+        attachment
+            .enable_fast_path(m.port as u32, untagged_vlan, mode, &allowed)
+            .map_err(err)?;
+        if self.ports.len() <= m.port {
+            self.ports.resize_with(m.port + 1, || None);
+        }
+        self.ports[m.port] = Some(FastPort {
+            ifname: m.ifname.clone(),
+            attachment,
+            egress_ok,
+        });
+        let learned: Vec<FdbChange> = switch
+            .fdb()
+            .entries()
+            .into_iter()
+            .map(|(vlan, mac, e)| FdbChange::Upsert {
+                vlan,
+                mac,
+                port: e.port,
+            })
+            .collect();
+        self.apply(&learned, switch);
+        (self.last_redirected, self.last_sent) = self.totals();
+        Ok(())
+    }
+
+    /// Takes port `id` out of the fast path before it closes. The caller
+    /// has removed it from the switch and mirrored that (so no map still
+    /// sends frames its way); this turns its own `steer` fast path off.
+    pub fn remove_port(&mut self, id: usize) {
+        if let Some(mut p) = self.ports.get_mut(id).and_then(Option::take) {
+            if let Err(e) = p.attachment.disable_fast_path() {
+                tracing::debug!(ifname = p.ifname, "turning the fast path off: {e}");
+            }
+        }
+        (self.last_redirected, self.last_sent) = self.totals();
+    }
+
     /// (frames redirected by every port's steer, frames the egress devices
     /// that report it sent from redirects).
     fn totals(&self) -> (u64, u64) {
@@ -190,8 +274,9 @@ impl FastPath {
                         .get(port)
                         .and_then(Option::as_ref)
                         .is_some_and(|p| p.egress_ok)
-                        && switch.ports()[port].up;
-                    let flags = match (egress_ok, switch.ports()[port].vlan.egress(vlan)) {
+                        && switch.is_up(port);
+                    let egress = switch.ports().get(port).and_then(|p| p.vlan.egress(vlan));
+                    let flags = match (egress_ok, egress) {
                         (true, Some(EgressTag::Untagged)) => FDB_REDIRECT,
                         (true, Some(EgressTag::Tagged(_))) => FDB_REDIRECT | FDB_TAGGED,
                         _ => 0,

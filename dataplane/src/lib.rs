@@ -5,8 +5,11 @@
 //! - [`xsk`]: AF_XDP sockets and the UMEM they share.
 //! - [`netdev`], [`netns`], [`privileges`]: what the kernel says about
 //!   interfaces, namespaces and our rights, turned into errors a user can act on.
+//! - [`run`]: the daemon (`dataplane run`); [`engine`] its PMD threads;
+//!   [`control`] its control socket and metrics.
 
 pub mod config;
+pub mod control;
 pub mod engine;
 pub mod fastpath;
 pub mod forward;

@@ -1,5 +1,6 @@
 //! The `dataplane` command line.
 
+mod cli_control;
 mod cli_status;
 
 use std::path::PathBuf;
@@ -28,6 +29,11 @@ struct Cli {
     /// The bpffs mount that holds the pins.
     #[arg(long, global = true, value_name = "DIR", default_value = DEFAULT_BPFFS)]
     bpffs: PathBuf,
+
+    /// The running switch's control socket [default: /run/dataplane/NS.ctl
+    /// with -n NS, else /run/dataplane/dataplane.ctl].
+    #[arg(long, global = true, value_name = "PATH")]
+    control: Option<PathBuf>,
 
     #[command(subcommand)]
     command: Command,
@@ -120,6 +126,24 @@ enum Command {
         #[arg(long, value_name = "IF")]
         to: String,
     },
+    /// Add or remove ports of a running switch (through its control socket).
+    #[command(subcommand)]
+    Port(PortCommand),
+    /// Show a running switch's ports, learned addresses or configuration.
+    #[command(subcommand)]
+    Show(ShowCommand),
+    /// Per-port rates and drops of a running switch; --watch for a live view.
+    Stats {
+        /// Redraw every SECS seconds (default 1) until Ctrl-C.
+        #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "1")]
+        watch: Option<f64>,
+        /// Print the raw counters as JSON.
+        #[arg(long, conflicts_with = "watch")]
+        json: bool,
+    },
+    /// Change a running switch's learning table.
+    #[command(subcommand)]
+    Fdb(FdbCommand),
     /// Print the steer program's own log records (aya-log) until Ctrl-C.
     ///
     /// Records at or above the level RUST_LOG allowed when the program was
@@ -129,6 +153,49 @@ enum Command {
         /// Interface whose program to follow.
         #[arg(long, short = 'i', value_name = "IF")]
         iface: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum PortCommand {
+    /// Add a port while traffic flows on the others.
+    Add {
+        /// The port, as `run --port` takes it (e.g. afxdp:veth2,vlan=10).
+        #[arg(value_name = "SPEC")]
+        spec: String,
+    },
+    /// Remove a port; traffic between the other ports goes on.
+    Del {
+        /// The port's name, as `show ports` lists it (e.g. afxdp:veth2).
+        #[arg(value_name = "NAME")]
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ShowCommand {
+    /// Ports with their id, state, PMD and counters.
+    Ports {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Learned addresses: VLAN, MAC, port.
+    Fdb {
+        #[arg(long)]
+        json: bool,
+    },
+    /// The running configuration as a TOML file (`run --config` reads it).
+    Config,
+}
+
+#[derive(Subcommand)]
+enum FdbCommand {
+    /// Forget learned addresses (all, or one port's); they are relearned
+    /// from the next frames.
+    Flush {
+        /// Only the addresses learned on this port.
+        #[arg(long, value_name = "NAME")]
+        port: Option<String>,
     },
 }
 
@@ -167,6 +234,12 @@ struct RunArgs {
     /// Print port statistics every SECS seconds.
     #[arg(long, value_name = "SECS")]
     stats_interval: Option<u64>,
+    /// Serve Prometheus metrics over HTTP on ADDR (e.g. 127.0.0.1:9464).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
+    /// Do not serve the control socket.
+    #[arg(long)]
+    no_control: bool,
 }
 
 #[derive(clap::Args)]
@@ -241,6 +314,23 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    let socket = cli
+        .control
+        .clone()
+        .unwrap_or_else(|| dataplane::control::default_socket_path(cli.netns.as_deref()));
+    // Control clients need neither the namespace nor bpffs.
+    match cli.command {
+        Command::Port(PortCommand::Add { spec }) => return cli_control::port_add(&socket, &spec),
+        Command::Port(PortCommand::Del { name }) => return cli_control::port_del(&socket, &name),
+        Command::Show(ShowCommand::Ports { json }) => {
+            return cli_control::show_ports(&socket, json)
+        }
+        Command::Show(ShowCommand::Fdb { json }) => return cli_control::show_fdb(&socket, json),
+        Command::Show(ShowCommand::Config) => return cli_control::show_config(&socket),
+        Command::Stats { watch, json } => return cli_control::stats(&socket, watch, json),
+        Command::Fdb(FdbCommand::Flush { port }) => return cli_control::fdb_flush(&socket, port),
+        _ => {}
+    }
     if let Some(ns) = &cli.netns {
         // Before any thread exists: threads inherit the namespace.
         dataplane::netns::enter(ns)?;
@@ -294,7 +384,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Some(secs) => cli_status::watch(&root, secs)?,
             None => cli_status::print(&root, json)?,
         },
-        Command::Run(args) => run_switch(&root, args)?,
+        Command::Run(args) => run_switch(&root, args, &socket)?,
         Command::Gen(args) => run_gen(args)?,
         Command::Forward { from, to } => {
             dataplane::privileges::require_admin()?;
@@ -307,6 +397,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let (ok, failed) = fwd.counts()?;
             println!("forwarded {ok} frames from {from} to {to} ({failed} failed)");
+        }
+        Command::Port(_) | Command::Show(_) | Command::Stats { .. } | Command::Fdb(_) => {
+            unreachable!("control commands return above")
         }
         Command::Logs { iface } => {
             let stop = cli_status::ctrl_c_flag()?;
@@ -411,10 +504,10 @@ fn run_gen(args: GenArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run_switch(root: &PinRoot, args: RunArgs) -> anyhow::Result<()> {
+fn run_switch(root: &PinRoot, args: RunArgs, socket: &std::path::Path) -> anyhow::Result<()> {
     use dataplane::config::{ForwardingMode, RunConfig};
     use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
+    use std::sync::{Arc, Mutex};
     use std::time::{Duration, Instant};
 
     let mut config = match &args.config {
@@ -447,7 +540,27 @@ fn run_switch(root: &PinRoot, args: RunArgs) -> anyhow::Result<()> {
 
     let mut last: Option<(Instant, Vec<(String, dataplane::port::PortSnapshot)>)> = None;
     let mut next_stats = config.stats_interval.map(|i| Instant::now() + i);
-    let summary = dataplane::run::run(&config, root, &stop, &mut |shared| {
+    let daemon = Arc::new(Mutex::new(dataplane::run::Daemon::start(&config, root)?));
+    let handler = Arc::new(dataplane::run::ControlHandler(daemon.clone()));
+    let server = match dataplane::control::Server::start(
+        (!args.no_control).then_some(socket),
+        args.metrics,
+        handler,
+    ) {
+        Ok(server) => server,
+        Err(e) => {
+            // Release the ports before reporting.
+            let _ = daemon.lock().unwrap().stop();
+            return Err(e.into());
+        }
+    };
+    if !args.no_control {
+        tracing::info!(socket = %socket.display(), "control socket ready (dataplane show ports, port add, stats --watch)");
+    }
+    if let Some(addr) = args.metrics {
+        tracing::info!(%addr, "metrics at http://{addr}/metrics");
+    }
+    let summary = dataplane::run::run_until(&daemon, &stop, &mut |d| {
         let now = Instant::now();
         let periodic = next_stats.is_some_and(|t| now >= t);
         let on_demand = dump.swap(false, Ordering::Relaxed);
@@ -459,16 +572,18 @@ fn run_switch(root: &PinRoot, args: RunArgs) -> anyhow::Result<()> {
                 *t = now + i;
             }
         }
-        let snap = dataplane::run::snapshot(shared);
+        let snap = dataplane::run::snapshot(d);
         let prev = last
             .as_ref()
             .map(|(t, p)| (p.as_slice(), now.duration_since(*t).as_secs_f64()));
         print!("{}", dataplane::run::stats_table(&snap, prev));
         if on_demand {
-            print_fdb(shared);
+            print_fdb(&d.fdb_rows());
         }
         last = Some((now, snap));
-    })?;
+    });
+    drop(server);
+    let summary = summary?;
     println!("final port statistics:");
     print!("{}", dataplane::run::stats_table(&summary.ports, None));
     let polling = (summary.busy_cycles + summary.idle_cycles).max(1);
@@ -490,16 +605,10 @@ fn run_switch(root: &PinRoot, args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_fdb(shared: &dataplane::engine::EngineShared) {
-    let fdb = shared.fdb();
+fn print_fdb(fdb: &[dataplane::control::FdbRow]) {
     println!("FDB ({} entries):", fdb.len());
     println!("{:>5}  {:<17}  PORT", "VLAN", "MAC");
-    for (vlan, mac, port) in fdb {
-        println!(
-            "{:>5}  {:<17}  {}",
-            vlan,
-            dataplane::steer::policy::format_mac(&mac),
-            port
-        );
+    for r in fdb {
+        println!("{:>5}  {:<17}  {}", r.vlan, r.mac, r.port);
     }
 }

@@ -287,3 +287,99 @@ mod tests {
         assert!(err.to_string().contains("dp-no-such-if"));
     }
 }
+
+/// Runs one `SIOC*` ioctl on `ifname` through a socket of the current
+/// network namespace; returns the filled request.
+fn ifreq_ioctl(ifname: &str, request: libc::c_ulong, what: &str) -> Result<libc::ifreq, Error> {
+    ifindex(ifname)?;
+    let fail = |detail: String| Error::Query {
+        ifname: ifname.to_string(),
+        detail: format!("{what}: {detail}"),
+    };
+    // SAFETY: plain socket(2); the fd is owned (and closed) by OwnedFd.
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(fail(std::io::Error::last_os_error().to_string()));
+    }
+    // SAFETY: raw is a fresh fd we own.
+    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+    // SAFETY: ifreq is plain data; zeroed is a valid start.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(ifname.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    // SAFETY: the SIOCGIF* requests used here read ifr_name and write one
+    // field of the ifreq union, all inside `req`.
+    let rc = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&fd), request, &mut req) };
+    if rc != 0 {
+        return Err(fail(std::io::Error::last_os_error().to_string()));
+    }
+    Ok(req)
+}
+
+/// The MTU of `ifname`.
+pub fn mtu(ifname: &str) -> Result<u32, Error> {
+    let req = ifreq_ioctl(ifname, libc::SIOCGIFMTU, "SIOCGIFMTU")?;
+    // SAFETY: SIOCGIFMTU filled ifru_mtu.
+    Ok(unsafe { req.ifr_ifru.ifru_mtu } as u32)
+}
+
+/// Whether `ifname` is administratively up and has its link (a veth whose
+/// peer is down, or a NIC without carrier, is up but not running).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkState {
+    pub admin_up: bool,
+    pub running: bool,
+}
+
+impl LinkState {
+    /// Frames can pass.
+    pub fn carries(&self) -> bool {
+        self.admin_up && self.running
+    }
+}
+
+/// The link state of `ifname`.
+pub fn link_state(ifname: &str) -> Result<LinkState, Error> {
+    let req = ifreq_ioctl(ifname, libc::SIOCGIFFLAGS, "SIOCGIFFLAGS")?;
+    // SAFETY: SIOCGIFFLAGS filled ifru_flags.
+    let flags = unsafe { req.ifr_ifru.ifru_flags } as libc::c_int;
+    Ok(LinkState {
+        admin_up: flags & libc::IFF_UP != 0,
+        running: flags & libc::IFF_RUNNING != 0,
+    })
+}
+
+/// The number of receive queues (channels) of `ifname`, as `ethtool -l`
+/// reports them; `None` if the driver does not say.
+pub fn rx_queue_count(ifname: &str) -> Result<Option<u32>, Error> {
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    const ETHTOOL_GCHANNELS: u32 = 0x3c;
+    ifindex(ifname)?;
+    // struct ethtool_channels: cmd, max_rx, max_tx, max_other,
+    // max_combined, rx_count, tx_count, other_count, combined_count.
+    let mut channels = [0u32; 9];
+    channels[0] = ETHTOOL_GCHANNELS;
+    // SAFETY: plain socket(2); the fd is owned (and closed) by OwnedFd.
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Ok(None);
+    }
+    // SAFETY: raw is a fresh fd we own.
+    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+    // SAFETY: ifreq is plain data; ifr_data points at `channels`, laid out
+    // as struct ethtool_channels and valid for the whole call.
+    let ok = unsafe {
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (d, s) in req.ifr_name.iter_mut().zip(ifname.bytes()) {
+            *d = s as libc::c_char;
+        }
+        req.ifr_ifru.ifru_data = channels.as_mut_ptr() as *mut libc::c_char;
+        libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&fd), SIOCETHTOOL, &mut req) == 0
+    };
+    if !ok {
+        return Ok(None);
+    }
+    let (rx, combined) = (channels[5], channels[8]);
+    Ok(Some(rx.max(combined)).filter(|n| *n > 0))
+}

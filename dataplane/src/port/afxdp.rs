@@ -7,10 +7,12 @@
 
 use std::os::fd::RawFd;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
 use super::{DropReason, Frames, HeldFrames, Port, PortCounters};
+use crate::netdev;
 use crate::steer::pins::PinRoot;
 use crate::steer::{
     self, policy::PolicySpec, AttachOptions, AttachReport, Attachment, ModeRequest,
@@ -19,6 +21,30 @@ use crate::xsk::{self, BoundMode, SocketConfig, Umem, XdpDesc, XskSocket};
 
 #[derive(Debug, Error)]
 pub enum Error {
+    #[error("AF_XDP port on {ifname}: {source}")]
+    Interface {
+        ifname: String,
+        source: crate::netdev::Error,
+    },
+    #[error(
+        "AF_XDP port on {ifname}: MTU {mtu} is larger than a {frame_size}-byte UMEM frame allows; \
+         the largest allowed is {max} (`ip link set {ifname} mtu {max}`), or raise [umem] frame_size"
+    )]
+    MtuTooLarge {
+        ifname: String,
+        mtu: u32,
+        max: u32,
+        frame_size: u32,
+    },
+    #[error(
+        "AF_XDP port on {ifname}: queue {queue} does not exist: {ifname} has {count} rx queue(s), \
+         0-{last} (see `ethtool -l {ifname}`)", last = count - 1
+    )]
+    QueueOutOfRange {
+        ifname: String,
+        queue: u32,
+        count: u32,
+    },
     #[error("AF_XDP port on {ifname}: attaching steer: {source}")]
     Steer {
         ifname: String,
@@ -46,6 +72,47 @@ pub struct AfxdpConfig {
     pub fill_frames: u32,
     /// XDP attach mode if steer has to be attached.
     pub attach_mode: ModeRequest,
+}
+
+/// Bytes of a UMEM frame before the frame data: the kernel's XDP headroom.
+const XDP_HEADROOM: u32 = 256;
+/// Bytes of a frame beyond the MTU: Ethernet header and one 802.1Q tag the
+/// switch may push.
+const L2_OVERHEAD: u32 = 14 + 4;
+
+/// The largest MTU a port on a UMEM of `frame_size`-byte frames can carry.
+pub fn max_mtu(frame_size: u32) -> u32 {
+    frame_size - XDP_HEADROOM - L2_OVERHEAD
+}
+
+/// Refuses an interface the port could not serve: missing, an MTU whose
+/// frames do not fit a UMEM frame (they would be dropped by the kernel, one
+/// by one, without a word), or a queue it does not have.
+pub fn check_interface(ifname: &str, queues: &[u32], frame_size: u32) -> Result<(), Error> {
+    let iface_err = |source| Error::Interface {
+        ifname: ifname.to_string(),
+        source,
+    };
+    let mtu = netdev::mtu(ifname).map_err(iface_err)?;
+    let max = max_mtu(frame_size);
+    if mtu > max {
+        return Err(Error::MtuTooLarge {
+            ifname: ifname.to_string(),
+            mtu,
+            max,
+            frame_size,
+        });
+    }
+    if let Some(count) = netdev::rx_queue_count(ifname).map_err(iface_err)? {
+        if let Some(&queue) = queues.iter().find(|&&q| q >= count) {
+            return Err(Error::QueueOutOfRange {
+                ifname: ifname.to_string(),
+                queue,
+                count,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// An open AF_XDP port.
@@ -76,6 +143,7 @@ impl AfxdpPort {
         counters: Arc<PortCounters>,
     ) -> Result<AfxdpPort, Error> {
         let ifname = config.ifname.clone();
+        check_interface(&ifname, &config.queues, umem.frame_size())?;
         let steer_err = |source| Error::Steer {
             ifname: ifname.clone(),
             source: Box::new(source),
@@ -234,6 +302,49 @@ impl Port for AfxdpPort {
 
     fn counters(&self) -> &Arc<PortCounters> {
         &self.counters
+    }
+
+    fn release_frames(&mut self, frames: &mut Frames<'_>) {
+        // Out of the XSKMAP first: steer then passes this port's frames to
+        // the kernel, and after a moment no receive is in flight, so the
+        // fill and RX rings stop changing under us.
+        for socket in &self.sockets {
+            let _ = self.attachment.unregister_socket(socket.queue_id());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+        let deadline = Instant::now() + Duration::from_millis(500);
+        let mut received = Vec::with_capacity(64);
+        for (i, socket) in self.sockets.iter_mut().enumerate() {
+            loop {
+                received.clear();
+                let n = socket.recv(&mut received, 64);
+                if n == 0 {
+                    break;
+                }
+                for d in &received {
+                    frames.pool.free(d.addr);
+                }
+                self.in_fill[i] = self.in_fill[i].saturating_sub(n as u64);
+            }
+            let n = socket.reclaim_fill(frames.pool);
+            self.in_fill[i] = self.in_fill[i].saturating_sub(n as u64);
+            // Copy-mode transmit completes as the peer frees each skb:
+            // soon, but not necessarily already.
+            while socket.outstanding_tx() > 0 && Instant::now() < deadline {
+                socket.kick_tx();
+                socket.complete(frames.pool, u32::MAX);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        let held = self.frames_held();
+        if held != HeldFrames::default() {
+            tracing::warn!(
+                port = self.name,
+                rx_side = held.rx_side,
+                tx_side = held.tx_side,
+                "closing port still holds UMEM frames the kernel did not give back"
+            );
+        }
     }
 }
 

@@ -10,7 +10,7 @@ pub mod afxdp;
 pub mod tap;
 
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 
 use crate::xsk::{FramePool, Umem, XdpDesc};
@@ -51,6 +51,12 @@ pub trait Port: Send {
 
     /// The port's counters (shared with whoever reports them).
     fn counters(&self) -> &Arc<PortCounters>;
+
+    /// The port is about to be closed while the switch goes on (`port del`,
+    /// or its interface went away): stop receiving and hand every frame it
+    /// holds back to the pool, so the UMEM loses nothing. A copying port
+    /// holds no frames and needs nothing here.
+    fn release_frames(&mut self, _frames: &mut Frames<'_>) {}
 }
 
 /// Frames a port holds, by where they are.
@@ -105,10 +111,35 @@ impl DropReason {
     }
 }
 
+/// Whether a port can carry frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(u8)]
+pub enum PortState {
+    /// Open and its link is up.
+    #[default]
+    Up = 0,
+    /// Its link is down, or its interface is gone (it reopens when the
+    /// interface comes back).
+    Down = 1,
+}
+
+impl PortState {
+    /// Name in statistics output.
+    pub const fn name(self) -> &'static str {
+        match self {
+            PortState::Up => "up",
+            PortState::Down => "down",
+        }
+    }
+}
+
 /// Counters of one port, written by its PMD thread, read by anyone.
-/// Relaxed atomics: each counter is independent and only ever grows.
+/// Relaxed atomics: each counter is independent and only ever grows
+/// (except the state, which the supervisor sets).
 #[derive(Debug, Default)]
 pub struct PortCounters {
+    /// [`PortState`] as a u8.
+    state: AtomicU8,
     pub rx_packets: AtomicU64,
     pub rx_bytes: AtomicU64,
     pub tx_packets: AtomicU64,
@@ -147,6 +178,19 @@ impl PortCounters {
         self.drops[reason as usize].store(total, Ordering::Relaxed);
     }
 
+    /// Sets the port's state.
+    pub fn set_state(&self, state: PortState) {
+        self.state.store(state as u8, Ordering::Relaxed);
+    }
+
+    /// The port's state.
+    pub fn state(&self) -> PortState {
+        match self.state.load(Ordering::Relaxed) {
+            0 => PortState::Up,
+            _ => PortState::Down,
+        }
+    }
+
     /// A consistent-enough copy for display.
     pub fn snapshot(&self) -> PortSnapshot {
         let mut drops = [0; DropReason::ALL.len()];
@@ -160,6 +204,7 @@ impl PortCounters {
             tx_bytes: self.tx_bytes.load(Ordering::Relaxed),
             fast_path: self.fast_path.load(Ordering::Relaxed),
             drops,
+            state: self.state(),
         }
     }
 }
@@ -173,6 +218,7 @@ pub struct PortSnapshot {
     pub tx_bytes: u64,
     pub fast_path: u64,
     pub drops: [u64; DropReason::ALL.len()],
+    pub state: PortState,
 }
 
 impl PortSnapshot {

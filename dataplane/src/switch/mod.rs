@@ -67,6 +67,22 @@ pub struct SwitchPort {
     pub up: bool,
 }
 
+impl SwitchPort {
+    /// An empty slot: never a target, never learned on.
+    pub fn absent() -> SwitchPort {
+        SwitchPort {
+            name: String::new(),
+            vlan: VlanMode::default(),
+            up: false,
+        }
+    }
+
+    /// True if the slot holds a port.
+    pub fn is_present(&self) -> bool {
+        !self.name.is_empty()
+    }
+}
+
 /// FDB limits.
 #[derive(Debug, Clone, Copy)]
 pub struct FdbConfig {
@@ -119,6 +135,32 @@ impl Switch {
         &self.ports
     }
 
+    /// Puts `port` in slot `id` (a port added at runtime); the slot must be
+    /// free. Slots beyond the current table are created absent.
+    pub fn add_port(&mut self, id: PortId, port: SwitchPort) {
+        if self.ports.len() <= id {
+            self.ports.resize_with(id + 1, SwitchPort::absent);
+        }
+        self.ports[id] = port;
+    }
+
+    /// Empties slot `id`: the port is no longer a flood target or egress
+    /// and its addresses are forgotten (recorded in the FDB journal, so
+    /// the fast path forgets them too).
+    pub fn remove_port(&mut self, id: PortId) {
+        if let Some(p) = self.ports.get_mut(id) {
+            *p = SwitchPort::absent();
+            self.fdb.flush_port(id);
+        }
+    }
+
+    /// Forgets what was learned on one port; returns how many entries.
+    pub fn flush_port(&mut self, id: PortId) -> usize {
+        let before = self.fdb.len();
+        self.fdb.flush_port(id);
+        before - self.fdb.len()
+    }
+
     /// Marks a port up or down; a port going down forgets its addresses.
     pub fn set_port_up(&mut self, port: PortId, up: bool) {
         if let Some(p) = self.ports.get_mut(port) {
@@ -127,6 +169,11 @@ impl Switch {
                 self.fdb.flush_port(port);
             }
         }
+    }
+
+    /// True if `port` exists and is up.
+    pub fn is_up(&self, port: PortId) -> bool {
+        self.ports.get(port).is_some_and(|p| p.up)
     }
 
     /// The learning table.
@@ -163,7 +210,7 @@ impl Switch {
     pub fn decide(&mut self, in_port: PortId, header: &L2Header, now: Instant) -> Decision {
         if let Forwarding::CrossConnect { peer } = &self.forwarding {
             return match peer.get(in_port).copied().flatten() {
-                Some(out) if self.ports[out].up => Decision::Pass { out },
+                Some(out) if self.is_up(out) => Decision::Pass { out },
                 _ => Decision::Drop(DropReason::NoEgress),
             };
         }
@@ -182,7 +229,7 @@ impl Switch {
         match self.fdb.lookup(vlan, header.dst, now) {
             None => Decision::Flood { vlan },
             Some(out) if out == in_port => Decision::Drop(DropReason::SameSegment),
-            Some(out) => match (self.ports[out].up, self.ports[out].vlan.egress(vlan)) {
+            Some(out) => match (self.is_up(out), self.ports[out].vlan.egress(vlan)) {
                 (true, Some(tag)) => Decision::Forward { out, vlan, tag },
                 _ => Decision::Drop(DropReason::NoEgress),
             },

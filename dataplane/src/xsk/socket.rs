@@ -456,6 +456,17 @@ impl XskSocket {
         n
     }
 
+    /// Takes back the receive buffers still waiting in the fill ring (the
+    /// socket is closing and out of the XSKMAP, so the kernel takes no more
+    /// of them); returns how many went back to `pool`. Call once.
+    pub fn reclaim_fill(&mut self, pool: &mut FramePool) -> u32 {
+        let addrs = self.fill.unconsumed();
+        for &addr in &addrs {
+            pool.free(addr & self.chunk_mask);
+        }
+        addrs.len() as u32
+    }
+
     /// Frames submitted by [`send`](Self::send) and not yet returned by
     /// [`complete`](Self::complete).
     pub fn outstanding_tx(&self) -> u32 {

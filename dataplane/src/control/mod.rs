@@ -1,0 +1,11 @@
+//! Operating a running switch from outside: the control socket (protocol,
+//! server, client) and the Prometheus metrics endpoint.
+
+pub mod client;
+pub mod metrics;
+pub mod protocol;
+pub mod server;
+
+pub use client::{default_socket_path, Client};
+pub use protocol::{FdbRow, PortStatus, Request, Response, Stats};
+pub use server::{Handler, Server};

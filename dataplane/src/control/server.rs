@@ -1,0 +1,324 @@
+//! The daemon's listeners: the unix control socket and the Prometheus
+//! metrics endpoint, on a tokio runtime of their own thread, so that no
+//! client (slow, hostile or many) ever touches the PMD threads.
+//!
+//! Requests are executed on tokio's blocking pool: opening a port can take
+//! a few hundred milliseconds of syscalls, and the listeners keep
+//! accepting meanwhile.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::watch;
+
+use super::protocol::{parse_request, Request, Response, MAX_REQUEST_BYTES};
+
+/// How long a connection may take to send its request line.
+const READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest HTTP request head the metrics endpoint reads.
+const MAX_HTTP_HEAD: usize = 8 * 1024;
+
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error("control socket {path}: creating its directory: {source}")]
+    Directory {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("control socket {path}: another dataplane is serving it (stop it, or give this one --control PATH)")]
+    InUse { path: String },
+    #[error("control socket {path}: {what}: {source}")]
+    Socket {
+        path: String,
+        what: &'static str,
+        source: std::io::Error,
+    },
+    #[error(
+        "metrics on {addr}: {source} (is the address in use? choose another with --metrics ADDR)"
+    )]
+    Metrics {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("starting the control thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// What the daemon does with requests.
+pub trait Handler: Send + Sync + 'static {
+    /// Executes a control request (may block).
+    fn handle(&self, request: Request) -> Response;
+    /// Prometheus text exposition of the current counters.
+    fn metrics(&self) -> String;
+}
+
+/// The running listeners; dropping it stops them and removes the socket.
+pub struct Server {
+    shutdown: watch::Sender<bool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    socket_path: Option<PathBuf>,
+}
+
+impl Server {
+    /// Binds the control socket at `control` (owner-only permissions) and
+    /// the metrics endpoint at `metrics`, then serves them on a thread.
+    pub fn start(
+        control: Option<&Path>,
+        metrics: Option<SocketAddr>,
+        handler: Arc<dyn Handler>,
+    ) -> Result<Server, Error> {
+        let unix = control.map(bind_control).transpose()?;
+        let tcp = metrics
+            .map(|addr| {
+                let l = std::net::TcpListener::bind(addr)
+                    .map_err(|source| Error::Metrics { addr, source })?;
+                l.set_nonblocking(true)
+                    .map_err(|source| Error::Metrics { addr, source })?;
+                Ok::<_, Error>(l)
+            })
+            .transpose()?;
+        let (shutdown, stop) = watch::channel(false);
+        let thread = std::thread::Builder::new()
+            .name("dataplane-ctl".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        tracing::error!("control runtime: {e}; control socket and metrics are off");
+                        return;
+                    }
+                };
+                rt.block_on(serve(unix, tcp, handler, stop));
+            })
+            .map_err(Error::Thread)?;
+        Ok(Server {
+            shutdown,
+            thread: Some(thread),
+            socket_path: control.map(Path::to_path_buf),
+        })
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        if let Some(p) = &self.socket_path {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// Creates the socket file: its directory if needed, a stale socket of a
+/// dead daemon replaced, a live one refused; mode 0600 (the control socket
+/// reconfigures the switch: only its owner may talk to it).
+fn bind_control(path: &Path) -> Result<std::os::unix::net::UnixListener, Error> {
+    let shown = path.display().to_string();
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|source| Error::Directory {
+            path: shown.clone(),
+            source,
+        })?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(Error::InUse { path: shown });
+        }
+        tracing::info!(path = shown, "removing a stale control socket");
+        let _ = std::fs::remove_file(path);
+    }
+    let sock = |what, source| Error::Socket {
+        path: shown.clone(),
+        what,
+        source,
+    };
+    // Bind under a umask that leaves no window with group/other access.
+    // SAFETY: umask(2) only swaps the process mask.
+    let old = unsafe { libc::umask(0o177) };
+    let bound = std::os::unix::net::UnixListener::bind(path);
+    // SAFETY: as above, restoring the previous mask.
+    unsafe { libc::umask(old) };
+    let listener = bound.map_err(|e| sock("bind", e))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| sock("chmod 0600", e))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| sock("set_nonblocking", e))?;
+    Ok(listener)
+}
+
+async fn serve(
+    unix: Option<std::os::unix::net::UnixListener>,
+    tcp: Option<std::net::TcpListener>,
+    handler: Arc<dyn Handler>,
+    stop: watch::Receiver<bool>,
+) {
+    let mut tasks = Vec::new();
+    if let Some(l) = unix {
+        match tokio::net::UnixListener::from_std(l) {
+            Ok(l) => tasks.push(tokio::spawn(accept_control(
+                l,
+                handler.clone(),
+                stop.clone(),
+            ))),
+            Err(e) => tracing::error!("control socket: {e}"),
+        }
+    }
+    if let Some(l) = tcp {
+        match tokio::net::TcpListener::from_std(l) {
+            Ok(l) => tasks.push(tokio::spawn(accept_metrics(
+                l,
+                handler.clone(),
+                stop.clone(),
+            ))),
+            Err(e) => tracing::error!("metrics listener: {e}"),
+        }
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
+async fn accept_control(
+    listener: tokio::net::UnixListener,
+    handler: Arc<dyn Handler>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    tokio::spawn(control_connection(stream, handler.clone()));
+                }
+                Err(e) => {
+                    tracing::warn!("control socket accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+        }
+    }
+}
+
+/// Serves one client: request lines in, answer lines out, until it closes,
+/// stalls, or sends something too long to be a request.
+async fn control_connection(stream: tokio::net::UnixStream, handler: Arc<dyn Handler>) {
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        // One byte beyond the limit tells "too long" from "exactly full".
+        let mut limited = (&mut reader).take(MAX_REQUEST_BYTES as u64 + 1);
+        let read = tokio::time::timeout(READ_TIMEOUT, limited.read_until(b'\n', &mut line)).await;
+        let (answer, close) = match read {
+            Err(_) => (
+                Response::error("no complete request line within 30 s; closing"),
+                true,
+            ),
+            Ok(Err(e)) => {
+                tracing::debug!("control client: {e}");
+                return;
+            }
+            Ok(Ok(0)) => return,
+            Ok(Ok(n)) if n > MAX_REQUEST_BYTES => (
+                Response::error(format!(
+                    "request longer than {MAX_REQUEST_BYTES} bytes; closing the connection"
+                )),
+                // The rest of the line is not read: close rather than parse
+                // its tail as a request.
+                true,
+            ),
+            Ok(Ok(_)) => match parse_request(&line) {
+                Err(why) => (Response::error(why), false),
+                Ok(request) => {
+                    let h = handler.clone();
+                    let answer = match tokio::task::spawn_blocking(move || h.handle(request)).await
+                    {
+                        Ok(r) => r,
+                        Err(e) => Response::error(format!("internal error: {e}")),
+                    };
+                    (answer, false)
+                }
+            },
+        };
+        if write.write_all(answer.to_line().as_bytes()).await.is_err() || close {
+            return;
+        }
+    }
+}
+
+async fn accept_metrics(
+    listener: tokio::net::TcpListener,
+    handler: Arc<dyn Handler>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    tokio::spawn(metrics_connection(stream, handler.clone()));
+                }
+                Err(e) => {
+                    tracing::warn!("metrics accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+        }
+    }
+}
+
+/// Minimal HTTP/1.x: reads the request head, answers `GET /metrics` (and
+/// `/`) with the text exposition format, anything else with 404.
+async fn metrics_connection(mut stream: tokio::net::TcpStream, handler: Arc<dyn Handler>) {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    let read = tokio::time::timeout(READ_TIMEOUT, async {
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_HTTP_HEAD {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+        true
+    })
+    .await;
+    if !matches!(read, Ok(true)) {
+        return;
+    }
+    let request_line = head.split(|b| *b == b'\n').next().unwrap_or_default();
+    let request_line = String::from_utf8_lossy(request_line);
+    let mut parts = request_line.split_whitespace();
+    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let (status, content_type, body) = if method == "GET" && (target == "/metrics" || target == "/")
+    {
+        let h = handler.clone();
+        let body = tokio::task::spawn_blocking(move || h.metrics())
+            .await
+            .unwrap_or_default();
+        ("200 OK", "text/plain; version=0.0.4; charset=utf-8", body)
+    } else {
+        (
+            "404 Not Found",
+            "text/plain; charset=utf-8",
+            "not found: metrics are at GET /metrics\n".to_string(),
+        )
+    };
+    let response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.write_all(response.as_bytes()).await;
+    let _ = stream.shutdown().await;
+}
