@@ -60,6 +60,12 @@ pub struct FastPath {
     last_sent: u64,
 }
 
+/// A port about to join the fast path (see [`FastPath::prepare_port`]).
+pub struct PreparedPort {
+    attachment: Attachment,
+    egress_ok: bool,
+}
+
 /// A port taking part: its switch port id, interface and VLAN settings.
 #[derive(Debug, Clone)]
 pub struct FastPortConfig {
@@ -163,20 +169,14 @@ impl FastPath {
         Ok(fp)
     }
 
-    /// Takes a port added while the switch runs into the fast path: probes
-    /// its egress, exchanges devmap entries with the other ports, turns the
-    /// fast path on in its `steer` and installs what was learned so far.
-    pub fn add_port(
-        &mut self,
-        pins: &PinRoot,
-        m: &FastPortConfig,
-        switch: &Switch,
-    ) -> Result<(), Error> {
-        let err = |source| Error::Steer {
+    /// First half of adding a port while the switch runs, done without
+    /// the switch lock (it loads a program and sends a probe frame): opens
+    /// the port's `steer` maps and probes its egress.
+    pub fn prepare_port(pins: &PinRoot, m: &FastPortConfig) -> Result<PreparedPort, Error> {
+        let attachment = Attachment::open(pins, &m.ifname).map_err(|source| Error::Steer {
             ifname: m.ifname.clone(),
             source: Box::new(source),
-        };
-        let mut attachment = Attachment::open(pins, &m.ifname).map_err(err)?;
+        })?;
         let egress_ok = match probe_egress(&m.ifname) {
             Ok(()) => true,
             Err(why) => {
@@ -188,6 +188,29 @@ impl FastPath {
                 false
             }
         };
+        Ok(PreparedPort {
+            attachment,
+            egress_ok,
+        })
+    }
+
+    /// Second half, under the switch lock: exchanges devmap entries with
+    /// the other ports, turns the fast path on in the port's `steer` and
+    /// installs what was learned so far.
+    pub fn add_port(
+        &mut self,
+        prepared: PreparedPort,
+        m: &FastPortConfig,
+        switch: &Switch,
+    ) -> Result<(), Error> {
+        let err = |source| Error::Steer {
+            ifname: m.ifname.clone(),
+            source: Box::new(source),
+        };
+        let PreparedPort {
+            mut attachment,
+            egress_ok,
+        } = prepared;
         for (id, p) in self.ports.iter().enumerate() {
             let Some(p) = p.as_ref().filter(|p| p.egress_ok) else {
                 continue;

@@ -288,6 +288,11 @@ impl Daemon {
         let slot = self.slots[id].as_mut().expect("slot filled by the caller");
         slot.open = true;
         slot.counters.set_state(PortState::Up);
+        // The slow part of joining the fast path (a program load, a probe
+        // frame) happens before taking the switch lock: the PMDs take it
+        // for every burst, and a stall overflows their rings.
+        let fast = fast_path_wanted(&self.config, &slot.config)
+            .then(|| FastPath::prepare_port(&self.pins, &fast_port(id, &slot.config)));
         let mut shared = running.switch().lock().unwrap();
         let engine::SharedSwitch { switch, fast_path } = &mut *shared;
         switch.add_port(
@@ -298,8 +303,9 @@ impl Daemon {
                 up: true,
             },
         );
-        if let (Some(fp), PortKind::Afxdp) = (fast_path.as_mut(), slot.config.kind) {
-            if let Err(e) = fp.add_port(&self.pins, &fast_port(id, &slot.config), switch) {
+        if let (Some(fp), Some(prepared)) = (fast_path.as_mut(), fast) {
+            let added = prepared.and_then(|p| fp.add_port(p, &fast_port(id, &slot.config), switch));
+            if let Err(e) = added {
                 tracing::warn!(
                     port = slot.config.name(),
                     "fast path not available for this port: {e}; it uses the AF_XDP path"
@@ -313,6 +319,9 @@ impl Daemon {
     /// its PMD (which returns its frames to the pool), and closes it.
     fn unplug(&mut self, id: usize, keep_in_switch: bool) -> Result<(), Error> {
         let running = self.running.as_ref().ok_or(Error::Stopping)?;
+        if let Some(slot) = self.slots[id].as_ref() {
+            quiesce(&self.pins, &slot.config);
+        }
         {
             let mut shared = running.switch().lock().unwrap();
             if keep_in_switch {
@@ -676,6 +685,27 @@ fn open_port(
         }
         PortKind::Tap => Box::new(TapPort::open(&p.iface, p.queues.len(), counters)?),
     })
+}
+
+/// Stops an AF_XDP port's receive side before its PMD lets go of it: its
+/// sockets leave the XSKMAP (steer passes its frames to the kernel now), and
+/// a moment later no receive is in flight. Done here, not on the PMD
+/// thread, so the PMD never sleeps while its other ports have traffic.
+fn quiesce(pins: &PinRoot, p: &PortConfig) {
+    if p.kind != PortKind::Afxdp {
+        return;
+    }
+    if let Ok(mut attachment) = Attachment::open(pins, &p.iface) {
+        for &q in &p.queues {
+            let _ = attachment.unregister_socket(q);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Whether a port takes part in the in-kernel fast path.
+fn fast_path_wanted(config: &RunConfig, p: &PortConfig) -> bool {
+    config.fast_path && config.mode == ForwardingMode::Switch && p.kind == PortKind::Afxdp
 }
 
 fn fast_port(id: usize, p: &PortConfig) -> FastPortConfig {

@@ -306,12 +306,12 @@ impl Port for AfxdpPort {
 
     fn release_frames(&mut self, frames: &mut Frames<'_>) {
         // Out of the XSKMAP first: steer then passes this port's frames to
-        // the kernel, and after a moment no receive is in flight, so the
-        // fill and RX rings stop changing under us.
+        // the kernel, so the fill and RX rings stop changing. The caller
+        // unregisters earlier and waits a moment (a receive may be in flight
+        // on another CPU): this PMD thread must not sleep.
         for socket in &self.sockets {
             let _ = self.attachment.unregister_socket(socket.queue_id());
         }
-        std::thread::sleep(Duration::from_millis(10));
         let deadline = Instant::now() + Duration::from_millis(500);
         let mut received = Vec::with_capacity(64);
         for (i, socket) in self.sockets.iter_mut().enumerate() {
