@@ -18,8 +18,15 @@ use dataplane::steer::{self, AttachOptions, AttachReport, ModeRequest};
 /// ping, ssh and tcpdump keep working on the same interface.
 #[derive(Parser)]
 #[command(name = "dataplane", version, max_term_width = 100)]
-#[command(after_help = "Logs: set RUST_LOG (e.g. RUST_LOG=debug). \
-    Attachments are pinned under BPFFS/dataplane/ns<netns inode>/<interface>/.")]
+#[command(after_help = "Examples:\n  \
+    dataplane -n sw run --port afxdp:sa --port afxdp:sb     # a switch of two veths\n  \
+    dataplane -n sw stats --watch                           # its live counters\n  \
+    dataplane -n sw port add afxdp:sc,vlan=10               # a port more, while it runs\n\n\
+    Files:\n  \
+    BPFFS/dataplane/ns<netns inode>/<interface>/   pinned attachments (BPFFS: --bpffs)\n  \
+    /run/dataplane/<netns>.ctl                      control socket of `run` (--control)\n\n\
+    Environment: RUST_LOG sets the log level (e.g. RUST_LOG=debug).\n\
+    Exit status: 0 on success, 1 on any error (one line on stderr, with the fix).")]
 struct Cli {
     /// Run in the named network namespace (like `ip -n NAME`). Unlike
     /// `ip netns exec`, this keeps the host's bpffs, so pins stay visible.
@@ -73,12 +80,25 @@ enum Command {
         force: bool,
     },
     /// Detach steer from an interface and remove every pin it made.
+    ///
+    /// The interface is left as it was before `attach`: no XDP program, no
+    /// pins. A running switch that uses the interface loses it.
+    #[command(after_help = "Example:\n  dataplane -n sw detach --iface sa")]
     Detach {
         /// Interface to detach from.
         #[arg(long, short = 'i', value_name = "IF")]
         iface: String,
     },
     /// Show attached interfaces, their mode, policy and counters.
+    ///
+    /// Reads the pinned maps directly: works without a running switch.
+    /// Counters are the steer program's outcomes: redirected (to an AF_XDP
+    /// socket), passed (to the kernel), dropped, malformed, no_socket
+    /// (selected, but no socket on that queue: passed), fast_path.
+    #[command(after_help = "Examples:\n  \
+        dataplane -n sw status\n  \
+        dataplane -n sw status --watch 0.5\n  \
+        dataplane -n sw status --json | jq '.[].counters'")]
     Status {
         /// Refresh every SECS seconds with per-second rates, until Ctrl-C.
         #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "1")]
@@ -98,12 +118,18 @@ enum Command {
     /// prints port statistics and the FDB.
     #[command(after_help = "Examples:\n  \
         dataplane -n dp-sw run --port afxdp:sa --port afxdp:sb\n  \
+        dataplane -n dp-sw run --port afxdp:sa --port afxdp:sb --metrics 127.0.0.1:9464\n  \
         dataplane -n dp-sw run --port afxdp:sa,vlan=10 --port afxdp:sb,trunk=10+20 --stats-interval 1\n  \
         dataplane -n dp-sw run --xconnect --busy-poll --core 1 --port afxdp:sa --port afxdp:sb\n  \
         dataplane -n dp-sw run --config switch.toml\n\n\
         Port specs:\n  \
         afxdp:IFACE[,queues=0+1][,vlan=N | ,trunk=N+M[,native=N]][,bind=auto|copy|zerocopy]\n  \
-        tap:NAME[,queues=N][,vlan=N | ,trunk=N+M[,native=N]]   (creates or opens a TAP device)")]
+        tap:NAME[,queues=N][,vlan=N | ,trunk=N+M[,native=N]]   (creates or opens a TAP device)\n\n\
+        Signals: SIGINT/SIGTERM stop it cleanly (exit 0); SIGUSR1 prints statistics and the FDB.\n\
+        A run killed with SIGKILL is cleaned up by the next run, which says so.\n\n\
+        Files: /run/dataplane/<netns>.ctl, the control socket (mode 0600; --control PATH,\n\
+        --no-control); its protocol is in docs/CONTROL.md. A systemd unit example is in\n\
+        contrib/systemd/dataplane.service.")]
     Run(RunArgs),
     /// Send UDP frames out of an interface as fast as the kernel can (or at --rate).
     ///
@@ -117,7 +143,9 @@ enum Command {
     Gen(GenArgs),
     /// Redirect every frame arriving on one interface straight to another in
     /// XDP (no switching): the in-kernel baseline benchmarks compare against.
-    /// Runs until Ctrl-C, then detaches.
+    ///
+    /// Runs until Ctrl-C, then detaches and prints how many frames it moved.
+    #[command(after_help = "Example:\n  dataplane -n sw forward --from sa --to sb")]
     Forward {
         /// Interface whose received frames are redirected.
         #[arg(long, value_name = "IF")]
@@ -127,12 +155,31 @@ enum Command {
         to: String,
     },
     /// Add or remove ports of a running switch (through its control socket).
+    ///
+    /// Traffic between the other ports goes on, without loss.
     #[command(subcommand)]
+    #[command(after_help = "Examples:\n  \
+        dataplane -n sw port add afxdp:sc,vlan=10\n  \
+        dataplane -n sw port del afxdp:sc")]
     Port(PortCommand),
     /// Show a running switch's ports, learned addresses or configuration.
     #[command(subcommand)]
+    #[command(after_help = "Examples:\n  \
+        dataplane -n sw show ports\n  \
+        dataplane -n sw show fdb --json\n  \
+        dataplane -n sw show config > switch.toml   # restart later with run --config")]
     Show(ShowCommand),
     /// Per-port rates and drops of a running switch; --watch for a live view.
+    ///
+    /// Rates (packets and megabits per second, fast path included) are
+    /// computed between two reads of the switch's counters; drops are
+    /// totals by reason: no_free_frame, tx_ring_full, rx_kernel (ring full
+    /// or no receive buffer), invalid_desc, policy (VLAN, no egress),
+    /// malformed.
+    #[command(after_help = "Examples:\n  \
+        dataplane -n sw stats --watch          # redrawn every second, Ctrl-C to stop\n  \
+        dataplane -n sw stats --json\n\n\
+        Prometheus: start the switch with --metrics 127.0.0.1:9464 and scrape /metrics.")]
     Stats {
         /// Redraw every SECS seconds (default 1) until Ctrl-C.
         #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "1")]
@@ -143,12 +190,17 @@ enum Command {
     },
     /// Change a running switch's learning table.
     #[command(subcommand)]
+    #[command(after_help = "Examples:\n  \
+        dataplane -n sw fdb flush\n  \
+        dataplane -n sw fdb flush --port afxdp:sb")]
     Fdb(FdbCommand),
     /// Print the steer program's own log records (aya-log) until Ctrl-C.
     ///
     /// Records at or above the level RUST_LOG allowed when the program was
     /// attached are produced (e.g. `RUST_LOG=debug dataplane attach ...`
     /// logs every malformed frame).
+    #[command(after_help = "Example:\n  \
+        RUST_LOG=debug dataplane -n sw attach --iface sa && dataplane -n sw logs --iface sa")]
     Logs {
         /// Interface whose program to follow.
         #[arg(long, short = 'i', value_name = "IF")]
@@ -159,12 +211,26 @@ enum Command {
 #[derive(Subcommand)]
 enum PortCommand {
     /// Add a port while traffic flows on the others.
+    ///
+    /// The port is opened on the least busy PMD thread, learned addresses
+    /// and the fast path include it at once. Refused with the reason (and
+    /// nothing changed) if the interface is missing, its MTU is too large
+    /// for a UMEM frame, a queue does not exist, or the name is taken.
+    #[command(after_help = "Examples:\n  \
+        dataplane -n sw port add afxdp:sc\n  \
+        dataplane -n sw port add afxdp:sd,trunk=10+20,native=1\n  \
+        dataplane -n sw port add tap:vm1,queues=2")]
     Add {
         /// The port, as `run --port` takes it (e.g. afxdp:veth2,vlan=10).
         #[arg(value_name = "SPEC")]
         spec: String,
     },
     /// Remove a port; traffic between the other ports goes on.
+    ///
+    /// Its addresses are forgotten and it leaves the fast path first, then
+    /// its sockets close and steer is detached from its interface (if the
+    /// switch attached it). Prints its lifetime counters.
+    #[command(after_help = "Example:\n  dataplane -n sw port del afxdp:sc")]
     Del {
         /// The port's name, as `show ports` lists it (e.g. afxdp:veth2).
         #[arg(value_name = "NAME")]
@@ -175,16 +241,26 @@ enum PortCommand {
 #[derive(Subcommand)]
 enum ShowCommand {
     /// Ports with their id, state, PMD and counters.
+    ///
+    /// State is `up`, or `down` while its link is down or its interface is
+    /// gone (it comes back by itself when the interface returns).
+    #[command(after_help = "Example:\n  dataplane -n sw show ports --json")]
     Ports {
         #[arg(long)]
         json: bool,
     },
     /// Learned addresses: VLAN, MAC, port.
+    #[command(after_help = "Example:\n  dataplane -n sw show fdb")]
     Fdb {
         #[arg(long)]
         json: bool,
     },
     /// The running configuration as a TOML file (`run --config` reads it).
+    ///
+    /// Ports added at runtime are included, removed ones are not.
+    #[command(
+        after_help = "Example:\n  dataplane -n sw show config > /etc/dataplane/dataplane.toml"
+    )]
     Config,
 }
 
@@ -192,6 +268,11 @@ enum ShowCommand {
 enum FdbCommand {
     /// Forget learned addresses (all, or one port's); they are relearned
     /// from the next frames.
+    ///
+    /// Until then their frames are flooded; the fast path forgets them too.
+    #[command(after_help = "Examples:\n  \
+        dataplane -n sw fdb flush\n  \
+        dataplane -n sw fdb flush --port afxdp:sb")]
     Flush {
         /// Only the addresses learned on this port.
         #[arg(long, value_name = "NAME")]
@@ -610,5 +691,51 @@ fn print_fdb(fdb: &[dataplane::control::FdbRow]) {
     println!("{:>5}  {:<17}  PORT", "VLAN", "MAC");
     for r in fdb {
         println!("{:>5}  {:<17}  {}", r.vlan, r.mac, r.port);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every command, nested ones included, with its path (`show ports`).
+    fn all_commands(cmd: &clap::Command, path: String, out: &mut Vec<(String, clap::Command)>) {
+        for sub in cmd.get_subcommands() {
+            let p = format!("{path} {}", sub.get_name()).trim().to_string();
+            out.push((p.clone(), sub.clone()));
+            all_commands(sub, p, out);
+        }
+    }
+
+    #[test]
+    fn every_command_has_a_man_style_help_with_examples() {
+        let mut cmds = Vec::new();
+        all_commands(&Cli::command(), String::new(), &mut cmds);
+        assert!(cmds.len() >= 17, "{} commands", cmds.len());
+        for (path, mut cmd) in cmds {
+            let help = cmd.render_long_help().to_string();
+            assert!(help.contains("Usage:"), "{path}: {help}");
+            assert!(
+                help.contains("Example"),
+                "`dataplane {path} --help` shows no example:\n{help}"
+            );
+            let about = cmd.get_about().map(|a| a.to_string()).unwrap_or_default();
+            assert!(about.len() > 10, "{path} has no description");
+        }
+    }
+
+    #[test]
+    fn the_systemd_unit_starts_a_valid_command_line() {
+        let unit = include_str!("../../contrib/systemd/dataplane.service");
+        let exec = unit
+            .lines()
+            .find_map(|l| l.strip_prefix("ExecStart="))
+            .expect("ExecStart in the unit");
+        let args: Vec<&str> = exec.split_whitespace().collect();
+        assert!(args[0].ends_with("/dataplane"), "{exec}");
+        let cli = Cli::try_parse_from(&args).unwrap_or_else(|e| panic!("{exec}: {e}"));
+        assert!(matches!(cli.command, Command::Run(_)), "{exec}");
+        assert!(unit.contains("KillSignal=SIGINT"), "stops like Ctrl-C");
     }
 }
