@@ -469,3 +469,21 @@ fn memory_stays_flat_over_a_soak() {
     let out = assert_clean_exit(sw);
     assert!(out.contains("afxdp:sa"));
 }
+
+#[test]
+fn sigterm_stops_the_daemon_cleanly_and_releases_everything() {
+    if !privileged("sigterm_stops_the_daemon_cleanly_and_releases_everything") {
+        return;
+    }
+    let h = hosts("ctlterm", 2);
+    let sw = RunningSwitch::start(&h.sw, &["--port", "afxdp:sa", "--port", "tap:ctlvm0"]);
+    assert!(socket_of(&h.sw).exists());
+    let (ok, out) = sw.stop_with(libc::SIGTERM);
+    assert!(ok, "exit status 0 on SIGTERM:\n{out}");
+    assert!(out.contains(" 0 unaccounted"), "{out}");
+    assert_eq!(h.sw.xdp_prog_id("sa"), None, "steer detached");
+    assert!(!h.sw.pin_dir("sa").exists(), "pins removed");
+    assert!(!socket_of(&h.sw).exists(), "control socket removed");
+    let links = h.sw.ip(&["link", "show"]);
+    assert!(!links.contains("ctlvm0"), "TAP device gone: {links}");
+}

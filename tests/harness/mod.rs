@@ -525,12 +525,23 @@ impl RunningSwitch {
         (ok, self.output())
     }
 
+    /// Sends `sig` and waits for the exit, as [`RunningSwitch::stop`] does
+    /// with SIGINT.
+    pub fn stop_with(mut self, sig: i32) -> (bool, String) {
+        let ok = self.stop_with_inner(sig);
+        (ok, self.output())
+    }
+
     fn stop_inner(&mut self) -> bool {
+        self.stop_with_inner(libc::SIGINT)
+    }
+
+    fn stop_with_inner(&mut self, sig: i32) -> bool {
         let Some(mut child) = self.child.take() else {
             return false;
         };
         // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        unsafe { libc::kill(child.id() as i32, sig) };
         let status = wait_for(Duration::from_secs(10), || child.try_wait().ok().flatten());
         let ok = match status {
             Some(s) => s.success(),
