@@ -126,6 +126,10 @@ pub fn run(opts: &DemoOptions) -> Result<()> {
         "\n[demo] steer on the switch ports (frames the XDP program redirected to the switch):"
     );
     checked(Command::new(&bin).args(["--netns", &sw, "status"]))?;
+    eprintln!("\n[demo] asking the running switch over its control socket: dataplane -n {sw} show ports / show fdb");
+    checked(Command::new(&bin).args(["--netns", &sw, "show", "ports"]))?;
+    checked(Command::new(&bin).args(["--netns", &sw, "show", "fdb"]))?;
+    eprintln!("(live view: dataplane -n {sw} stats --watch; ports come and go with dataplane -n {sw} port add|del)");
     eprintln!("\n[demo] stopping the switch (Ctrl-C): it detaches XDP and releases its sockets");
     switch.interrupt();
     let _ = switch.0.wait();
