@@ -301,7 +301,10 @@ fn a_killed_switch_is_cleaned_up_by_the_next_run() {
     assert!(ping(&h.hosts[0], "10.77.1.2", 2), "the new switch forwards");
     // The dead run's control socket was replaced by this run's.
     let ports = h.sw.dataplane_ok(&["show", "ports"]);
-    assert!(ports.contains("afxdp:sa") && ports.contains("up"), "{ports}");
+    assert!(
+        ports.contains("afxdp:sa") && ports.contains("up"),
+        "{ports}"
+    );
     // This run took the attachments over, so it detaches them on exit.
     assert_clean_shutdown(&h, next, &["sa", "sb"]);
 }
