@@ -115,6 +115,11 @@ impl Drop for Server {
         }
         if let Some(p) = &self.socket_path {
             let _ = std::fs::remove_file(p);
+            // Leave /run as found: the directory goes once no switch uses it
+            // (remove_dir fails, harmlessly, while another socket is in it).
+            if let Some(dir) = p.parent().filter(|d| d.ends_with("dataplane")) {
+                let _ = std::fs::remove_dir(dir);
+            }
         }
     }
 }
@@ -142,13 +147,26 @@ fn bind_control(path: &Path) -> Result<std::os::unix::net::UnixListener, Error> 
         what,
         source,
     };
-    // Bind under a umask that leaves no window with group/other access.
-    // SAFETY: umask(2) only swaps the process mask.
-    let old = unsafe { libc::umask(0o177) };
-    let bound = std::os::unix::net::UnixListener::bind(path);
-    // SAFETY: as above, restoring the previous mask.
-    unsafe { libc::umask(old) };
-    let listener = bound.map_err(|e| sock("bind", e))?;
+    let bind = || {
+        // Bind under a umask that leaves no window with group/other access.
+        // SAFETY: umask(2) only swaps the process mask.
+        let old = unsafe { libc::umask(0o177) };
+        let bound = std::os::unix::net::UnixListener::bind(path);
+        // SAFETY: as above, restoring the previous mask.
+        unsafe { libc::umask(old) };
+        bound
+    };
+    let listener = match bind() {
+        // Another switch exiting just removed the shared directory.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(dir) = path.parent() {
+                let _ = std::fs::create_dir_all(dir);
+            }
+            bind()
+        }
+        other => other,
+    }
+    .map_err(|e| sock("bind", e))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| sock("chmod 0600", e))?;
     listener
