@@ -195,8 +195,6 @@ pub struct EngineShared {
     accounting: Mutex<Vec<FrameAccounting>>,
     /// The ports, by switch port id (slot); `None` for a free slot.
     ports: RwLock<Vec<Option<PortEntry>>>,
-    /// A copy of the FDB for `show fdb`, refreshed about once a second.
-    fdb: Mutex<Vec<(u16, [u8; 6], String)>>,
     /// Learning counters (learned, moved, table full).
     pub learning: Mutex<switch::LearningStats>,
 }
@@ -243,11 +241,6 @@ impl EngineShared {
             sum.in_tx_rings += a.in_tx_rings;
         }
         sum
-    }
-
-    /// (VLAN, MAC, port name) of every learned address.
-    pub fn fdb(&self) -> Vec<(u16, [u8; 6], String)> {
-        self.fdb.lock().unwrap().clone()
     }
 }
 
@@ -439,7 +432,6 @@ pub fn start(
         idle_cycles: AtomicU64::new(0),
         accounting: Mutex::new(vec![FrameAccounting::default(); pmds.len()]),
         ports: RwLock::new(vec![None; n_ports]),
-        fdb: Mutex::new(Vec::new()),
         learning: Mutex::new(Default::default()),
     });
     let owner: Arc<Vec<AtomicUsize>> =
@@ -936,20 +928,6 @@ impl Engine {
         }
         switch.expire(now);
         mirror_fdb(&mut shared);
-        let names: Vec<String> = shared
-            .switch
-            .ports()
-            .iter()
-            .map(|p| p.name.clone())
-            .collect();
-        *self.shared.fdb.lock().unwrap() = shared
-            .switch
-            .fdb()
-            .entries()
-            .into_iter()
-            .filter(|(_, _, e)| e.port < names.len())
-            .map(|(vlan, mac, e)| (vlan, mac, names[e.port].clone()))
-            .collect();
         *self.shared.learning.lock().unwrap() = shared.switch.learning_stats();
     }
 }

@@ -101,22 +101,10 @@ impl FastPath {
     ) -> Result<FastPath, Error> {
         let mut ports: Vec<Option<FastPort>> = (0..n_ports).map(|_| None).collect();
         for m in members {
-            let err = |source| Error::Steer {
-                ifname: m.ifname.clone(),
-                source: Box::new(source),
-            };
-            let attachment = Attachment::open(pins, &m.ifname).map_err(err)?;
-            let egress_ok = match probe_egress(&m.ifname) {
-                Ok(()) => true,
-                Err(why) => {
-                    tracing::warn!(
-                        ifname = m.ifname,
-                        "fast path toward {} disabled: {why}; frames to it take the AF_XDP path",
-                        m.ifname
-                    );
-                    false
-                }
-            };
+            let PreparedPort {
+                attachment,
+                egress_ok,
+            } = Self::prepare_port(pins, m)?;
             ports[m.port] = Some(FastPort {
                 ifname: m.ifname.clone(),
                 attachment,
