@@ -116,13 +116,15 @@ impl GenReport {
 }
 
 impl Generator {
-    /// Loads `forward` with `ifname` as its target and prepares `frame`.
+    /// Loads `gen` (`forward` that rewrites the headers of every frame) with
+    /// `ifname` as its target and prepares `frame`.
     pub fn new(ifname: &str, frame: Vec<u8>) -> Result<Generator, Error> {
+        let forward = Forward::load_gen(ifname, &frame)?;
         Ok(Generator {
             ifname: ifname.to_string(),
             ifindex: netdev::ifindex(ifname)?,
             frame,
-            forward: Forward::load(ifname)?,
+            forward,
         })
     }
 

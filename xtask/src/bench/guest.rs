@@ -7,7 +7,8 @@
 //! - `echo`: what a container or VM that forwards traffic back does (an L2
 //!   forwarder, a router): a frame addressed to the guest's MAC, IPv4, gets
 //!   destination = the sink's MAC and source = the guest's MAC and leaves
-//!   through the interface it came in on (XDP_TX). Anything else (ARP, the
+//!   through the interface it came in on (a redirect to itself, XDP_TX in
+//!   effect; see `echo_program` for why not XDP_TX). Anything else (ARP, the
 //!   guest's own traffic) goes to the guest's stack. It is the cheapest
 //!   echo a guest can do, so the numbers measure the switch, not the guest.
 //! - `redirect`: every frame from one interface out of another (the guest
@@ -28,7 +29,7 @@ pub struct XdpLink {
 
 /// Attaches the echo program to `ifname` in `netns`.
 pub fn echo(netns: &str, ifname: &str, me: [u8; 6], peer: [u8; 6]) -> Result<XdpLink> {
-    attach(netns, ifname, |_| Ok(echo_program(me, peer)))
+    attach(netns, ifname, |index| Ok(echo_program(me, peer, index)))
         .with_context(|| format!("echo program on {ifname} in {netns}"))
 }
 
@@ -87,10 +88,9 @@ const JNE_K: u8 = 0x55;
 const CALL: u8 = 0x85;
 const EXIT: u8 = 0x95;
 const XDP_PASS: i32 = 2;
-const XDP_TX: i32 = 3;
 const BPF_FUNC_REDIRECT: i32 = 23;
 
-fn echo_program(me: [u8; 6], peer: [u8; 6]) -> Vec<u64> {
+fn echo_program(me: [u8; 6], peer: [u8; 6], own_ifindex: u32) -> Vec<u64> {
     let mut p = vec![
         insn(LDX_W, 2, 1, 0, 0),   // r2 = ctx->data
         insn(LDX_W, 3, 1, 4, 0),   // r3 = ctx->data_end
@@ -112,8 +112,12 @@ fn echo_program(me: [u8; 6], peer: [u8; 6]) -> Vec<u64> {
     for (i, b) in peer.iter().chain(me.iter()).enumerate() {
         p.push(insn(ST_B, 2, 0, i as i16, *b as i32));
     }
-    p.push(insn(MOV64_K, 0, 0, 0, XDP_TX));
-    p.push(insn(EXIT, 0, 0, 0, 0));
+    // Back out of the interface it came in on: XDP_TX in effect, but as a
+    // redirect to the own ifindex. On a veth, XDP_TX only wakes the peer's
+    // NAPI if the peer has an XDP program of its own (veth_xdp_flush), so
+    // towards a bridge port with only GRO it stalls after one ring (256
+    // frames); a redirect goes through ndo_xdp_xmit, which always does.
+    p.extend(redirect_program(own_ifindex));
     let pass = p.len();
     p.push(insn(MOV64_K, 0, 0, 0, XDP_PASS));
     p.push(insn(EXIT, 0, 0, 0, 0));
@@ -220,7 +224,7 @@ mod tests {
 
     #[test]
     fn jumps_of_the_echo_program_land_on_the_pass_tail() {
-        let p = echo_program([1; 6], [2; 6]);
+        let p = echo_program([1; 6], [2; 6], 7);
         let pass = p.len() - 2;
         assert_eq!(p[pass] & 0xff, MOV64_K as u64);
         assert_eq!((p[pass] >> 32) as i32, XDP_PASS);
@@ -230,6 +234,107 @@ mod tests {
                 let off = ((ins >> 16) & 0xffff) as i16 as isize;
                 assert_eq!(i as isize + 1 + off, pass as isize, "jump at {i}");
             }
+        }
+    }
+}
+
+/// The VM of the PVP bridge path: a process holding a TAP's file descriptor
+/// (where QEMU/vhost-net would sit) whose netdev is a bridge port, echoing
+/// what is addressed to the VM's MAC towards the sink, like `echo` does. One
+/// thread pinned to CPU 1, a read and a write per frame, sleeping in poll(2)
+/// when idle. Stops, and the TAP goes away with its fd, on drop.
+pub struct TapRelay {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TapRelay {
+    /// Creates TAP `ifname` in `netns` and starts echoing.
+    pub fn start(netns: &str, ifname: &str, me: [u8; 6], peer: [u8; 6]) -> Result<TapRelay> {
+        let name = ifname.to_string();
+        let fd = in_netns(netns, move || open_tap(&name))
+            .with_context(|| format!("creating TAP {ifname} in {netns}"))?;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || relay(fd, me, peer, &flag));
+        Ok(TapRelay {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for TapRelay {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn open_tap(name: &str) -> Result<OwnedFd> {
+    const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+    const IFF_TAP: libc::c_short = 0x0002;
+    const IFF_NO_PI: libc::c_short = 0x1000;
+    // SAFETY: open(2) of a path literal.
+    let fd = unsafe { libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+    if fd < 0 {
+        bail!(
+            "opening /dev/net/tun: {} (is the tun module loaded?)",
+            std::io::Error::last_os_error()
+        );
+    }
+    // SAFETY: a new fd we own from here on.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // struct ifreq: name[16], then ifr_flags.
+    let mut ifr = [0u8; 40];
+    ifr[..name.len()].copy_from_slice(name.as_bytes());
+    ifr[16..18].copy_from_slice(&(IFF_TAP | IFF_NO_PI).to_ne_bytes());
+    use std::os::fd::AsRawFd;
+    // SAFETY: TUNSETIFF reads and writes a struct ifreq, which ifr is.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETIFF, ifr.as_mut_ptr()) } != 0 {
+        bail!("TUNSETIFF {name}: {}", std::io::Error::last_os_error());
+    }
+    Ok(fd)
+}
+
+fn relay(fd: OwnedFd, me: [u8; 6], peer: [u8; 6], stop: &std::sync::atomic::AtomicBool) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a zeroed cpu_set_t with CPU 1 set, for this thread only.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(1, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+    let raw = fd.as_raw_fd();
+    let mut buf = vec![0u8; 2048];
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let mut pfd = libc::pollfd {
+            fd: raw,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one pollfd, 100 ms timeout (to see `stop`).
+        if unsafe { libc::poll(&mut pfd, 1, 100) } <= 0 {
+            continue;
+        }
+        loop {
+            // SAFETY: reading into our buffer of its length.
+            let n = unsafe { libc::read(raw, buf.as_mut_ptr().cast(), buf.len()) };
+            if n <= 0 {
+                break;
+            }
+            let f = &mut buf[..n as usize];
+            if f.len() >= 14 && f[..6] == me && f[12..14] == [0x08, 0x00] {
+                f[..6].copy_from_slice(&peer);
+                f[6..12].copy_from_slice(&me);
+                // SAFETY: writing the frame we just read.
+                unsafe { libc::write(raw, f.as_ptr().cast(), f.len()) };
+            }
+            // Non-blocking reads until the queue is empty, then poll again.
+            // SAFETY: F_SETFL on our own fd.
+            unsafe { libc::fcntl(raw, libc::F_SETFL, libc::O_NONBLOCK) };
         }
     }
 }

@@ -17,7 +17,8 @@ use super::Scenario;
 /// What the vhost-user paths report until the port exists.
 const NO_VHOST_USER: &str = "not available: vhost-user port not merged yet";
 
-/// The MAC the PVP bridge path's guest (testpmd on a TAP) answers to.
+/// The MAC the PVP bridge path's VM (a process on the TAP's fd) answers to;
+/// not the TAP netdev's own, which the bridge keeps for itself.
 const TAP_GUEST_MAC: &str = "02:00:00:00:0e:01";
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
@@ -46,7 +47,7 @@ pub enum PathKind {
     VfEmulVeth,
     /// Emulated SR-IOV VF: macvlan passthru on each uplink, owned by the guest.
     VfEmulMacvlan,
-    /// PVP: Linux bridge with a TAP; testpmd on the TAP's fd is the VM.
+    /// PVP: Linux bridge with a TAP; a process on the TAP's fd is the VM.
     LinuxBridgeTap,
     /// PVP: dataplane with a `tap:` port; the TAP netdev is the VM's NIC.
     DataplaneTap,
@@ -156,8 +157,8 @@ impl PathKind {
             XdpRedirect => if pcp { "dataplane forward sa->sc and sc->sb: bare XDP redirects, no switching".into() } else { "dataplane forward sa->sb: a bare XDP redirect, no switching (the ceiling)".into() },
             VfEmulVeth => "EMULATION of direct assignment: the uplink veths sa and sb are moved into the guest namespace, whose application (an XDP redirect sa->sb) owns them; no switch at all: the ceiling of device assignment".into(),
             VfEmulMacvlan => "EMULATION of SR-IOV VFs: a macvlan in passthru mode on each uplink (sa, sb), standing in for the NIC's PF/VF demux, owned by the guest namespace, whose application redirects between them (generic XDP: macvlan has no native XDP)".into(),
-            LinuxBridgeTap => "Linux bridge br0 (sa, sb, TAP); the VM is dpdk-testpmd holding the TAP's fd (net_tap PMD) in mac-fwd towards b0, on CPU 1; static FDB entry for the VM's MAC".into(),
-            DataplaneTap => "dataplane run with afxdp:sa, afxdp:sb and tap:vm0 (the switch holds the TAP's fd, as vhost-net would); the VM is the TAP netdev in the guest namespace, whose echo is an XDP program (XDP_TX back to the switch); PMD on CPU 1, adaptive polling".into(),
+            LinuxBridgeTap => "Linux bridge br0 (sa, sb, TAP vmtap); the VM is a process holding the TAP's fd (where QEMU/vhost-net would be) that echoes frames addressed to it towards b0 (MAC rewrite, read+write per frame, on CPU 1); static FDB entry for the VM's MAC".into(),
+            DataplaneTap => "dataplane run with afxdp:sa, afxdp:sb and tap:vm0 (the switch holds the TAP's fd, as vhost-net would); the VM is the TAP netdev in the guest namespace, whose echo is an XDP program (MAC rewrite, back out of vm0 to the switch); PMD on CPU 1, adaptive polling".into(),
             DataplaneTapBusy => "as `dataplane-tap`, with --busy-poll".into(),
             DataplaneVhostUser => "dataplane run with a vhost-user port; the VM is dpdk-testpmd virtio_user io-fwd".into(),
             TestpmdVhost => "dpdk-testpmd io-fwd between net_af_xdp uplinks and net_vhost; the VM is dpdk-testpmd virtio_user io-fwd".into(),
@@ -172,6 +173,7 @@ pub struct RunningPath {
     links: Vec<XdpLink>,
     undo: Vec<Vec<String>>,
     hugepages: Option<Hugepages>,
+    relay: Option<guest::TapRelay>,
     uses_dpdk: bool,
     sw: String,
     /// Destination MAC of the generator's frames for this path.
@@ -198,6 +200,7 @@ impl Drop for RunningPath {
         }
         self.ovs = None;
         self.links.clear();
+        self.relay = None;
         // Whatever a path's process attached through netlink and left
         // behind (a crashed testpmd, OVS) must not meet the next path.
         for p in ["sa", "sb", "sc"] {
@@ -272,6 +275,7 @@ pub fn start(
         links: Vec::new(),
         undo: Vec::new(),
         hugepages: None,
+        relay: None,
         uses_dpdk: false,
         sw: sw.clone(),
         target_mac: match &topo.c0_mac {
@@ -296,21 +300,14 @@ pub fn start(
     match path {
         LinuxBridge | LinuxBridgeTap => {
             if path == LinuxBridgeTap {
-                // The VM first: testpmd creates the TAP it then holds.
-                r.uses_dpdk = true;
-                let c = Testpmd {
-                    netns: &sw,
-                    vdevs: vec![format!("net_tap0,iface=vmtap,mac={TAP_GUEST_MAC}")],
-                    app_args: vec![
-                        "--forward-mode=mac".into(),
-                        "--port-topology=loop".into(),
-                        format!("--eth-peer=0,{}", topo.b0_mac),
-                    ],
-                    huge: false,
-                }
-                .spawn()?;
-                r.child("testpmd (VM)", c);
-                wait_for_link(&mut r, &sw, "vmtap")?;
+                // The VM: a process on the TAP's fd (guest.rs).
+                r.relay = Some(guest::TapRelay::start(
+                    &sw,
+                    "vmtap",
+                    parse_mac(TAP_GUEST_MAC)?,
+                    b0,
+                )?);
+                r.ip(&["-n", &sw, "link", "set", "vmtap", "up"], None)?;
                 r.target_mac = TAP_GUEST_MAC.into();
             }
             r.ip(
@@ -330,7 +327,7 @@ pub fn start(
                 r.gro(&sw, "sc");
             }
             if path == LinuxBridgeTap {
-                // testpmd never speaks first: tell the bridge where the VM
+                // The VM never speaks first: tell the bridge where the VM
                 // is, or every frame would be flooded to the sink as well.
                 let st = Command::new("bridge")
                     .args([
@@ -435,18 +432,19 @@ pub fn start(
         }
         VfEmulVeth => {
             for p in ["sa", "sb"] {
-                r.ip(
-                    &["-n", &sw, "link", "set", p, "netns", &g],
-                    Some(&["-n", &g, "link", "set", p, "netns", &sw]),
-                )?;
-                r.ip(&["-n", &g, "link", "set", p, "up"], None)?;
-                // Moving a device brings it down: up again once back.
+                // Moving a device brings it down: up again once back (undo
+                // runs in reverse, so this comes after the move back).
                 r.undo.push(
                     ["ip", "-n", &sw, "link", "set", p, "up"]
                         .iter()
                         .map(|s| s.to_string())
                         .collect(),
                 );
+                r.ip(
+                    &["-n", &sw, "link", "set", p, "netns", &g],
+                    Some(&["-n", &g, "link", "set", p, "netns", &sw]),
+                )?;
+                r.ip(&["-n", &g, "link", "set", p, "up"], None)?;
             }
             r.links.push(guest::redirect(&g, "sa", "sb")?);
             r.links.push(guest::redirect(&g, "sb", "sa")?);

@@ -140,8 +140,9 @@ pub fn render(
                     0.0
                 };
                 let core_s_per_mpkt = (c0 + c1) / (d.1 / 1e6).max(1e-9);
+                // A baseline that delivered (next to) nothing gives no ratio.
                 let ratio = median_delivered(results, s, base, size)
-                    .filter(|m| *m > 0.0)
+                    .filter(|m| *m > 1000.0)
                     .map(|m| d.1 / m);
                 md.push_str(&format!(
                     "| {name}{} | {size} | {:.3} / {:.3} / {:.3} | {:.2} | {:.1}% | {} | {:.0}% | {:.0}% | {:.2} |\n",
