@@ -218,26 +218,6 @@ fn link_create(prog: &OwnedFd, ifindex: u32) -> Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn jumps_of_the_echo_program_land_on_the_pass_tail() {
-        let p = echo_program([1; 6], [2; 6], 7);
-        let pass = p.len() - 2;
-        assert_eq!(p[pass] & 0xff, MOV64_K as u64);
-        assert_eq!((p[pass] >> 32) as i32, XDP_PASS);
-        for (i, ins) in p.iter().enumerate() {
-            let code = (ins & 0xff) as u8;
-            if code == JGT_X || code == JNE_K {
-                let off = ((ins >> 16) & 0xffff) as i16 as isize;
-                assert_eq!(i as isize + 1 + off, pass as isize, "jump at {i}");
-            }
-        }
-    }
-}
-
 /// The VM of the PVP bridge path: a process holding a TAP's file descriptor
 /// (where QEMU/vhost-net would sit) whose netdev is a bridge port, echoing
 /// what is addressed to the VM's MAC towards the sink, like `echo` does. One
@@ -335,6 +315,26 @@ fn relay(fd: OwnedFd, me: [u8; 6], peer: [u8; 6], stop: &std::sync::atomic::Atom
             // Non-blocking reads until the queue is empty, then poll again.
             // SAFETY: F_SETFL on our own fd.
             unsafe { libc::fcntl(raw, libc::F_SETFL, libc::O_NONBLOCK) };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jumps_of_the_echo_program_land_on_the_pass_tail() {
+        let p = echo_program([1; 6], [2; 6], 7);
+        let pass = p.len() - 2;
+        assert_eq!(p[pass] & 0xff, MOV64_K as u64);
+        assert_eq!((p[pass] >> 32) as i32, XDP_PASS);
+        for (i, ins) in p.iter().enumerate() {
+            let code = (ins & 0xff) as u8;
+            if code == JGT_X || code == JNE_K {
+                let off = ((ins >> 16) & 0xffff) as i16 as isize;
+                assert_eq!(i as isize + 1 + off, pass as isize, "jump at {i}");
+            }
         }
     }
 }

@@ -149,7 +149,7 @@ impl PathKind {
             LinuxBridge => format!("Linux bridge br0 ({ports}), GRO on the ports that receive XDP-redirected frames, br_netfilter off"),
             DataplaneFastpath => format!("dataplane run, learning switch on {ports}, learned unicast redirected in XDP (fast path), PMD on CPU 1"),
             Dataplane => format!("dataplane run --no-fast-path on {ports}: every frame through AF_XDP (copy mode: veth has no zero-copy) and the userspace switch, adaptive polling, PMD on CPU 1"),
-            DataplaneBusy => format!("as `dataplane`, with --busy-poll"),
+            DataplaneBusy => "as `dataplane`, with --busy-poll".into(),
             DataplaneXconnect => "dataplane run --xconnect (io-fwd, no switching), busy polling, PMD on CPU 1".into(),
             TestpmdAfXdp => format!("DPDK 22.11 dpdk-testpmd io-fwd, net_af_xdp on {ports}{}, fwd lcore on CPU 1", if pcp { " (chained: sa->sc->sb->sa)" } else { "" }),
             TestpmdAfPacket => format!("DPDK 22.11 dpdk-testpmd io-fwd, net_af_packet on {ports}{}, fwd lcore on CPU 1", if pcp { " (chained)" } else { "" }),
@@ -576,5 +576,25 @@ fn learn(topo: &Topology, guest: bool) {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_names_are_unique_and_every_scenario_has_its_baseline_first() {
+        let mut names: Vec<_> = PathKind::value_variants()
+            .iter()
+            .map(|p| p.name())
+            .collect();
+        let n = names.len();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), n);
+        for s in Scenario::ALL {
+            assert_eq!(PathKind::for_scenario(s)[0], PathKind::baseline(s));
+        }
     }
 }

@@ -260,8 +260,9 @@ pub fn chart(file: &Path, scenarios: &[Scenario], results: &[PathResult]) -> Res
     )
     .map_err(|_| anyhow::anyhow!("{FONT} is not a usable TTF font"))?;
 
-    // (scenario, path, [(size, Mpps)])
-    let mut groups: Vec<(Scenario, PathKind, Vec<(usize, f64)>)> = Vec::new();
+    // Per path: its scenario, the path, and (frame size, median Mpps) bars.
+    type Group = (Scenario, PathKind, Vec<(usize, f64)>);
+    let mut groups: Vec<Group> = Vec::new();
     let mut sizes: Vec<usize> = Vec::new();
     for &s in scenarios {
         for r in results.iter().filter(|r| r.scenario == s) {
