@@ -70,6 +70,8 @@ pub fn remove_files() {
 /// a state file, so a run killed with SIGKILL is repaired by the next one.
 pub struct Hugepages {
     previous: u64,
+    /// What this guard set the count to, if it raised it.
+    set_to: Option<u64>,
 }
 
 const NR_HUGEPAGES: &str = "/proc/sys/vm/nr_hugepages";
@@ -84,11 +86,17 @@ impl Hugepages {
             .trim()
             .parse()?;
         std::fs::write(STATE, previous.to_string()).with_context(|| format!("writing {STATE}"))?;
-        let guard = Hugepages { previous };
+        let mut guard = Hugepages {
+            previous,
+            set_to: None,
+        };
         if previous < pages {
             std::fs::write(NR_HUGEPAGES, pages.to_string())
                 .with_context(|| format!("writing {NR_HUGEPAGES}"))?;
             let got: u64 = std::fs::read_to_string(NR_HUGEPAGES)?.trim().parse()?;
+            guard.set_to = Some(got);
+            std::fs::write(STATE, format!("{previous} {got}"))
+                .with_context(|| format!("writing {STATE}"))?;
             if got < pages {
                 bail!("asked the kernel for {pages} 2 MB hugepages, got {got}: free memory is fragmented or short");
             }
@@ -111,9 +119,14 @@ impl Hugepages {
 
     /// Restores the count a killed run left reserved.
     pub fn restore_leftovers() {
-        if let Ok(prev) = std::fs::read_to_string(STATE) {
-            if let Ok(prev) = prev.trim().parse::<u64>() {
-                drop(Hugepages { previous: prev });
+        // "PREVIOUS [SET_TO]", as `reserve` wrote it.
+        if let Ok(state) = std::fs::read_to_string(STATE) {
+            let mut fields = state.split_whitespace().map(|f| f.parse::<u64>().ok());
+            if let Some(Some(previous)) = fields.next() {
+                drop(Hugepages {
+                    previous,
+                    set_to: fields.next().flatten(),
+                });
             }
         }
         remove_files();
@@ -123,7 +136,14 @@ impl Hugepages {
 impl Drop for Hugepages {
     fn drop(&mut self) {
         remove_files();
-        let _ = std::fs::write(NR_HUGEPAGES, self.previous.to_string());
+        // Give back only what this run took: if someone else changed the
+        // count meanwhile (another DPDK user on the machine), theirs stands.
+        let now = std::fs::read_to_string(NR_HUGEPAGES)
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok());
+        if self.set_to.is_none() || now == self.set_to {
+            let _ = std::fs::write(NR_HUGEPAGES, self.previous.to_string());
+        }
         let _ = std::fs::remove_file(STATE);
     }
 }

@@ -260,13 +260,19 @@ pub fn chart(file: &Path, scenarios: &[Scenario], results: &[PathResult]) -> Res
     )
     .map_err(|_| anyhow::anyhow!("{FONT} is not a usable TTF font"))?;
 
-    // Per path: its scenario, the path, and (frame size, median Mpps) bars.
-    type Group = (Scenario, PathKind, Vec<(usize, f64)>);
+    // Per path: its scenario, the path, (frame size, median Mpps) bars, and
+    // what to say when there are none.
+    type Group = (Scenario, PathKind, Vec<(usize, f64)>, String);
     let mut groups: Vec<Group> = Vec::new();
     let mut sizes: Vec<usize> = Vec::new();
     for &s in scenarios {
         for r in results.iter().filter(|r| r.scenario == s) {
             let mut bars = Vec::new();
+            let none = match &r.outcome {
+                Outcome::Unavailable(why) => why.clone(),
+                Outcome::Failed(_) => "could not run (see the table)".into(),
+                Outcome::Ran { .. } => "no measurement".into(),
+            };
             if let Outcome::Ran { points, .. } = &r.outcome {
                 for pt in points.iter().filter(|p| !p.samples.is_empty()) {
                     let m = stats(
@@ -282,7 +288,7 @@ pub fn chart(file: &Path, scenarios: &[Scenario], results: &[PathResult]) -> Res
                     }
                 }
             }
-            groups.push((s, r.path, bars));
+            groups.push((s, r.path, bars, none));
         }
     }
     sizes.sort();
@@ -320,7 +326,7 @@ pub fn chart(file: &Path, scenarios: &[Scenario], results: &[PathResult]) -> Res
     let scale = (w - left - right) as f64 / max;
     let mut y = 45;
     let mut current: Option<Scenario> = None;
-    for (s, p, bars) in &groups {
+    for (s, p, bars, none) in &groups {
         if current != Some(*s) {
             current = Some(*s);
             root.draw(&Text::new(s.title(), (10, y + 6), text(15)))?;
@@ -334,7 +340,7 @@ pub fn chart(file: &Path, scenarios: &[Scenario], results: &[PathResult]) -> Res
         root.draw(&Text::new(label, (20, y + group_h / 2 - 8), text(13)))?;
         if bars.is_empty() {
             root.draw(&Text::new(
-                "did not run",
+                none.as_str(),
                 (left + 4, y + group_h / 2 - 8),
                 text(12),
             ))?;
