@@ -19,8 +19,15 @@ pub mod wire;
 /// Name of the XDP program in the object, as `aya` looks it up.
 pub const STEER_PROGRAM: &str = "steer";
 
-/// Name of the redirect-everything XDP program (bare redirect, generator).
+/// Name of the redirect-everything XDP program (bare redirect).
 pub const FORWARD_PROGRAM: &str = "forward";
+
+/// Name of the generator's program: `forward` that first writes the frame's
+/// headers afresh from [`map_names::GEN_HEADER`].
+pub const GEN_PROGRAM: &str = "gen";
+
+/// Bytes of every generated frame `gen` rewrites: Ethernet + IPv4 + UDP.
+pub const GEN_HEADER_LEN: usize = 42;
 
 /// Map names in the object (kernel map names are limited to 15 bytes).
 pub mod map_names {
@@ -36,6 +43,8 @@ pub mod map_names {
     pub const FWD_PORT: &str = "FWD_PORT";
     /// `PerCpuArray<u64>`: frames forwarded (0) and failed (1).
     pub const FWD_COUNT: &str = "FWD_COUNT";
+    /// `Array<[u8; GEN_HEADER_LEN]>` with one entry: the generator's headers.
+    pub const GEN_HEADER: &str = "GEN_HEADER";
     /// `HashMap<FdbKey, FdbValue>`: learned addresses for the fast path.
     pub const FDB: &str = "FDB";
     /// `DevMap`: switch port id -> egress device.

@@ -27,7 +27,7 @@ use dataplane_common::{
     fastpath::{self, FastPathDecision, FdbKey, FdbValue, PortVlans, Rewrite},
     policy::{decide, MatchKey, Mode, Policy, Verdict},
     wire::{parse_l2, FrameBytes, L2Header, ETH_HLEN, ETH_P_8021Q, VLAN_HLEN},
-    MAX_FDB, MAX_MATCHES, MAX_PORTS, MAX_QUEUES,
+    GEN_HEADER_LEN, MAX_FDB, MAX_MATCHES, MAX_PORTS, MAX_QUEUES,
 };
 
 #[map]
@@ -58,6 +58,10 @@ static FWD_PORT: DevMap = DevMap::with_max_entries(1, 0);
 /// Frames `forward` handed to the devmap (index 0) or could not (index 1).
 #[map]
 static FWD_COUNT: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
+
+/// The generator's frame headers, written into every frame by `gen`.
+#[map]
+static GEN_HEADER: Array<[u8; GEN_HEADER_LEN]> = Array::with_max_entries(1, 0);
 
 /// Packet memory of an XDP context as [`FrameBytes`]: every read is checked
 /// against `data_end` in a form the verifier can follow.
@@ -223,6 +227,11 @@ fn pop_tag(ctx: &XdpContext) -> bool {
 
 #[xdp]
 pub fn forward(_ctx: XdpContext) -> u32 {
+    redirect_to_fwd_port()
+}
+
+#[inline(always)]
+fn redirect_to_fwd_port() -> u32 {
     let (action, slot) = match FWD_PORT.redirect(0, 0) {
         Ok(action) => (action, 0),
         Err(action) => (action, 1),
@@ -232,6 +241,24 @@ pub fn forward(_ctx: XdpContext) -> u32 {
         unsafe { *counter += 1 };
     }
     action
+}
+
+/// `forward` for the generator. BPF_PROG_RUN in live-frame mode recycles its
+/// pages without copying the frame into them again, and redirected frames
+/// travel by reference: whatever a hop downstream wrote into a frame (a
+/// guest's MAC rewrite, a VLAN push) would come back in later frames sent
+/// from the same page. So the headers are written afresh every time.
+#[xdp]
+pub fn gen(ctx: XdpContext) -> u32 {
+    let start = ctx.data();
+    if start + GEN_HEADER_LEN <= ctx.data_end() {
+        if let Some(header) = GEN_HEADER.get(0) {
+            // SAFETY: [start, start + GEN_HEADER_LEN) lies inside the packet
+            // (checked above); [u8; N] has alignment 1.
+            unsafe { *(start as *mut [u8; GEN_HEADER_LEN]) = *header };
+        }
+    }
+    redirect_to_fwd_port()
 }
 
 #[cfg(not(test))]

@@ -5,7 +5,7 @@
 
 use std::os::fd::{AsFd, AsRawFd};
 
-use aya::maps::{DevMap, MapData, PerCpuArray};
+use aya::maps::{Array, DevMap, MapData, PerCpuArray};
 use aya::programs::{Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
 use dataplane_common::map_names;
@@ -28,6 +28,8 @@ pub enum Error {
     },
     #[error("reading forward counters: {0}")]
     Counters(aya::maps::MapError),
+    #[error("writing the generator's frame header into GEN_HEADER: {0}")]
+    Header(aya::maps::MapError),
     #[error("attaching forward to {ifname}: {source}")]
     Attach {
         ifname: String,
@@ -35,17 +37,40 @@ pub enum Error {
     },
 }
 
-/// `forward` loaded with `target` in its devmap (not attached anywhere).
+/// `forward` (or `gen`) loaded with `target` in its devmap (not attached
+/// anywhere).
 pub struct Forward {
     ebpf: Ebpf,
+    program: &'static str,
 }
 
 impl Forward {
     /// Loads the program and points it at `target`.
     pub fn load(target: &str) -> Result<Forward, Error> {
+        Self::load_program(target, dataplane_common::FORWARD_PROGRAM)
+    }
+
+    /// Loads the generator's variant, which writes `header` (the frame's
+    /// first GEN_HEADER_LEN bytes) into every frame before redirecting it.
+    pub fn load_gen(target: &str, header: &[u8]) -> Result<Forward, Error> {
+        let mut fwd = Self::load_program(target, dataplane_common::GEN_PROGRAM)?;
+        let mut value = [0u8; dataplane_common::GEN_HEADER_LEN];
+        let n = header.len().min(value.len());
+        value[..n].copy_from_slice(&header[..n]);
+        let mut map: Array<&mut MapData, [u8; dataplane_common::GEN_HEADER_LEN]> = Array::try_from(
+            fwd.ebpf
+                .map_mut(map_names::GEN_HEADER)
+                .expect("object has GEN_HEADER"),
+        )
+        .map_err(Error::Header)?;
+        map.set(0, value, 0).map_err(Error::Header)?;
+        Ok(fwd)
+    }
+
+    fn load_program(target: &str, program: &'static str) -> Result<Forward, Error> {
         let ifindex = netdev::ifindex(target)?;
         let mut ebpf = EbpfLoader::new().load(crate::steer::object())?;
-        program_mut(&mut ebpf).load()?;
+        program_mut(&mut ebpf, program).load()?;
         let mut port: DevMap<&mut MapData> = DevMap::try_from(
             ebpf.map_mut(map_names::FWD_PORT)
                 .expect("object has FWD_PORT"),
@@ -56,12 +81,12 @@ impl Forward {
                 ifname: target.to_string(),
                 source,
             })?;
-        Ok(Forward { ebpf })
+        Ok(Forward { ebpf, program })
     }
 
     /// Attaches to `from` in driver mode; detached when `self` is dropped.
     pub fn attach(&mut self, from: &str) -> Result<(), Error> {
-        program_mut(&mut self.ebpf)
+        program_mut(&mut self.ebpf, self.program)
             .attach(from, XdpMode::Driver)
             .map(|_| ())
             .map_err(|source| Error::Attach {
@@ -73,8 +98,8 @@ impl Forward {
     /// The loaded program (for BPF_PROG_RUN).
     pub fn program(&self) -> &Xdp {
         self.ebpf
-            .program(dataplane_common::FORWARD_PROGRAM)
-            .expect("object has forward")
+            .program(self.program)
+            .expect("object has forward and gen")
             .try_into()
             .expect("forward is XDP")
     }
@@ -106,9 +131,9 @@ impl Forward {
     }
 }
 
-fn program_mut(ebpf: &mut Ebpf) -> &mut Xdp {
-    ebpf.program_mut(dataplane_common::FORWARD_PROGRAM)
-        .expect("object has forward")
+fn program_mut<'a>(ebpf: &'a mut Ebpf, program: &str) -> &'a mut Xdp {
+    ebpf.program_mut(program)
+        .expect("object has forward and gen")
         .try_into()
         .expect("forward is XDP")
 }

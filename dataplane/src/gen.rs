@@ -1,8 +1,11 @@
 //! A traffic generator that can out-run the switch on this kind of machine.
 //!
 //! trafgen and AF_PACKET reach ~0.5 Mpps here, and AF_XDP TX in copy mode
-//! builds an skb per frame. Instead the `forward` XDP program (redirect to
-//! the devmap slot 0 device) is run by the kernel itself through
+//! builds an skb per frame. Instead the `gen` XDP program (`forward`'s
+//! redirect to the devmap slot 0 device, after writing the frame's headers
+//! afresh: live-frame pages are recycled without being re-initialised, so a
+//! hop downstream that rewrites a frame would otherwise change later frames
+//! too) is run by the kernel itself through
 //! BPF_PROG_RUN with BPF_F_TEST_XDP_LIVE_FRAMES: each run injects `repeat`
 //! copies of one frame as xdp_frames out of the chosen interface, which is
 //! how a real NIC's XDP_TX/redirect would feed the peer (no skb on the way).
@@ -116,13 +119,15 @@ impl GenReport {
 }
 
 impl Generator {
-    /// Loads `forward` with `ifname` as its target and prepares `frame`.
+    /// Loads `gen` (`forward` that rewrites the headers of every frame) with
+    /// `ifname` as its target and prepares `frame`.
     pub fn new(ifname: &str, frame: Vec<u8>) -> Result<Generator, Error> {
+        let forward = Forward::load_gen(ifname, &frame)?;
         Ok(Generator {
             ifname: ifname.to_string(),
             ifindex: netdev::ifindex(ifname)?,
             frame,
-            forward: Forward::load(ifname)?,
+            forward,
         })
     }
 

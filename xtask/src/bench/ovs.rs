@@ -1,0 +1,230 @@
+//! Open vSwitch's userspace datapath (Debian openvswitch-switch 3.1) with
+//! afxdp ports, run without its kernel module: a private ovsdb-server and
+//! ovs-vswitchd with their own run/db/log/etc directories under
+//! /run/dpbench-ovs, vswitchd inside the switch namespace, a
+//! `datapath_type=netdev` bridge, and port-to-port OpenFlow rules (like
+//! testpmd's io-fwd: no learning). Everything is stopped and removed on drop
+//! and, after a killed run, by the next run (`remove_leftovers`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+const ROOT: &str = "/run/dpbench-ovs";
+const SCHEMA: &str = "/usr/share/openvswitch/vswitch.ovsschema";
+const VSWITCHD: &str = "/usr/lib/openvswitch-switch/ovs-vswitchd";
+
+pub struct Ovs {
+    root: PathBuf,
+}
+
+impl Ovs {
+    /// Starts OVS in `netns` with `ports` (afxdp, native XDP) on bridge br0
+    /// and the flows `(in, out)`, PMD on CPU 1.
+    pub fn start(netns: &str, ports: &[&str], flows: &[(&str, &str)]) -> Result<Ovs> {
+        remove_leftovers();
+        if !Path::new(VSWITCHD).exists() {
+            bail!("{VSWITCHD} not found: install openvswitch-switch (`cargo xtask bench` does)");
+        }
+        let ovs = Ovs {
+            root: PathBuf::from(ROOT),
+        };
+        for d in ["run", "db", "log", "etc"] {
+            std::fs::create_dir_all(ovs.root.join(d))?;
+        }
+        let db = ovs.root.join("db/conf.db");
+        ovs.cmd("ovsdb-tool", &["create", &db.to_string_lossy(), SCHEMA])?;
+        let sock = format!("unix:{}", ovs.root.join("run/db.sock").display());
+        ovs.cmd(
+            "ovsdb-server",
+            &[
+                &db.to_string_lossy(),
+                &format!("--remote=p{sock}"),
+                &format!("--pidfile={}", ovs.pidfile("ovsdb-server").display()),
+                &format!(
+                    "--log-file={}",
+                    ovs.root.join("log/ovsdb-server.log").display()
+                ),
+                "--detach",
+            ],
+        )?;
+        ovs.vsctl(&["--no-wait", "init"])?;
+        ovs.vsctl(&[
+            "--no-wait",
+            "set",
+            "Open_vSwitch",
+            ".",
+            "other_config:pmd-cpu-mask=0x2",
+        ])?;
+        let mut vswitchd = ovs.command("nsenter");
+        vswitchd
+            .arg(format!("--net=/var/run/netns/{netns}"))
+            .arg(VSWITCHD)
+            .arg(&sock)
+            .arg(format!(
+                "--pidfile={}",
+                ovs.pidfile("ovs-vswitchd").display()
+            ))
+            .arg(format!(
+                "--log-file={}",
+                ovs.root.join("log/ovs-vswitchd.log").display()
+            ))
+            .args(["--detach", "-vconsole:off"]);
+        run(&mut vswitchd, "ovs-vswitchd")?;
+        ovs.vsctl(&[
+            "add-br",
+            "br0",
+            "--",
+            "set",
+            "bridge",
+            "br0",
+            "datapath_type=netdev",
+        ])?;
+        for port in ports {
+            ovs.add_afxdp_port(port)?;
+        }
+        ovs.cmd("ovs-ofctl", &["del-flows", "br0"])?;
+        for (from, to) in flows {
+            ovs.cmd(
+                "ovs-ofctl",
+                &[
+                    "add-flow",
+                    "br0",
+                    &format!("in_port={from},actions=output:{to}"),
+                ],
+            )?;
+        }
+        Ok(ovs)
+    }
+
+    /// Adding an afxdp port right after another AF_XDP user exited sometimes
+    /// fails with EINVAL (TOOLCHAIN.md): retry a few times.
+    fn add_afxdp_port(&self, port: &str) -> Result<()> {
+        let mut last = String::new();
+        for _ in 0..4 {
+            self.vsctl(&[
+                "--may-exist",
+                "add-port",
+                "br0",
+                port,
+                "--",
+                "set",
+                "interface",
+                port,
+                "type=afxdp",
+                "options:xdp-mode=native",
+            ])?;
+            last = self
+                .vsctl(&["get", "interface", port, "error"])
+                .unwrap_or_default();
+            let ofport = self
+                .vsctl(&["get", "interface", port, "ofport"])
+                .unwrap_or_default();
+            if last.trim() == "[]" && ofport.trim() != "-1" && !ofport.trim().is_empty() {
+                return Ok(());
+            }
+            let _ = self.vsctl(&["del-port", "br0", port]);
+            std::thread::sleep(Duration::from_millis(700));
+        }
+        bail!(
+            "OVS could not open afxdp port {port}: {} (see {}/log/ovs-vswitchd.log while it runs)",
+            last.trim(),
+            ROOT
+        )
+    }
+
+    fn pidfile(&self, daemon: &str) -> PathBuf {
+        self.root.join(format!("run/{daemon}.pid"))
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let mut c = Command::new(program);
+        c.env("OVS_RUNDIR", self.root.join("run"))
+            .env("OVS_DBDIR", self.root.join("db"))
+            .env("OVS_LOGDIR", self.root.join("log"))
+            .env("OVS_SYSCONFDIR", self.root.join("etc"));
+        c
+    }
+
+    fn cmd(&self, program: &str, args: &[&str]) -> Result<String> {
+        run(self.command(program).args(args), program)
+    }
+
+    fn vsctl(&self, args: &[&str]) -> Result<String> {
+        let db = format!("--db=unix:{}", self.root.join("run/db.sock").display());
+        let mut all = vec![db.as_str(), "--timeout=20"];
+        all.extend_from_slice(args);
+        self.cmd("ovs-vsctl", &all)
+    }
+}
+
+fn run(cmd: &mut Command, what: &str) -> Result<String> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("starting {what} (package openvswitch-switch)"))?;
+    if !out.status.success() {
+        bail!(
+            "{what} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+impl Drop for Ovs {
+    fn drop(&mut self) {
+        // A clean exit lets vswitchd close its AF_XDP sockets and detach
+        // its XDP programs; the kill below catches a hung one.
+        let _ = self.cmd(
+            "ovs-appctl",
+            &[
+                "-t",
+                &self
+                    .root
+                    .join(format!(
+                        "run/ovs-vswitchd.{}.ctl",
+                        read_pid(&self.pidfile("ovs-vswitchd")).unwrap_or(0)
+                    ))
+                    .to_string_lossy(),
+                "--timeout=10",
+                "exit",
+                // --cleanup: remove the ports, so vswitchd detaches its XDP
+                // programs from the veths.
+                "--cleanup",
+            ],
+        );
+        remove_leftovers();
+    }
+}
+
+fn read_pid(file: &Path) -> Option<i32> {
+    std::fs::read_to_string(file).ok()?.trim().parse().ok()
+}
+
+/// Kills the daemons of a previous run (by their pid files) and removes
+/// their directories.
+pub fn remove_leftovers() {
+    let root = Path::new(ROOT);
+    if !root.exists() {
+        return;
+    }
+    for daemon in ["ovs-vswitchd", "ovsdb-server"] {
+        if let Some(pid) = read_pid(&root.join(format!("run/{daemon}.pid"))) {
+            // SAFETY: kill(2) with the pid the daemon wrote itself.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            for _ in 0..50 {
+                // SAFETY: signal 0 only checks that the process exists.
+                if unsafe { libc::kill(pid, 0) } != 0 {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            // SAFETY: as above.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+    let _ = std::fs::remove_dir_all(root);
+}
