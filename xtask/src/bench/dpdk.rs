@@ -10,6 +10,8 @@ use std::process::{Child, Command, Stdio};
 use anyhow::{bail, Context, Result};
 
 pub const FILE_PREFIX: &str = "dpbench";
+/// The prefix of the testpmd that plays a VM (PVP over vhost-user).
+pub const VM_FILE_PREFIX: &str = "dpbench-vm";
 
 /// A testpmd invocation.
 pub struct Testpmd<'a> {
@@ -19,11 +21,16 @@ pub struct Testpmd<'a> {
     pub app_args: Vec<String>,
     /// Use hugepages (net_vhost, virtio_user); otherwise `--no-huge`.
     pub huge: bool,
+    /// `--file-prefix`: distinct per concurrent testpmd.
+    pub prefix: &'a str,
+    /// EAL `--lcores` map: the main lcore and one forwarding lcore
+    /// (e.g. "0,1", or "0@0,1@0" for both on CPU 0).
+    pub lcores: &'a str,
 }
 
 impl Testpmd<'_> {
-    /// Starts testpmd with its forwarding lcore on CPU 1 (main lcore 0,
-    /// which only sleeps in interactive mode).
+    /// Starts testpmd with its lcores as `lcores` says (the main lcore only
+    /// sleeps in interactive mode; the other forwards).
     pub fn spawn(&self) -> Result<Child> {
         let mut cmd = Command::new("nsenter");
         cmd.arg(format!("--net=/var/run/netns/{}", self.netns))
@@ -33,8 +40,14 @@ impl Testpmd<'_> {
         } else {
             cmd.args(["--no-huge", "-m", "1024"]);
         }
-        cmd.args(["-l", "0,1", "--no-pci", "--file-prefix", FILE_PREFIX])
-            .args(["--log-level", "*:error"]);
+        cmd.args([
+            "--lcores",
+            self.lcores,
+            "--no-pci",
+            "--file-prefix",
+            self.prefix,
+        ])
+        .args(["--log-level", "*:error"]);
         for v in &self.vdevs {
             cmd.args(["--vdev", v]);
         }
@@ -54,15 +67,18 @@ impl Testpmd<'_> {
 pub fn remove_files() {
     if let Ok(dir) = std::fs::read_dir("/dev/hugepages") {
         for e in dir.flatten() {
-            if e.file_name()
-                .to_string_lossy()
-                .starts_with(&format!("{FILE_PREFIX}map_"))
+            let name = e.file_name().to_string_lossy().into_owned();
+            if [FILE_PREFIX, VM_FILE_PREFIX]
+                .iter()
+                .any(|p| name.starts_with(&format!("{p}map_")))
             {
                 let _ = std::fs::remove_file(e.path());
             }
         }
     }
-    let _ = std::fs::remove_dir_all(format!("/var/run/dpdk/{FILE_PREFIX}"));
+    for p in [FILE_PREFIX, VM_FILE_PREFIX] {
+        let _ = std::fs::remove_dir_all(format!("/var/run/dpdk/{p}"));
+    }
 }
 
 /// 2 MB hugepages reserved for DPDK; the previous count is restored (and
@@ -78,8 +94,6 @@ const NR_HUGEPAGES: &str = "/proc/sys/vm/nr_hugepages";
 const STATE: &str = "/run/dpbench-hugepages";
 
 impl Hugepages {
-    // Used by the vhost-user paths (HOOK(vhost-user) in paths.rs).
-    #[allow(dead_code)]
     pub fn reserve(pages: u64) -> Result<Hugepages> {
         let previous: u64 = std::fs::read_to_string(NR_HUGEPAGES)
             .with_context(|| format!("reading {NR_HUGEPAGES}"))?

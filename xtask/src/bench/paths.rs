@@ -14,9 +14,6 @@ use super::topology::{ethtool, ip, mac_of, parse_mac, Topology};
 use super::traffic::Dataplane;
 use super::Scenario;
 
-/// What the vhost-user paths report until the port exists.
-const NO_VHOST_USER: &str = "not available: vhost-user port not merged yet";
-
 /// The MAC the PVP bridge path's VM (a process on the TAP's fd) answers to;
 /// not the TAP netdev's own, which the bridge keeps for itself.
 const TAP_GUEST_MAC: &str = "02:00:00:00:0e:01";
@@ -134,9 +131,6 @@ impl PathKind {
     /// Why the path cannot run in this build, if it cannot.
     pub fn unavailable(self) -> Option<&'static str> {
         match self {
-            // HOOK(vhost-user): remove these two once `dataplane run --port
-            // vhost-user:SOCKET` exists, and fill in `start_vhost_user`.
-            PathKind::DataplaneVhostUser | PathKind::TestpmdVhost => Some(NO_VHOST_USER),
             _ => None,
         }
     }
@@ -421,6 +415,8 @@ pub fn start(
                 vdevs,
                 app_args,
                 huge: false,
+                prefix: dpdk::FILE_PREFIX,
+                lcores: "0,1",
             }
             .spawn()?;
             r.child("dpdk-testpmd", c);
@@ -468,7 +464,7 @@ pub fn start(
             r.links.push(guest::redirect(&g, "vfa", "vfb")?);
             r.links.push(guest::redirect(&g, "vfb", "vfa")?);
         }
-        DataplaneVhostUser | TestpmdVhost => start_vhost_user(&mut r, path)?,
+        DataplaneVhostUser | TestpmdVhost => start_vhost_user(&mut r, path, &sw, dp, &topo.b0_mac)?,
     }
     // Let the path settle (attach, bind) before measuring.
     std::thread::sleep(Duration::from_secs(2));
@@ -490,20 +486,104 @@ pub fn start(
     Ok(r)
 }
 
-/// HOOK(vhost-user): the PVP paths through a vhost-user port. Once the port
-/// is merged this becomes, with hugepages from `Hugepages::reserve(512)`
-/// kept in `r.hugepages`:
-/// - `DataplaneVhostUser`: `dataplane run --port afxdp:sa --port afxdp:sb
-///   --port vhost-user:/run/dpbench-vhost.sock --core 1`, and as the VM a
-///   `Testpmd { vdevs: ["net_virtio_user0,path=/run/dpbench-vhost.sock"],
-///   app_args: ["--forward-mode=mac", "--port-topology=loop",
-///   "--eth-peer=0,<b0>"], huge: true }` (its own --file-prefix and lcore).
-/// - `TestpmdVhost`: testpmd io-fwd between `net_af_xdp` on sa/sb and
-///   `net_vhost0,iface=/run/dpbench-vhost.sock` (chained), the same VM.
-///
-/// and `r.target_mac` = the virtio_user port's MAC.
-fn start_vhost_user(_r: &mut RunningPath, path: PathKind) -> Result<()> {
-    bail!("{}: {NO_VHOST_USER}", path.name())
+/// The vhost-user socket of the PVP paths (the switch, or testpmd's
+/// net_vhost, serves it; the VM connects).
+const VHOST_SOCKET: &str = "/run/dpbench-vhost.sock";
+/// The VM's virtio NIC (testpmd virtio_user) MAC: the generator's target.
+const VHOST_GUEST_MAC: &str = "02:00:00:00:0d:01";
+/// 2 MB hugepages for the two DPDK processes (512 MB each).
+const VHOST_HUGEPAGES: u64 = 600;
+
+/// The PVP paths through a vhost-user port. The VM is dpdk-testpmd with a
+/// virtio_user NIC on the socket, in mac-fwd (MAC rewrite towards b0,
+/// frames back out of the same port). Only two CPUs: the switch side keeps
+/// CPU 1 as on every other path, the VM shares CPU 0 with the generator
+/// (its offered load is reported next to every result).
+fn start_vhost_user(
+    r: &mut RunningPath,
+    path: PathKind,
+    sw: &str,
+    dp: &Dataplane,
+    b0: &str,
+) -> Result<()> {
+    r.hugepages = Some(Hugepages::reserve(VHOST_HUGEPAGES)?);
+    r.uses_dpdk = true;
+    let _ = std::fs::remove_file(VHOST_SOCKET);
+    r.undo
+        .push(vec!["rm".into(), "-f".into(), VHOST_SOCKET.into()]);
+    match path {
+        PathKind::DataplaneVhostUser => {
+            let socket = format!("vhost-user:{VHOST_SOCKET}");
+            let c = dp.spawn(
+                sw,
+                &[
+                    "run", "--port", "afxdp:sa", "--port", "afxdp:sb", "--port", &socket, "--core",
+                    "1",
+                ],
+            )?;
+            r.child("dataplane run", c);
+        }
+        _ => {
+            // testpmd io-fwd chained sa -> vhost -> sb -> sa: the VM's echo
+            // comes back on the vhost port and goes on to sb.
+            let c = Testpmd {
+                netns: sw,
+                vdevs: vec![
+                    "net_af_xdp0,iface=sa".into(),
+                    format!("net_vhost0,iface={VHOST_SOCKET},queues=1"),
+                    "net_af_xdp1,iface=sb".into(),
+                ],
+                app_args: vec!["--forward-mode=io".into(), "--port-topology=chained".into()],
+                huge: true,
+                prefix: dpdk::FILE_PREFIX,
+                lcores: "0,1",
+            }
+            .spawn()?;
+            r.child("dpdk-testpmd (switch)", c);
+        }
+    }
+    wait_for_socket(r, VHOST_SOCKET)?;
+    let vm = Testpmd {
+        netns: sw,
+        vdevs: vec![format!(
+            "net_virtio_user0,path={VHOST_SOCKET},queues=1,mac={VHOST_GUEST_MAC}"
+        )],
+        app_args: vec![
+            "--forward-mode=mac".into(),
+            "--port-topology=loop".into(),
+            format!("--eth-peer=0,{b0}"),
+        ],
+        huge: true,
+        prefix: dpdk::VM_FILE_PREFIX,
+        // Main and forwarding lcore both on CPU 0 (beside the generator).
+        lcores: "0@0,1@0",
+    }
+    .spawn()?;
+    r.child("dpdk-testpmd (VM)", vm);
+    r.target_mac = VHOST_GUEST_MAC.into();
+    Ok(())
+}
+
+/// Waits until the path's process listens on the unix socket `path`.
+fn wait_for_socket(r: &mut RunningPath, path: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Ok(());
+        }
+        for (what, c) in &mut r.children {
+            if let Some(st) = c.try_wait()? {
+                let mut err = String::new();
+                if let Some(mut e) = c.stderr.take() {
+                    use std::io::Read;
+                    let _ = e.read_to_string(&mut err);
+                }
+                bail!("{what} exited ({st}) before serving {path}: {}", err.trim());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("nothing listens on {path} after 15 s")
 }
 
 /// PVP with dataplane's TAP port: the switch made `vm0`; move its netdev
