@@ -173,10 +173,7 @@ pub fn run(opts: &BenchOptions) -> Result<()> {
     if plan.is_empty() {
         bail!("no path of the chosen scenario(s) matches --paths");
     }
-    let runnable = plan
-        .iter()
-        .filter(|(_, p)| p.unavailable().is_none())
-        .count();
+    let runnable = plan.len();
     let estimate = estimate_secs(opts, runnable);
     eprintln!(
         "[bench] plan: {} scenario(s), {runnable} runnable path runs x {} sizes x {} repeats x {} s; \
@@ -201,14 +198,6 @@ pub fn run(opts: &BenchOptions) -> Result<()> {
         for &(s, path) in plan.iter().filter(|(s, _)| *s == scenario) {
             if stop.load(Ordering::Relaxed) {
                 break 'scenarios;
-            }
-            if let Some(why) = path.unavailable() {
-                results.push(PathResult {
-                    scenario: s,
-                    path,
-                    outcome: Outcome::Unavailable(why.to_string()),
-                });
-                continue;
             }
             let running = match paths::start(path, scenario, &topo, &dp) {
                 Ok(r) => r,

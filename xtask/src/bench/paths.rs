@@ -128,13 +128,6 @@ impl PathKind {
         matches!(self, PathKind::VfEmulVeth | PathKind::VfEmulMacvlan)
     }
 
-    /// Why the path cannot run in this build, if it cannot.
-    pub fn unavailable(self) -> Option<&'static str> {
-        match self {
-            _ => None,
-        }
-    }
-
     pub fn describe(self, s: Scenario) -> String {
         use PathKind::*;
         let pcp = s == Scenario::Pcp;

@@ -25,8 +25,6 @@ pub enum Outcome {
     },
     /// Could not start (the reason).
     Failed(String),
-    /// Not in this build (the reason).
-    Unavailable(String),
 }
 
 pub struct PathResult {
@@ -96,7 +94,7 @@ pub fn render(
                 let name = r.path.name();
                 let points = match &r.outcome {
                     Outcome::Ran { points, .. } => points,
-                    Outcome::Failed(why) | Outcome::Unavailable(why) => {
+                    Outcome::Failed(why) => {
                         if size == opts.sizes[0] {
                             md.push_str(&format!(
                                 "| {name} | all | {} | | | | | | |\n",
@@ -269,7 +267,6 @@ pub fn chart(file: &Path, scenarios: &[Scenario], results: &[PathResult]) -> Res
         for r in results.iter().filter(|r| r.scenario == s) {
             let mut bars = Vec::new();
             let none = match &r.outcome {
-                Outcome::Unavailable(why) => why.clone(),
                 Outcome::Failed(_) => "could not run (see the table)".into(),
                 Outcome::Ran { .. } => "no measurement".into(),
             };
