@@ -47,7 +47,7 @@ pub enum Error {
     Read { path: String, detail: String },
     #[error("config {path}: {detail}")]
     Syntax { path: String, detail: String },
-    #[error("port {spec:?}: unknown port kind {kind:?}; known kinds: afxdp, tap")]
+    #[error("port {spec:?}: unknown port kind {kind:?}; known kinds: afxdp, tap, vhost-user")]
     UnknownKind { spec: String, kind: String },
     #[error("port {spec:?}: expected KIND:IFACE[,key=value...] (e.g. afxdp:veth0,vlan=10)")]
     BadPortSpec { spec: String },
@@ -60,6 +60,8 @@ pub enum Error {
         value: String,
         why: String,
     },
+    #[error("port {spec:?}: {why}")]
+    PortField { spec: String, why: String },
     #[error("port {name} is configured twice")]
     DuplicatePort { name: String },
     #[error("port {name}: `vlan` (access) and `trunk` exclude each other")]
@@ -99,12 +101,29 @@ pub enum PortKind {
     Afxdp,
     /// A TAP device (a VM's virtio NIC sits behind it).
     Tap,
+    /// A vhost-user socket a VM (QEMU) or DPDK's virtio_user connects to.
+    VhostUser,
 }
+
+impl PortKind {
+    /// The prefix of `--port` specs and port names.
+    pub const fn prefix(self) -> &'static str {
+        match self {
+            PortKind::Afxdp => "afxdp",
+            PortKind::Tap => "tap",
+            PortKind::VhostUser => "vhost-user",
+        }
+    }
+}
+
+/// Longest unix socket path (sun_path is 108 bytes with the NUL).
+const MAX_SOCKET_PATH: usize = 107;
 
 /// One port as configured.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PortConfig {
     pub kind: PortKind,
+    /// The interface; for a vhost-user port, the socket path.
     pub iface: String,
     pub queues: Vec<u32>,
     pub vlan: VlanMode,
@@ -114,10 +133,7 @@ pub struct PortConfig {
 impl PortConfig {
     /// `kind:iface`, as logs and statistics name the port.
     pub fn name(&self) -> String {
-        match self.kind {
-            PortKind::Afxdp => format!("afxdp:{}", self.iface),
-            PortKind::Tap => format!("tap:{}", self.iface),
-        }
+        format!("{}:{}", self.kind.prefix(), self.iface)
     }
 }
 
@@ -196,7 +212,11 @@ struct FdbSection {
 #[serde(deny_unknown_fields)]
 struct PortSection {
     kind: PortKind,
-    iface: String,
+    #[serde(default)]
+    iface: Option<String>,
+    /// vhost-user: the socket path.
+    #[serde(default)]
+    path: Option<String>,
     #[serde(default)]
     queues: Option<Vec<u32>>,
     vlan: Option<u16>,
@@ -229,10 +249,14 @@ impl RunConfig {
         })?;
         let mut ports = Vec::new();
         for p in file.ports {
-            let name = match p.kind {
-                PortKind::Afxdp => format!("afxdp:{}", p.iface),
-                PortKind::Tap => format!("tap:{}", p.iface),
-            };
+            let iface = port_target(p.kind, p.iface, p.path, origin)?;
+            let name = format!("{}:{}", p.kind.prefix(), iface);
+            if p.kind == PortKind::VhostUser && p.queues.is_some() {
+                return Err(Error::PortField {
+                    spec: name,
+                    why: "a vhost-user port has one queue pair; remove `queues`".into(),
+                });
+            }
             let vlan = vlan_mode(&name, p.vlan, p.trunk, p.native_vlan)?;
             let bind = match p.bind.as_deref() {
                 None => BindMode::Auto,
@@ -251,7 +275,7 @@ impl RunConfig {
             };
             ports.push(PortConfig {
                 kind: p.kind,
-                iface: p.iface,
+                iface,
                 queues,
                 vlan,
                 bind,
@@ -432,6 +456,7 @@ pub fn parse_port_spec(spec: &str) -> Result<PortConfig, Error> {
     let kind = match kind {
         "afxdp" => PortKind::Afxdp,
         "tap" => PortKind::Tap,
+        "vhost-user" => PortKind::VhostUser,
         other => {
             return Err(Error::UnknownKind {
                 spec: spec.to_string(),
@@ -441,7 +466,11 @@ pub fn parse_port_spec(spec: &str) -> Result<PortConfig, Error> {
     };
     let mut parts = rest.split(',');
     let iface = parts.next().unwrap_or_default().to_string();
-    if iface.is_empty() || iface.len() > 15 {
+    let max_len = match kind {
+        PortKind::VhostUser => MAX_SOCKET_PATH,
+        _ => 15,
+    };
+    if iface.is_empty() || iface.len() > max_len {
         return Err(Error::BadPortSpec {
             spec: spec.to_string(),
         });
@@ -477,6 +506,9 @@ pub fn parse_port_spec(spec: &str) -> Result<PortConfig, Error> {
                     .ok_or_else(|| bad(key, value, "a TAP takes a queue count, 1-16"))?;
                 queues = (0..n).collect();
             }
+            "queues" if kind == PortKind::VhostUser => {
+                return Err(bad(key, value, "a vhost-user port has one queue pair"))
+            }
             "queues" => queues = list(key, value)?,
             "vlan" => {
                 vlan = Some(
@@ -502,10 +534,7 @@ pub fn parse_port_spec(spec: &str) -> Result<PortConfig, Error> {
             }
         }
     }
-    let name = match kind {
-        PortKind::Afxdp => format!("afxdp:{iface}"),
-        PortKind::Tap => format!("tap:{iface}"),
-    };
+    let name = format!("{}:{iface}", kind.prefix());
     Ok(PortConfig {
         kind,
         vlan: vlan_mode(&name, vlan, trunk, native)?,
@@ -513,6 +542,34 @@ pub fn parse_port_spec(spec: &str) -> Result<PortConfig, Error> {
         queues,
         bind,
     })
+}
+
+/// The interface (or, for vhost-user, the socket path) of a TOML port.
+fn port_target(
+    kind: PortKind,
+    iface: Option<String>,
+    path: Option<String>,
+    origin: &str,
+) -> Result<String, Error> {
+    let spec = |what: &str| format!("{origin}: [[port]] kind = \"{}\"{what}", kind.prefix());
+    match (kind, iface, path) {
+        (PortKind::VhostUser, None, Some(p)) if !p.is_empty() && p.len() <= MAX_SOCKET_PATH => {
+            Ok(p)
+        }
+        (PortKind::VhostUser, None, Some(p)) => Err(Error::PortField {
+            spec: spec(&format!(", path = {p:?}")),
+            why: format!("the socket path must be 1-{MAX_SOCKET_PATH} bytes"),
+        }),
+        (PortKind::VhostUser, _, _) => Err(Error::PortField {
+            spec: spec(""),
+            why: "needs `path = \"/run/dataplane/vm0.sock\"` (the socket) and no `iface`".into(),
+        }),
+        (_, Some(i), None) => Ok(i),
+        (_, _, _) => Err(Error::PortField {
+            spec: spec(""),
+            why: "needs `iface = \"...\"`; `path` is for vhost-user ports only".into(),
+        }),
+    }
 }
 
 /// toml's error with the line and column spelled out first.
@@ -621,6 +678,47 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.ports[0].queues.len(), 4);
+    }
+
+    #[test]
+    fn vhost_user_ports() {
+        let p = parse_port_spec("vhost-user:/run/dataplane/vm0.sock,vlan=10").unwrap();
+        assert_eq!(
+            (p.kind, p.iface.as_str(), p.name()),
+            (
+                PortKind::VhostUser,
+                "/run/dataplane/vm0.sock",
+                "vhost-user:/run/dataplane/vm0.sock".to_string()
+            )
+        );
+        assert!(matches!(
+            parse_port_spec("vhost-user:/a.sock,queues=2"),
+            Err(Error::BadValue { key, .. }) if key == "queues"
+        ));
+        let long = format!("vhost-user:/{}", "x".repeat(200));
+        assert!(matches!(
+            parse_port_spec(&long),
+            Err(Error::BadPortSpec { .. })
+        ));
+        let c = RunConfig::from_toml(
+            "[[port]]\nkind = \"vhost-user\"\npath = \"/tmp/v.sock\"\n[[port]]\nkind = \"tap\"\niface = \"t0\"\n",
+            "v.toml",
+        )
+        .unwrap();
+        assert_eq!(c.ports[0].name(), "vhost-user:/tmp/v.sock");
+        let missing = RunConfig::from_toml("[[port]]\nkind = \"vhost-user\"\n", "m.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            missing.contains("path =") && missing.contains("m.toml"),
+            "{missing}"
+        );
+        let mixed = RunConfig::from_toml("[[port]]\nkind = \"afxdp\"\npath = \"/x\"\n", "p.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(mixed.contains("vhost-user ports only"), "{mixed}");
+        let unknown = parse_port_spec("vhost:/x").unwrap_err().to_string();
+        assert!(unknown.contains("afxdp, tap, vhost-user"), "{unknown}");
     }
 
     #[test]

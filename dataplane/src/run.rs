@@ -35,6 +35,8 @@ pub enum Error {
     FastPath(#[from] crate::fastpath::Error),
     #[error(transparent)]
     Tap(#[from] port::tap::Error),
+    #[error(transparent)]
+    VhostUser(#[from] port::vhost_user::Error),
     #[error("starting the PMD thread: {0}")]
     Thread(std::io::Error),
     #[error("a PMD thread panicked; ports were released as it unwound")]
@@ -123,6 +125,10 @@ pub fn run(
                 )?)
             }
             PortKind::Tap => Box::new(TapPort::open(&p.iface, p.queues.len(), counters.clone())?),
+            PortKind::VhostUser => Box::new(port::vhost_user::VhostUserPort::open(
+                std::path::Path::new(&p.iface),
+                counters.clone(),
+            )?),
         };
         names.push((port.name().to_string(), counters));
         pmds[pmd].ports.push((id, port));
