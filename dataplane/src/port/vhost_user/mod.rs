@@ -104,7 +104,21 @@ impl VhostUserPort {
 /// guest memory.
 fn usable(vring: &VringRwLock, mem: &vm_memory::GuestMemoryMmap) -> bool {
     let state = vring.get_ref();
-    state.is_enabled() && state.get_queue().ready() && state.get_queue().is_valid(mem)
+    let q = state.get_queue();
+    // is_valid logs an error for a queue not ready: ask only ready ones.
+    let ok = state.is_enabled() && q.ready() && q.is_valid(mem);
+    if !ok {
+        tracing::trace!(
+            enabled = state.is_enabled(),
+            ready = q.ready(),
+            size = q.size(),
+            desc = q.desc_table(),
+            avail = q.avail_ring(),
+            used = q.used_ring(),
+            "vring not usable"
+        );
+    }
+    ok
 }
 
 impl Port for VhostUserPort {
