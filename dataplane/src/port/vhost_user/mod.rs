@@ -23,8 +23,8 @@ use std::sync::Arc;
 
 use vhost_user_backend::{VringRwLock, VringT};
 use virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
-use virtio_queue::QueueT;
-use vm_memory::GuestAddressSpace;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{GuestAddress, GuestAddressSpace, GuestMemory, GuestMemoryMmap, Permissions};
 
 use self::backend::{Link, Server, RX_QUEUE, TX_QUEUE};
 use self::virtq::{ChainError, RxPush, RxScratch, Segment, TxPop};
@@ -102,11 +102,10 @@ impl VhostUserPort {
 
 /// A vring the device may use now: started, enabled, and its rings inside
 /// guest memory.
-fn usable(vring: &VringRwLock, mem: &vm_memory::GuestMemoryMmap) -> bool {
+fn usable(vring: &VringRwLock, mem: &GuestMemoryMmap) -> bool {
     let state = vring.get_ref();
     let q = state.get_queue();
-    // is_valid logs an error for a queue not ready: ask only ready ones.
-    let ok = state.is_enabled() && q.ready() && q.is_valid(mem);
+    let ok = state.is_enabled() && q.ready() && rings_in_memory(q, mem);
     if !ok {
         tracing::trace!(
             enabled = state.is_enabled(),
@@ -119,6 +118,22 @@ fn usable(vring: &VringRwLock, mem: &vm_memory::GuestMemoryMmap) -> bool {
         );
     }
     ok
+}
+
+/// The three rings of a split queue lie inside guest memory (VIRTIO 1.2,
+/// 2.7: 16 bytes per descriptor; avail 6 + 2 per entry; used 6 + 8 per
+/// entry). `Queue::is_valid` checks the same, but logs an error each time
+/// a frontend is caught halfway through setting a ring up.
+fn rings_in_memory(q: &Queue, mem: &GuestMemoryMmap) -> bool {
+    let n = usize::from(q.size());
+    n > 0
+        && [
+            (q.desc_table(), 16 * n),
+            (q.avail_ring(), 6 + 2 * n),
+            (q.used_ring(), 6 + 8 * n),
+        ]
+        .iter()
+        .all(|&(addr, len)| mem.check_range(GuestAddress(addr), len, Permissions::ReadWrite))
 }
 
 impl Port for VhostUserPort {
