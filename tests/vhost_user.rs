@@ -54,6 +54,7 @@ const HUGETLBFS: &str = "/dev/hugepages";
 struct Hugepages {
     previous: u64,
     mounted: bool,
+    created_dir: bool,
     prefixes: Vec<String>,
 }
 
@@ -65,6 +66,7 @@ impl Hugepages {
         let mut guard = Hugepages {
             previous,
             mounted: false,
+            created_dir: false,
             prefixes: Vec::new(),
         };
         let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
@@ -72,7 +74,10 @@ impl Hugepages {
             .lines()
             .any(|l| l.split_whitespace().nth(1) == Some(HUGETLBFS) && l.contains("hugetlbfs"))
         {
-            std::fs::create_dir_all(HUGETLBFS).expect("mkdir /dev/hugepages");
+            if !Path::new(HUGETLBFS).exists() {
+                std::fs::create_dir_all(HUGETLBFS).expect("mkdir /dev/hugepages");
+                guard.created_dir = true;
+            }
             harness::run_ok(Command::new("mount").args(["-t", "hugetlbfs", "nodev", HUGETLBFS]));
             guard.mounted = true;
         }
@@ -114,6 +119,9 @@ impl Drop for Hugepages {
         let _ = std::fs::write(NR_HUGEPAGES, self.previous.to_string());
         if self.mounted {
             let _ = Command::new("umount").arg(HUGETLBFS).status();
+        }
+        if self.created_dir {
+            let _ = std::fs::remove_dir(HUGETLBFS);
         }
     }
 }

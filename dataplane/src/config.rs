@@ -29,6 +29,10 @@
 //! iface = "veth1"
 //! trunk = [10, 20]         # ... or a trunk of these VLANs
 //! native_vlan = 1          # untagged frames of a trunk
+//!
+//! [[port]]
+//! kind = "vhost-user"      # a VM (QEMU) connects to this socket
+//! path = "/run/dataplane/vm0.sock"
 //! ```
 
 use std::collections::HashSet;
