@@ -397,3 +397,60 @@ fn grab_vrings(
     let _ = handler.unregister_listener(fd.as_raw_fd(), EventSet::IN, GRAB_VRINGS);
     got.ok_or_else(|| "the daemon's worker thread did not answer within 1 s".to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fresh directory under the system temp dir (removed at the end).
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("dp-vhu-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn socket_is_owner_only_replaces_a_stale_one_and_goes_away() {
+        let dir = scratch("stale");
+        let path = dir.join("vm0.sock");
+        // A socket nobody listens on any more: what a killed switch leaves.
+        drop(UnixListener::bind(&path).unwrap());
+        assert!(path.exists());
+        let server = Server::start(&path, "test").unwrap();
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        assert!(meta.file_type().is_socket());
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        // It accepts: a frontend can connect.
+        UnixStream::connect(&path).unwrap();
+        drop(server);
+        assert!(!path.exists(), "socket file left after drop");
+        // Only the socket: no temporary file either.
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+        std::fs::remove_dir(&dir).unwrap();
+    }
+
+    #[test]
+    fn live_socket_other_files_and_missing_directories_are_refused() {
+        let dir = scratch("refuse");
+        let live = dir.join("live.sock");
+        let _listener = UnixListener::bind(&live).unwrap();
+        let err = Server::start(&live, "test").err().unwrap();
+        assert!(matches!(err, Error::InUse { .. }), "{err}");
+        assert!(live.exists(), "a live socket must be left alone");
+
+        let file = dir.join("file.sock");
+        std::fs::write(&file, b"not a socket").unwrap();
+        let err = Server::start(&file, "test").err().unwrap();
+        assert!(matches!(err, Error::NotASocket { .. }), "{err}");
+        assert!(err.to_string().contains("file.sock"), "{err}");
+
+        let missing = dir.join("no/such/dir.sock");
+        let err = Server::start(&missing, "test").err().unwrap().to_string();
+        assert!(
+            err.contains("dir.sock") && err.contains("does the directory exist?"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
