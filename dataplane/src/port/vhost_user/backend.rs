@@ -9,9 +9,11 @@
 //! it. A fresh daemon per connection gives every frontend a clean device
 //! (the daemon keeps "owner claimed" and ring state across a disconnect).
 //!
-//! Kicks: the daemon's worker thread owns the kick eventfds (it reads them
-//! in its epoll loop), so the backend relays each kick to one eventfd of
-//! its own, [`Shared::wake`], which the PMD sleeps on.
+//! Kicks: the daemon's worker thread reads (consumes) the kick eventfds in
+//! its epoll loop. The PMD polls the transmit queue's kick fd too, without
+//! ever reading it: a kick wakes every waiter, and a PMD that never reads a
+//! frontend's fd cannot be blocked by one. [`Shared::wake`] wakes the PMD
+//! when the connection changes.
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -98,7 +100,8 @@ pub struct Link {
 
 /// State shared by the protocol thread and the PMD.
 pub struct Shared {
-    /// Relayed kicks (see the module docs). Non-blocking.
+    /// Written when `link` changes, so a sleeping PMD picks the new
+    /// connection (and its kick fd) up. Non-blocking.
     pub wake: EventFd,
     /// The current connection, if any.
     link: Mutex<Option<Link>>,
@@ -114,9 +117,10 @@ pub struct Shared {
 impl Shared {
     fn set_link(&self, link: Option<Link>) {
         *self.link.lock().unwrap_or_else(|p| p.into_inner()) = link;
-        self.generation.fetch_add(1, Ordering::Release);
-        // Let a sleeping PMD notice.
+        // Wake a sleeping PMD, then publish: a PMD that sees the new
+        // generation drains this write (see `VhostUserPort::refresh_link`).
         let _ = self.wake.write(1);
+        self.generation.fetch_add(1, Ordering::Release);
     }
 
     /// The current connection.
@@ -125,7 +129,7 @@ impl Shared {
     }
 }
 
-/// The `VhostUserBackend` of one connection: features, and the kick relay.
+/// The `VhostUserBackend` of one connection: features and acknowledgement.
 struct NetBackend {
     shared: Arc<Shared>,
     /// Filled once by the GRAB_VRINGS event, which `grab` fires.
@@ -183,10 +187,9 @@ impl VhostUserBackend for NetBackend {
             // Consume it: the daemon's epoll is level-triggered.
             let _ = self.grab.read();
             *self.vrings.lock().unwrap_or_else(|p| p.into_inner()) = Some(vrings.to_vec());
-        } else {
-            // A kick (the daemon has read it): wake the PMD.
-            let _ = self.shared.wake.write(1);
         }
+        // A kick: the daemon has consumed it; the PMD, polling the same
+        // eventfd, was woken by it already.
         Ok(())
     }
 }

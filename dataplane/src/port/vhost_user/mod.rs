@@ -74,11 +74,15 @@ impl VhostUserPort {
         PathBuf::from(self.name.trim_start_matches("vhost-user:"))
     }
 
-    /// Picks up a new or vanished connection.
+    /// Picks up a new or vanished connection. Costs one atomic load when
+    /// nothing changed (no syscall per burst).
     fn refresh_link(&mut self) {
         let shared = self.server.shared();
         let generation = shared.generation.load(Ordering::Acquire);
         if generation != self.generation {
+            // The wakeup was written before the generation moved: drained
+            // here, it cannot stay readable and keep an idle PMD awake.
+            let _ = shared.wake.read();
             self.generation = generation;
             self.link = shared.link();
         }
@@ -142,9 +146,6 @@ impl Port for VhostUserPort {
     }
 
     fn rx_burst(&mut self, frames: &mut Frames<'_>, out: &mut Vec<XdpDesc>, max: usize) -> usize {
-        // Drain the relayed kicks first: a kick after this wakes the next
-        // sleep, none is lost between the drain and the pop below.
-        let _ = self.server.shared().wake.read();
         self.refresh_link();
         let Some(link) = self.link.clone() else {
             self.note_state(false);
@@ -265,7 +266,16 @@ impl Port for VhostUserPort {
     fn maintain(&mut self, _frames: &mut Frames<'_>) {}
 
     fn poll_fds(&self) -> Vec<RawFd> {
-        vec![self.server.shared().wake.as_raw_fd()]
+        let mut fds = vec![self.server.shared().wake.as_raw_fd()];
+        // The guest's transmit kicks, so an idle PMD wakes on guest traffic
+        // (polled only, never read: see `backend`). A stale link is replaced
+        // at the next burst; `wake` fires when it changes.
+        if let Some(link) = &self.link {
+            if let Some(kick) = link.vrings[TX_QUEUE].get_ref().get_kick() {
+                fds.push(kick.as_raw_fd());
+            }
+        }
+        fds
     }
 
     fn frames_held(&self) -> HeldFrames {
