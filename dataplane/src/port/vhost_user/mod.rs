@@ -13,6 +13,8 @@
 //! the switch carries on. A frontend that reconnects gets a fresh device.
 
 pub mod backend;
+#[cfg(test)]
+mod tests;
 pub mod virtq;
 
 use std::ops::Deref;
