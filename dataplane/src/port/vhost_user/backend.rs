@@ -155,6 +155,13 @@ impl VhostUserBackend for NetBackend {
     }
 
     fn acked_features(&self, features: u64) {
+        if features & (1 << VIRTIO_F_VERSION_1) == 0 {
+            tracing::warn!(
+                features = format_args!("{features:#x}"),
+                "vhost-user frontend did not accept VIRTIO_F_VERSION_1 (a legacy virtio driver); \
+                 the port stays down: use a virtio 1.0 device (QEMU: virtio-net-pci, not disable-modern=on)"
+            );
+        }
         self.shared.acked.store(features, Ordering::Release);
     }
 
@@ -360,6 +367,8 @@ fn serve_one(listener: &mut Listener, name: &str, shared: &Arc<Shared>) -> Resul
         daemon.request_shutdown();
     }
     tracing::info!(port = name, "vhost-user frontend connected");
+    // Nothing negotiated yet: the last frontend's features do not carry over.
+    shared.acked.store(0, Ordering::Release);
     shared.set_link(Some(Link { vrings, mem }));
     let result = daemon.wait();
     shared.set_link(None);

@@ -24,6 +24,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use vhost_user_backend::{VringRwLock, VringT};
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddress, GuestAddressSpace, GuestMemory, GuestMemoryMmap, Permissions};
@@ -90,8 +91,13 @@ impl VhostUserPort {
         }
     }
 
-    fn mergeable(&self) -> bool {
-        self.server.shared().acked.load(Ordering::Acquire) & (1 << VIRTIO_NET_F_MRG_RXBUF) != 0
+    /// Whether mergeable receive buffers were negotiated; `None` when the
+    /// frontend did not accept VIRTIO_F_VERSION_1: a legacy driver expects
+    /// a 10-byte header, and the port does not serve it (stays down).
+    fn negotiated(&self) -> Option<bool> {
+        let acked = self.server.shared().acked.load(Ordering::Acquire);
+        (acked & (1 << VIRTIO_F_VERSION_1) != 0)
+            .then_some(acked & (1 << VIRTIO_NET_F_MRG_RXBUF) != 0)
     }
 
     fn note_state(&mut self, up: bool) {
@@ -155,9 +161,9 @@ impl Port for VhostUserPort {
         };
         let mem = link.mem.memory();
         let vring = &link.vrings[TX_QUEUE];
-        let up = usable(vring, mem.deref()) && usable(&link.vrings[RX_QUEUE], mem.deref());
-        self.note_state(up);
-        if !usable(vring, mem.deref()) {
+        let tx_usable = self.negotiated().is_some() && usable(vring, mem.deref());
+        self.note_state(tx_usable && usable(&link.vrings[RX_QUEUE], mem.deref()));
+        if !tx_usable {
             return 0;
         }
         let frame_room = frames.umem.frame_size() as u64 - HEADROOM;
@@ -218,10 +224,12 @@ impl Port for VhostUserPort {
         };
         let mem = link.mem.memory();
         let vring = &link.vrings[RX_QUEUE];
+        let Some(mergeable) = self.negotiated() else {
+            return;
+        };
         if !usable(vring, mem.deref()) {
             return;
         }
-        let mergeable = self.mergeable();
         let mut state = vring.get_mut();
         let (mut done, mut sent, mut bytes, mut used) = (0usize, 0u64, 0u64, false);
         let (mut malformed, mut invalid) = (0u64, 0u64);
