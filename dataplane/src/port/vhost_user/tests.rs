@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use vhost::vhost_user::{Frontend, VhostUserFrontend, VhostUserProtocolFeatures};
+use vhost::vhost_user::Frontend;
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
@@ -32,7 +32,6 @@ fn ring(q: u64, part: u64) -> u64 {
 const BUF: u64 = 0x1_0000;
 const DESC_F_NEXT: u16 = 1;
 const DESC_F_WRITE: u16 = 2;
-const PROTOCOL_FEATURES: u64 = 1 << 30;
 /// How long the protocol thread may take to catch up.
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -63,19 +62,16 @@ impl Guest {
         .unwrap();
         let host = mem.get_host_address(GuestAddress(0)).unwrap() as u64;
 
-        let mut frontend = Frontend::connect(path, 2).expect("connect to the port's socket");
+        let frontend = Frontend::connect(path, 2).expect("connect to the port's socket");
         frontend.set_owner().unwrap();
         let offered = frontend.get_features().unwrap();
         let wanted = (1 << VIRTIO_F_VERSION_1)
             | (1 << VIRTIO_NET_F_MRG_RXBUF)
-            | (1 << VIRTIO_RING_F_EVENT_IDX)
-            | PROTOCOL_FEATURES;
+            | (1 << VIRTIO_RING_F_EVENT_IDX);
         assert_eq!(offered & wanted, wanted, "features offered: {offered:#x}");
+        // Without VHOST_USER_F_PROTOCOL_FEATURES: SET_FEATURES enables the
+        // rings (sent before they are set up, as QEMU does).
         frontend.set_features(wanted).unwrap();
-        let protocol = frontend.get_protocol_features().unwrap();
-        frontend
-            .set_protocol_features(protocol & VhostUserProtocolFeatures::MQ)
-            .unwrap();
         frontend
             .set_mem_table(&[VhostUserMemoryRegionInfo {
                 guest_phys_addr: 0,
@@ -107,7 +103,6 @@ impl Guest {
             frontend.set_vring_base(q, 0).unwrap();
             frontend.set_vring_call(q, &call[q]).unwrap();
             frontend.set_vring_kick(q, &kick[q]).unwrap();
-            frontend.set_vring_enable(q, true).unwrap();
         }
         Guest {
             mem,
