@@ -323,7 +323,6 @@ fn listen(path: &Path) -> Result<UnixListener, Error> {
 
 /// The protocol thread: accept a frontend, serve it until it leaves, repeat.
 fn serve(listener: UnixListener, path: &Path, name: &str, shared: &Arc<Shared>) {
-    let mut listener = Listener::from(listener);
     while !shared.stop.load(Ordering::SeqCst) {
         // Wait for a connection without blocking in accept, so a stop is
         // noticed within 100 ms.
@@ -337,7 +336,7 @@ fn serve(listener: UnixListener, path: &Path, name: &str, shared: &Arc<Shared>) 
         if n <= 0 {
             continue;
         }
-        if let Err(e) = serve_one(&mut listener, name, shared) {
+        if let Err(e) = serve_one(&listener, name, shared) {
             tracing::warn!(port = name, socket = %path.display(), "vhost-user connection failed: {e}");
             // Do not spin on a persistent error.
             std::thread::sleep(Duration::from_millis(100));
@@ -345,7 +344,8 @@ fn serve(listener: UnixListener, path: &Path, name: &str, shared: &Arc<Shared>) 
     }
 }
 
-fn serve_one(listener: &mut Listener, name: &str, shared: &Arc<Shared>) -> Result<(), String> {
+fn serve_one(listener: &UnixListener, name: &str, shared: &Arc<Shared>) -> Result<(), String> {
+    let (front, _) = listener.accept().map_err(|e| format!("accepting: {e}"))?;
     let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
     let exit = new_event_consumer_and_notifier(EventFlag::NONBLOCK)
         .map_err(|e| format!("exit eventfd: {e}"))?;
@@ -359,9 +359,18 @@ fn serve_one(listener: &mut Listener, name: &str, shared: &Arc<Shared>) -> Resul
         .map_err(|e| format!("creating the daemon: {e}"))?;
     let handlers = daemon.get_epoll_handlers();
     let vrings = grab_vrings(&handlers[0], &backend)?;
+    // The daemon serves a private socket; the relay joins it to the
+    // frontend (see `relay` for why).
+    let dir = private_dir().map_err(|e| format!("private socket directory: {e}"))?;
+    let inner_path = dir.path.join("daemon.sock");
+    let mut inner = Listener::new(&inner_path, true).map_err(|e| format!("daemon socket: {e}"))?;
+    let back = UnixStream::connect(&inner_path).map_err(|e| format!("daemon socket: {e}"))?;
     daemon
-        .start(listener)
-        .map_err(|e| format!("accepting: {e}"))?;
+        .start(&mut inner)
+        .map_err(|e| format!("daemon accepting: {e}"))?;
+    drop(inner);
+    drop(dir);
+    let relay = super::relay::spawn(front, back).map_err(|e| format!("relay: {e}"))?;
     *shared.conn.lock().unwrap_or_else(|p| p.into_inner()) = daemon.shutdown_handle();
     if shared.stop.load(Ordering::SeqCst) {
         daemon.request_shutdown();
@@ -371,6 +380,9 @@ fn serve_one(listener: &mut Listener, name: &str, shared: &Arc<Shared>) -> Resul
     shared.acked.store(0, Ordering::Release);
     shared.set_link(Some(Link { vrings, mem }));
     let result = daemon.wait();
+    for t in relay {
+        let _ = t.join();
+    }
     shared.set_link(None);
     shared.conn.lock().unwrap_or_else(|p| p.into_inner()).take();
     for h in &handlers {
@@ -381,6 +393,30 @@ fn serve_one(listener: &mut Listener, name: &str, shared: &Arc<Shared>) -> Resul
         Err(e) => tracing::info!(port = name, "vhost-user frontend gone ({e}); port down"),
     }
     Ok(())
+}
+
+/// A directory only root can enter, removed on drop.
+struct PrivateDir {
+    path: PathBuf,
+}
+
+impl Drop for PrivateDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+fn private_dir() -> io::Result<PrivateDir> {
+    use std::os::unix::fs::DirBuilderExt;
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let path = std::env::temp_dir().join(format!(
+        "dataplane-vhost-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&path);
+    std::fs::DirBuilder::new().mode(0o700).create(&path)?;
+    Ok(PrivateDir { path })
 }
 
 /// Has the daemon's worker thread hand the backend its vrings (the daemon

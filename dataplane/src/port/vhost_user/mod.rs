@@ -4,6 +4,7 @@
 //! the guest's virtqueues and UMEM frames by the PMD thread.
 //!
 //! - `backend`: the socket and the vhost-user protocol (own thread).
+//! - `relay`: holds back a SET_VRING_ENABLE that QEMU sends too early.
 //! - `virtq`: virtqueue chains to frames and back, with the checks a
 //!   hostile guest needs.
 //! - this file: the [`Port`] the engine drives.
@@ -13,6 +14,7 @@
 //! the switch carries on. A frontend that reconnects gets a fresh device.
 
 pub mod backend;
+mod relay;
 #[cfg(test)]
 mod tests;
 pub mod virtq;
