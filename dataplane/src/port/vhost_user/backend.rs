@@ -8,6 +8,8 @@
 //! is published in [`Shared`] as a [`Link`]; the PMD copies frames through
 //! it. A fresh daemon per connection gives every frontend a clean device
 //! (the daemon keeps "owner claimed" and ring state across a disconnect).
+//! The protocol thread accepts the frontend itself and joins it to the
+//! daemon, which listens on a private socket, through [`super::relay`].
 //!
 //! Kicks: the daemon's worker thread reads (consumes) the kick eventfds in
 //! its epoll loop. The PMD polls the transmit queue's kick fd too, without
