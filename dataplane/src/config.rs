@@ -29,6 +29,10 @@
 //! iface = "veth1"
 //! trunk = [10, 20]         # ... or a trunk of these VLANs
 //! native_vlan = 1          # untagged frames of a trunk
+//!
+//! [[port]]
+//! kind = "vhost-user"      # a VM (QEMU) connects to this socket
+//! path = "/run/dataplane/vm0.sock"
 //! ```
 
 use std::collections::HashSet;
@@ -47,7 +51,7 @@ pub enum Error {
     Read { path: String, detail: String },
     #[error("config {path}: {detail}")]
     Syntax { path: String, detail: String },
-    #[error("port {spec:?}: unknown port kind {kind:?}; known kinds: afxdp, tap")]
+    #[error("port {spec:?}: unknown port kind {kind:?}; known kinds: afxdp, tap, vhost-user")]
     UnknownKind { spec: String, kind: String },
     #[error("port {spec:?}: expected KIND:IFACE[,key=value...] (e.g. afxdp:veth0,vlan=10)")]
     BadPortSpec { spec: String },
@@ -60,6 +64,8 @@ pub enum Error {
         value: String,
         why: String,
     },
+    #[error("port {spec:?}: {why}")]
+    PortField { spec: String, why: String },
     #[error("port {name} is configured twice")]
     DuplicatePort { name: String },
     #[error("port {name}: `vlan` (access) and `trunk` exclude each other")]
@@ -99,12 +105,29 @@ pub enum PortKind {
     Afxdp,
     /// A TAP device (a VM's virtio NIC sits behind it).
     Tap,
+    /// A vhost-user socket a VM (QEMU) or DPDK's virtio_user connects to.
+    VhostUser,
 }
+
+impl PortKind {
+    /// The prefix of `--port` specs and port names.
+    pub const fn prefix(self) -> &'static str {
+        match self {
+            PortKind::Afxdp => "afxdp",
+            PortKind::Tap => "tap",
+            PortKind::VhostUser => "vhost-user",
+        }
+    }
+}
+
+/// Longest unix socket path (sun_path is 108 bytes with the NUL).
+const MAX_SOCKET_PATH: usize = 107;
 
 /// One port as configured.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PortConfig {
     pub kind: PortKind,
+    /// The interface; for a vhost-user port, the socket path.
     pub iface: String,
     pub queues: Vec<u32>,
     pub vlan: VlanMode,
@@ -117,11 +140,13 @@ impl PortConfig {
         let mut s = self.name();
         let default_queues = match self.kind {
             PortKind::Afxdp => self.queues == [0],
-            PortKind::Tap => self.queues.len() == 1,
+            PortKind::Tap | PortKind::VhostUser => self.queues.len() == 1,
         };
         if !default_queues {
             match self.kind {
-                PortKind::Tap => s.push_str(&format!(",queues={}", self.queues.len())),
+                PortKind::Tap | PortKind::VhostUser => {
+                    s.push_str(&format!(",queues={}", self.queues.len()))
+                }
                 PortKind::Afxdp => s.push_str(&format!(",queues={}", join(&self.queues))),
             }
         }
@@ -144,14 +169,17 @@ impl PortConfig {
 
     /// This port as a `[[port]]` table.
     fn to_toml(&self) -> String {
-        let kind = match self.kind {
-            PortKind::Afxdp => "afxdp",
-            PortKind::Tap => "tap",
+        let kind = self.kind.prefix();
+        let mut t = match self.kind {
+            PortKind::VhostUser => {
+                format!("[[port]]\nkind = \"{kind}\"\npath = {:?}\n", self.iface)
+            }
+            _ => format!("[[port]]\nkind = \"{kind}\"\niface = {:?}\n", self.iface),
         };
-        let mut t = format!("[[port]]\nkind = \"{kind}\"\niface = \"{}\"\n", self.iface);
         match self.kind {
             PortKind::Afxdp => t.push_str(&format!("queues = {:?}\n", self.queues)),
             PortKind::Tap => t.push_str(&format!("queues = [{}]\n", self.queues.len())),
+            PortKind::VhostUser => {}
         }
         match &self.vlan {
             VlanMode::Access(v) => t.push_str(&format!("vlan = {v}\n")),
@@ -172,10 +200,7 @@ impl PortConfig {
 
     /// `kind:iface`, as logs and statistics name the port.
     pub fn name(&self) -> String {
-        match self.kind {
-            PortKind::Afxdp => format!("afxdp:{}", self.iface),
-            PortKind::Tap => format!("tap:{}", self.iface),
-        }
+        format!("{}:{}", self.kind.prefix(), self.iface)
     }
 }
 
@@ -254,7 +279,11 @@ struct FdbSection {
 #[serde(deny_unknown_fields)]
 struct PortSection {
     kind: PortKind,
-    iface: String,
+    #[serde(default)]
+    iface: Option<String>,
+    /// vhost-user: the socket path.
+    #[serde(default)]
+    path: Option<String>,
     #[serde(default)]
     queues: Option<Vec<u32>>,
     vlan: Option<u16>,
@@ -287,10 +316,14 @@ impl RunConfig {
         })?;
         let mut ports = Vec::new();
         for p in file.ports {
-            let name = match p.kind {
-                PortKind::Afxdp => format!("afxdp:{}", p.iface),
-                PortKind::Tap => format!("tap:{}", p.iface),
-            };
+            let iface = port_target(p.kind, p.iface, p.path, origin)?;
+            let name = format!("{}:{}", p.kind.prefix(), iface);
+            if p.kind == PortKind::VhostUser && p.queues.is_some() {
+                return Err(Error::PortField {
+                    spec: name,
+                    why: "a vhost-user port has one queue pair; remove `queues`".into(),
+                });
+            }
             let vlan = vlan_mode(&name, p.vlan, p.trunk, p.native_vlan)?;
             let bind = match p.bind.as_deref() {
                 None => BindMode::Auto,
@@ -309,7 +342,7 @@ impl RunConfig {
             };
             ports.push(PortConfig {
                 kind: p.kind,
-                iface: p.iface,
+                iface,
                 queues,
                 vlan,
                 bind,
@@ -522,6 +555,7 @@ pub fn parse_port_spec(spec: &str) -> Result<PortConfig, Error> {
     let kind = match kind {
         "afxdp" => PortKind::Afxdp,
         "tap" => PortKind::Tap,
+        "vhost-user" => PortKind::VhostUser,
         other => {
             return Err(Error::UnknownKind {
                 spec: spec.to_string(),
@@ -531,7 +565,11 @@ pub fn parse_port_spec(spec: &str) -> Result<PortConfig, Error> {
     };
     let mut parts = rest.split(',');
     let iface = parts.next().unwrap_or_default().to_string();
-    if iface.is_empty() || iface.len() > 15 {
+    let max_len = match kind {
+        PortKind::VhostUser => MAX_SOCKET_PATH,
+        _ => 15,
+    };
+    if iface.is_empty() || iface.len() > max_len {
         return Err(Error::BadPortSpec {
             spec: spec.to_string(),
         });
@@ -567,6 +605,9 @@ pub fn parse_port_spec(spec: &str) -> Result<PortConfig, Error> {
                     .ok_or_else(|| bad(key, value, "a TAP takes a queue count, 1-16"))?;
                 queues = (0..n).collect();
             }
+            "queues" if kind == PortKind::VhostUser => {
+                return Err(bad(key, value, "a vhost-user port has one queue pair"))
+            }
             "queues" => queues = list(key, value)?,
             "vlan" => {
                 vlan = Some(
@@ -592,10 +633,7 @@ pub fn parse_port_spec(spec: &str) -> Result<PortConfig, Error> {
             }
         }
     }
-    let name = match kind {
-        PortKind::Afxdp => format!("afxdp:{iface}"),
-        PortKind::Tap => format!("tap:{iface}"),
-    };
+    let name = format!("{}:{iface}", kind.prefix());
     Ok(PortConfig {
         kind,
         vlan: vlan_mode(&name, vlan, trunk, native)?,
@@ -611,6 +649,34 @@ fn join<T: std::fmt::Display>(items: &[T]) -> String {
         .map(|i| i.to_string())
         .collect::<Vec<_>>()
         .join("+")
+}
+
+/// The interface (or, for vhost-user, the socket path) of a TOML port.
+fn port_target(
+    kind: PortKind,
+    iface: Option<String>,
+    path: Option<String>,
+    origin: &str,
+) -> Result<String, Error> {
+    let spec = |what: &str| format!("{origin}: [[port]] kind = \"{}\"{what}", kind.prefix());
+    match (kind, iface, path) {
+        (PortKind::VhostUser, None, Some(p)) if !p.is_empty() && p.len() <= MAX_SOCKET_PATH => {
+            Ok(p)
+        }
+        (PortKind::VhostUser, None, Some(p)) => Err(Error::PortField {
+            spec: spec(&format!(", path = {p:?}")),
+            why: format!("the socket path must be 1-{MAX_SOCKET_PATH} bytes"),
+        }),
+        (PortKind::VhostUser, _, _) => Err(Error::PortField {
+            spec: spec(""),
+            why: "needs `path = \"/run/dataplane/vm0.sock\"` (the socket) and no `iface`".into(),
+        }),
+        (_, Some(i), None) => Ok(i),
+        (_, _, _) => Err(Error::PortField {
+            spec: spec(""),
+            why: "needs `iface = \"...\"`; `path` is for vhost-user ports only".into(),
+        }),
+    }
 }
 
 /// toml's error with the line and column spelled out first.
@@ -644,7 +710,8 @@ mod tests {
             [umem]\nframe_size = 2048\nframes = 1024\n[fdb]\nmax_age = 30\n\
             [[port]]\nkind = \"afxdp\"\niface = \"v0\"\nqueues = [0, 1]\nvlan = 10\n\
             [[port]]\nkind = \"afxdp\"\niface = \"v1\"\ntrunk = [10, 20]\nnative_vlan = 5\nbind = \"copy\"\n\
-            [[port]]\nkind = \"tap\"\niface = \"vm0\"\nqueues = [2]\n";
+            [[port]]\nkind = \"tap\"\niface = \"vm0\"\nqueues = [2]\n\
+            [[port]]\nkind = \"vhost-user\"\npath = \"/run/dataplane/vm1.sock\"\nvlan = 4\n";
         let c = RunConfig::from_toml(text, "t").unwrap();
         let again = RunConfig::from_toml(&c.to_toml(), "again").unwrap();
         assert_eq!(c, again);
@@ -658,6 +725,7 @@ mod tests {
             "afxdp:v2,trunk=10+20,native=5,bind=copy",
             "afxdp:v3,native=7",
             "tap:vm0,queues=2,vlan=3",
+            "vhost-user:/run/dataplane/vm1.sock,vlan=4",
         ] {
             let p = parse_port_spec(spec).unwrap();
             assert_eq!(p.spec(), spec);
@@ -746,6 +814,47 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.ports[0].queues.len(), 4);
+    }
+
+    #[test]
+    fn vhost_user_ports() {
+        let p = parse_port_spec("vhost-user:/run/dataplane/vm0.sock,vlan=10").unwrap();
+        assert_eq!(
+            (p.kind, p.iface.as_str(), p.name()),
+            (
+                PortKind::VhostUser,
+                "/run/dataplane/vm0.sock",
+                "vhost-user:/run/dataplane/vm0.sock".to_string()
+            )
+        );
+        assert!(matches!(
+            parse_port_spec("vhost-user:/a.sock,queues=2"),
+            Err(Error::BadValue { key, .. }) if key == "queues"
+        ));
+        let long = format!("vhost-user:/{}", "x".repeat(200));
+        assert!(matches!(
+            parse_port_spec(&long),
+            Err(Error::BadPortSpec { .. })
+        ));
+        let c = RunConfig::from_toml(
+            "[[port]]\nkind = \"vhost-user\"\npath = \"/tmp/v.sock\"\n[[port]]\nkind = \"tap\"\niface = \"t0\"\n",
+            "v.toml",
+        )
+        .unwrap();
+        assert_eq!(c.ports[0].name(), "vhost-user:/tmp/v.sock");
+        let missing = RunConfig::from_toml("[[port]]\nkind = \"vhost-user\"\n", "m.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            missing.contains("path =") && missing.contains("m.toml"),
+            "{missing}"
+        );
+        let mixed = RunConfig::from_toml("[[port]]\nkind = \"afxdp\"\npath = \"/x\"\n", "p.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(mixed.contains("vhost-user ports only"), "{mixed}");
+        let unknown = parse_port_spec("vhost:/x").unwrap_err().to_string();
+        assert!(unknown.contains("afxdp, tap, vhost-user"), "{unknown}");
     }
 
     #[test]

@@ -23,6 +23,7 @@ use crate::engine::{self, EngineConfig, EngineShared, FrameAccounting, PmdParts,
 use crate::fastpath::{FastPath, FastPortConfig};
 use crate::port::afxdp::{AfxdpConfig, AfxdpPort};
 use crate::port::tap::TapPort;
+use crate::port::vhost_user::VhostUserPort;
 use crate::port::{DropReason, Port, PortCounters, PortSnapshot, PortState};
 use crate::steer::pins::PinRoot;
 use crate::steer::{Attachment, ModeRequest};
@@ -50,6 +51,8 @@ pub enum Error {
     Config(#[from] config::Error),
     #[error(transparent)]
     PortChange(#[from] engine::PortChangeError),
+    #[error(transparent)]
+    VhostUser(#[from] port::vhost_user::Error),
     #[error("starting the PMD thread: {0}")]
     Thread(std::io::Error),
     #[error("a PMD thread panicked; ports were released as it unwound")]
@@ -684,6 +687,10 @@ fn open_port(
             )?)
         }
         PortKind::Tap => Box::new(TapPort::open(&p.iface, p.queues.len(), counters)?),
+        PortKind::VhostUser => Box::new(VhostUserPort::open(
+            std::path::Path::new(&p.iface),
+            counters,
+        )?),
     })
 }
 
@@ -719,7 +726,7 @@ fn fast_port(id: usize, p: &PortConfig) -> FastPortConfig {
 fn interface_index(p: &PortConfig) -> Option<u32> {
     match p.kind {
         PortKind::Afxdp => netdev::ifindex(&p.iface).ok(),
-        PortKind::Tap => None,
+        PortKind::Tap | PortKind::VhostUser => None,
     }
 }
 

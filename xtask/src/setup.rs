@@ -18,6 +18,7 @@ pub const BASE_PACKAGES: &[&str] = &[
     "ethtool",      // offloads and channel counts on veths
     "bpftool",      // inspecting programs and pins (tests check cleanup)
     "procps",       // ps/sysctl
+    "dpdk-dev",     // dpdk-testpmd: the vhost-user frontend (virtio_user) of tests/vhost_user.rs
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -8,6 +8,7 @@
 
 pub mod afxdp;
 pub mod tap;
+pub mod vhost_user;
 
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};

@@ -1,0 +1,506 @@
+//! The vhost-user protocol side of a port: the listening socket, and one
+//! `VhostUserDaemon` (rust-vmm `vhost-user-backend`) per frontend
+//! connection, on a thread of its own.
+//!
+//! The daemon handles the handshake, SET_MEM_TABLE (mapping the frontend's
+//! memfd or hugetlbfs fds), vring addresses and the kick/call eventfds.
+//! What the PMD needs from a connection — the vrings and the guest memory —
+//! is published in [`Shared`] as a [`Link`]; the PMD copies frames through
+//! it. A fresh daemon per connection gives every frontend a clean device
+//! (the daemon keeps "owner claimed" and ring state across a disconnect).
+//! The protocol thread accepts the frontend itself and joins it to the
+//! daemon, which listens on a private socket, through [`super::relay`].
+//!
+//! Kicks: the daemon's worker thread reads (consumes) the kick eventfds in
+//! its epoll loop. The PMD polls the transmit queue's kick fd too, without
+//! ever reading it: a kick wakes every waiter, and a PMD that never reads a
+//! frontend's fd cannot be blocked by one. [`Shared::wake`] wakes the PMD
+//! when the connection changes.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use thiserror::Error;
+use vhost::vhost_user::message::VhostUserProtocolFeatures;
+use vhost::vhost_user::Listener;
+use vhost_user_backend::{ShutdownHandle, VhostUserBackend, VhostUserDaemon, VringRwLock};
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
+use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
+use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{
+    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+/// Queue 0 is the guest's receive queue, 1 its transmit queue (VIRTIO 1.2,
+/// 5.1.2); one pair.
+pub const RX_QUEUE: usize = 0;
+pub const TX_QUEUE: usize = 1;
+const NUM_QUEUES: usize = 2;
+/// Largest ring the frontend may ask for (QEMU and DPDK default to 256).
+pub const MAX_QUEUE_SIZE: usize = 1024;
+/// `VHOST_USER_F_PROTOCOL_FEATURES`: the frontend enables rings itself.
+const VHOST_USER_F_PROTOCOL_FEATURES: u32 = 30;
+
+/// Virtio features offered: the version 1 header layout, mergeable receive
+/// buffers, event-index notification suppression, indirect tables. No
+/// offloads: frames are whole and their checksums complete both ways.
+pub const FEATURES: u64 = (1 << VIRTIO_F_VERSION_1)
+    | (1 << VIRTIO_NET_F_MRG_RXBUF)
+    | (1 << VIRTIO_RING_F_EVENT_IDX)
+    | (1 << VIRTIO_RING_F_INDIRECT_DESC)
+    | (1 << VHOST_USER_F_PROTOCOL_FEATURES);
+
+/// epoll token of the one-shot event that hands the backend the daemon's
+/// vrings (tokens up to the queue count belong to the daemon).
+const GRAB_VRINGS: u64 = NUM_QUEUES as u64 + 1;
+
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error("vhost-user {path}: {what}: {source}{hint}", hint = hint(source))]
+    Socket {
+        path: PathBuf,
+        what: &'static str,
+        source: io::Error,
+    },
+    #[error(
+        "vhost-user {path}: a live process is listening on this socket; stop it or pick another path"
+    )]
+    InUse { path: PathBuf },
+    #[error("vhost-user {path}: exists and is not a socket; remove it or pick another path")]
+    NotASocket { path: PathBuf },
+    #[error("vhost-user {path}: path is not valid UTF-8 or has no file name")]
+    BadPath { path: PathBuf },
+    #[error("vhost-user {path}: creating the vhost-user daemon: {detail}")]
+    Daemon { path: PathBuf, detail: String },
+}
+
+fn hint(e: &io::Error) -> &'static str {
+    match e.raw_os_error() {
+        Some(libc::ENOENT) => " (does the directory exist?)",
+        Some(libc::EACCES) | Some(libc::EPERM) => " (no permission on the directory)",
+        Some(libc::ENAMETOOLONG) => " (unix socket paths are limited to 107 bytes)",
+        _ => "",
+    }
+}
+
+/// A connected frontend's rings and memory, as the PMD uses them.
+#[derive(Clone)]
+pub struct Link {
+    pub vrings: Vec<VringRwLock>,
+    pub mem: GuestMemoryAtomic<GuestMemoryMmap>,
+}
+
+/// State shared by the protocol thread and the PMD.
+pub struct Shared {
+    /// Written when `link` changes, so a sleeping PMD picks the new
+    /// connection (and its kick fd) up. Non-blocking.
+    pub wake: EventFd,
+    /// The current connection, if any.
+    link: Mutex<Option<Link>>,
+    /// Bumped whenever `link` changes, so the PMD re-reads it only then.
+    pub generation: AtomicU64,
+    /// Virtio features the frontend acknowledged.
+    pub acked: AtomicU64,
+    stop: AtomicBool,
+    /// The open connection's shutdown handle, for a prompt stop.
+    conn: Mutex<Option<ShutdownHandle>>,
+}
+
+impl Shared {
+    fn set_link(&self, link: Option<Link>) {
+        *self.link.lock().unwrap_or_else(|p| p.into_inner()) = link;
+        // Wake a sleeping PMD, then publish: a PMD that sees the new
+        // generation drains this write (see `VhostUserPort::refresh_link`).
+        let _ = self.wake.write(1);
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// The current connection.
+    pub fn link(&self) -> Option<Link> {
+        self.link.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// The `VhostUserBackend` of one connection: features and acknowledgement.
+struct NetBackend {
+    shared: Arc<Shared>,
+    /// Filled once by the GRAB_VRINGS event, which `grab` fires.
+    vrings: Mutex<Option<Vec<VringRwLock>>>,
+    grab: EventFd,
+    exit: Mutex<Option<(EventConsumer, EventNotifier)>>,
+}
+
+impl VhostUserBackend for NetBackend {
+    type Bitmap = ();
+    type Vring = VringRwLock;
+
+    fn num_queues(&self) -> usize {
+        NUM_QUEUES
+    }
+
+    fn max_queue_size(&self) -> usize {
+        MAX_QUEUE_SIZE
+    }
+
+    fn features(&self) -> u64 {
+        FEATURES
+    }
+
+    fn acked_features(&self, features: u64) {
+        if features & (1 << VIRTIO_F_VERSION_1) == 0 {
+            tracing::warn!(
+                features = format_args!("{features:#x}"),
+                "vhost-user frontend did not accept VIRTIO_F_VERSION_1 (a legacy virtio driver); \
+                 the port stays down: use a virtio 1.0 device (QEMU: virtio-net-pci, not disable-modern=on)"
+            );
+        }
+        self.shared.acked.store(features, Ordering::Release);
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK
+    }
+
+    fn set_event_idx(&self, _enabled: bool) {
+        // The daemon sets it on every vring; the PMD reads it from there.
+    }
+
+    fn update_memory(&self, _mem: GuestMemoryAtomic<GuestMemoryMmap>) -> io::Result<()> {
+        // The daemon swaps the new map into the GuestMemoryAtomic the Link
+        // already holds.
+        Ok(())
+    }
+
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        self.exit.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    fn handle_event(
+        &self,
+        device_event: u16,
+        _evset: EventSet,
+        vrings: &[VringRwLock],
+        _thread_id: usize,
+    ) -> io::Result<()> {
+        if u64::from(device_event) == GRAB_VRINGS {
+            // Consume it: the daemon's epoll is level-triggered.
+            let _ = self.grab.read();
+            *self.vrings.lock().unwrap_or_else(|p| p.into_inner()) = Some(vrings.to_vec());
+        }
+        // A kick: the daemon has consumed it; the PMD, polling the same
+        // eventfd, was woken by it already.
+        Ok(())
+    }
+}
+
+/// The listening socket and the protocol thread of one port.
+pub struct Server {
+    path: PathBuf,
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+    /// Identity of the socket file we created, so drop removes only ours.
+    inode: (u64, u64),
+}
+
+impl Server {
+    /// Listens on `path` (owner-only, 0600; a stale socket there is
+    /// replaced) and serves one frontend at a time until dropped.
+    pub fn start(path: &Path, name: &str) -> Result<Server, Error> {
+        let listener = listen(path)?;
+        let meta = std::fs::metadata(path).map_err(|source| Error::Socket {
+            path: path.into(),
+            what: "stat after bind",
+            source,
+        })?;
+        let wake = EventFd::new(EFD_NONBLOCK).map_err(|source| Error::Socket {
+            path: path.into(),
+            what: "eventfd",
+            source,
+        })?;
+        let shared = Arc::new(Shared {
+            wake,
+            link: Mutex::new(None),
+            generation: AtomicU64::new(0),
+            acked: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+            conn: Mutex::new(None),
+        });
+        let thread_shared = shared.clone();
+        let thread_path = path.to_path_buf();
+        let thread_name = name.to_string();
+        let thread = std::thread::Builder::new()
+            .name("vhost-user".into())
+            .spawn(move || serve(listener, &thread_path, &thread_name, &thread_shared))
+            .map_err(|source| Error::Socket {
+                path: path.into(),
+                what: "starting the protocol thread",
+                source,
+            })?;
+        Ok(Server {
+            path: path.to_path_buf(),
+            shared,
+            thread: Some(thread),
+            inode: (meta.dev(), meta.ino()),
+        })
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        // Set stop before taking the handle: a thread that stores its handle
+        // after this sees stop and shuts the connection itself.
+        if let Some(h) = self
+            .shared
+            .conn
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            h.shutdown();
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.shared.set_link(None);
+        if let Ok(meta) = std::fs::symlink_metadata(&self.path) {
+            if (meta.dev(), meta.ino()) == self.inode {
+                let _ = std::fs::remove_file(&self.path);
+            }
+        }
+    }
+}
+
+/// Binds the socket with owner-only permissions: bound under a temporary
+/// name, chmod 0600, then renamed over `path`, so no other user can ever
+/// connect, and a stale socket is replaced in one step.
+fn listen(path: &Path) -> Result<UnixListener, Error> {
+    let err = |what, source| Error::Socket {
+        path: path.into(),
+        what,
+        source,
+    };
+    let Some(file) = path.file_name().and_then(|f| f.to_str()) else {
+        return Err(Error::BadPath { path: path.into() });
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if !meta.file_type().is_socket() => {
+            return Err(Error::NotASocket { path: path.into() })
+        }
+        Ok(_) => {
+            // A socket: stale unless someone accepts on it.
+            if UnixStream::connect(path).is_ok() {
+                return Err(Error::InUse { path: path.into() });
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err("stat", e)),
+    }
+    let tmp = path.with_file_name(format!(".{file}.{}.tmp", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let listener = UnixListener::bind(&tmp).map_err(|e| err("bind", e))?;
+    let done = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| err("chmod 0600", e))
+        .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| err("rename into place", e)));
+    if let Err(e) = done {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    Ok(listener)
+}
+
+/// The protocol thread: accept a frontend, serve it until it leaves, repeat.
+fn serve(listener: UnixListener, path: &Path, name: &str, shared: &Arc<Shared>) {
+    while !shared.stop.load(Ordering::SeqCst) {
+        // Wait for a connection without blocking in accept, so a stop is
+        // noticed within 100 ms.
+        let mut pfd = libc::pollfd {
+            fd: listener.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        let n = unsafe { libc::poll(&mut pfd, 1, 100) };
+        if n <= 0 {
+            continue;
+        }
+        if let Err(e) = serve_one(&listener, name, shared) {
+            tracing::warn!(port = name, socket = %path.display(), "vhost-user connection failed: {e}");
+            // Do not spin on a persistent error.
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+fn serve_one(listener: &UnixListener, name: &str, shared: &Arc<Shared>) -> Result<(), String> {
+    let (front, _) = listener.accept().map_err(|e| format!("accepting: {e}"))?;
+    let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
+    let exit = new_event_consumer_and_notifier(EventFlag::NONBLOCK)
+        .map_err(|e| format!("exit eventfd: {e}"))?;
+    let backend = Arc::new(NetBackend {
+        shared: shared.clone(),
+        vrings: Mutex::new(None),
+        exit: Mutex::new(Some(exit)),
+        grab: EventFd::new(EFD_NONBLOCK).map_err(|e| format!("eventfd: {e}"))?,
+    });
+    let mut daemon = VhostUserDaemon::new(name.to_string(), backend.clone(), mem.clone())
+        .map_err(|e| format!("creating the daemon: {e}"))?;
+    let handlers = daemon.get_epoll_handlers();
+    let vrings = grab_vrings(&handlers[0], &backend)?;
+    // The daemon serves a private socket; the relay joins it to the
+    // frontend (see `relay` for why).
+    let dir = private_dir().map_err(|e| format!("private socket directory: {e}"))?;
+    let inner_path = dir.path.join("daemon.sock");
+    let mut inner = Listener::new(&inner_path, true).map_err(|e| format!("daemon socket: {e}"))?;
+    let back = UnixStream::connect(&inner_path).map_err(|e| format!("daemon socket: {e}"))?;
+    daemon
+        .start(&mut inner)
+        .map_err(|e| format!("daemon accepting: {e}"))?;
+    drop(inner);
+    drop(dir);
+    let relay = super::relay::spawn(front, back).map_err(|e| format!("relay: {e}"))?;
+    *shared.conn.lock().unwrap_or_else(|p| p.into_inner()) = daemon.shutdown_handle();
+    if shared.stop.load(Ordering::SeqCst) {
+        daemon.request_shutdown();
+    }
+    tracing::info!(port = name, "vhost-user frontend connected");
+    // Nothing negotiated yet: the last frontend's features do not carry over.
+    shared.acked.store(0, Ordering::Release);
+    shared.set_link(Some(Link { vrings, mem }));
+    let result = daemon.wait();
+    for t in relay {
+        let _ = t.join();
+    }
+    shared.set_link(None);
+    shared.conn.lock().unwrap_or_else(|p| p.into_inner()).take();
+    for h in &handlers {
+        h.send_exit_event();
+    }
+    match result {
+        Ok(()) => tracing::info!(port = name, "vhost-user frontend disconnected; port down"),
+        Err(e) => tracing::info!(port = name, "vhost-user frontend gone ({e}); port down"),
+    }
+    Ok(())
+}
+
+/// A directory only root can enter, removed on drop.
+struct PrivateDir {
+    path: PathBuf,
+}
+
+impl Drop for PrivateDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+fn private_dir() -> io::Result<PrivateDir> {
+    use std::os::unix::fs::DirBuilderExt;
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let path = std::env::temp_dir().join(format!(
+        "dataplane-vhost-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&path);
+    std::fs::DirBuilder::new().mode(0o700).create(&path)?;
+    Ok(PrivateDir { path })
+}
+
+/// Has the daemon's worker thread hand the backend its vrings (the daemon
+/// exposes them only there), by firing a private event once.
+fn grab_vrings(
+    handler: &vhost_user_backend::VringEpollHandler<Arc<NetBackend>>,
+    backend: &NetBackend,
+) -> Result<Vec<VringRwLock>, String> {
+    let fd = &backend.grab;
+    handler
+        .register_listener(fd.as_raw_fd(), EventSet::IN, GRAB_VRINGS)
+        .map_err(|e| format!("registering with the daemon's epoll: {e}"))?;
+    let _ = fd.write(1);
+    let mut got = None;
+    for _ in 0..500 {
+        got = backend
+            .vrings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if got.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let _ = handler.unregister_listener(fd.as_raw_fd(), EventSet::IN, GRAB_VRINGS);
+    got.ok_or_else(|| "the daemon's worker thread did not answer within 1 s".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fresh directory under the system temp dir (removed at the end).
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("dp-vhu-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn socket_is_owner_only_replaces_a_stale_one_and_goes_away() {
+        let dir = scratch("stale");
+        let path = dir.join("vm0.sock");
+        // A socket nobody listens on any more: what a killed switch leaves.
+        drop(UnixListener::bind(&path).unwrap());
+        assert!(path.exists());
+        let server = Server::start(&path, "test").unwrap();
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        assert!(meta.file_type().is_socket());
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        // It accepts: a frontend can connect.
+        UnixStream::connect(&path).unwrap();
+        drop(server);
+        assert!(!path.exists(), "socket file left after drop");
+        // Only the socket: no temporary file either.
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+        std::fs::remove_dir(&dir).unwrap();
+    }
+
+    #[test]
+    fn live_socket_other_files_and_missing_directories_are_refused() {
+        let dir = scratch("refuse");
+        let live = dir.join("live.sock");
+        let _listener = UnixListener::bind(&live).unwrap();
+        let err = Server::start(&live, "test").err().unwrap();
+        assert!(matches!(err, Error::InUse { .. }), "{err}");
+        assert!(live.exists(), "a live socket must be left alone");
+
+        let file = dir.join("file.sock");
+        std::fs::write(&file, b"not a socket").unwrap();
+        let err = Server::start(&file, "test").err().unwrap();
+        assert!(matches!(err, Error::NotASocket { .. }), "{err}");
+        assert!(err.to_string().contains("file.sock"), "{err}");
+
+        let missing = dir.join("no/such/dir.sock");
+        let err = Server::start(&missing, "test").err().unwrap().to_string();
+        assert!(
+            err.contains("dir.sock") && err.contains("does the directory exist?"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,317 @@
+//! vhost-user port: a VM (QEMU, or DPDK's virtio_user) connects to a unix
+//! socket the switch listens on and shares its memory; the switch is the
+//! virtio-net device. No kernel in the data path: frames are copied between
+//! the guest's virtqueues and UMEM frames by the PMD thread.
+//!
+//! - `backend`: the socket and the vhost-user protocol (own thread).
+//! - `relay`: holds back a SET_VRING_ENABLE that QEMU sends too early.
+//! - `virtq`: virtqueue chains to frames and back, with the checks a
+//!   hostile guest needs.
+//! - this file: the [`Port`] the engine drives.
+//!
+//! The port is up while a frontend is connected and has enabled its rings;
+//! otherwise frames toward it are dropped (counted as `tx_ring_full`) and
+//! the switch carries on. A frontend that reconnects gets a fresh device.
+
+pub mod backend;
+mod relay;
+#[cfg(test)]
+mod tests;
+pub mod virtq;
+
+use std::ops::Deref;
+use std::os::fd::{AsRawFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use vhost_user_backend::{VringRwLock, VringT};
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{GuestAddress, GuestAddressSpace, GuestMemory, GuestMemoryMmap, Permissions};
+
+use self::backend::{Link, Server, RX_QUEUE, TX_QUEUE};
+use self::virtq::{ChainError, RxPush, RxScratch, Segment, TxPop};
+use super::{DropReason, Frames, HeldFrames, Port, PortCounters, PortState};
+use crate::xsk::XdpDesc;
+
+pub use self::backend::Error;
+
+/// Where frame data starts in a UMEM chunk (as for TAP and AF_XDP RX).
+const HEADROOM: u64 = 256;
+
+/// An open vhost-user port.
+pub struct VhostUserPort {
+    /// `vhost-user:/path`.
+    name: String,
+    server: Server,
+    /// The connection the PMD works with, re-read when the generation moves.
+    link: Option<Link>,
+    generation: u64,
+    /// Whether the port was last seen up (for the up/down log lines).
+    up: bool,
+    segs: Vec<Segment>,
+    rx_scratch: RxScratch,
+    counters: Arc<PortCounters>,
+}
+
+impl VhostUserPort {
+    /// Listens on `path` for a vhost-user frontend.
+    pub fn open(path: &Path, counters: Arc<PortCounters>) -> Result<VhostUserPort, Error> {
+        let name = format!("vhost-user:{}", path.display());
+        let server = Server::start(path, &name)?;
+        // Down until a frontend connects and enables its rings.
+        counters.set_state(PortState::Down);
+        tracing::info!(port = name, "vhost-user port listening");
+        Ok(VhostUserPort {
+            name,
+            server,
+            link: None,
+            generation: u64::MAX,
+            up: false,
+            segs: Vec::new(),
+            rx_scratch: RxScratch::default(),
+            counters,
+        })
+    }
+
+    /// The socket path.
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from(self.name.trim_start_matches("vhost-user:"))
+    }
+
+    /// Picks up a new or vanished connection. Costs one atomic load when
+    /// nothing changed (no syscall per burst).
+    fn refresh_link(&mut self) {
+        let shared = self.server.shared();
+        let generation = shared.generation.load(Ordering::Acquire);
+        if generation != self.generation {
+            // The wakeup was written before the generation moved: drained
+            // here, it cannot stay readable and keep an idle PMD awake.
+            let _ = shared.wake.read();
+            self.generation = generation;
+            self.link = shared.link();
+        }
+    }
+
+    /// Whether mergeable receive buffers were negotiated; `None` when the
+    /// frontend did not accept VIRTIO_F_VERSION_1: a legacy driver expects
+    /// a 10-byte header, and the port does not serve it (stays down).
+    fn negotiated(&self) -> Option<bool> {
+        let acked = self.server.shared().acked.load(Ordering::Acquire);
+        (acked & (1 << VIRTIO_F_VERSION_1) != 0)
+            .then_some(acked & (1 << VIRTIO_NET_F_MRG_RXBUF) != 0)
+    }
+
+    fn note_state(&mut self, up: bool) {
+        if up != self.up {
+            self.up = up;
+            // `show ports`, `stats` and metrics say whether a guest is there.
+            self.counters
+                .set_state(if up { PortState::Up } else { PortState::Down });
+            tracing::info!(
+                port = self.name,
+                "vhost-user port {}",
+                if up { "up" } else { "down" }
+            );
+        }
+    }
+}
+
+/// A vring the device may use now: started, enabled, and its rings inside
+/// guest memory.
+fn usable(vring: &VringRwLock, mem: &GuestMemoryMmap) -> bool {
+    let state = vring.get_ref();
+    let q = state.get_queue();
+    let ok = state.is_enabled() && q.ready() && rings_in_memory(q, mem);
+    if !ok {
+        tracing::trace!(
+            enabled = state.is_enabled(),
+            ready = q.ready(),
+            size = q.size(),
+            desc = q.desc_table(),
+            avail = q.avail_ring(),
+            used = q.used_ring(),
+            "vring not usable"
+        );
+    }
+    ok
+}
+
+/// The three rings of a split queue lie inside guest memory (VIRTIO 1.2,
+/// 2.7: 16 bytes per descriptor; avail 6 + 2 per entry; used 6 + 8 per
+/// entry). `Queue::is_valid` checks the same, but logs an error each time
+/// a frontend is caught halfway through setting a ring up.
+fn rings_in_memory(q: &Queue, mem: &GuestMemoryMmap) -> bool {
+    let n = usize::from(q.size());
+    n > 0
+        && [
+            (q.desc_table(), 16 * n),
+            (q.avail_ring(), 6 + 2 * n),
+            (q.used_ring(), 6 + 8 * n),
+        ]
+        .iter()
+        .all(|&(addr, len)| mem.check_range(GuestAddress(addr), len, Permissions::ReadWrite))
+}
+
+impl Port for VhostUserPort {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn rx_burst(&mut self, frames: &mut Frames<'_>, out: &mut Vec<XdpDesc>, max: usize) -> usize {
+        self.refresh_link();
+        let Some(link) = self.link.clone() else {
+            self.note_state(false);
+            return 0;
+        };
+        let mem = link.mem.memory();
+        let vring = &link.vrings[TX_QUEUE];
+        let tx_usable = self.negotiated().is_some() && usable(vring, mem.deref());
+        self.note_state(tx_usable && usable(&link.vrings[RX_QUEUE], mem.deref()));
+        if !tx_usable {
+            return 0;
+        }
+        let frame_room = frames.umem.frame_size() as u64 - HEADROOM;
+        let mut state = vring.get_mut();
+        let (mut got, mut bytes, mut returned) = (0usize, 0u64, 0usize);
+        let (mut malformed, mut invalid) = (0u64, 0u64);
+        while got < max {
+            let Some(chunk) = frames.pool.alloc() else {
+                self.counters.add_drop(DropReason::NoFreeFrame, 1);
+                break;
+            };
+            // SAFETY: `chunk` just came off the free list: this port is its
+            // only holder until it hands the descriptor to the engine.
+            let buf = unsafe { frames.umem.frame_mut(chunk + HEADROOM, frame_room as usize) };
+            match virtq::pop_tx_frame(state.get_queue_mut(), mem.deref(), &mut self.segs, buf) {
+                TxPop::Frame(len) => {
+                    out.push(XdpDesc {
+                        addr: chunk + HEADROOM,
+                        len: len as u32,
+                        options: 0,
+                    });
+                    got += 1;
+                    returned += 1;
+                    bytes += len as u64;
+                }
+                TxPop::Refused(e) => {
+                    frames.pool.free(chunk);
+                    returned += 1;
+                    count_refused(&self.name, &e, &mut malformed, &mut invalid);
+                }
+                TxPop::Empty => {
+                    frames.pool.free(chunk);
+                    // Ask for a kick on the next frame; if one slipped in
+                    // before that took effect, go on popping.
+                    match state.get_queue_mut().enable_notification(mem.deref()) {
+                        Ok(true) => continue,
+                        _ => break,
+                    }
+                }
+            }
+        }
+        if returned > 0 && state.needs_notification().unwrap_or(true) {
+            let _ = state.signal_used_queue();
+        }
+        drop(state);
+        self.counters.add_rx(got as u64, bytes);
+        self.counters.add_drop(DropReason::Malformed, malformed);
+        self.counters
+            .add_drop(DropReason::InvalidDescriptor, invalid);
+        got
+    }
+
+    fn tx_burst(&mut self, frames: &mut Frames<'_>, batch: &mut Vec<XdpDesc>) {
+        self.refresh_link();
+        let Some(link) = self.link.clone() else {
+            // Down: the frames stay in `batch`, the engine drops and counts them.
+            return;
+        };
+        let mem = link.mem.memory();
+        let vring = &link.vrings[RX_QUEUE];
+        let Some(mergeable) = self.negotiated() else {
+            return;
+        };
+        if !usable(vring, mem.deref()) {
+            return;
+        }
+        let mut state = vring.get_mut();
+        let (mut done, mut sent, mut bytes, mut used) = (0usize, 0u64, 0u64, false);
+        let (mut malformed, mut invalid) = (0u64, 0u64);
+        for desc in batch.iter() {
+            let data = frames.umem.frame(desc.addr, desc.len as usize);
+            let o = virtq::push_rx_frame(
+                state.get_queue_mut(),
+                mem.deref(),
+                data,
+                mergeable,
+                &mut self.rx_scratch,
+            );
+            if o.bad_chains > 0 {
+                used = true;
+                invalid += u64::from(o.bad_chains);
+                if let Some(e) = o.last_error {
+                    tracing::debug!(port = self.name, "guest receive chain refused: {e}");
+                }
+            }
+            match o.push {
+                RxPush::NoBuffers => break,
+                RxPush::Delivered { .. } => {
+                    sent += 1;
+                    bytes += u64::from(desc.len);
+                }
+                RxPush::Dropped(e) => count_refused(&self.name, &e, &mut malformed, &mut invalid),
+            }
+            used = true;
+            // Copied (or dropped for good): the frame is free again at once.
+            frames.pool.free(desc.addr);
+            done += 1;
+        }
+        batch.drain(..done);
+        if used && state.needs_notification().unwrap_or(true) {
+            let _ = state.signal_used_queue();
+        }
+        drop(state);
+        self.counters.add_tx(sent, bytes);
+        self.counters.add_drop(DropReason::Malformed, malformed);
+        self.counters
+            .add_drop(DropReason::InvalidDescriptor, invalid);
+    }
+
+    fn maintain(&mut self, _frames: &mut Frames<'_>) {}
+
+    fn poll_fds(&self) -> Vec<RawFd> {
+        let mut fds = vec![self.server.shared().wake.as_raw_fd()];
+        // The guest's transmit kicks, so an idle PMD wakes on guest traffic
+        // (polled only, never read: see `backend`). A stale link is replaced
+        // at the next burst; `wake` fires when it changes.
+        if let Some(link) = &self.link {
+            if let Some(kick) = link.vrings[TX_QUEUE].get_ref().get_kick() {
+                fds.push(kick.as_raw_fd());
+            }
+        }
+        fds
+    }
+
+    fn frames_held(&self) -> HeldFrames {
+        // Copies are synchronous: a vhost-user port never holds frames.
+        HeldFrames::default()
+    }
+
+    fn refresh_counters(&mut self) {}
+
+    fn counters(&self) -> &Arc<PortCounters> {
+        &self.counters
+    }
+}
+
+fn count_refused(name: &str, e: &ChainError, malformed: &mut u64, invalid: &mut u64) {
+    if e.is_descriptor_error() {
+        *invalid += 1;
+    } else {
+        *malformed += 1;
+    }
+    tracing::debug!(port = name, "guest chain refused: {e}");
+}

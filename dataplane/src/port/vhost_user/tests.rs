@@ -1,0 +1,348 @@
+//! The whole port, without root: a vhost-user frontend (rust-vmm's
+//! `Frontend`, as QEMU would speak) connects over the socket and shares a
+//! memfd as guest memory; the test writes the guest's rings by hand and
+//! drives the port's `rx_burst`/`tx_burst` as the engine would.
+
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use vhost::vhost_user::Frontend;
+use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::virtq::VNET_HDR_LEN;
+use super::VhostUserPort;
+use crate::port::{DropReason, Frames, Port, PortCounters};
+use crate::xsk::{FramePool, Umem, UmemConfig, XdpDesc};
+
+const MEM_SIZE: usize = 1 << 20;
+const QSIZE: u16 = 16;
+/// Guest-physical layout: queue q's rings at q * 0x4000 (+0 descriptors,
+/// +0x1000 avail, +0x2000 used); buffers from 0x10000.
+fn ring(q: u64, part: u64) -> u64 {
+    q * 0x4000 + part * 0x1000
+}
+const BUF: u64 = 0x1_0000;
+const DESC_F_NEXT: u16 = 1;
+const DESC_F_WRITE: u16 = 2;
+/// How long the protocol thread may take to catch up.
+const WAIT: Duration = Duration::from_secs(5);
+
+/// A guest: shared memory, its rings, and a connected frontend.
+struct Guest {
+    mem: GuestMemoryMmap,
+    frontend: Frontend,
+    kick: [EventFd; 2],
+    call: [EventFd; 2],
+    avail_idx: [u16; 2],
+}
+
+impl Guest {
+    fn connect(path: &std::path::Path) -> Guest {
+        let name = std::ffi::CString::new("guest").unwrap();
+        // SAFETY: memfd_create with a NUL-terminated name; the fd is owned
+        // by the File right away.
+        let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+        assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
+        // SAFETY: a fresh fd nobody else owns.
+        let file = unsafe { File::from_raw_fd(fd) };
+        file.set_len(MEM_SIZE as u64).unwrap();
+        let mem = GuestMemoryMmap::from_ranges_with_files(&[(
+            GuestAddress(0),
+            MEM_SIZE,
+            Some(FileOffset::new(file.try_clone().unwrap(), 0)),
+        )])
+        .unwrap();
+        let host = mem.get_host_address(GuestAddress(0)).unwrap() as u64;
+
+        let frontend = Frontend::connect(path, 2).expect("connect to the port's socket");
+        frontend.set_owner().unwrap();
+        let offered = frontend.get_features().unwrap();
+        let wanted = (1 << VIRTIO_F_VERSION_1)
+            | (1 << VIRTIO_NET_F_MRG_RXBUF)
+            | (1 << VIRTIO_RING_F_EVENT_IDX);
+        assert_eq!(offered & wanted, wanted, "features offered: {offered:#x}");
+        // Without VHOST_USER_F_PROTOCOL_FEATURES: SET_FEATURES enables the
+        // rings (sent before they are set up, as QEMU does).
+        frontend.set_features(wanted).unwrap();
+        frontend
+            .set_mem_table(&[VhostUserMemoryRegionInfo {
+                guest_phys_addr: 0,
+                memory_size: MEM_SIZE as u64,
+                userspace_addr: host,
+                mmap_offset: 0,
+                mmap_handle: file.as_raw_fd(),
+            }])
+            .unwrap();
+        let kick = [new_eventfd(), new_eventfd()];
+        let call = [new_eventfd(), new_eventfd()];
+        for q in 0..2usize {
+            let base = q as u64;
+            frontend.set_vring_num(q, QSIZE).unwrap();
+            frontend
+                .set_vring_addr(
+                    q,
+                    &VringConfigData {
+                        queue_max_size: QSIZE,
+                        queue_size: QSIZE,
+                        flags: 0,
+                        desc_table_addr: host + ring(base, 0),
+                        avail_ring_addr: host + ring(base, 1),
+                        used_ring_addr: host + ring(base, 2),
+                        log_addr: None,
+                    },
+                )
+                .unwrap();
+            frontend.set_vring_base(q, 0).unwrap();
+            frontend.set_vring_call(q, &call[q]).unwrap();
+            frontend.set_vring_kick(q, &kick[q]).unwrap();
+        }
+        Guest {
+            mem,
+            frontend,
+            kick,
+            call,
+            avail_idx: [0; 2],
+        }
+    }
+
+    fn desc(&self, q: u64, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
+        let d = ring(q, 0) + u64::from(i) * 16;
+        self.mem.write_obj(addr, GuestAddress(d)).unwrap();
+        self.mem.write_obj(len, GuestAddress(d + 8)).unwrap();
+        self.mem.write_obj(flags, GuestAddress(d + 12)).unwrap();
+        self.mem.write_obj(next, GuestAddress(d + 14)).unwrap();
+    }
+
+    /// Makes chain `head` of queue `q` available and kicks.
+    fn offer(&mut self, q: usize, head: u16) {
+        let avail = ring(q as u64, 1);
+        let slot = avail + 4 + 2 * u64::from(self.avail_idx[q] % QSIZE);
+        self.mem.write_obj(head, GuestAddress(slot)).unwrap();
+        self.avail_idx[q] = self.avail_idx[q].wrapping_add(1);
+        self.mem
+            .write_obj(self.avail_idx[q], GuestAddress(avail + 2))
+            .unwrap();
+        self.kick[q].write(1).unwrap();
+    }
+
+    fn used_idx(&self, q: u64) -> u16 {
+        self.mem.read_obj(GuestAddress(ring(q, 2) + 2)).unwrap()
+    }
+
+    fn used(&self, q: u64, n: u16) -> (u32, u32) {
+        let e = ring(q, 2) + 4 + 8 * u64::from(n % QSIZE);
+        (
+            self.mem.read_obj(GuestAddress(e)).unwrap(),
+            self.mem.read_obj(GuestAddress(e + 4)).unwrap(),
+        )
+    }
+
+    /// Whether the device signalled queue `q` since the last look.
+    fn called(&self, q: usize) -> bool {
+        self.call[q].read().is_ok()
+    }
+}
+
+fn new_eventfd() -> EventFd {
+    EventFd::new(EFD_NONBLOCK).unwrap()
+}
+
+fn frame(len: usize, seq: u8) -> Vec<u8> {
+    let mut f = vec![seq; len];
+    f[..6].copy_from_slice(&[0xff; 6]);
+    f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, seq]);
+    f
+}
+
+struct Bench {
+    umem: Umem,
+    pool: FramePool,
+}
+
+impl Bench {
+    fn new() -> Bench {
+        let umem = Umem::new(UmemConfig {
+            frame_count: 64,
+            ..UmemConfig::default()
+        })
+        .unwrap();
+        let pool = FramePool::new(&umem);
+        Bench { umem, pool }
+    }
+
+    fn frames(&mut self) -> Frames<'_> {
+        Frames {
+            umem: &self.umem,
+            pool: &mut self.pool,
+        }
+    }
+
+    /// Receives from the port until `n` frames arrived or `wait` passed.
+    fn receive(&mut self, port: &mut VhostUserPort, n: usize, wait: Duration) -> Vec<XdpDesc> {
+        let mut got = Vec::new();
+        let deadline = Instant::now() + wait;
+        while got.len() < n && Instant::now() < deadline {
+            let mut frames = self.frames();
+            if port.rx_burst(&mut frames, &mut got, 64) == 0 {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        got
+    }
+
+    /// A UMEM frame holding `data`, as the switch would hand it to tx_burst.
+    fn umem_frame(&mut self, data: &[u8]) -> XdpDesc {
+        let chunk = self.pool.alloc().unwrap();
+        // SAFETY: the chunk just came off the free list; nothing else
+        // refers to it.
+        let buf = unsafe { self.umem.frame_mut(chunk + 256, data.len()) };
+        buf.copy_from_slice(data);
+        XdpDesc {
+            addr: chunk + 256,
+            len: data.len() as u32,
+            options: 0,
+        }
+    }
+}
+
+fn socket_path(tag: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("dp-vhu-port-{tag}-{}.sock", std::process::id()))
+}
+
+/// Waits until the port has (or has not) a connection the PMD can see.
+fn wait_link(port: &mut VhostUserPort, bench: &mut Bench, connected: bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        // rx_burst picks up connection changes.
+        let mut sink = Vec::new();
+        port.rx_burst(&mut bench.frames(), &mut sink, 0);
+        if (port.poll_fds().len() == 2) == connected {
+            return;
+        }
+        assert!(Instant::now() < deadline, "link never became {connected}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn a_frontend_exchanges_frames_with_the_port_and_survives_reconnects() {
+    let path = socket_path("x");
+    let counters = Arc::new(PortCounters::default());
+    let mut port = VhostUserPort::open(&path, counters.clone()).unwrap();
+    let mut bench = Bench::new();
+    let all_frames = bench.pool.len();
+    let mut g = Guest::connect(&path);
+    wait_link(&mut port, &mut bench, true);
+
+    // Guest -> port: two good frames around a chain outside guest memory and
+    // a descriptor loop.
+    let (f0, f3) = (frame(60, 0), frame(1500, 3));
+    let hdr = [0u8; VNET_HDR_LEN];
+    g.mem.write_slice(&hdr, GuestAddress(BUF)).unwrap();
+    g.mem.write_slice(&f0, GuestAddress(BUF + 12)).unwrap();
+    g.desc(1, 0, BUF, 72, 0, 0);
+    g.desc(1, 1, MEM_SIZE as u64 + 0x1000, 100, 0, 0);
+    g.desc(1, 2, BUF, 64, DESC_F_NEXT, 2);
+    // Header and frame in separate descriptors.
+    g.mem.write_slice(&hdr, GuestAddress(BUF + 0x1000)).unwrap();
+    g.mem.write_slice(&f3, GuestAddress(BUF + 0x2000)).unwrap();
+    g.desc(1, 3, BUF + 0x1000, 12, DESC_F_NEXT, 4);
+    g.desc(1, 4, BUF + 0x2000, 1500, 0, 0);
+    for head in [0, 1, 2, 3] {
+        g.offer(1, head);
+    }
+    let got = bench.receive(&mut port, 2, WAIT);
+    assert_eq!(got.len(), 2);
+    assert_eq!(bench.umem.frame(got[0].addr, got[0].len as usize), &f0[..]);
+    assert_eq!(bench.umem.frame(got[1].addr, got[1].len as usize), &f3[..]);
+    for d in &got {
+        bench.pool.free(d.addr);
+    }
+    let s = counters.snapshot();
+    assert_eq!(s.rx_packets, 2);
+    assert_eq!(s.drops(DropReason::InvalidDescriptor), 2);
+    // Every chain went back, the bad ones too, with length 0.
+    assert_eq!(g.used_idx(1), 4);
+    assert_eq!(g.used(1, 1), (1, 0));
+    assert!(g.called(1), "guest not signalled for its transmit queue");
+
+    // Port -> guest: a 600-byte frame over 256-byte receive buffers
+    // (mergeable: three of them).
+    for i in 0..4u16 {
+        g.desc(
+            0,
+            i,
+            BUF + 0x8000 + u64::from(i) * 0x100,
+            256,
+            DESC_F_WRITE,
+            0,
+        );
+        g.offer(0, i);
+    }
+    let f = frame(600, 7);
+    let mut batch = vec![bench.umem_frame(&f)];
+    port.tx_burst(&mut bench.frames(), &mut batch);
+    assert!(batch.is_empty(), "frame not taken");
+    assert_eq!(g.used_idx(0), 3);
+    assert_eq!(
+        (g.used(0, 0), g.used(0, 1), g.used(0, 2)),
+        ((0, 256), (1, 256), (2, 100))
+    );
+    let mut seen = vec![0u8; 612];
+    for i in 0..3u64 {
+        let n = if i < 2 { 256 } else { 100 };
+        g.mem
+            .read_slice(
+                &mut seen[i as usize * 256..i as usize * 256 + n],
+                GuestAddress(BUF + 0x8000 + i * 0x100),
+            )
+            .unwrap();
+    }
+    assert_eq!(u16::from_le_bytes([seen[10], seen[11]]), 3, "num_buffers");
+    assert_eq!(&seen[12..], &f[..]);
+    assert!(g.called(0), "guest not signalled for its receive queue");
+    assert_eq!(counters.snapshot().tx_packets, 1);
+    // One 256-byte buffer left: the next frame does not fit and stays in
+    // the batch (the engine drops and counts it).
+    let mut batch = vec![bench.umem_frame(&f)];
+    port.tx_burst(&mut bench.frames(), &mut batch);
+    assert_eq!(batch.len(), 1);
+    bench.pool.free(batch[0].addr);
+
+    // The frontend goes away: the port is down, frames toward it stay in
+    // the batch, and it never panics.
+    drop(g);
+    wait_link(&mut port, &mut bench, false);
+    let mut batch = vec![bench.umem_frame(&f)];
+    port.tx_burst(&mut bench.frames(), &mut batch);
+    assert_eq!(batch.len(), 1);
+    bench.pool.free(batch[0].addr);
+    assert!(bench
+        .receive(&mut port, 1, Duration::from_millis(200))
+        .is_empty());
+
+    // A new frontend on the same socket gets a fresh device.
+    let mut g = Guest::connect(&path);
+    wait_link(&mut port, &mut bench, true);
+    g.mem.write_slice(&hdr, GuestAddress(BUF)).unwrap();
+    g.mem.write_slice(&f0, GuestAddress(BUF + 12)).unwrap();
+    g.desc(1, 0, BUF, 72, 0, 0);
+    g.offer(1, 0);
+    let got = bench.receive(&mut port, 1, WAIT);
+    assert_eq!(got.len(), 1, "nothing from the reconnected frontend");
+    bench.pool.free(got[0].addr);
+
+    // No frame was kept by the port.
+    assert_eq!(bench.pool.len(), all_frames);
+    let _ = g.frontend.get_features();
+    drop(port);
+    assert!(!path.exists(), "socket file left after the port closed");
+}
