@@ -216,10 +216,12 @@ fn add_and_remove_under_traffic(tag: &str, gro: bool) {
     assert_eq!(
         got.len(),
         N as usize,
-        "a -> b lost {} frames while sc came and went:\n{}\n{}",
+        "a -> b lost {} frames while sc came and went:\n{}\n{}\nsb: {}\nb0: {}",
         N as usize - got.len(),
         h.sw.dataplane_ok(&["stats"]),
         h.sw.dataplane_ok(&["status"]),
+        h.sw.exec_ok(&["ethtool", "-S", "sb"]).replace('\n', " "),
+        h.hosts[1].ip(&["-s", "link", "show", "b0"]),
     );
     if gro {
         let fast = harness::steer_counter(&h.sw, "sa", "fast_path");
