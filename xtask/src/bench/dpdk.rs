@@ -36,7 +36,10 @@ impl Testpmd<'_> {
         cmd.arg(format!("--net=/var/run/netns/{}", self.netns))
             .arg("dpdk-testpmd");
         if self.huge {
-            cmd.args(["-m", "512"]);
+            // One memory region per file: vhost-user takes at most 8, and
+            // 2 MB pages in separate files exceed that ("Too many memory
+            // regions").
+            cmd.args(["-m", "512", "--single-file-segments"]);
         } else {
             cmd.args(["--no-huge", "-m", "1024"]);
         }

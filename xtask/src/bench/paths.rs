@@ -539,9 +539,13 @@ fn start_vhost_user(
     let vm = Testpmd {
         netns: sw,
         vdevs: vec![format!(
-            "net_virtio_user0,path={VHOST_SOCKET},queues=1,mac={VHOST_GUEST_MAC}"
+            "net_virtio_user0,path={VHOST_SOCKET},queues=1,queue_size=1024,mac={VHOST_GUEST_MAC}"
         )],
         app_args: vec![
+            // Deep rings: the VM shares its CPU and must absorb what arrives
+            // while it is not scheduled.
+            "--rxd=1024".into(),
+            "--txd=1024".into(),
             "--forward-mode=mac".into(),
             "--port-topology=loop".into(),
             format!("--eth-peer=0,{b0}"),
