@@ -314,14 +314,15 @@ fn fresh_stats(sw: &RunningSwitch) -> String {
 
 /// Waits until the switch has logged "vhost-user port up" more than
 /// `before` times (the PMD saw the frontend's rings enabled).
-fn wait_port_up(sw: &RunningSwitch, before: usize) {
-    let up = wait_for(Duration::from_secs(10), || {
+fn wait_port_up(sw: &RunningSwitch, before: usize, frontend: &Testpmd) {
+    let up = wait_for(Duration::from_secs(20), || {
         (sw.output().matches("vhost-user port up").count() > before).then_some(())
     });
     assert!(
         up.is_some(),
-        "vhost-user port never came up:\n{}",
-        sw.output()
+        "vhost-user port never came up:\n{}\ntestpmd:\n{}",
+        sw.output(),
+        frontend.output()
     );
     // DPDK resets the rings once while starting; testpmd prints that it
     // forwards only after its final start, and the PMD notices within a poll.
@@ -383,7 +384,7 @@ fn testpmd_frames_cross_the_switch_both_ways() {
             &format!("--txpkts={TXONLY_LEN}"),
         ],
     );
-    wait_port_up(&sw, ups);
+    wait_port_up(&sw, ups, &tp);
     std::thread::sleep(Duration::from_secs(2));
     let out = tp.stop(libc::SIGINT);
     let (_, sent) = testpmd_totals(&out);
@@ -429,7 +430,7 @@ fn testpmd_frames_cross_the_switch_both_ways() {
         &huge.prefix("rx"),
         &["--forward-mode=rxonly"],
     );
-    wait_port_up(&sw, ups);
+    wait_port_up(&sw, ups, &tp);
     let tx_before = switch_counter(&fresh_stats(&sw), &port, "TX_PKTS");
     send_test_stream(&a, "a0", TESTPMD_MAC, 2000, 200);
     send_test_stream(&a, "a0", TESTPMD_MAC, 200, 1500);
@@ -482,7 +483,7 @@ fn frontend_restart_leaves_the_switch_running() {
         &huge.prefix("k"),
         &["--forward-mode=txonly", &format!("--eth-peer={peer}")],
     );
-    wait_port_up(&sw, ups);
+    wait_port_up(&sw, ups, &tp);
     assert_eq!(at_a.join().unwrap().len(), 500, "first frontend -> a");
     tp.stop(libc::SIGKILL);
     let gone = wait_for(Duration::from_secs(5), || {
@@ -518,7 +519,7 @@ fn frontend_restart_leaves_the_switch_running() {
         &huge.prefix("r"),
         &["--forward-mode=rxonly"],
     );
-    wait_port_up(&sw, ups);
+    wait_port_up(&sw, ups, &tp);
     send_test_stream(&a, "a0", TESTPMD_MAC, 1000, 200);
     std::thread::sleep(Duration::from_millis(500));
     let (received, _) = testpmd_totals(&tp.stop(libc::SIGINT));
