@@ -147,8 +147,8 @@ impl PathKind {
             LinuxBridgeTap => "Linux bridge br0 (sa, sb, TAP vmtap); the VM is a process holding the TAP's fd (where QEMU/vhost-net would be) that echoes frames addressed to it towards b0 (MAC rewrite, read+write per frame, on CPU 1); static FDB entry for the VM's MAC".into(),
             DataplaneTap => "dataplane run with afxdp:sa, afxdp:sb and tap:vm0 (the switch holds the TAP's fd, as vhost-net would); the VM is the TAP netdev in the guest namespace, whose echo is an XDP program (MAC rewrite, back out of vm0 to the switch); PMD on CPU 1, adaptive polling".into(),
             DataplaneTapBusy => "as `dataplane-tap`, with --busy-poll".into(),
-            DataplaneVhostUser => "dataplane run with a vhost-user port; the VM is dpdk-testpmd virtio_user io-fwd".into(),
-            TestpmdVhost => "dpdk-testpmd io-fwd between net_af_xdp uplinks and net_vhost; the VM is dpdk-testpmd virtio_user io-fwd".into(),
+            DataplaneVhostUser => "dataplane run with afxdp:sa, afxdp:sb and a vhost-user port, PMD on CPU 1; the VM is dpdk-testpmd virtio_user in mac-fwd (rewrite toward b0) on CPU 0, sharing it with the generator (2 cores)".into(),
+            TestpmdVhost => "dpdk-testpmd io-fwd chained sa -> net_vhost -> sb, fwd lcore on CPU 1; the same VM".into(),
         }
     }
 }
