@@ -372,14 +372,17 @@ fn serve_one(listener: &UnixListener, name: &str, shared: &Arc<Shared>) -> Resul
         .map_err(|e| format!("daemon accepting: {e}"))?;
     drop(inner);
     drop(dir);
+    // Nothing negotiated yet: the last frontend's features do not carry
+    // over. Reset before the relay starts: from then on the daemon may
+    // process SET_FEATURES at any moment, and a reset after it would leave
+    // the port down for the whole connection.
+    shared.acked.store(0, Ordering::Release);
     let relay = super::relay::spawn(front, back).map_err(|e| format!("relay: {e}"))?;
     *shared.conn.lock().unwrap_or_else(|p| p.into_inner()) = daemon.shutdown_handle();
     if shared.stop.load(Ordering::SeqCst) {
         daemon.request_shutdown();
     }
     tracing::info!(port = name, "vhost-user frontend connected");
-    // Nothing negotiated yet: the last frontend's features do not carry over.
-    shared.acked.store(0, Ordering::Release);
     shared.set_link(Some(Link { vrings, mem }));
     let result = daemon.wait();
     for t in relay {
