@@ -13,7 +13,6 @@
 
 mod harness;
 
-use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -204,21 +203,7 @@ impl Testpmd {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start dpdk-testpmd (package dpdk-dev; `cargo xtask setup` installs it)");
-        let output = Arc::new(Mutex::new(String::new()));
-        let mut readers = Vec::new();
-        for pipe in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let out = output.clone();
-            readers.push(std::thread::spawn(move || {
-                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                    let mut o = out.lock().unwrap();
-                    o.push_str(&line);
-                    o.push('\n');
-                }
-            }));
-        }
+        let (output, readers) = harness::capture_output(&mut child);
         let mut t = Testpmd {
             child: Some(child),
             output,

@@ -442,6 +442,33 @@ pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Optio
     }
 }
 
+/// Everything `child` prints on stdout and stderr, gathered line by line
+/// into one string by two threads (join them once the child has exited).
+pub fn capture_output(
+    child: &mut std::process::Child,
+) -> (
+    std::sync::Arc<std::sync::Mutex<String>>,
+    Vec<std::thread::JoinHandle<()>>,
+) {
+    use std::io::{BufRead, BufReader};
+    let output = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let mut readers = Vec::new();
+    for pipe in [
+        Box::new(child.stdout.take().expect("stdout piped")) as Box<dyn std::io::Read + Send>,
+        Box::new(child.stderr.take().expect("stderr piped")),
+    ] {
+        let out = output.clone();
+        readers.push(std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                let mut o = out.lock().unwrap();
+                o.push_str(&line);
+                o.push('\n');
+            }
+        }));
+    }
+    (output, readers)
+}
+
 /// `dataplane run` in a namespace, stopped with SIGINT on drop (as Ctrl-C
 /// would), so every test exercises the real shutdown path.
 pub struct RunningSwitch {
@@ -453,7 +480,6 @@ pub struct RunningSwitch {
 impl RunningSwitch {
     /// Starts `dataplane --netns NS run ARGS` and waits until it says it runs.
     pub fn start(ns: &NetNs, args: &[&str]) -> RunningSwitch {
-        use std::io::{BufRead, BufReader};
         use std::process::Stdio;
         let mut child = Command::new(dataplane_bin())
             .args(["--netns", ns.name(), "run"])
@@ -463,21 +489,7 @@ impl RunningSwitch {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start dataplane run");
-        let output = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let mut readers = Vec::new();
-        for pipe in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let out = output.clone();
-            readers.push(std::thread::spawn(move || {
-                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                    let mut o = out.lock().unwrap();
-                    o.push_str(&line);
-                    o.push('\n');
-                }
-            }));
-        }
+        let (output, readers) = capture_output(&mut child);
         let mut sw = RunningSwitch {
             child: Some(child),
             output,

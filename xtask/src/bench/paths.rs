@@ -563,24 +563,9 @@ fn start_vhost_user(
 
 /// Waits until the path's process listens on the unix socket `path`.
 fn wait_for_socket(r: &mut RunningPath, path: &str) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < deadline {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Ok(());
-        }
-        for (what, c) in &mut r.children {
-            if let Some(st) = c.try_wait()? {
-                let mut err = String::new();
-                if let Some(mut e) = c.stderr.take() {
-                    use std::io::Read;
-                    let _ = e.read_to_string(&mut err);
-                }
-                bail!("{what} exited ({st}) before serving {path}: {}", err.trim());
-            }
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    bail!("nothing listens on {path} after 15 s")
+    wait_until(r, &format!("serving {path}"), || {
+        std::os::unix::net::UnixStream::connect(path).is_ok()
+    })
 }
 
 /// PVP with dataplane's TAP port: the switch made `vm0`; move its netdev
@@ -601,15 +586,26 @@ fn plug_vm(r: &mut RunningPath, topo: &Topology, b0: [u8; 6]) -> Result<()> {
 
 /// Waits until the path's process has created `ifname` in `netns`.
 fn wait_for_link(r: &mut RunningPath, netns: &str, ifname: &str) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < deadline {
-        let ok = Command::new("ip")
+    wait_until(r, &format!("creating {ifname} in {netns}"), || {
+        Command::new("ip")
             .args(["-n", netns, "link", "show", ifname])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
-            .is_ok_and(|s| s.success());
-        if ok {
+            .is_ok_and(|s| s.success())
+    })
+}
+
+/// Polls `ready` for up to 15 s; fails at once, with its last words, if one
+/// of the path's processes exits meanwhile.
+fn wait_until(
+    r: &mut RunningPath,
+    waiting_for: &str,
+    mut ready: impl FnMut() -> bool,
+) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if ready() {
             return Ok(());
         }
         for (what, c) in &mut r.children {
@@ -619,15 +615,12 @@ fn wait_for_link(r: &mut RunningPath, netns: &str, ifname: &str) -> Result<()> {
                     use std::io::Read;
                     let _ = e.read_to_string(&mut err);
                 }
-                bail!(
-                    "{what} exited ({st}) before creating {ifname}: {}",
-                    err.trim()
-                );
+                bail!("{what} exited ({st}) before {waiting_for}: {}", err.trim());
             }
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    bail!("{ifname} did not appear in {netns} within 15 s")
+    bail!("no {waiting_for} within 15 s")
 }
 
 /// Each host speaks once, so learning switches know where it is (as any
