@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use vhost_user_backend::{VringRwLock, VringT};
+use vhost_user_backend::{VringState, VringT};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
 use virtio_queue::{Queue, QueueT};
@@ -53,6 +53,10 @@ pub struct VhostUserPort {
     up: bool,
     segs: Vec<Segment>,
     rx_scratch: RxScratch,
+    /// The guest's transmit and receive rings, when their available index
+    /// is broken (see [`virtq::pending`]).
+    tx_stall: Stall,
+    rx_stall: Stall,
     counters: Arc<PortCounters>,
 }
 
@@ -72,6 +76,8 @@ impl VhostUserPort {
             up: false,
             segs: Vec::new(),
             rx_scratch: RxScratch::default(),
+            tx_stall: Stall::default(),
+            rx_stall: Stall::default(),
             counters,
         })
     }
@@ -120,9 +126,10 @@ impl VhostUserPort {
 }
 
 /// A vring the device may use now: started, enabled, and its rings inside
-/// guest memory.
-fn usable(vring: &VringRwLock, mem: &GuestMemoryMmap) -> bool {
-    let state = vring.get_ref();
+/// guest memory. Looked at under the same lock guard as the work that
+/// follows: the protocol thread stops a ring (GET_VRING_BASE) under the
+/// vring's lock, so a ring seen usable stays so until the guard drops.
+fn usable(state: &VringState, mem: &GuestMemoryMmap) -> bool {
     let q = state.get_queue();
     let ok = state.is_enabled() && q.ready() && rings_in_memory(q, mem);
     if !ok {
@@ -167,16 +174,20 @@ impl Port for VhostUserPort {
             return 0;
         };
         let mem = link.mem.memory();
-        let vring = &link.vrings[TX_QUEUE];
-        let tx_usable = self.negotiated().is_some() && usable(vring, mem.deref());
-        self.note_state(tx_usable && usable(&link.vrings[RX_QUEUE], mem.deref()));
+        let negotiated = self.negotiated().is_some();
+        let rx_usable = usable(&link.vrings[RX_QUEUE].get_ref(), mem.deref());
+        let mut state = link.vrings[TX_QUEUE].get_mut();
+        let tx_usable = negotiated && usable(&state, mem.deref());
+        self.note_state(tx_usable && rx_usable);
         if !tx_usable {
             return 0;
         }
         let frame_room = frames.umem.frame_size() as u64 - HEADROOM;
-        let mut state = vring.get_mut();
         let (mut got, mut bytes, mut returned) = (0usize, 0u64, 0usize);
         let (mut malformed, mut invalid) = (0u64, 0u64);
+        // Whether a chain was taken since the avail index was last found
+        // empty: a second look is worth it only after progress.
+        let mut progress = true;
         while got < max {
             let Some(chunk) = frames.pool.alloc() else {
                 self.counters.add_drop(DropReason::NoFreeFrame, 1);
@@ -185,7 +196,12 @@ impl Port for VhostUserPort {
             // SAFETY: `chunk` just came off the free list: this port is its
             // only holder until it hands the descriptor to the engine.
             let buf = unsafe { frames.umem.frame_mut(chunk + HEADROOM, frame_room as usize) };
-            match virtq::pop_tx_frame(state.get_queue_mut(), mem.deref(), &mut self.segs, buf) {
+            let popped =
+                virtq::pop_tx_frame(state.get_queue_mut(), mem.deref(), &mut self.segs, buf);
+            if !matches!(popped, TxPop::Stalled(_)) {
+                self.tx_stall.clear(&self.name, "transmit");
+            }
+            match popped {
                 TxPop::Frame(len) => {
                     out.push(XdpDesc {
                         addr: chunk + HEADROOM,
@@ -195,20 +211,34 @@ impl Port for VhostUserPort {
                     got += 1;
                     returned += 1;
                     bytes += len as u64;
+                    progress = true;
                 }
                 TxPop::Refused(e) => {
                     frames.pool.free(chunk);
                     returned += 1;
+                    progress = true;
                     count_refused(&self.name, &e, &mut malformed, &mut invalid);
                 }
                 TxPop::Empty => {
                     frames.pool.free(chunk);
                     // Ask for a kick on the next frame; if one slipped in
-                    // before that took effect, go on popping.
-                    match state.get_queue_mut().enable_notification(mem.deref()) {
-                        Ok(true) => continue,
-                        _ => break,
+                    // before that took effect, look again (once per chain
+                    // taken, so a ring that keeps saying "more" but yields
+                    // nothing cannot hold the PMD here).
+                    let more = matches!(
+                        state.get_queue_mut().enable_notification(mem.deref()),
+                        Ok(true)
+                    );
+                    if more && progress {
+                        progress = false;
+                        continue;
                     }
+                    break;
+                }
+                TxPop::Stalled(e) => {
+                    frames.pool.free(chunk);
+                    invalid += self.tx_stall.enter(&self.name, "transmit", &e);
+                    break;
                 }
             }
         }
@@ -230,14 +260,13 @@ impl Port for VhostUserPort {
             return;
         };
         let mem = link.mem.memory();
-        let vring = &link.vrings[RX_QUEUE];
         let Some(mergeable) = self.negotiated() else {
             return;
         };
-        if !usable(vring, mem.deref()) {
+        let mut state = link.vrings[RX_QUEUE].get_mut();
+        if !usable(&state, mem.deref()) {
             return;
         }
-        let mut state = vring.get_mut();
         let (mut done, mut sent, mut bytes, mut used) = (0usize, 0u64, 0u64, false);
         let (mut malformed, mut invalid) = (0u64, 0u64);
         for desc in batch.iter() {
@@ -256,8 +285,15 @@ impl Port for VhostUserPort {
                     tracing::debug!(port = self.name, "guest receive chain refused: {e}");
                 }
             }
+            if !matches!(o.push, RxPush::Stalled(_)) {
+                self.rx_stall.clear(&self.name, "receive");
+            }
             match o.push {
                 RxPush::NoBuffers => break,
+                RxPush::Stalled(e) => {
+                    invalid += self.rx_stall.enter(&self.name, "receive", &e);
+                    break;
+                }
                 RxPush::Delivered { .. } => {
                     sent += 1;
                     bytes += u64::from(desc.len);
@@ -304,6 +340,35 @@ impl Port for VhostUserPort {
 
     fn counters(&self) -> &Arc<PortCounters> {
         &self.counters
+    }
+}
+
+/// Whether a guest ring is stalled on a broken available index. The PMD
+/// looks at the ring on every poll, so the fault is counted (one
+/// `invalid_desc`) and logged when it starts, not on every look.
+#[derive(Default)]
+struct Stall {
+    stalled: bool,
+}
+
+impl Stall {
+    /// The ring is stalled by `e`; returns how many drops to count.
+    fn enter(&mut self, port: &str, ring: &str, e: &ChainError) -> u64 {
+        if std::mem::replace(&mut self.stalled, true) {
+            return 0;
+        }
+        tracing::warn!(
+            port,
+            "guest {ring} ring stalled: {e}; waiting for the guest to repair it"
+        );
+        1
+    }
+
+    /// The ring works again.
+    fn clear(&mut self, port: &str, ring: &str) {
+        if std::mem::replace(&mut self.stalled, false) {
+            tracing::info!(port, "guest {ring} ring works again");
+        }
     }
 }
 

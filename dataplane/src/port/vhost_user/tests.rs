@@ -346,3 +346,94 @@ fn a_frontend_exchanges_frames_with_the_port_and_survives_reconnects() {
     drop(port);
     assert!(!path.exists(), "socket file left after the port closed");
 }
+
+/// Fails the test (by aborting the test binary) instead of letting it hang
+/// when a burst never returns, which is what these tests guard against.
+struct Watchdog(Arc<std::sync::atomic::AtomicBool>);
+
+impl Watchdog {
+    fn arm(what: &'static str) -> Watchdog {
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = done.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(20));
+            if !flag.load(std::sync::atomic::Ordering::SeqCst) {
+                eprintln!("{what}: a burst did not return within 20 s");
+                std::process::abort();
+            }
+        });
+        Watchdog(done)
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn a_broken_avail_index_or_a_stopped_ring_never_holds_the_pmd() {
+    let _watchdog = Watchdog::arm("a_broken_avail_index_or_a_stopped_ring_never_holds_the_pmd");
+    let path = socket_path("stall");
+    let counters = Arc::new(PortCounters::default());
+    let mut port = VhostUserPort::open(&path, counters.clone()).unwrap();
+    let mut bench = Bench::new();
+    let all_frames = bench.pool.len();
+    let mut g = Guest::connect(&path);
+    wait_link(&mut port, &mut bench, true);
+
+    // One good transmit chain, then the driver claims far more chains than
+    // the ring holds, on both rings.
+    let f0 = frame(60, 0);
+    g.mem
+        .write_slice(&[0u8; VNET_HDR_LEN], GuestAddress(BUF))
+        .unwrap();
+    g.mem.write_slice(&f0, GuestAddress(BUF + 12)).unwrap();
+    g.desc(1, 0, BUF, 72, 0, 0);
+    g.offer(1, 0);
+    let bogus = QSIZE * 3;
+    for q in 0..2u64 {
+        g.mem
+            .write_obj(bogus, GuestAddress(ring(q, 1) + 2))
+            .unwrap();
+    }
+    g.kick[1].write(1).unwrap();
+    let mut got = Vec::new();
+    for _ in 0..50 {
+        assert_eq!(port.rx_burst(&mut bench.frames(), &mut got, 64), 0);
+        let f = frame(60, 1);
+        let mut batch = vec![bench.umem_frame(&f)];
+        port.tx_burst(&mut bench.frames(), &mut batch);
+        assert_eq!(batch.len(), 1, "a frame went into a broken ring");
+        bench.pool.free(batch[0].addr);
+    }
+    // Counted once per ring when the stall began, not once per look.
+    assert_eq!(counters.snapshot().drops(DropReason::InvalidDescriptor), 2);
+    assert_eq!(g.used_idx(1), 0);
+
+    // Repaired: the offered chain comes through.
+    g.mem
+        .write_obj(g.avail_idx[1], GuestAddress(ring(1, 1) + 2))
+        .unwrap();
+    let got = bench.receive(&mut port, 1, WAIT);
+    assert_eq!(got.len(), 1, "nothing after the guest repaired its ring");
+    assert_eq!(bench.umem.frame(got[0].addr, got[0].len as usize), &f0[..]);
+    bench.pool.free(got[0].addr);
+
+    // The frontend stops its transmit ring (as DPDK and QEMU do when they
+    // stop) with a chain still offered: nothing is taken from a stopped
+    // ring, and the PMD is not held.
+    g.mem.write_slice(&f0, GuestAddress(BUF + 12)).unwrap();
+    g.desc(1, 1, BUF, 72, 0, 0);
+    g.offer(1, 1);
+    g.frontend.get_vring_base(1).unwrap();
+    assert!(bench
+        .receive(&mut port, 1, Duration::from_millis(200))
+        .is_empty());
+    assert_eq!(g.used_idx(1), 1);
+
+    assert_eq!(bench.pool.len(), all_frames);
+    drop(g);
+    drop(port);
+}

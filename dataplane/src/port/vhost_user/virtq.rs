@@ -16,6 +16,8 @@
 //! This file depends only on `vm-memory`, `virtio-queue` and `thiserror`,
 //! so the fuzz target (`fuzz/`) includes it as it is.
 
+use std::sync::atomic::Ordering;
+
 use thiserror::Error;
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueT};
@@ -67,6 +69,10 @@ pub enum ChainError {
     Oversized { len: u64, max: usize },
     #[error("receive chain of {cap} bytes cannot hold {need} bytes and mergeable buffers are off")]
     RxChainTooSmall { cap: u64, need: usize },
+    #[error(
+        "available index {avail} is ahead of the device's {next} by more than the {size}-entry queue holds"
+    )]
+    AvailIndexAhead { avail: u16, next: u16, size: u16 },
 }
 
 impl ChainError {
@@ -244,11 +250,40 @@ pub fn read_frame<M: GuestMemory>(
     Ok(off)
 }
 
+/// How many chains the guest offers on `queue` that the device has not
+/// taken yet. A queue that is not ready (stopped by GET_VRING_BASE, or not
+/// set up) or whose avail ring cannot be read offers none. An available
+/// index further ahead than the queue holds is the driver's error, and
+/// nothing can be taken from the queue until the driver fixes it: popping
+/// would fail on every call (virtio-queue refuses such an index), so the
+/// caller must stop, not retry.
+pub fn pending<M: GuestMemory>(queue: &Queue, mem: &M) -> Result<u16, ChainError> {
+    if !queue.ready() {
+        return Ok(0);
+    }
+    let Ok(avail) = queue.avail_idx(mem, Ordering::Acquire) else {
+        return Ok(0);
+    };
+    let next = queue.next_avail();
+    let ahead = avail.0.wrapping_sub(next);
+    if ahead > queue.size() {
+        return Err(ChainError::AvailIndexAhead {
+            avail: avail.0,
+            next,
+            size: queue.size(),
+        });
+    }
+    Ok(ahead)
+}
+
 /// What [`pop_tx_frame`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TxPop {
     /// No chain available.
     Empty,
+    /// The queue's available index is broken ([`pending`]): nothing was
+    /// taken, and nothing can be until the guest repairs it.
+    Stalled(ChainError),
     /// A frame of this length is in `out`.
     Frame(usize),
     /// The chain was refused (and given back, if it could be).
@@ -264,6 +299,11 @@ pub fn pop_tx_frame<M: GuestMemory>(
     segs: &mut Vec<Segment>,
     out: &mut [u8],
 ) -> TxPop {
+    match pending(queue, mem) {
+        Ok(0) => return TxPop::Empty,
+        Ok(_) => {}
+        Err(e) => return TxPop::Stalled(e),
+    }
     let Some(chain) = queue.pop_descriptor_chain(mem) else {
         return TxPop::Empty;
     };
@@ -321,6 +361,9 @@ pub enum RxPush {
     NoBuffers,
     /// The frame was dropped; the chains it took were given back with 0.
     Dropped(ChainError),
+    /// The queue's available index is broken ([`pending`]): nothing was
+    /// consumed, the frame is still the caller's.
+    Stalled(ChainError),
 }
 
 /// Result of [`push_rx_frame`]: the outcome for the frame, and how many bad
@@ -349,6 +392,14 @@ pub fn push_rx_frame<M: GuestMemory>(
         bad_chains: 0,
         last_error: None,
     };
+    match pending(queue, mem) {
+        Ok(0) => return outcome,
+        Ok(_) => {}
+        Err(e) => {
+            outcome.push = RxPush::Stalled(e);
+            return outcome;
+        }
+    }
     scratch.segs.clear();
     scratch.chains.clear();
     let desc_table = GuestAddress(queue.desc_table());
@@ -831,6 +882,50 @@ mod tests {
         assert_eq!(g.used(3), (3, 72));
         // Nothing was written outside the good buffer.
         assert_eq!(read_rx(&g, 0, 256), vec![0u8; 256]);
+    }
+
+    #[test]
+    fn an_avail_index_past_the_queue_stalls_both_directions_until_repaired() {
+        let mut g = Guest::new();
+        g.tx_one(0, &frame(60));
+        // The driver claims 1 + QSIZE + 3 chains: more than the ring holds.
+        let bogus = QSIZE + 4;
+        g.mem.write_obj(bogus, GuestAddress(AVAIL + 2)).unwrap();
+        let mut out = [0u8; 256];
+        let stalled = ChainError::AvailIndexAhead {
+            avail: bogus,
+            next: 0,
+            size: QSIZE,
+        };
+        // Reported every time, never popped: a caller that retried on it
+        // would spin for ever.
+        for _ in 0..3 {
+            assert_eq!(g.pop(&mut out), TxPop::Stalled(stalled));
+        }
+        let mut s = RxScratch::default();
+        let o = push_rx_frame(&mut g.queue, &g.mem, &frame(60), true, &mut s);
+        assert_eq!(o.push, RxPush::Stalled(stalled));
+        assert!(stalled.is_descriptor_error());
+        assert_eq!(g.used_idx(), 0);
+        assert_eq!(g.queue.next_avail(), 0);
+        // Repaired: the chain that was there is taken.
+        g.mem.write_obj(1u16, GuestAddress(AVAIL + 2)).unwrap();
+        assert_eq!(g.pop(&mut out), TxPop::Frame(60));
+    }
+
+    #[test]
+    fn a_stopped_queue_offers_nothing() {
+        let mut g = Guest::new();
+        g.tx_one(0, &frame(60));
+        // GET_VRING_BASE stops the ring with chains still offered.
+        g.queue.set_ready(false);
+        let mut out = [0u8; 256];
+        assert_eq!(g.pop(&mut out), TxPop::Empty);
+        assert_eq!(pending(&g.queue, &g.mem), Ok(0));
+        assert_eq!(g.queue.next_avail(), 0);
+        g.queue.set_ready(true);
+        assert_eq!(pending(&g.queue, &g.mem), Ok(1));
+        assert_eq!(g.pop(&mut out), TxPop::Frame(60));
     }
 
     #[test]
