@@ -6,6 +6,7 @@
 mod bench;
 mod build;
 mod demo;
+mod fuzz;
 mod run;
 mod setup;
 mod test;
@@ -36,6 +37,8 @@ enum Command {
     Demo(demo::DemoOptions),
     /// Benchmark the switch against the Linux bridge, DPDK testpmd and XDP redirect.
     Bench(bench::BenchOptions),
+    /// Fuzz the vhost-user virtqueue code (installs cargo-fuzz if missing).
+    Fuzz(fuzz::FuzzOptions),
 }
 
 fn main() {
@@ -47,6 +50,7 @@ fn main() {
         Command::Test(opts) => test::run(&opts),
         Command::Demo(opts) => demo::run(&opts),
         Command::Bench(opts) => bench::run(&opts),
+        Command::Fuzz(opts) => fuzz::run(&opts),
     };
     if let Err(err) = result {
         eprintln!("xtask: error: {err:#}");

@@ -22,6 +22,7 @@ pub const BASE_PACKAGES: &[&str] = &[
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 pub fn run() -> Result<()> {
     eprintln!("[setup] making this machine ready for dataplane");
@@ -174,6 +175,24 @@ fn bpf_linker() -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// cargo-fuzz, for `cargo xtask fuzz` (and the short fuzz run of
+/// `cargo xtask test`).
+pub fn cargo_fuzz() -> Result<()> {
+    if succeeds(Command::new("cargo").args(["+nightly", "fuzz", "--version"])) {
+        eprintln!("[setup] cargo-fuzz: present");
+        return Ok(());
+    }
+    eprintln!("[setup] cargo-fuzz {CARGO_FUZZ_VERSION}: installing (about a minute)");
+    checked(Command::new("cargo").args([
+        "+nightly",
+        "install",
+        "cargo-fuzz",
+        "--locked",
+        "--version",
+        CARGO_FUZZ_VERSION,
+    ]))
 }
 
 /// Mounts bpffs on /sys/fs/bpf if it is not mounted.

@@ -6,6 +6,7 @@ use anyhow::Result;
 use clap::Args;
 
 use crate::build;
+use crate::fuzz;
 use crate::run::{checked, is_root, workspace_root};
 use crate::setup;
 
@@ -14,6 +15,9 @@ pub struct TestOptions {
     /// Skip `cargo fmt --check` and `cargo clippy`.
     #[arg(long)]
     pub no_lint: bool,
+    /// Seconds of fuzzing the virtqueue code after the tests (0: none).
+    #[arg(long, default_value_t = 30)]
+    pub fuzz_seconds: u32,
     /// Extra arguments for `cargo test` (e.g. a test name filter).
     #[arg(last = true)]
     pub cargo_args: Vec<String>,
@@ -49,5 +53,11 @@ pub fn run(opts: &TestOptions) -> Result<()> {
             .current_dir(&root)
             .args(["test", "--workspace"])
             .args(&opts.cargo_args),
-    )
+    )?;
+    if opts.fuzz_seconds > 0 && opts.cargo_args.is_empty() {
+        fuzz::run(&fuzz::FuzzOptions {
+            seconds: opts.fuzz_seconds,
+        })?;
+    }
+    Ok(())
 }
