@@ -488,10 +488,10 @@ fn frontend_restart_leaves_the_switch_running() {
         1000,
         "a -> b while down"
     );
-    let drops_before = switch_counter(&fresh_stats(&sw), &port, "drop_tx_ring_full");
+    let drops_before = switch_counter(&fresh_stats(&sw), &port, "drop_port_down");
     send_test_stream(&a, "a0", TESTPMD_MAC, 100, 200);
     let dropped = wait_for(Duration::from_secs(5), || {
-        let d = switch_counter(&fresh_stats(&sw), &port, "drop_tx_ring_full") - drops_before;
+        let d = switch_counter(&fresh_stats(&sw), &port, "drop_port_down") - drops_before;
         (d >= 100).then_some(d)
     });
     assert_eq!(dropped, Some(100), "drops toward the down port");

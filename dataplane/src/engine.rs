@@ -26,7 +26,7 @@ use crossbeam_queue::ArrayQueue;
 use dataplane_common::wire::parse_l2;
 
 use crate::fastpath::FastPath;
-use crate::port::{DropReason, Frames, Port, PortCounters};
+use crate::port::{DropReason, Frames, Port, PortCounters, PortState};
 use crate::switch::{self, Decision, EgressTag, Switch};
 use crate::xsk::{FramePool, Umem, XdpDesc};
 
@@ -822,7 +822,12 @@ impl Engine {
             // ingress side behind one slow port.
             let left = self.tx[out].len();
             if left > 0 {
-                self.drops[out][DropReason::TxRingFull as usize] += left as u64;
+                // A down port takes nothing; say so rather than blame its ring.
+                let reason = match port.counters().state() {
+                    PortState::Down => DropReason::PortDown,
+                    PortState::Up => DropReason::TxRingFull,
+                };
+                self.drops[out][reason as usize] += left as u64;
                 for i in 0..left {
                     let chunk = self.tx[out][i].addr & !(self.umem.frame_size() as u64 - 1);
                     self.pool.free(chunk);

@@ -175,7 +175,7 @@ enum Command {
     /// computed between two reads of the switch's counters; drops are
     /// totals by reason: no_free_frame, tx_ring_full, rx_kernel (ring full
     /// or no receive buffer), invalid_desc, policy (VLAN, no egress),
-    /// malformed.
+    /// malformed, port_down (toward a port that is down).
     #[command(after_help = "Examples:\n  \
         dataplane -n sw stats --watch          # redrawn every second, Ctrl-C to stop\n  \
         dataplane -n sw stats --json\n\n\

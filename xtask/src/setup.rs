@@ -9,16 +9,17 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context, Result};
 
-use crate::run::{checked, is_root, output, succeeds};
+use crate::run::{checked, is_root, output, succeeds, target_dir};
 
 /// Debian packages the build, the tests and the demo use.
 pub const BASE_PACKAGES: &[&str] = &[
-    "iproute2",     // ip netns / ip link: topologies
-    "iputils-ping", // ping through the attached interfaces
-    "ethtool",      // offloads and channel counts on veths
-    "bpftool",      // inspecting programs and pins (tests check cleanup)
-    "procps",       // ps/sysctl
-    "dpdk-dev",     // dpdk-testpmd: the vhost-user frontend (virtio_user) of tests/vhost_user.rs
+    "iproute2",        // ip netns / ip link: topologies
+    "iputils-ping",    // ping through the attached interfaces
+    "ethtool",         // offloads and channel counts on veths
+    "bpftool",         // inspecting programs and pins (tests check cleanup)
+    "procps",          // ps/sysctl
+    "dpdk-dev",        // dpdk-testpmd: the vhost-user frontend (virtio_user) of tests/vhost_user.rs
+    "qemu-system-x86", // a real Linux guest on a vhost-user port (tests/qemu_guest.rs)
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -30,6 +31,7 @@ pub fn run() -> Result<()> {
     rust_src()?;
     bpf_linker()?;
     bpffs()?;
+    guest_kernel()?;
     eprintln!("[setup] done");
     Ok(())
 }
@@ -193,6 +195,119 @@ pub fn cargo_fuzz() -> Result<()> {
         "--version",
         CARGO_FUZZ_VERSION,
     ]))
+}
+
+/// The guest kernel of tests/qemu_guest.rs, under the target dir: Debian's
+/// cloud kernel (`vmlinuz`) and the virtio-net modules it needs, in load
+/// order (`modules/`, listed in `modules.order`). The test reads the same
+/// path; keep the two in step.
+pub const GUEST_KERNEL_DIR: &str = "guest-kernel";
+/// Debian's metapackage of the newest cloud kernel (small, virtio drivers).
+const GUEST_KERNEL_PACKAGE: &str = "linux-image-cloud-amd64";
+/// The modules a virtio-net PCI device needs, dependencies first (from
+/// each module's `depends=`): the cloud kernel builds them as modules.
+const GUEST_MODULES: &[&str] = &[
+    "drivers/virtio/virtio_ring.ko",
+    "drivers/virtio/virtio.ko",
+    "drivers/virtio/virtio_pci_legacy_dev.ko",
+    "drivers/virtio/virtio_pci_modern_dev.ko",
+    "drivers/virtio/virtio_pci.ko",
+    "net/core/failover.ko",
+    "drivers/net/net_failover.ko",
+    "drivers/net/virtio_net.ko",
+];
+
+/// Downloads and unpacks the guest kernel (the package is unpacked in a
+/// scratch directory, never installed: the host's own kernel and boot
+/// files are not touched).
+pub fn guest_kernel() -> Result<()> {
+    let dir = target_dir().join(GUEST_KERNEL_DIR);
+    if dir.join("modules.order").exists() {
+        eprintln!("[setup] guest kernel: present ({})", dir.display());
+        return Ok(());
+    }
+    if !is_root() {
+        eprintln!("[setup] guest kernel: skipped (downloading it with apt needs root)");
+        return Ok(());
+    }
+    // The metapackage names the versioned image package.
+    let ask = || {
+        output(Command::new("apt-cache").args(["depends", GUEST_KERNEL_PACKAGE]))
+            .unwrap_or_default()
+    };
+    let mut depends = ask();
+    if !depends.contains("Depends: linux-image-") {
+        // Missing or old apt lists: refresh once.
+        checked(Command::new("apt-get").args(["update", "-qq"]))?;
+        depends = ask();
+    }
+    let image = depends
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Depends: "))
+        .find(|p| p.starts_with("linux-image-"))
+        .with_context(|| {
+            format!("`apt-cache depends {GUEST_KERNEL_PACKAGE}` names no linux-image package (is the Debian archive in the apt sources?)")
+        })?
+        .trim()
+        .to_string();
+    eprintln!(
+        "[setup] guest kernel: downloading {image} (about 27 MB) into {}",
+        dir.display()
+    );
+    let scratch = target_dir().join(format!("{GUEST_KERNEL_DIR}.download"));
+    let _ = std::fs::remove_dir_all(&scratch);
+    std::fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
+    let result = unpack_guest_kernel(&image, &scratch, &dir);
+    let _ = std::fs::remove_dir_all(&scratch);
+    result
+}
+
+fn unpack_guest_kernel(image: &str, scratch: &Path, dir: &Path) -> Result<()> {
+    checked(
+        Command::new("apt-get")
+            .current_dir(scratch)
+            // apt's download user cannot write into the target dir.
+            .args(["-qq", "-o", "APT::Sandbox::User=root", "download", image]),
+    )?;
+    let deb = std::fs::read_dir(scratch)?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .context("apt-get download left no .deb")?;
+    let root = scratch.join("root");
+    checked(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))?;
+    let find = |sub: &str, prefix: &str| -> Result<PathBuf> {
+        std::fs::read_dir(root.join(sub))
+            .with_context(|| format!("{image} has no {sub}/"))?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(prefix))
+            })
+            .with_context(|| format!("{image} has no {sub}/{prefix}*"))
+    };
+    let vmlinuz = find("boot", "vmlinuz-")?;
+    let modules = find("lib/modules", "")?.join("kernel");
+    let staged = scratch.join("staged");
+    std::fs::create_dir_all(staged.join("modules"))?;
+    std::fs::copy(&vmlinuz, staged.join("vmlinuz"))?;
+    let mut order = String::new();
+    for m in GUEST_MODULES {
+        let from = modules.join(m);
+        let name = Path::new(m).file_name().expect("a file name");
+        std::fs::copy(&from, staged.join("modules").join(name))
+            .with_context(|| format!("{image}: {}", from.display()))?;
+        order.push_str(&name.to_string_lossy());
+        order.push('\n');
+    }
+    std::fs::write(staged.join("modules.order"), order)?;
+    std::fs::write(staged.join("PACKAGE"), format!("{image}\n"))?;
+    // Complete or absent: the test looks for modules.order.
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::rename(&staged, dir).with_context(|| format!("moving into {}", dir.display()))?;
+    eprintln!("[setup] guest kernel: {image} in {}", dir.display());
+    Ok(())
 }
 
 /// Mounts bpffs on /sys/fs/bpf if it is not mounted.

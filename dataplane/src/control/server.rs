@@ -6,6 +6,8 @@
 //! a few hundred milliseconds of syscalls, and the listeners keep
 //! accepting meanwhile.
 
+use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -184,8 +186,10 @@ async fn serve(
     let mut tasks = Vec::new();
     if let Some(l) = unix {
         match tokio::net::UnixListener::from_std(l) {
-            Ok(l) => tasks.push(tokio::spawn(accept_control(
+            Ok(l) => tasks.push(tokio::spawn(accept_loop(
+                "control socket",
                 l,
+                control_connection,
                 handler.clone(),
                 stop.clone(),
             ))),
@@ -194,8 +198,10 @@ async fn serve(
     }
     if let Some(l) = tcp {
         match tokio::net::TcpListener::from_std(l) {
-            Ok(l) => tasks.push(tokio::spawn(accept_metrics(
+            Ok(l) => tasks.push(tokio::spawn(accept_loop(
+                "metrics",
                 l,
+                metrics_connection,
                 handler.clone(),
                 stop.clone(),
             ))),
@@ -207,20 +213,50 @@ async fn serve(
     }
 }
 
-async fn accept_control(
-    listener: tokio::net::UnixListener,
+/// A listener the accept loop can serve: the control socket or the
+/// metrics port.
+trait Accept: Send + 'static {
+    type Stream: Send + 'static;
+    fn accept_one(&self) -> impl Future<Output = io::Result<Self::Stream>> + Send;
+}
+
+impl Accept for tokio::net::UnixListener {
+    type Stream = tokio::net::UnixStream;
+    async fn accept_one(&self) -> io::Result<Self::Stream> {
+        self.accept().await.map(|(stream, _)| stream)
+    }
+}
+
+impl Accept for tokio::net::TcpListener {
+    type Stream = tokio::net::TcpStream;
+    async fn accept_one(&self) -> io::Result<Self::Stream> {
+        self.accept().await.map(|(stream, _)| stream)
+    }
+}
+
+/// Accepts connections until `stop` changes, each served by its own task.
+/// An accept error (out of fds, say) is logged and retried after a pause
+/// rather than ending the server.
+async fn accept_loop<L, F, Fut>(
+    what: &'static str,
+    listener: L,
+    serve: F,
     handler: Arc<dyn Handler>,
     mut stop: watch::Receiver<bool>,
-) {
+) where
+    L: Accept,
+    F: Fn(L::Stream, Arc<dyn Handler>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     loop {
         tokio::select! {
             _ = stop.changed() => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    tokio::spawn(control_connection(stream, handler.clone()));
+            accepted = listener.accept_one() => match accepted {
+                Ok(stream) => {
+                    tokio::spawn(serve(stream, handler.clone()));
                 }
                 Err(e) => {
-                    tracing::warn!("control socket accept: {e}");
+                    tracing::warn!("{what} accept: {e}");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             },
@@ -272,27 +308,6 @@ async fn control_connection(stream: tokio::net::UnixStream, handler: Arc<dyn Han
         };
         if write.write_all(answer.to_line().as_bytes()).await.is_err() || close {
             return;
-        }
-    }
-}
-
-async fn accept_metrics(
-    listener: tokio::net::TcpListener,
-    handler: Arc<dyn Handler>,
-    mut stop: watch::Receiver<bool>,
-) {
-    loop {
-        tokio::select! {
-            _ = stop.changed() => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    tokio::spawn(metrics_connection(stream, handler.clone()));
-                }
-                Err(e) => {
-                    tracing::warn!("metrics accept: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            },
         }
     }
 }

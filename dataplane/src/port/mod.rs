@@ -86,17 +86,21 @@ pub enum DropReason {
     Policy = 4,
     /// Too short to parse.
     Malformed = 5,
+    /// The egress port is down: link down, interface gone, or no
+    /// vhost-user frontend connected.
+    PortDown = 6,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 6] = [
+    pub const ALL: [DropReason; 7] = [
         DropReason::NoFreeFrame,
         DropReason::TxRingFull,
         DropReason::RxKernel,
         DropReason::InvalidDescriptor,
         DropReason::Policy,
         DropReason::Malformed,
+        DropReason::PortDown,
     ];
 
     /// Name in statistics output.
@@ -108,6 +112,7 @@ impl DropReason {
             DropReason::InvalidDescriptor => "invalid_desc",
             DropReason::Policy => "policy",
             DropReason::Malformed => "malformed",
+            DropReason::PortDown => "port_down",
         }
     }
 }

@@ -10,7 +10,7 @@
 //! - this file: the [`Port`] the engine drives.
 //!
 //! The port is up while a frontend is connected and has enabled its rings;
-//! otherwise frames toward it are dropped (counted as `tx_ring_full`) and
+//! otherwise frames toward it are dropped (counted as `port_down`) and
 //! the switch carries on. A frontend that reconnects gets a fresh device.
 
 pub mod backend;
