@@ -572,7 +572,38 @@ impl RunningSwitch {
 
 impl Drop for RunningSwitch {
     fn drop(&mut self) {
-        self.stop_inner();
+        if self.child.is_some() && !self.stop_inner() {
+            // Killed (a test failed with the switch stuck): it could not
+            // remove its control socket itself.
+            self.remove_control_socket();
+        }
+    }
+}
+
+impl RunningSwitch {
+    /// Removes the control socket the switch said it serves (and
+    /// /run/dataplane if that leaves it empty).
+    fn remove_control_socket(&self) {
+        let out = self.output();
+        let Some(path) = out
+            .lines()
+            .filter(|l| l.contains("control socket ready"))
+            .find_map(|l| l.split("socket=").nth(1))
+            .and_then(|rest| rest.split_whitespace().next())
+        else {
+            return;
+        };
+        let path = std::path::Path::new(path);
+        if std::fs::symlink_metadata(path).is_ok_and(|m| {
+            use std::os::unix::fs::FileTypeExt;
+            m.file_type().is_socket()
+        }) {
+            let _ = std::fs::remove_file(path);
+            if let Some(dir) = path.parent() {
+                // Fails, as it should, while anything else is in it.
+                let _ = std::fs::remove_dir(dir);
+            }
+        }
     }
 }
 
