@@ -232,15 +232,44 @@ fn wait_link(port: &mut VhostUserPort, bench: &mut Bench, connected: bool) {
     }
 }
 
+/// A port on `path` with a guest connected and seen by the PMD side.
+struct Connected {
+    counters: Arc<PortCounters>,
+    port: VhostUserPort,
+    bench: Bench,
+    /// Free frames before the test: all of them must come back.
+    all_frames: usize,
+    g: Guest,
+}
+
+impl Connected {
+    fn new(path: &std::path::Path) -> Connected {
+        let counters = Arc::new(PortCounters::default());
+        let mut port = VhostUserPort::open(path, counters.clone()).unwrap();
+        let mut bench = Bench::new();
+        let all_frames = bench.pool.len();
+        let g = Guest::connect(path);
+        wait_link(&mut port, &mut bench, true);
+        Connected {
+            counters,
+            port,
+            bench,
+            all_frames,
+            g,
+        }
+    }
+}
+
 #[test]
 fn a_frontend_exchanges_frames_with_the_port_and_survives_reconnects() {
     let path = socket_path("x");
-    let counters = Arc::new(PortCounters::default());
-    let mut port = VhostUserPort::open(&path, counters.clone()).unwrap();
-    let mut bench = Bench::new();
-    let all_frames = bench.pool.len();
-    let mut g = Guest::connect(&path);
-    wait_link(&mut port, &mut bench, true);
+    let Connected {
+        counters,
+        mut port,
+        mut bench,
+        all_frames,
+        mut g,
+    } = Connected::new(&path);
 
     // Guest -> port: two good frames around a chain outside guest memory and
     // a descriptor loop.
@@ -376,12 +405,13 @@ impl Drop for Watchdog {
 fn a_broken_avail_index_or_a_stopped_ring_never_holds_the_pmd() {
     let _watchdog = Watchdog::arm("a_broken_avail_index_or_a_stopped_ring_never_holds_the_pmd");
     let path = socket_path("stall");
-    let counters = Arc::new(PortCounters::default());
-    let mut port = VhostUserPort::open(&path, counters.clone()).unwrap();
-    let mut bench = Bench::new();
-    let all_frames = bench.pool.len();
-    let mut g = Guest::connect(&path);
-    wait_link(&mut port, &mut bench, true);
+    let Connected {
+        counters,
+        mut port,
+        mut bench,
+        all_frames,
+        mut g,
+    } = Connected::new(&path);
 
     // One good transmit chain, then the driver claims far more chains than
     // the ring holds, on both rings.
