@@ -133,6 +133,19 @@ impl Guest {
         self.kick[q].write(1).unwrap();
     }
 
+    /// Offers `frame` (behind a zero virtio-net header, in one buffer at
+    /// BUF) as transmit chain `head`, and kicks.
+    fn offer_tx_frame(&mut self, head: u16, frame: &[u8]) {
+        self.mem
+            .write_slice(&[0u8; VNET_HDR_LEN], GuestAddress(BUF))
+            .unwrap();
+        self.mem
+            .write_slice(frame, GuestAddress(BUF + VNET_HDR_LEN as u64))
+            .unwrap();
+        self.desc(1, head, BUF, (VNET_HDR_LEN + frame.len()) as u32, 0, 0);
+        self.offer(1, head);
+    }
+
     fn used_idx(&self, q: u64) -> u16 {
         self.mem.read_obj(GuestAddress(ring(q, 2) + 2)).unwrap()
     }
@@ -361,10 +374,7 @@ fn a_frontend_exchanges_frames_with_the_port_and_survives_reconnects() {
     // A new frontend on the same socket gets a fresh device.
     let mut g = Guest::connect(&path);
     wait_link(&mut port, &mut bench, true);
-    g.mem.write_slice(&hdr, GuestAddress(BUF)).unwrap();
-    g.mem.write_slice(&f0, GuestAddress(BUF + 12)).unwrap();
-    g.desc(1, 0, BUF, 72, 0, 0);
-    g.offer(1, 0);
+    g.offer_tx_frame(0, &f0);
     let got = bench.receive(&mut port, 1, WAIT);
     assert_eq!(got.len(), 1, "nothing from the reconnected frontend");
     bench.pool.free(got[0].addr);
@@ -416,12 +426,7 @@ fn a_broken_avail_index_or_a_stopped_ring_never_holds_the_pmd() {
     // One good transmit chain, then the driver claims far more chains than
     // the ring holds, on both rings.
     let f0 = frame(60, 0);
-    g.mem
-        .write_slice(&[0u8; VNET_HDR_LEN], GuestAddress(BUF))
-        .unwrap();
-    g.mem.write_slice(&f0, GuestAddress(BUF + 12)).unwrap();
-    g.desc(1, 0, BUF, 72, 0, 0);
-    g.offer(1, 0);
+    g.offer_tx_frame(0, &f0);
     let bogus = QSIZE * 3;
     for q in 0..2u64 {
         g.mem
@@ -454,9 +459,7 @@ fn a_broken_avail_index_or_a_stopped_ring_never_holds_the_pmd() {
     // The frontend stops its transmit ring (as DPDK and QEMU do when they
     // stop) with a chain still offered: nothing is taken from a stopped
     // ring, and the PMD is not held.
-    g.mem.write_slice(&f0, GuestAddress(BUF + 12)).unwrap();
-    g.desc(1, 1, BUF, 72, 0, 0);
-    g.offer(1, 1);
+    g.offer_tx_frame(1, &f0);
     g.frontend.get_vring_base(1).unwrap();
     assert!(bench
         .receive(&mut port, 1, Duration::from_millis(200))
