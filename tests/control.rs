@@ -90,8 +90,10 @@ fn control_socket_shows_the_switch_and_survives_bad_requests() {
     let p = ports(&h.sw);
     assert_eq!(p.len(), 2);
     assert!(p.iter().all(|p| p["state"] == "up"), "{p:?}");
+    // The first frames (ARP) teach the switch through userspace; the rest
+    // may stay in the kernel's fast path.
     assert!(
-        p.iter().all(|p| p["rx_packets"].as_u64().unwrap() >= 3),
+        p.iter().all(|p| p["rx_packets"].as_u64().unwrap() >= 1),
         "{p:?}"
     );
 
@@ -168,8 +170,8 @@ fn ports_added_and_removed_while_traffic_flows_lose_nothing_elsewhere() {
     if !privileged("ports_added_and_removed_while_traffic_flows_lose_nothing_elsewhere") {
         return;
     }
-    // The hosts' veths without GRO refuse XDP-redirected frames: every
-    // frame crosses the PMD, which must not stall while ports change.
+    // With the fast path off every frame crosses the PMD, which must not
+    // stall while ports change.
     add_and_remove_under_traffic("ctladd", false);
 }
 
@@ -178,15 +180,20 @@ fn ports_added_and_removed_under_fast_path_traffic_lose_nothing_elsewhere() {
     if !privileged("ports_added_and_removed_under_fast_path_traffic_lose_nothing_elsewhere") {
         return;
     }
-    // With GRO the stream a -> b runs in the kernel's fast path, whose maps
-    // change with every port added and removed.
+    // The stream a -> b runs in the kernel's fast path (tc hand-off: the
+    // hosts are at their defaults), whose maps change with every port added
+    // and removed.
     add_and_remove_under_traffic("ctladdf", true);
 }
 
-fn add_and_remove_under_traffic(tag: &str, gro: bool) {
-    let h = harness::star(tag, 3, 9, gro);
+fn add_and_remove_under_traffic(tag: &str, fast_path: bool) {
+    let h = harness::star(tag, 3, 9, false);
     let (a, b, c) = (&h.hosts[0], &h.hosts[1], &h.hosts[2]);
-    let sw = RunningSwitch::start(&h.sw, &["--port", "afxdp:sa", "--port", "afxdp:sb"]);
+    let mut args = vec!["--port", "afxdp:sa", "--port", "afxdp:sb"];
+    if !fast_path {
+        args.push("--no-fast-path");
+    }
+    let sw = RunningSwitch::start(&h.sw, &args);
     assert!(ping(a, "10.77.9.2", 2), "{}", sw.output());
     assert!(!ping(a, "10.77.9.3", 1), "c is not on the switch yet");
 
@@ -239,8 +246,8 @@ fn add_and_remove_under_traffic(tag: &str, gro: bool) {
         h.sw.exec_ok(&["ethtool", "-S", "sb"]).replace('\n', " "),
         h.hosts[1].ip(&["-s", "link", "show", "b0"]),
     );
-    if gro {
-        let fast = harness::steer_counter(&h.sw, "sa", "fast_path");
+    if fast_path {
+        let fast = harness::steer_counter(&h.sw, "sa", "fast_path_tc");
         assert!(
             fast >= N as u64 / 2,
             "only {fast} of {N} frames took the fast path"

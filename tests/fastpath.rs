@@ -21,9 +21,17 @@ use harness::{
 };
 use serde_json::Value;
 
-/// `n` hosts on 10.77.2.0/24 around the switch namespace.
+/// `n` hosts on 10.77.2.0/24 around the switch namespace. `gro`: GRO on
+/// the hosts' veths, which makes them take XDP-redirected frames (only the
+/// tests about that branch of the fast path set it; a container's veth at
+/// its defaults has it off and gets the tc hand-off).
 fn hosts(tag: &str, n: usize, gro: bool) -> Star {
     harness::star(tag, n, 2, gro)
+}
+
+/// Frames `ifname`'s steer forwarded in the kernel, by either branch.
+fn fast_frames(sw: &NetNs, ifname: &str) -> u64 {
+    steer_counter(sw, ifname, "fast_path") + steer_counter(sw, ifname, "fast_path_tc")
 }
 
 /// Sends `n` test frames from `ns`/`ifname` with explicit addresses,
@@ -49,20 +57,38 @@ fn learned_unicast_takes_the_fast_path_without_loss() {
     if !privileged("learned_unicast_takes_the_fast_path_without_loss") {
         return;
     }
-    let h = hosts("fast", 2, true);
+    // Hosts at their defaults: the egress veths take no XDP-redirected
+    // frames, so the fast path hands every frame to tc.
+    learned_unicast_fast("fast", false, "fast_path_tc");
+}
+
+#[test]
+fn learned_unicast_to_peers_with_gro_is_redirected_by_xdp() {
+    if !privileged("learned_unicast_to_peers_with_gro_is_redirected_by_xdp") {
+        return;
+    }
+    // The XDP-redirect branch: peers that take XDP frames (GRO on).
+    learned_unicast_fast("fastgro", true, "fast_path");
+}
+
+/// Learned unicast a -> b: every frame arrives once, all of them counted
+/// under `branch` of sa's steer, none in userspace.
+fn learned_unicast_fast(tag: &str, gro: bool, branch: &str) {
+    let h = hosts(tag, 2, gro);
     let (a, b) = (&h.hosts[0], &h.hosts[1]);
     let sw = RunningSwitch::start(&h.sw, &["--port", "afxdp:sa", "--port", "afxdp:sb"]);
-    assert!(
-        sw.output().contains("egress=2"),
-        "both egresses accept redirects:\n{}",
-        sw.output()
-    );
+    let expect = if gro {
+        "xdp_redirect=2 tc_handoff=0"
+    } else {
+        "xdp_redirect=0 tc_handoff=2"
+    };
+    assert!(sw.output().contains(expect), "{expect}:\n{}", sw.output());
     let (mac_a, mac_b) = (mac_of(a, "a0"), mac_of(b, "b0"));
     // Both speak once: both are learned (and mirrored into the kernel).
     send(a, "a0", mac_a, [0xff; 6], 1_000_000, 1);
     send(b, "b0", mac_b, mac_a, 1_000_001, 1);
 
-    let fast_before = steer_counter(&h.sw, "sa", "fast_path");
+    let fast_before = steer_counter(&h.sw, "sa", branch);
     let redirected_before = steer_counter(&h.sw, "sa", "redirected");
     const N: u32 = 5000;
     let (rx, ready) = collect_test_frames(b, "b0", N as usize, Duration::from_secs(10));
@@ -72,11 +98,11 @@ fn learned_unicast_takes_the_fast_path_without_loss() {
     got.sort_unstable();
     got.dedup();
     assert_eq!(got, (0..N).collect::<Vec<_>>(), "every frame arrives once");
-    let fast = steer_counter(&h.sw, "sa", "fast_path") - fast_before;
+    let fast = steer_counter(&h.sw, "sa", branch) - fast_before;
     let slow = steer_counter(&h.sw, "sa", "redirected") - redirected_before;
     assert_eq!(
         fast, N as u64,
-        "all {N} took the fast path ({slow} went to userspace)"
+        "all {N} took the fast path's {branch} ({slow} went to userspace)"
     );
     assert_eq!(slow, 0);
     // The run reports fast-path frames per port too.
@@ -84,27 +110,6 @@ fn learned_unicast_takes_the_fast_path_without_loss() {
     assert!(ok, "{out}");
     assert!(out.contains(" 0 unaccounted"), "{out}");
     assert_eq!(h.sw.xdp_prog_id("sa"), None, "steer detached at exit");
-}
-
-#[test]
-fn peers_without_xdp_or_gro_are_refused_and_traffic_still_flows() {
-    if !privileged("peers_without_xdp_or_gro_are_refused_and_traffic_still_flows") {
-        return;
-    }
-    let h = hosts("nogro", 2, false);
-    let sw = RunningSwitch::start(&h.sw, &["--port", "afxdp:sa", "--port", "afxdp:sb"]);
-    let out = sw.output();
-    assert!(
-        out.contains("fast path toward sa disabled") && out.contains("gro on"),
-        "{out}"
-    );
-    assert!(out.contains("egress=0"), "{out}");
-    let ping = h.hosts[0].exec(&["ping", "-c", "3", "-i", "0.1", "-W", "2", "-q", "10.77.2.2"]);
-    assert!(
-        ping.status.success(),
-        "traffic falls back to the AF_XDP path"
-    );
-    assert_eq!(steer_counter(&h.sw, "sa", "fast_path"), 0);
 }
 
 /// Deliveries of one traffic script: host -> sorted (sequence, VLAN tag).
@@ -184,7 +189,7 @@ fn play_script(h: &Star, b_tag: Option<u16>) -> Deliveries {
 fn compare_paths(tag: &str, ports: &[&str], b_tag: Option<u16>) -> Deliveries {
     let mut results = Vec::new();
     for fast in [false, true] {
-        let h = hosts(&format!("{tag}{}", if fast { "f" } else { "s" }), 3, true);
+        let h = hosts(&format!("{tag}{}", if fast { "f" } else { "s" }), 3, false);
         let mut args: Vec<&str> = ports.iter().flat_map(|p| ["--port", p]).collect();
         if !fast {
             args.push("--no-fast-path");
@@ -193,7 +198,7 @@ fn compare_paths(tag: &str, ports: &[&str], b_tag: Option<u16>) -> Deliveries {
         let deliveries = play_script(&h, b_tag);
         let fast_frames: u64 = ["sa", "sb", "sc"]
             .iter()
-            .map(|i| steer_counter(&h.sw, i, "fast_path"))
+            .map(|i| fast_frames(&h.sw, i))
             .sum();
         let (ok, out) = sw.stop();
         assert!(ok, "{out}");
@@ -282,7 +287,7 @@ fn vlans_still_isolate_with_the_fast_path_on() {
     if !privileged("vlans_still_isolate_with_the_fast_path_on") {
         return;
     }
-    let h = hosts("fvlan", 3, true);
+    let h = hosts("fvlan", 3, false);
     let sw = RunningSwitch::start(
         &h.sw,
         &[
@@ -311,23 +316,28 @@ fn vlans_still_isolate_with_the_fast_path_on() {
         "other VLAN: nothing, fast or slow"
     );
     assert!(
-        steer_counter(&h.sw, "sa", "fast_path") >= 100,
+        fast_frames(&h.sw, "sa") >= 100,
         "same-VLAN unicast went fast"
     );
     drop(sw);
 }
 
 #[test]
-fn one_way_fast_when_only_the_receiver_accepts_redirects() {
-    if !privileged("one_way_fast_when_only_the_receiver_accepts_redirects") {
+fn each_direction_takes_the_branch_its_receiver_allows() {
+    if !privileged("each_direction_takes_the_branch_its_receiver_allows") {
         return;
     }
-    // Only b's veth accepts redirected frames; a's does not.
+    // This test is about the GRO setting: only b's veth takes
+    // XDP-redirected frames; a's is at its defaults.
     let h = hosts("oneway", 2, false);
     let (a, b) = (&h.hosts[0], &h.hosts[1]);
     b.exec_ok(&["ethtool", "-K", "b0", "gro", "on"]);
     let sw = RunningSwitch::start(&h.sw, &["--port", "afxdp:sa", "--port", "afxdp:sb"]);
-    assert!(sw.output().contains("egress=1"), "{}", sw.output());
+    assert!(
+        sw.output().contains("xdp_redirect=1 tc_handoff=1"),
+        "{}",
+        sw.output()
+    );
     let (mac_a, mac_b) = (mac_of(a, "a0"), mac_of(b, "b0"));
     send(a, "a0", mac_a, [0xff; 6], 1_000_000, 1);
     send(b, "b0", mac_b, [0xff; 6], 1_000_001, 1);
@@ -338,19 +348,19 @@ fn one_way_fast_when_only_the_receiver_accepts_redirects() {
     send(a, "a0", mac_a, mac_b, 0, 300);
     send(b, "b0", mac_b, mac_a, 1000, 300);
     assert_eq!(at_b.join().unwrap().len(), 300, "a -> b delivered");
-    assert_eq!(
-        at_a.join().unwrap().len(),
-        300,
-        "b -> a delivered (through userspace)"
-    );
+    assert_eq!(at_a.join().unwrap().len(), 300, "b -> a delivered");
     assert!(
         steer_counter(&h.sw, "sa", "fast_path") >= 300,
-        "a -> b went fast"
+        "a -> b went fast by XDP redirect"
     );
     assert_eq!(
         steer_counter(&h.sw, "sb", "fast_path"),
         0,
-        "b -> a must not be redirected to sa"
+        "b -> a must not be XDP-redirected to sa"
+    );
+    assert!(
+        steer_counter(&h.sw, "sb", "fast_path_tc") >= 300,
+        "b -> a went fast by tc hand-off"
     );
     drop(sw);
 }
@@ -378,7 +388,7 @@ fn fast_path_hits_keep_entries_alive_and_idle_ones_age_out_everywhere() {
     if !privileged("fast_path_hits_keep_entries_alive_and_idle_ones_age_out_everywhere") {
         return;
     }
-    let h = hosts("age", 3, true);
+    let h = hosts("age", 3, false);
     let (a, b, c) = (&h.hosts[0], &h.hosts[1], &h.hosts[2]);
     let config = std::env::temp_dir().join(format!("dpt-age-{}.toml", std::process::id()));
     std::fs::write(
@@ -401,7 +411,7 @@ fn fast_path_hits_keep_entries_alive_and_idle_ones_age_out_everywhere() {
 
     // a and b talk for 5 s (2.5x the ageing time), all of it in the kernel;
     // c stays silent.
-    let fast_before = steer_counter(&h.sw, "sa", "fast_path");
+    let fast_before = fast_frames(&h.sw, "sa");
     let end = std::time::Instant::now() + Duration::from_secs(5);
     let mut seq = 10;
     while std::time::Instant::now() < end {
@@ -409,7 +419,7 @@ fn fast_path_hits_keep_entries_alive_and_idle_ones_age_out_everywhere() {
         send(b, "b0", mac_b, mac_a, seq + 20, 20);
         seq += 40;
     }
-    let fast = steer_counter(&h.sw, "sa", "fast_path") - fast_before;
+    let fast = fast_frames(&h.sw, "sa") - fast_before;
     assert!(fast > 0, "a -> b took the fast path");
     let slow_after = steer_counter(&h.sw, "sa", "redirected");
     // Still fast at the end: a's and b's entries never expired, because
@@ -452,7 +462,7 @@ fn vlan_tags_are_pushed_and_popped_in_the_fast_path() {
         return;
     }
     // a: access port of VLAN 10; b: trunk of VLANs 10 and 20.
-    let h = hosts("fvtag", 2, true);
+    let h = hosts("fvtag", 2, false);
     let (a, b) = (&h.hosts[0], &h.hosts[1]);
     let sw = RunningSwitch::start(
         &h.sw,
@@ -484,8 +494,8 @@ fn vlan_tags_are_pushed_and_popped_in_the_fast_path() {
     );
 
     let keep: fn(&[u8]) -> bool = |f| vlan_and_seq(f).is_some_and(|(_, seq)| seq >= 100);
-    let fast_a = steer_counter(&h.sw, "sa", "fast_path");
-    let fast_b = steer_counter(&h.sw, "sb", "fast_path");
+    let fast_a = fast_frames(&h.sw, "sa");
+    let fast_b = fast_frames(&h.sw, "sb");
 
     // a -> b: untagged in, must leave on the trunk tagged with VLAN 10.
     let (at_b, rb) = harness::collect_frames(b, "b0", 100, Duration::from_secs(5), keep);
@@ -510,7 +520,7 @@ fn vlan_tags_are_pushed_and_popped_in_the_fast_path() {
         &got[..3]
     );
     assert_eq!(
-        steer_counter(&h.sw, "sa", "fast_path") - fast_a,
+        fast_frames(&h.sw, "sa") - fast_a,
         100,
         "a -> b in the kernel"
     );
@@ -538,7 +548,7 @@ fn vlan_tags_are_pushed_and_popped_in_the_fast_path() {
         &got[..3]
     );
     assert_eq!(
-        steer_counter(&h.sw, "sb", "fast_path") - fast_b,
+        fast_frames(&h.sw, "sb") - fast_b,
         100,
         "b -> a in the kernel"
     );

@@ -18,11 +18,15 @@ pub enum Outcome {
     NoSocket = 4,
     /// Learned unicast redirected to its egress device by the fast path.
     FastPath = 5,
+    /// Learned unicast passed to the kernel with a tc hand-off: the tc
+    /// program `deliver` redirects the skb, keeping its checksum-offload and
+    /// segmentation state (see `fastpath::TcHandoff`).
+    FastPathTc = 6,
 }
 
 impl Outcome {
     /// Number of outcomes: the length of the `COUNTERS` array.
-    pub const COUNT: u32 = 6;
+    pub const COUNT: u32 = 7;
 
     /// All outcomes, in counter-index order.
     pub const ALL: [Outcome; Self::COUNT as usize] = [
@@ -32,6 +36,7 @@ impl Outcome {
         Outcome::Malformed,
         Outcome::NoSocket,
         Outcome::FastPath,
+        Outcome::FastPathTc,
     ];
 
     /// Index into the `COUNTERS` map.
@@ -48,6 +53,7 @@ impl Outcome {
             Outcome::Malformed => "malformed",
             Outcome::NoSocket => "no_socket",
             Outcome::FastPath => "fast_path",
+            Outcome::FastPathTc => "fast_path_tc",
         }
     }
 }

@@ -23,6 +23,62 @@ pub struct FdbKey {
 pub const FDB_REDIRECT: u32 = 1;
 /// [`FdbValue::flags`]: the entry's port sends this VLAN tagged (else untagged).
 pub const FDB_TAGGED: u32 = 2;
+/// [`FdbValue::flags`]: the entry's port drops XDP-redirected frames (a
+/// veth whose peer, a container's interface at its defaults, has neither
+/// an XDP program nor GRO): frames to it go through the tc hand-off.
+pub const FDB_TC_ONLY: u32 = 4;
+/// [`FdbValue::flags`]: the entry's port is a veth whose other end is in
+/// another namespace: the tc hand-off delivers straight into that end
+/// (`bpf_redirect_peer`) instead of transmitting on the port.
+pub const FDB_VETH_PEER: u32 = 8;
+
+/// What `steer` puts in the XDP metadata area of a fast-path frame that it
+/// passes to the kernel instead of redirecting it: the tc program
+/// `deliver` on the same interface reads it and redirects the skb, which
+/// keeps the skb's checksum-offload and segmentation state (an XDP
+/// redirect turns the frame into bare bytes and loses both).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C)]
+pub struct TcHandoff {
+    /// [`TC_HANDOFF_MAGIC`]: anything else in front of a frame is not ours.
+    pub magic: u32,
+    /// Egress ifindex, with [`TC_HANDOFF_PEER`] set to deliver into the
+    /// veth's other end.
+    pub target: u32,
+}
+
+/// [`TcHandoff::magic`].
+pub const TC_HANDOFF_MAGIC: u32 = 0x6470_6668;
+/// [`TcHandoff::target`] flag: `bpf_redirect_peer` rather than `bpf_redirect`.
+pub const TC_HANDOFF_PEER: u32 = 1 << 31;
+
+/// How a fast-path frame reaches its egress port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Egress {
+    /// The port accepts XDP-redirected frames (else: tc hand-off only).
+    pub takes_xdp_frames: bool,
+    /// A veth whose other end is elsewhere: the hand-off delivers there.
+    pub veth_peer: bool,
+}
+
+impl Egress {
+    fn from_flags(flags: u32) -> Egress {
+        Egress {
+            takes_xdp_frames: flags & FDB_TC_ONLY == 0,
+            veth_peer: flags & FDB_VETH_PEER != 0,
+        }
+    }
+
+    /// The hand-off for this egress at `ifindex`.
+    #[inline(always)]
+    pub fn handoff(self, ifindex: u32) -> TcHandoff {
+        let peer = if self.veth_peer { TC_HANDOFF_PEER } else { 0 };
+        TcHandoff {
+            magic: TC_HANDOFF_MAGIC,
+            target: ifindex | peer,
+        }
+    }
+}
 
 /// [`crate::policy::Policy::vlan_mode`] values: how a port classifies
 /// received frames, as the userspace switch's `VlanMode` does.
@@ -64,8 +120,13 @@ pub enum Rewrite {
 /// What the fast path does with a frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FastPathDecision {
-    /// Redirect to this switch port through the devmap, rewriting the tag.
-    Redirect { port: u32, rewrite: Rewrite },
+    /// Forward to this switch port, rewriting the tag, by XDP redirect or
+    /// the tc hand-off as `egress` allows.
+    Redirect {
+        port: u32,
+        rewrite: Rewrite,
+        egress: Egress,
+    },
     /// Let userspace decide (learning, flooding, VLAN policy, moves).
     SlowPath,
 }
@@ -138,6 +199,7 @@ pub fn decide(
     FastPathDecision::Redirect {
         port: v.port,
         rewrite,
+        egress: Egress::from_flags(v.flags),
     }
 }
 
@@ -208,7 +270,30 @@ mod tests {
     const RT: u32 = FDB_REDIRECT | FDB_TAGGED;
 
     fn redirect(port: u32, rewrite: Rewrite) -> FastPathDecision {
-        FastPathDecision::Redirect { port, rewrite }
+        FastPathDecision::Redirect {
+            port,
+            rewrite,
+            egress: Egress {
+                takes_xdp_frames: true,
+                veth_peer: false,
+            },
+        }
+    }
+
+    #[test]
+    fn egress_flags_choose_the_delivery() {
+        let h = hdr(A, B, None);
+        let t = [(A, 0, 1, R), (B, 0, 2, R | FDB_TC_ONLY | FDB_VETH_PEER)];
+        let FastPathDecision::Redirect { port, egress, .. } = fast(1, 0, &h, table(&t)) else {
+            panic!("a known pair goes fast");
+        };
+        assert_eq!(port, 2);
+        assert!(!egress.takes_xdp_frames && egress.veth_peer);
+        let handoff = egress.handoff(7);
+        assert_eq!(handoff.magic, TC_HANDOFF_MAGIC);
+        assert_eq!(handoff.target, 7 | TC_HANDOFF_PEER);
+        let plain = Egress::from_flags(R).handoff(7);
+        assert_eq!(plain.target, 7);
     }
 
     #[test]

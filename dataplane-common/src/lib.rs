@@ -11,6 +11,7 @@
 //! unit-tested on byte slices without root.
 #![no_std]
 
+pub mod checksum;
 pub mod counters;
 pub mod fastpath;
 pub mod policy;
@@ -18,6 +19,9 @@ pub mod wire;
 
 /// Name of the XDP program in the object, as `aya` looks it up.
 pub const STEER_PROGRAM: &str = "steer";
+
+/// Name of the tc program that completes `steer`'s fast-path hand-offs.
+pub const DELIVER_PROGRAM: &str = "deliver";
 
 /// Name of the redirect-everything XDP program (bare redirect).
 pub const FORWARD_PROGRAM: &str = "forward";

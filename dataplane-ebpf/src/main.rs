@@ -14,17 +14,23 @@
 #![no_std]
 #![no_main]
 
-use aya_ebpf::helpers::bpf_xdp_adjust_head;
+use aya_ebpf::helpers::{
+    bpf_redirect, bpf_redirect_peer, bpf_xdp_adjust_head, bpf_xdp_adjust_meta,
+};
 use aya_ebpf::{
-    bindings::xdp_action,
-    macros::{map, xdp},
+    bindings::{xdp_action, TC_ACT_OK},
+    macros::{classifier, map, xdp},
     maps::{Array, DevMap, HashMap, PerCpuArray, XskMap},
-    programs::XdpContext,
+    programs::{TcContext, XdpContext},
 };
 use aya_log_ebpf::debug;
 use dataplane_common::{
+    checksum,
     counters::Outcome,
-    fastpath::{self, FastPathDecision, FdbKey, FdbValue, PortVlans, Rewrite},
+    fastpath::{
+        self, FastPathDecision, FdbKey, FdbValue, PortVlans, Rewrite, TcHandoff, TC_HANDOFF_MAGIC,
+        TC_HANDOFF_PEER,
+    },
     policy::{decide, MatchKey, Mode, Policy, Verdict},
     wire::{parse_l2, FrameBytes, L2Header, ETH_HLEN, ETH_P_8021Q, VLAN_HLEN},
     GEN_HEADER_LEN, MAX_FDB, MAX_MATCHES, MAX_PORTS, MAX_QUEUES,
@@ -159,20 +165,33 @@ fn fast_path(ctx: &XdpContext, policy: &Policy, header: &L2Header) -> Option<(u3
     let src_ref = src.map(|p| unsafe { &*p });
     // SAFETY: lookups copy the value out; the map outlives the program run.
     let lookup = |k: &FdbKey| unsafe { FDB.get(k).copied() };
-    let FastPathDecision::Redirect { port, rewrite } =
-        fastpath::decide(policy.port_id, vlan, header, src_ref, lookup)
+    let FastPathDecision::Redirect {
+        port,
+        rewrite,
+        egress,
+    } = fastpath::decide(policy.port_id, vlan, header, src_ref, lookup)
     else {
         return None;
     };
+    // An XDP redirect hands the egress bare bytes. A frame whose checksum
+    // the sender left to the device (read before any tag moves the
+    // headers), or an egress that drops redirected frames, takes the tc
+    // hand-off instead: the skb keeps its offload state.
+    let handoff = !egress.takes_xdp_frames || checksum_left_to_device(ctx, header);
     // Look the egress up before touching the frame: a frame that falls back
     // to userspace must arrive there as it came.
-    let action = PORTS.redirect(port, 0).ok()?;
+    let (action, outcome) = if handoff {
+        let ifindex = PORTS.get_ifindex(port)?;
+        (ifindex, Outcome::FastPathTc)
+    } else {
+        (PORTS.redirect(port, 0).ok()?, Outcome::FastPath)
+    };
     let rewritten = match rewrite {
         Rewrite::None => true,
         Rewrite::Push(vid) => push_tag(ctx, vid),
         Rewrite::Pop => pop_tag(ctx),
     };
-    if !rewritten {
+    if !rewritten || (handoff && !write_handoff(ctx, egress.handoff(action))) {
         return Some((xdp_action::XDP_DROP, Outcome::Dropped));
     }
     if let Some(entry) = src {
@@ -180,7 +199,76 @@ fn fast_path(ctx: &XdpContext, policy: &Policy, header: &L2Header) -> Option<(u3
         // other CPUs may be lost, which only matters if *all* of them are.
         unsafe { (*entry).hits = (*entry).hits.wrapping_add(1) };
     }
-    Some((action, Outcome::FastPath))
+    if handoff {
+        return Some((xdp_action::XDP_PASS, outcome));
+    }
+    Some((action, outcome))
+}
+
+/// True for a TCP/UDP frame whose checksum field holds only the
+/// pseudo-header sum (see `dataplane_common::checksum`).
+#[inline(always)]
+fn checksum_left_to_device(ctx: &XdpContext, header: &L2Header) -> bool {
+    let packet = Packet(ctx);
+    let len = ctx.data_end() - ctx.data();
+    match checksum::locate(&packet, header.header_len, header.ethertype, len) {
+        Some(c) => checksum::is_partial(&packet, &c),
+        None => false,
+    }
+}
+
+/// Puts `handoff` in the metadata area in front of the frame, where the tc
+/// program `deliver` finds it once the kernel has made the frame an skb.
+#[inline(always)]
+fn write_handoff(ctx: &XdpContext, handoff: TcHandoff) -> bool {
+    const LEN: usize = core::mem::size_of::<TcHandoff>();
+    // SAFETY: grows the metadata area into the headroom; the helper fails
+    // (nonzero) rather than overlap the frame or leave the buffer.
+    if unsafe { bpf_xdp_adjust_meta(ctx.ctx, -(LEN as i32)) } != 0 {
+        return false;
+    }
+    let (meta, data) = (ctx.metadata(), ctx.data());
+    if meta + LEN > data {
+        return false;
+    }
+    // SAFETY: [meta, meta + LEN) lies inside the metadata area (checked
+    // above); unaligned writes of plain integers.
+    unsafe { core::ptr::write_unaligned(meta as *mut TcHandoff, handoff) };
+    true
+}
+
+/// The tc half of the fast path, on the same interfaces as `steer`: an skb
+/// whose metadata carries a [`TcHandoff`] is redirected where it says,
+/// into the other end of a veth (`bpf_redirect_peer`: straight into the
+/// container's namespace, no second pass through a backlog queue) or out
+/// of a device. The skb keeps its checksum-offload and GSO state, so a
+/// container's TSO segments and "checksum left to the device" survive.
+/// Everything else goes on to the kernel stack untouched.
+#[classifier]
+pub fn deliver(ctx: TcContext) -> i32 {
+    const LEN: usize = core::mem::size_of::<TcHandoff>();
+    // SAFETY: ctx.skb.skb points at the __sk_buff the kernel handed us.
+    let meta = unsafe { (*ctx.skb.skb).data_meta } as usize;
+    if meta + LEN > ctx.data() {
+        return TC_ACT_OK as i32;
+    }
+    // SAFETY: [meta, meta + LEN) lies inside the metadata area (checked
+    // above); unaligned reads of plain integers.
+    let handoff = unsafe { core::ptr::read_unaligned(meta as *const TcHandoff) };
+    if handoff.magic != TC_HANDOFF_MAGIC {
+        return TC_ACT_OK as i32;
+    }
+    let ifindex = handoff.target & !TC_HANDOFF_PEER;
+    // SAFETY: plain helper calls on the current skb. Both answer
+    // TC_ACT_REDIRECT; a target that has vanished meanwhile makes the
+    // redirect drop the skb (counted by the kernel as a tx drop).
+    (unsafe {
+        if handoff.target & TC_HANDOFF_PEER != 0 {
+            bpf_redirect_peer(ifindex, 0)
+        } else {
+            bpf_redirect(ifindex, 0)
+        }
+    }) as i32
 }
 
 /// Inserts an 802.1Q tag with `vid` after the MAC addresses.

@@ -14,16 +14,23 @@
 //! - the kernel counts a hit on the *source* entry of each frame it
 //!   fast-forwards; userspace ageing treats a changed count as "seen"
 //!   before it would expire an entry;
-//! - a veth drops redirected frames, silently, unless its peer runs XDP or
-//!   has GRO on: each egress is probed with one frame before it is used
-//!   (its `xdp_xmit` counter must grow), and while it is used the frames the
-//!   fast path redirected are compared with what the egress devices sent.
+//! - a veth drops XDP-redirected frames, silently, unless its peer runs XDP
+//!   or has GRO on, and a container's interface at its defaults has
+//!   neither: each egress is probed with one frame (its `xdp_xmit` counter
+//!   must grow). One that fails takes the tc hand-off instead: `steer`
+//!   passes the frame to the kernel with a note in its metadata and the tc
+//!   program `deliver` redirects the skb (into the veth's other end when
+//!   that is in another namespace). While XDP redirects are used, the
+//!   frames redirected are compared with what the egress devices sent;
+//! - frames whose checksum the sender left to the device take the tc
+//!   hand-off whatever the egress (decided per frame by `steer`): only the
+//!   skb knows the checksum is to be finished.
 
 use std::collections::HashMap;
 use std::time::Instant;
 
 use dataplane_common::counters::Outcome;
-use dataplane_common::fastpath::{vlan_mode, FDB_REDIRECT, FDB_TAGGED};
+use dataplane_common::fastpath::{vlan_mode, FDB_REDIRECT, FDB_TAGGED, FDB_TC_ONLY, FDB_VETH_PEER};
 use thiserror::Error;
 
 use crate::forward::Forward;
@@ -45,8 +52,21 @@ pub enum Error {
 struct FastPort {
     ifname: String,
     attachment: Attachment,
-    /// Redirects to this port are accepted (probe passed, none lost since).
+    /// XDP redirects to this port are accepted (probe passed, none lost
+    /// since); else frames to it take the tc hand-off.
     egress_ok: bool,
+    /// A veth with its other end in another namespace: the tc hand-off
+    /// delivers into that end.
+    veth_peer: bool,
+}
+
+impl FastPort {
+    /// `FDB` flags of entries on this port, besides redirect and tag.
+    fn delivery_flags(&self) -> u32 {
+        let tc_only = if self.egress_ok { 0 } else { FDB_TC_ONLY };
+        let peer = if self.veth_peer { FDB_VETH_PEER } else { 0 };
+        tc_only | peer
+    }
 }
 
 /// The fast path of one switch, by switch port id.
@@ -64,6 +84,7 @@ pub struct FastPath {
 pub struct PreparedPort {
     attachment: Attachment,
     egress_ok: bool,
+    veth_peer: bool,
 }
 
 /// A port taking part: its switch port id, interface and VLAN settings.
@@ -104,20 +125,23 @@ impl FastPath {
             let PreparedPort {
                 attachment,
                 egress_ok,
+                veth_peer,
             } = Self::prepare_port(pins, m)?;
             ports[m.port] = Some(FastPort {
                 ifname: m.ifname.clone(),
                 attachment,
                 egress_ok,
+                veth_peer,
             });
         }
+        // Every member is in every devmap: XDP redirects use the entries of
+        // ports that take them, tc hand-offs read the ifindex of the rest.
         let egress: Vec<(u32, u32)> = ports
             .iter()
             .enumerate()
             .filter_map(|(id, p)| {
-                let p = p.as_ref()?;
-                let ifindex = netdev::ifindex(&p.ifname).ok()?;
-                p.egress_ok.then_some((id as u32, ifindex))
+                let ifindex = netdev::ifindex(&p.as_ref()?.ifname).ok()?;
+                Some((id as u32, ifindex))
             })
             .collect();
         for m in members {
@@ -134,19 +158,13 @@ impl FastPath {
                 .enable_fast_path(m.port as u32, untagged_vlan, mode, &allowed)
                 .map_err(err)?;
         }
-        if egress.is_empty() {
-            tracing::warn!(
-                ports = members.len(),
-                egress = 0,
-                "fast path unused: no port accepts XDP-redirected frames; everything takes the AF_XDP path"
-            );
-        } else {
-            tracing::info!(
-                ports = members.len(),
-                egress = egress.len(),
-                "fast path on: learned unicast to these ports stays in the kernel"
-            );
-        }
+        let by_xdp = ports.iter().flatten().filter(|p| p.egress_ok).count();
+        tracing::info!(
+            ports = members.len(),
+            xdp_redirect = by_xdp,
+            tc_handoff = members.len() - by_xdp,
+            "fast path on: learned unicast between these ports stays in the kernel"
+        );
         let mut fp = FastPath {
             ports,
             hits_seen: HashMap::new(),
@@ -168,17 +186,19 @@ impl FastPath {
         let egress_ok = match probe_egress(&m.ifname) {
             Ok(()) => true,
             Err(why) => {
-                tracing::warn!(
+                tracing::info!(
                     ifname = m.ifname,
-                    "fast path toward {} disabled: {why}; frames to it take the AF_XDP path",
+                    "fast path toward {} by tc hand-off: {why}",
                     m.ifname
                 );
                 false
             }
         };
+        let veth_peer = netdev::is_veth_to_other_netns(&m.ifname).unwrap_or(false);
         Ok(PreparedPort {
             attachment,
             egress_ok,
+            veth_peer,
         })
     }
 
@@ -198,24 +218,23 @@ impl FastPath {
         let PreparedPort {
             mut attachment,
             egress_ok,
+            veth_peer,
         } = prepared;
         for (id, p) in self.ports.iter().enumerate() {
-            let Some(p) = p.as_ref().filter(|p| p.egress_ok) else {
+            let Some(p) = p.as_ref() else {
                 continue;
             };
             if let Ok(ifindex) = netdev::ifindex(&p.ifname) {
                 attachment.set_fast_port(id as u32, ifindex).map_err(err)?;
             }
         }
-        if egress_ok {
-            if let Ok(ifindex) = netdev::ifindex(&m.ifname) {
-                attachment
-                    .set_fast_port(m.port as u32, ifindex)
-                    .map_err(err)?;
-                for p in self.ports.iter_mut().flatten() {
-                    if let Err(e) = p.attachment.set_fast_port(m.port as u32, ifindex) {
-                        tracing::warn!(ifname = p.ifname, "fast path toward {}: {e}", m.ifname);
-                    }
+        if let Ok(ifindex) = netdev::ifindex(&m.ifname) {
+            attachment
+                .set_fast_port(m.port as u32, ifindex)
+                .map_err(err)?;
+            for p in self.ports.iter_mut().flatten() {
+                if let Err(e) = p.attachment.set_fast_port(m.port as u32, ifindex) {
+                    tracing::warn!(ifname = p.ifname, "fast path toward {}: {e}", m.ifname);
                 }
             }
         }
@@ -230,6 +249,7 @@ impl FastPath {
             ifname: m.ifname.clone(),
             attachment,
             egress_ok,
+            veth_peer,
         });
         let learned: Vec<FdbChange> = switch
             .fdb()
@@ -258,10 +278,17 @@ impl FastPath {
         (self.last_redirected, self.last_sent) = self.totals();
     }
 
-    /// (frames redirected by every port's steer, frames the egress devices
-    /// that report it sent from redirects).
+    /// (frames XDP-redirected by every port's steer, frames the egress
+    /// devices that report it sent from redirects). tc hand-offs are not
+    /// XDP transmits and count in neither.
     fn totals(&self) -> (u64, u64) {
-        let redirected = self.forwarded().into_iter().flatten().sum();
+        let redirected = self
+            .ports
+            .iter()
+            .flatten()
+            .filter_map(|p| p.attachment.counters().ok())
+            .map(|c| c.get(Outcome::FastPath))
+            .sum();
         let sent = self
             .ports
             .iter()
@@ -279,17 +306,17 @@ impl FastPath {
                 FdbChange::Upsert { vlan, mac, port } => {
                     // Installed in any case (a known source is what lets the
                     // frames *from* it go fast); a redirect target only if
-                    // its port takes redirects and carries this VLAN.
-                    let egress_ok = self
+                    // its port is in the fast path, up and carries this VLAN.
+                    let delivery = self
                         .ports
                         .get(port)
                         .and_then(Option::as_ref)
-                        .is_some_and(|p| p.egress_ok)
-                        && switch.is_up(port);
+                        .filter(|_| switch.is_up(port))
+                        .map(FastPort::delivery_flags);
                     let egress = switch.ports().get(port).and_then(|p| p.vlan.egress(vlan));
-                    let flags = match (egress_ok, egress) {
-                        (true, Some(EgressTag::Untagged)) => FDB_REDIRECT,
-                        (true, Some(EgressTag::Tagged(_))) => FDB_REDIRECT | FDB_TAGGED,
+                    let flags = match (delivery, egress) {
+                        (Some(d), Some(EgressTag::Untagged)) => FDB_REDIRECT | d,
+                        (Some(d), Some(EgressTag::Tagged(_))) => FDB_REDIRECT | FDB_TAGGED | d,
                         _ => 0,
                     };
                     for p in self.ports.iter_mut().flatten() {
@@ -358,7 +385,7 @@ impl FastPath {
                 tracing::warn!(
                     ifname = p.ifname,
                     lost,
-                    "fast path toward {} disabled: {why}",
+                    "fast path toward {} now by tc hand-off: {why}",
                     p.ifname
                 );
             }
@@ -366,7 +393,7 @@ impl FastPath {
         if newly_bad.is_empty() {
             return;
         }
-        // Re-install their entries: now only as sources, not as targets.
+        // Re-install their entries: now with the tc hand-off.
         let updates: Vec<FdbChange> = switch
             .fdb()
             .entries()
@@ -382,14 +409,15 @@ impl FastPath {
         (self.last_redirected, self.last_sent) = self.totals();
     }
 
-    /// Frames each port's `steer` fast-forwarded, by switch port id.
+    /// Frames each port's `steer` fast-forwarded (XDP redirect and tc
+    /// hand-off), by switch port id.
     pub fn forwarded(&self) -> Vec<Option<u64>> {
         self.ports
             .iter()
             .map(|p| {
                 p.as_ref()
                     .and_then(|p| p.attachment.counters().ok())
-                    .map(|c| c.get(Outcome::FastPath))
+                    .map(|c| c.get(Outcome::FastPath) + c.get(Outcome::FastPathTc))
             })
             .collect()
     }
@@ -429,8 +457,8 @@ fn probe_egress(ifname: &str) -> Result<(), String> {
         .map_err(|e| format!("probe frame: {e}"))?;
     if sent()?.unwrap_or(0) <= before {
         return Err(format!(
-            "the other end of {ifname} drops XDP-redirected frames; it needs an XDP program \
-             or GRO (`ethtool -K PEER gro on` on the peer of {ifname})"
+            "the other end of {ifname} takes no XDP-redirected frames (it has neither an XDP \
+             program nor GRO, as a container's interface at its defaults)"
         ));
     }
     Ok(())

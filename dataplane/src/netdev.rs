@@ -44,6 +44,18 @@ pub struct AttachedXdp {
 
 /// The XDP programs attached to `ifname`, as `ip -d link` reports them.
 pub fn attached_xdp(ifname: &str) -> Result<Vec<AttachedXdp>, Error> {
+    Ok(parse_xdp_json(&link_details(ifname)?))
+}
+
+/// True if `ifname` is a veth whose other end lives in another network
+/// namespace (a container's interface): the fast path can then deliver
+/// into that end directly (`bpf_redirect_peer`).
+pub fn is_veth_to_other_netns(ifname: &str) -> Result<bool, Error> {
+    Ok(parse_veth_elsewhere(&link_details(ifname)?))
+}
+
+/// `ip -j -d link show dev IFNAME`, parsed.
+fn link_details(ifname: &str) -> Result<Value, Error> {
     ifindex(ifname)?;
     let out = Command::new("ip")
         .args(["-j", "-d", "link", "show", "dev", ifname])
@@ -58,11 +70,23 @@ pub fn attached_xdp(ifname: &str) -> Result<Vec<AttachedXdp>, Error> {
             detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
         });
     }
-    let json: Value = serde_json::from_slice(&out.stdout).map_err(|e| Error::Query {
+    serde_json::from_slice(&out.stdout).map_err(|e| Error::Query {
         ifname: ifname.to_string(),
         detail: e.to_string(),
-    })?;
-    Ok(parse_xdp_json(&json))
+    })
+}
+
+/// A veth (`linkinfo.info_kind`) whose peer is in another namespace
+/// (`link_netnsid` is present only then).
+fn parse_veth_elsewhere(json: &Value) -> bool {
+    let Some(link) = json.get(0) else {
+        return false;
+    };
+    let kind = link
+        .get("linkinfo")
+        .and_then(|l| l.get("info_kind"))
+        .and_then(Value::as_str);
+    kind == Some("veth") && link.get("link_netnsid").is_some()
 }
 
 /// Reads the `xdp` object of `ip -j -d link show` output: either one
@@ -243,6 +267,23 @@ pub fn xdp_xmit_count(ifname: &str) -> Result<Option<u64>, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn veth_with_its_peer_elsewhere() {
+        let there: Value = serde_json::from_str(
+            r#"[{"ifname":"sa","link_netnsid":0,"linkinfo":{"info_kind":"veth"}}]"#,
+        )
+        .unwrap();
+        assert!(parse_veth_elsewhere(&there));
+        let here: Value =
+            serde_json::from_str(r#"[{"ifname":"sa","linkinfo":{"info_kind":"veth"}}]"#).unwrap();
+        assert!(!parse_veth_elsewhere(&here));
+        let tap: Value = serde_json::from_str(
+            r#"[{"ifname":"t0","link_netnsid":0,"linkinfo":{"info_kind":"tun"}}]"#,
+        )
+        .unwrap();
+        assert!(!parse_veth_elsewhere(&tap));
+    }
 
     #[test]
     fn single_program() {

@@ -20,6 +20,7 @@ pub const BASE_PACKAGES: &[&str] = &[
     "procps",          // ps/sysctl
     "dpdk-dev",        // dpdk-testpmd: the vhost-user frontend (virtio_user) of tests/vhost_user.rs
     "qemu-system-x86", // a real Linux guest on a vhost-user port (tests/qemu_guest.rs)
+    "iperf3",          // real TCP/UDP between namespaces (tests/tcp.rs, the demo)
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -9,6 +9,7 @@ use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use dataplane_common::checksum;
 use thiserror::Error;
 
 use super::{DropReason, Frames, HeldFrames, Port, PortCounters};
@@ -225,7 +226,7 @@ impl Port for AfxdpPort {
         &self.name
     }
 
-    fn rx_burst(&mut self, _frames: &mut Frames<'_>, out: &mut Vec<XdpDesc>, max: usize) -> usize {
+    fn rx_burst(&mut self, frames: &mut Frames<'_>, out: &mut Vec<XdpDesc>, max: usize) -> usize {
         let n_sockets = self.sockets.len();
         let mut got = 0usize;
         for _ in 0..n_sockets {
@@ -234,7 +235,18 @@ impl Port for AfxdpPort {
             let before = out.len();
             let n = self.sockets[i].recv(out, (max - got) as u32) as usize;
             self.in_fill[i] -= n as u64;
-            let bytes: u64 = out[before..].iter().map(|d| d.len as u64).sum();
+            let mut bytes = 0u64;
+            for d in &out[before..] {
+                bytes += d.len as u64;
+                // XDP hands over bytes, not the skb's "checksum left to the
+                // device" mark: finish such checksums here, once, so every
+                // egress (another AF_XDP port, a TAP, a guest) gets a frame
+                // its receiver accepts. See dataplane_common::checksum.
+                // SAFETY: the descriptor was just taken off the RX ring, so
+                // the engine is the frame's only holder.
+                let frame = unsafe { frames.umem.frame_mut(d.addr, d.len as usize) };
+                checksum::complete_partial(frame);
+            }
             self.counters.add_rx(n as u64, bytes);
             got += n;
             if got >= max {

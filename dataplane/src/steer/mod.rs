@@ -13,7 +13,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use aya::maps::{Array, DevMap, HashMap, Map, MapData, MapError, PerCpuArray, XskMap};
 use aya::programs::links::FdLink;
-use aya::programs::{ProgramError, ProgramInfo, Xdp, XdpMode};
+use aya::programs::{ProgramError, ProgramInfo, SchedClassifier, TcAttachType, Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
 use dataplane_common::counters::Outcome;
 use dataplane_common::fastpath::{FdbKey, FdbValue};
@@ -78,6 +78,14 @@ pub enum Error {
     Attach {
         ifname: String,
         mode: &'static str,
+        source: ProgramError,
+    },
+    #[error(
+        "attaching deliver (the fast path's tc half) to the tc ingress of {ifname}: {source} \
+         (TCX links need kernel >= 6.6)"
+    )]
+    AttachTc {
+        ifname: String,
         source: ProgramError,
     },
     #[error(
@@ -199,6 +207,14 @@ pub fn attach(root: &PinRoot, opts: &AttachOptions) -> Result<AttachReport, Erro
     let guard = PinsGuard(&pins);
     pin_program_and_maps(&mut ebpf, &pins)?;
     let (mode, fallback_reason) = attach_and_pin_link(&mut ebpf, &pins, opts.mode)?;
+    if let Err(e) = attach_and_pin_deliver(&mut ebpf, &pins) {
+        // Without it the fast path's hand-offs would reach the stack
+        // undelivered: take the XDP half off again.
+        if let Ok(link) = bpf_obj_get(&pins.link()) {
+            let _ = link_detach(link.as_raw_fd());
+        }
+        return Err(e);
+    }
     set_attach_mode(&mut ebpf, ifname, mode)?;
     std::mem::forget(guard);
     Ok(AttachReport::Attached {
@@ -217,14 +233,16 @@ pub fn detach(root: &PinRoot, ifname: &str) -> Result<(), Error> {
             ifname: ifname.to_string(),
         });
     }
-    if let Ok(link) = bpf_obj_get(&pins.link()) {
-        // Unpinning alone would leave the program attached while any other
-        // process (a running switch) still holds the link open;
-        // BPF_LINK_DETACH takes it off the interface for everyone.
-        link_detach(link.as_raw_fd()).map_err(|source| Error::Detach {
-            ifname: ifname.to_string(),
-            source,
-        })?;
+    for path in [pins.link(), pins.tc_link()] {
+        if let Ok(link) = bpf_obj_get(&path) {
+            // Unpinning alone would leave the program attached while any
+            // other process (a running switch) still holds the link open;
+            // BPF_LINK_DETACH takes it off the interface for everyone.
+            link_detach(link.as_raw_fd()).map_err(|source| Error::Detach {
+                ifname: ifname.to_string(),
+                source,
+            })?;
+        }
     }
     pins.remove_all()?;
     root.remove_empty_dirs();
@@ -671,7 +689,41 @@ fn load_object() -> Result<Ebpf, Error> {
         .override_global(aya_log::LEVEL, &ebpf_log_level(), false)
         .load(OBJECT)?;
     steer_program(&mut ebpf).load().map_err(Error::Verify)?;
+    deliver_program(&mut ebpf).load().map_err(Error::Verify)?;
     Ok(ebpf)
+}
+
+fn deliver_program(ebpf: &mut Ebpf) -> &mut SchedClassifier {
+    ebpf.program_mut(dataplane_common::DELIVER_PROGRAM)
+        .expect("the embedded object has a deliver program")
+        .try_into()
+        .expect("deliver is a tc classifier")
+}
+
+/// Attaches `deliver` to the interface's tc ingress (a TCX link, kernel
+/// 6.6+) and pins the link next to steer's.
+fn attach_and_pin_deliver(ebpf: &mut Ebpf, pins: &InterfacePins) -> Result<(), Error> {
+    let ifname = pins.ifname();
+    let failed = |source| Error::AttachTc {
+        ifname: ifname.to_string(),
+        source,
+    };
+    let program = deliver_program(ebpf);
+    let id = program
+        .attach(ifname, TcAttachType::Ingress)
+        .map_err(failed)?;
+    let link = program.take_link(id).map_err(failed)?;
+    let fd_link: FdLink = link.try_into().map_err(|_| Error::NotALink {
+        ifname: ifname.to_string(),
+    })?;
+    fd_link
+        .pin(pins.tc_link())
+        .map(drop)
+        .map_err(|source| Error::Pin {
+            ifname: ifname.to_string(),
+            what: "tc link".into(),
+            source,
+        })
 }
 
 /// aya-log level numbers (Error=1 .. Trace=5) from the tracing filter, so the

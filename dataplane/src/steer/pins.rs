@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! <bpffs>/dataplane/ns<netns inode>/<ifname>/link      the XDP bpf_link (keeps it attached)
+//!                                          /tc_link   the TCX bpf_link of `deliver` (ingress)
 //!                                          /prog      the loaded `steer` program
 //!                                          /POLICY /MATCHES /XSKS /COUNTERS /AYA_LOGS
 //! ```
@@ -121,6 +122,11 @@ impl InterfacePins {
     /// Path of the pinned bpf_link.
     pub fn link(&self) -> PathBuf {
         self.dir.join("link")
+    }
+
+    /// Path of the pinned TCX link of `deliver`, the fast path's tc half.
+    pub fn tc_link(&self) -> PathBuf {
+        self.dir.join("tc_link")
     }
 
     /// Path of the pinned program.

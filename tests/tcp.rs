@@ -1,0 +1,243 @@
+//! Real TCP and UDP between endpoints at their kernel defaults.
+//!
+//! A container's veth sends TCP and UDP with the checksum left to the
+//! device (tx checksum offload is on by default) and GRO off. Nothing here
+//! touches the endpoints' interfaces: the switch must carry their traffic
+//! as they send it, on every path. Each case checks the bytes that arrived,
+//! three ways: iperf3 TCP (bytes received), iperf3 UDP (datagrams received
+//! and lost, as the receiver counts them) and a plain TCP transfer compared
+//! byte for byte.
+//!
+//! ```text
+//!  a: a0 10.77.5.1 ── sa [sw: dataplane run] sb ── b0 10.77.5.2 :b
+//!                               tap vm0 ──────────> vm0 10.77.5.9 :vm
+//! ```
+
+mod harness;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use harness::{privileged, steer_counter, NetNs, RunningSwitch, Star};
+use serde_json::Value;
+
+/// Hosts a and b on 10.77.5.0/24 around the switch, at their defaults.
+fn hosts(tag: &str) -> Star {
+    harness::star(tag, 2, 5, false)
+}
+
+/// `iperf3 -s -1` in a namespace, killed on drop if still running.
+struct IperfServer(Child);
+
+impl IperfServer {
+    fn start(ns: &NetNs, port: u16) -> IperfServer {
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns.name(), "iperf3", "-s", "-1"])
+            .args(["-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("iperf3 is installed (cargo xtask setup)");
+        IperfServer(child)
+    }
+}
+
+impl Drop for IperfServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs `iperf3 -c` from `ns` (retrying while the server starts) and
+/// returns its JSON report.
+fn iperf_client(ns: &NetNs, server: &str, port: u16, extra: &[&str]) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut args = vec!["iperf3", "-c", server, "-J", "-t", "2"];
+        let port = port.to_string();
+        args.extend(["-p", &port]);
+        args.extend(extra);
+        let out = ns.exec(&args);
+        let json: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        let refused = json["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("Connection refused"));
+        if !refused || Instant::now() > deadline {
+            assert!(
+                out.status.success() && json["error"].is_null(),
+                "iperf3 -c {server} {extra:?} failed: {}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            return json;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// iperf3 TCP for 2 s from `from` to `to_addr`; returns bytes received.
+fn iperf_tcp(from: &NetNs, to: &NetNs, to_addr: &str) -> u64 {
+    let _server = IperfServer::start(to, 5201);
+    let json = iperf_client(from, to_addr, 5201, &[]);
+    json["end"]["sum_received"]["bytes"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no end.sum_received.bytes in {json:#}"))
+}
+
+/// iperf3 UDP, 1400-byte datagrams at 20 Mbit/s for 2 s; returns
+/// (datagrams sent, datagrams lost) as the receiver counted them.
+fn iperf_udp(from: &NetNs, to: &NetNs, to_addr: &str) -> (u64, u64) {
+    let _server = IperfServer::start(to, 5202);
+    let json = iperf_client(from, to_addr, 5202, &["-u", "-b", "20M", "-l", "1400"]);
+    let sum = &json["end"]["sum"];
+    let count = |key: &str| {
+        sum[key]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no end.sum.{key} in {json:#}"))
+    };
+    (count("packets"), count("lost_packets"))
+}
+
+/// A TCP transfer of `len` patterned bytes from `from` to `to_addr`:7000
+/// in `to`; returns what the receiver read.
+fn tcp_transfer(from: &NetNs, to: &NetNs, to_addr: &str, len: usize) -> Vec<u8> {
+    let data = pattern(len);
+    let (listening_tx, listening_rx) = std::sync::mpsc::channel();
+    std::thread::scope(|s| {
+        let receiver = s.spawn(|| {
+            to.enter(|| {
+                let listener = TcpListener::bind("0.0.0.0:7000").expect("bind 7000");
+                listening_tx.send(()).unwrap();
+                let (mut conn, _) = listener.accept().expect("accept");
+                conn.set_read_timeout(Some(Duration::from_secs(20)))
+                    .unwrap();
+                let mut got = Vec::new();
+                conn.read_to_end(&mut got)
+                    .expect("read until the sender closes");
+                got
+            })
+        });
+        listening_rx.recv().unwrap();
+        from.enter(|| {
+            let addr = format!("{to_addr}:7000").parse().unwrap();
+            let mut conn =
+                TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+            conn.set_write_timeout(Some(Duration::from_secs(20)))
+                .unwrap();
+            conn.write_all(&data).expect("send everything");
+        });
+        receiver.join().unwrap()
+    })
+}
+
+/// Bytes whose every 4 KiB block differs from its neighbours, so a lost,
+/// repeated or reordered segment shows.
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u32).wrapping_mul(2_654_435_761).rotate_right(13) as u8)
+        .collect()
+}
+
+/// The three checks from `a` to `b` (and TCP back from `b` to `a`).
+fn real_traffic_crosses(a: &NetNs, a_addr: &str, b: &NetNs, b_addr: &str, what: &str) {
+    let bytes = iperf_tcp(a, b, b_addr);
+    assert!(
+        bytes > 1_000_000,
+        "{what}: iperf3 TCP moved only {bytes} bytes in 2 s"
+    );
+    eprintln!("{what}: iperf3 TCP {:.2} Gbit/s", bytes as f64 * 8.0 / 2e9);
+    let (sent, lost) = iperf_udp(a, b, b_addr);
+    assert!(sent > 1000, "{what}: iperf3 UDP sent only {sent} datagrams");
+    assert!(
+        lost * 100 <= sent,
+        "{what}: iperf3 UDP lost {lost} of {sent} datagrams"
+    );
+    const LEN: usize = 4 << 20;
+    let want = pattern(LEN);
+    let got = tcp_transfer(a, b, b_addr, LEN);
+    assert!(
+        got == want,
+        "{what}: {} of {LEN} bytes arrived, or they differ",
+        got.len()
+    );
+    let back = tcp_transfer(b, a, a_addr, LEN);
+    assert!(
+        back == want,
+        "{what}: the way back: {} of {LEN} bytes",
+        back.len()
+    );
+}
+
+fn stop(sw: RunningSwitch) {
+    let (ok, out) = sw.stop();
+    assert!(ok, "{out}");
+    assert!(out.contains(" 0 unaccounted"), "{out}");
+}
+
+#[test]
+fn tcp_and_udp_take_the_fast_path_between_default_endpoints() {
+    if !privileged("tcp_and_udp_take_the_fast_path_between_default_endpoints") {
+        return;
+    }
+    let h = hosts("tcpfast");
+    let (a, b) = (&h.hosts[0], &h.hosts[1]);
+    let sw = RunningSwitch::start(&h.sw, &["--port", "afxdp:sa", "--port", "afxdp:sb"]);
+    real_traffic_crosses(a, "10.77.5.1", b, "10.77.5.2", "fast path");
+    let handed_off = steer_counter(&h.sw, "sa", "fast_path_tc");
+    assert!(
+        handed_off > 1000,
+        "a's traffic stayed in the kernel (tc hand-off): {handed_off}"
+    );
+    stop(sw);
+}
+
+#[test]
+fn tcp_and_udp_cross_the_userspace_switch_between_default_endpoints() {
+    if !privileged("tcp_and_udp_cross_the_userspace_switch_between_default_endpoints") {
+        return;
+    }
+    let h = hosts("tcpslow");
+    let (a, b) = (&h.hosts[0], &h.hosts[1]);
+    let sw = RunningSwitch::start(
+        &h.sw,
+        &["--port", "afxdp:sa", "--port", "afxdp:sb", "--no-fast-path"],
+    );
+    real_traffic_crosses(a, "10.77.5.1", b, "10.77.5.2", "AF_XDP path");
+    assert_eq!(steer_counter(&h.sw, "sa", "fast_path_tc"), 0);
+    assert!(steer_counter(&h.sw, "sa", "redirected") > 1000);
+    stop(sw);
+}
+
+#[test]
+fn tcp_and_udp_cross_an_xconnect_between_default_endpoints() {
+    if !privileged("tcp_and_udp_cross_an_xconnect_between_default_endpoints") {
+        return;
+    }
+    let h = hosts("tcpxc");
+    let (a, b) = (&h.hosts[0], &h.hosts[1]);
+    let sw = RunningSwitch::start(
+        &h.sw,
+        &["--port", "afxdp:sa", "--port", "afxdp:sb", "--xconnect"],
+    );
+    real_traffic_crosses(a, "10.77.5.1", b, "10.77.5.2", "xconnect");
+    stop(sw);
+}
+
+#[test]
+fn tcp_and_udp_reach_a_vm_behind_a_tap_port() {
+    if !privileged("tcp_and_udp_reach_a_vm_behind_a_tap_port") {
+        return;
+    }
+    let mut h = hosts("tcptap");
+    let vm = h.topo.netns("vm");
+    let sw = RunningSwitch::start(&h.sw, &["--port", "afxdp:sa", "--port", "tap:vm0"]);
+    h.sw.ip(&["link", "set", "vm0", "netns", vm.name()]);
+    vm.ip(&["addr", "add", "10.77.5.9/24", "dev", "vm0"]);
+    vm.ip(&["link", "set", "vm0", "up"]);
+    let a = &h.hosts[0];
+    real_traffic_crosses(a, "10.77.5.1", &vm, "10.77.5.9", "veth <-> TAP");
+    stop(sw);
+}
