@@ -8,6 +8,11 @@
 //! and lost, as the receiver counts them) and a plain TCP transfer compared
 //! byte for byte.
 //!
+//! The hosts' veths are on `afxdp:` ports (native XDP: the kernel turns
+//! the container's TSO off while it runs) or on `veth:` container ports
+//! (generic XDP and tc: the container keeps TSO and checksum offload; the
+//! switch's punt device segments what crosses userspace).
+//!
 //! ```text
 //!  a: a0 10.77.5.1 ── sa [sw: dataplane run] sb ── b0 10.77.5.2 :b
 //!                               tap vm0 ──────────> vm0 10.77.5.9 :vm
@@ -239,5 +244,84 @@ fn tcp_and_udp_reach_a_vm_behind_a_tap_port() {
     vm.ip(&["link", "set", "vm0", "up"]);
     let a = &h.hosts[0];
     real_traffic_crosses(a, "10.77.5.1", &vm, "10.77.5.9", "veth <-> TAP");
+    stop(sw);
+}
+
+/// What `ethtool -k` in `ns` says of `ifname`'s TSO.
+fn tso_on(ns: &NetNs, ifname: &str) -> bool {
+    let out = ns.exec_ok(&["ethtool", "-k", ifname]);
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("tcp-segmentation-offload:"))
+        .unwrap_or_else(|| panic!("ethtool -k {ifname} names no TSO: {out}"));
+    line.split_whitespace().nth(1) == Some("on")
+}
+
+#[test]
+fn container_ports_keep_the_containers_offloads_and_carry_tcp_in_the_kernel() {
+    if !privileged("container_ports_keep_the_containers_offloads_and_carry_tcp_in_the_kernel") {
+        return;
+    }
+    let h = hosts("tcpveth");
+    let (a, b) = (&h.hosts[0], &h.hosts[1]);
+    assert!(tso_on(a, "a0"), "a veth starts with TSO on");
+    let sw = RunningSwitch::start(&h.sw, &["--port", "veth:sa", "--port", "veth:sb"]);
+    assert!(
+        tso_on(a, "a0") && tso_on(b, "b0"),
+        "container ports leave TSO on"
+    );
+    real_traffic_crosses(a, "10.77.5.1", b, "10.77.5.2", "container ports, fast path");
+    let fast = steer_counter(&h.sw, "sa", "fast_path_tc");
+    assert!(fast > 1000, "a's traffic stayed in the kernel: {fast}");
+    assert!(
+        steer_counter(&h.sw, "sa", "punted") > 0,
+        "the first frames (ARP) went to the switch through the punt device"
+    );
+    stop(sw);
+    assert!(
+        h.sw.exec(&["ip", "link", "show", "dp-punt0"]).status.code() != Some(0),
+        "the punt device is removed at exit"
+    );
+    assert!(tso_on(a, "a0"), "and TSO is still on");
+}
+
+#[test]
+fn container_ports_carry_tcp_through_the_userspace_switch() {
+    if !privileged("container_ports_carry_tcp_through_the_userspace_switch") {
+        return;
+    }
+    let h = hosts("tcpvslow");
+    let (a, b) = (&h.hosts[0], &h.hosts[1]);
+    let sw = RunningSwitch::start(
+        &h.sw,
+        &["--port", "veth:sa", "--port", "veth:sb", "--no-fast-path"],
+    );
+    real_traffic_crosses(a, "10.77.5.1", b, "10.77.5.2", "container ports, userspace");
+    // Segments of up to 64 KiB went in; the punt device cut them to
+    // MTU-sized frames, which is what the switch received.
+    let punted = steer_counter(&h.sw, "sa", "punted");
+    let received = steer_counter(&h.sw, "dp-punt1", "redirected");
+    assert!(punted > 100, "a's frames were punted: {punted}");
+    assert!(
+        received > punted,
+        "the switch received more (segmented) frames than were punted: {received} <= {punted}"
+    );
+    assert!(tso_on(a, "a0"), "TSO stayed on");
+    stop(sw);
+}
+
+#[test]
+fn a_container_port_reaches_a_vm_behind_a_tap_port() {
+    if !privileged("a_container_port_reaches_a_vm_behind_a_tap_port") {
+        return;
+    }
+    let mut h = hosts("tcpvtap");
+    let vm = h.topo.netns("vm");
+    let sw = RunningSwitch::start(&h.sw, &["--port", "veth:sa", "--port", "tap:vm0"]);
+    h.sw.ip(&["link", "set", "vm0", "netns", vm.name()]);
+    vm.ip(&["addr", "add", "10.77.5.9/24", "dev", "vm0"]);
+    vm.ip(&["link", "set", "vm0", "up"]);
+    let a = &h.hosts[0];
+    real_traffic_crosses(a, "10.77.5.1", &vm, "10.77.5.9", "container port <-> TAP");
     stop(sw);
 }

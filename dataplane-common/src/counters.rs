@@ -22,11 +22,15 @@ pub enum Outcome {
     /// program `deliver` redirects the skb, keeping its checksum-offload and
     /// segmentation state (see `fastpath::TcHandoff`).
     FastPathTc = 6,
+    /// For the switch, on a container port: passed to the kernel with a
+    /// tc hand-off to the switch's punt device, whose other end gives it to
+    /// the port's AF_XDP socket (segmented, checksum completed).
+    Punted = 7,
 }
 
 impl Outcome {
     /// Number of outcomes: the length of the `COUNTERS` array.
-    pub const COUNT: u32 = 7;
+    pub const COUNT: u32 = 8;
 
     /// All outcomes, in counter-index order.
     pub const ALL: [Outcome; Self::COUNT as usize] = [
@@ -37,6 +41,7 @@ impl Outcome {
         Outcome::NoSocket,
         Outcome::FastPath,
         Outcome::FastPathTc,
+        Outcome::Punted,
     ];
 
     /// Index into the `COUNTERS` map.
@@ -54,6 +59,7 @@ impl Outcome {
             Outcome::NoSocket => "no_socket",
             Outcome::FastPath => "fast_path",
             Outcome::FastPathTc => "fast_path_tc",
+            Outcome::Punted => "punted",
         }
     }
 }

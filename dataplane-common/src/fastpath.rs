@@ -45,6 +45,28 @@ pub struct TcHandoff {
     /// Egress ifindex, with [`TC_HANDOFF_PEER`] set to deliver into the
     /// veth's other end.
     pub target: u32,
+    /// Nonzero: the skb's `queue_mapping` to set before redirecting. A
+    /// punted frame carries its ingress port this way: the punt device's
+    /// transmit picks queue `queue - 1`, and the frame arrives on that rx
+    /// queue of the other end, where the port's AF_XDP socket sits.
+    pub queue: u32,
+    /// Always zero.
+    pub pad: u32,
+}
+
+impl TcHandoff {
+    /// A frame for the switch, sent through the punt device at `ifindex`
+    /// so that the kernel segments it and completes its checksum; it
+    /// arrives on the punt device's rx queue `queue_mapping - 1`.
+    #[inline(always)]
+    pub fn punt(ifindex: u32, queue_mapping: u32) -> TcHandoff {
+        TcHandoff {
+            magic: TC_HANDOFF_MAGIC,
+            target: ifindex,
+            queue: queue_mapping,
+            pad: 0,
+        }
+    }
 }
 
 /// [`TcHandoff::magic`].
@@ -76,6 +98,8 @@ impl Egress {
         TcHandoff {
             magic: TC_HANDOFF_MAGIC,
             target: ifindex | peer,
+            queue: 0,
+            pad: 0,
         }
     }
 }

@@ -62,6 +62,14 @@ pub struct Policy {
     /// user's `dataplane attach`); lets the next run recognise what a
     /// killed run left behind.
     pub owner_pid: u32,
+    /// Nonzero on a container port: frames for the switch (not taken by the
+    /// fast path) go to the kernel with a tc hand-off to this device, the
+    /// switch's punt device, instead of to an AF_XDP socket here (see
+    /// `fastpath::TcHandoff`).
+    pub punt_ifindex: u32,
+    /// With `punt_ifindex`: the punt device's queue for this port, plus one
+    /// (an skb's `queue_mapping` encoding of a recorded rx queue).
+    pub punt_queue: u32,
     /// Always zero.
     pub pad: u32,
 }
@@ -184,7 +192,7 @@ pub fn decide(mode: Mode, header: &L2Header, listed: impl Fn(&MatchKey) -> bool)
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: both are #[repr(C)], made only of integers and byte arrays,
-    // with no implicit padding (Policy: 8 x u32; MatchKey: 1 + 1 + 6 bytes),
+    // with no implicit padding (Policy: 10 x u32; MatchKey: 1 + 1 + 6 bytes),
     // so every bit pattern is a valid value and no byte is uninitialised.
     unsafe impl aya::Pod for super::Policy {}
     unsafe impl aya::Pod for super::MatchKey {}
@@ -269,8 +277,8 @@ mod tests {
     }
 
     #[test]
-    fn match_key_has_no_padding() {
+    fn map_values_have_no_padding() {
         assert_eq!(core::mem::size_of::<MatchKey>(), 8);
-        assert_eq!(core::mem::size_of::<Policy>(), 32);
+        assert_eq!(core::mem::size_of::<Policy>(), 40);
     }
 }

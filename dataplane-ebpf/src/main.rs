@@ -131,6 +131,18 @@ fn steer_frame(ctx: &XdpContext) -> (u32, Outcome) {
                     return result;
                 }
             }
+            if policy.punt_ifindex != 0 {
+                // A container port: the frame may be a 64 KiB segment with
+                // its checksum left to the device, which no AF_XDP frame
+                // can carry. The punt device's transmit segments it and
+                // completes the checksum; its other end hands the result
+                // to this port's socket there.
+                let punt = TcHandoff::punt(policy.punt_ifindex, policy.punt_queue);
+                if !write_handoff(ctx, punt) {
+                    return (xdp_action::XDP_DROP, Outcome::Dropped);
+                }
+                return (xdp_action::XDP_PASS, Outcome::Punted);
+            }
             // SAFETY: ctx.ctx points at the xdp_md the kernel handed us.
             let queue = unsafe { (*ctx.ctx).rx_queue_index };
             // With XDP_PASS in the flags the helper returns XDP_PASS instead of
@@ -259,6 +271,10 @@ pub fn deliver(ctx: TcContext) -> i32 {
         return TC_ACT_OK as i32;
     }
     let ifindex = handoff.target & !TC_HANDOFF_PEER;
+    if handoff.queue != 0 {
+        // SAFETY: queue_mapping is a field tc programs may write.
+        unsafe { (*ctx.skb.skb).queue_mapping = handoff.queue };
+    }
     // SAFETY: plain helper calls on the current skb. Both answer
     // TC_ACT_REDIRECT; a target that has vanished meanwhile makes the
     // redirect drop the skb (counted by the kernel as a tx drop).

@@ -31,6 +31,10 @@
 //! native_vlan = 1          # untagged frames of a trunk
 //!
 //! [[port]]
+//! kind = "veth"            # the host end of a container's veth: the
+//! iface = "veth-c1"        # container keeps its offloads (TSO, checksum)
+//!
+//! [[port]]
 //! kind = "vhost-user"      # a VM (QEMU) connects to this socket
 //! path = "/run/dataplane/vm0.sock"
 //! ```
@@ -51,7 +55,9 @@ pub enum Error {
     Read { path: String, detail: String },
     #[error("config {path}: {detail}")]
     Syntax { path: String, detail: String },
-    #[error("port {spec:?}: unknown port kind {kind:?}; known kinds: afxdp, tap, vhost-user")]
+    #[error(
+        "port {spec:?}: unknown port kind {kind:?}; known kinds: afxdp, veth, tap, vhost-user"
+    )]
     UnknownKind { spec: String, kind: String },
     #[error("port {spec:?}: expected KIND:IFACE[,key=value...] (e.g. afxdp:veth0,vlan=10)")]
     BadPortSpec { spec: String },
@@ -103,6 +109,9 @@ pub enum ForwardingMode {
 pub enum PortKind {
     /// AF_XDP sockets on a netdev running steer.
     Afxdp,
+    /// The host end of a container's veth: steer in generic mode, so the
+    /// container keeps TSO and checksum offload (see `port::veth`).
+    Veth,
     /// A TAP device (a VM's virtio NIC sits behind it).
     Tap,
     /// A vhost-user socket a VM (QEMU) or DPDK's virtio_user connects to.
@@ -114,9 +123,16 @@ impl PortKind {
     pub const fn prefix(self) -> &'static str {
         match self {
             PortKind::Afxdp => "afxdp",
+            PortKind::Veth => "veth",
             PortKind::Tap => "tap",
             PortKind::VhostUser => "vhost-user",
         }
+    }
+
+    /// Ports on a netdev of this namespace that run `steer` (and so take
+    /// part in the fast path and are watched for link changes).
+    pub const fn runs_steer(self) -> bool {
+        matches!(self, PortKind::Afxdp | PortKind::Veth)
     }
 }
 
@@ -139,7 +155,7 @@ impl PortConfig {
     pub fn spec(&self) -> String {
         let mut s = self.name();
         let default_queues = match self.kind {
-            PortKind::Afxdp => self.queues == [0],
+            PortKind::Afxdp | PortKind::Veth => self.queues == [0],
             PortKind::Tap | PortKind::VhostUser => self.queues.len() == 1,
         };
         if !default_queues {
@@ -147,7 +163,9 @@ impl PortConfig {
                 PortKind::Tap | PortKind::VhostUser => {
                     s.push_str(&format!(",queues={}", self.queues.len()))
                 }
-                PortKind::Afxdp => s.push_str(&format!(",queues={}", join(&self.queues))),
+                PortKind::Afxdp | PortKind::Veth => {
+                    s.push_str(&format!(",queues={}", join(&self.queues)))
+                }
             }
         }
         match &self.vlan {
@@ -178,6 +196,7 @@ impl PortConfig {
         };
         match self.kind {
             PortKind::Afxdp => t.push_str(&format!("queues = {:?}\n", self.queues)),
+            PortKind::Veth => {}
             PortKind::Tap => t.push_str(&format!("queues = [{}]\n", self.queues.len())),
             PortKind::VhostUser => {}
         }
@@ -322,6 +341,13 @@ impl RunConfig {
                 return Err(Error::PortField {
                     spec: name,
                     why: "a vhost-user port has one queue pair; remove `queues`".into(),
+                });
+            }
+            if p.kind == PortKind::Veth && p.queues.is_some() {
+                return Err(Error::PortField {
+                    spec: name,
+                    why: "a veth port receives through the switch's punt device; remove `queues`"
+                        .into(),
                 });
             }
             let vlan = vlan_mode(&name, p.vlan, p.trunk, p.native_vlan)?;
@@ -554,6 +580,7 @@ pub fn parse_port_spec(spec: &str) -> Result<PortConfig, Error> {
     })?;
     let kind = match kind {
         "afxdp" => PortKind::Afxdp,
+        "veth" => PortKind::Veth,
         "tap" => PortKind::Tap,
         "vhost-user" => PortKind::VhostUser,
         other => {
@@ -607,6 +634,13 @@ pub fn parse_port_spec(spec: &str) -> Result<PortConfig, Error> {
             }
             "queues" if kind == PortKind::VhostUser => {
                 return Err(bad(key, value, "a vhost-user port has one queue pair"))
+            }
+            "queues" if kind == PortKind::Veth => {
+                return Err(bad(
+                    key,
+                    value,
+                    "a veth port receives through the switch's punt device",
+                ))
             }
             "queues" => queues = list(key, value)?,
             "vlan" => {
@@ -710,6 +744,7 @@ mod tests {
             [umem]\nframe_size = 2048\nframes = 1024\n[fdb]\nmax_age = 30\n\
             [[port]]\nkind = \"afxdp\"\niface = \"v0\"\nqueues = [0, 1]\nvlan = 10\n\
             [[port]]\nkind = \"afxdp\"\niface = \"v1\"\ntrunk = [10, 20]\nnative_vlan = 5\nbind = \"copy\"\n\
+            [[port]]\nkind = \"veth\"\niface = \"c0\"\ntrunk = [10]\n\
             [[port]]\nkind = \"tap\"\niface = \"vm0\"\nqueues = [2]\n\
             [[port]]\nkind = \"vhost-user\"\npath = \"/run/dataplane/vm1.sock\"\nvlan = 4\n";
         let c = RunConfig::from_toml(text, "t").unwrap();
@@ -724,6 +759,8 @@ mod tests {
             "afxdp:v1,queues=0+1,vlan=10",
             "afxdp:v2,trunk=10+20,native=5,bind=copy",
             "afxdp:v3,native=7",
+            "veth:c0",
+            "veth:c1,vlan=10",
             "tap:vm0,queues=2,vlan=3",
             "vhost-user:/run/dataplane/vm1.sock,vlan=4",
         ] {
@@ -766,6 +803,7 @@ mod tests {
             matches!(err("afxdp:v0,color=red"), Error::UnknownOption { key, .. } if key == "color")
         );
         assert!(matches!(err("afxdp:v0,vlan=x"), Error::BadValue { key, .. } if key == "vlan"));
+        assert!(matches!(err("veth:c0,queues=1"), Error::BadValue { key, .. } if key == "queues"));
         assert!(matches!(
             err("afxdp:v0,vlan=5000"),
             Error::VlanRange { vid: 5000, .. }
@@ -854,7 +892,10 @@ mod tests {
             .to_string();
         assert!(mixed.contains("vhost-user ports only"), "{mixed}");
         let unknown = parse_port_spec("vhost:/x").unwrap_err().to_string();
-        assert!(unknown.contains("afxdp, tap, vhost-user"), "{unknown}");
+        assert!(
+            unknown.contains("afxdp, veth, tap, vhost-user"),
+            "{unknown}"
+        );
     }
 
     #[test]

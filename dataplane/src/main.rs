@@ -107,24 +107,29 @@ enum Command {
         #[arg(long, conflicts_with = "watch")]
         json: bool,
     },
-    /// Run the switch: AF_XDP and TAP ports, one poll-mode thread, until Ctrl-C.
+    /// Run the switch: AF_XDP, container, TAP and vhost-user ports, until Ctrl-C.
     ///
     /// Attaches steer (everything to the switch) to each AF_XDP port's
     /// interface unless it is already attached, opens an AF_XDP socket per
     /// queue on a shared UMEM, opens TAP devices, and forwards between the
-    /// ports; learned unicast between AF_XDP ports is forwarded in the kernel
-    /// (fast path) unless --no-fast-path. Ctrl-C or SIGTERM stops
+    /// ports; learned unicast between AF_XDP and container ports is
+    /// forwarded in the kernel (fast path) unless --no-fast-path. A
+    /// container port (veth:) is the host end of a container's veth: the
+    /// container keeps TSO and checksum offload. Ctrl-C or SIGTERM stops
     /// it, unregisters the sockets and detaches what it attached. SIGUSR1
     /// prints port statistics and the FDB.
     #[command(after_help = "Examples:\n  \
         dataplane -n dp-sw run --port afxdp:sa --port afxdp:sb\n  \
+        dataplane -n dp-sw run --port veth:sa --port veth:sb        (containers behind sa, sb)\n  \
         dataplane -n dp-sw run --port afxdp:sa --port afxdp:sb --metrics 127.0.0.1:9464\n  \
         dataplane -n dp-sw run --port afxdp:sa,vlan=10 --port afxdp:sb,trunk=10+20 --stats-interval 1\n  \
         dataplane -n dp-sw run --xconnect --busy-poll --core 1 --port afxdp:sa --port afxdp:sb\n  \
         dataplane -n dp-sw run --config switch.toml\n\n\
         Port specs:\n  \
         afxdp:IFACE[,queues=0+1][,vlan=N | ,trunk=N+M[,native=N]][,bind=auto|copy|zerocopy]\n  \
-        tap:NAME[,queues=N][,vlan=N | ,trunk=N+M[,native=N]]   (creates or opens a TAP device)\n\n\
+        veth:IFACE[,vlan=N | ,trunk=N+M[,native=N]]   (host end of a container's veth)\n  \
+        tap:NAME[,queues=N][,vlan=N | ,trunk=N+M[,native=N]]   (creates or opens a TAP device)\n  \
+        vhost-user:/PATH.sock[,vlan=N | ,trunk=N+M[,native=N]]   (a VM's virtio-net)\n\n\
         Signals: SIGINT/SIGTERM stop it cleanly (exit 0); SIGUSR1 prints statistics and the FDB.\n\
         A run killed with SIGKILL is cleaned up by the next run, which says so.\n\n\
         Files: /run/dataplane/<netns>.ctl, the control socket (mode 0600; --control PATH,\n\

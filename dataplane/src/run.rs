@@ -21,8 +21,9 @@ use crate::control::metrics::{self, MetricsSnapshot};
 use crate::control::{FdbRow, Handler, PortStatus, Request, Response, Stats};
 use crate::engine::{self, EngineConfig, EngineShared, FrameAccounting, PmdParts, Running};
 use crate::fastpath::{FastPath, FastPortConfig};
-use crate::port::afxdp::{AfxdpConfig, AfxdpPort};
+use crate::port::afxdp::{AfxdpConfig, AfxdpPort, ContainerConfig};
 use crate::port::tap::TapPort;
+use crate::port::veth::{self, Punt};
 use crate::port::vhost_user::VhostUserPort;
 use crate::port::{DropReason, Port, PortCounters, PortSnapshot, PortState};
 use crate::steer::pins::PinRoot;
@@ -53,6 +54,8 @@ pub enum Error {
     PortChange(#[from] engine::PortChangeError),
     #[error(transparent)]
     VhostUser(#[from] port::vhost_user::Error),
+    #[error(transparent)]
+    Punt(#[from] port::veth::Error),
     #[error("starting the PMD thread: {0}")]
     Thread(std::io::Error),
     #[error("a PMD thread panicked; ports were released as it unwound")]
@@ -96,6 +99,9 @@ pub struct Daemon {
     slots: Vec<Option<Slot>>,
     running: Option<Running>,
     started: Instant,
+    /// The punt device of the container (`veth`) ports, made with the
+    /// first of them; declared last, so it goes after the ports.
+    punt: Option<Arc<Punt>>,
 }
 
 impl Daemon {
@@ -127,6 +133,7 @@ impl Daemon {
             });
         }
         let mut slots = Vec::new();
+        let mut punt = None;
         for (id, p) in config.ports.iter().enumerate() {
             let pmd = id % n_pmds;
             let sharing = config
@@ -138,7 +145,13 @@ impl Daemon {
                 .sum();
             let counters = Arc::new(PortCounters::default());
             let umem = pmds[pmd].umem.clone();
-            let port = open_port(config, p, &umem, pins, sharing, counters.clone())?;
+            let at = PortPlace {
+                id,
+                sharing,
+                umem: &umem,
+                punt: &mut punt,
+            };
+            let port = open_port(config, p, pins, at, counters.clone())?;
             pmds[pmd].ports.push((id, port));
             slots.push(Some(Slot {
                 config: p.clone(),
@@ -169,7 +182,7 @@ impl Daemon {
                 .ports
                 .iter()
                 .enumerate()
-                .filter(|(_, p)| p.kind == PortKind::Afxdp)
+                .filter(|(_, p)| p.kind.runs_steer())
                 .map(|(id, p)| fast_port(id, p))
                 .collect();
             Some(FastPath::start(pins, config.ports.len(), &members)?)
@@ -201,6 +214,7 @@ impl Daemon {
             slots,
             running: Some(running),
             started: Instant::now(),
+            punt,
         })
     }
 
@@ -249,7 +263,8 @@ impl Daemon {
         if self.find(&p.name()).is_ok() {
             return Err(config::Error::DuplicatePort { name: p.name() }.into());
         }
-        let running = self.running()?;
+        // The field, not `self.running()`: `self.punt` is borrowed below.
+        let running = self.running.as_ref().ok_or(Error::Stopping)?;
         let id = running.free_slot()?;
         let pmd = running.least_loaded_pmd();
         let sharing = 1 + self
@@ -261,14 +276,13 @@ impl Daemon {
             .sum::<usize>()
             / running.pmd_count();
         let counters = Arc::new(PortCounters::default());
-        let port = open_port(
-            &self.config,
-            &p,
-            running.umem(pmd),
-            &self.pins,
+        let at = PortPlace {
+            id,
             sharing,
-            counters.clone(),
-        )?;
+            umem: running.umem(pmd),
+            punt: &mut self.punt,
+        };
+        let port = open_port(&self.config, &p, &self.pins, at, counters.clone())?;
         self.slots
             .resize_with(self.slots.len().max(id + 1), || None);
         self.slots[id] = Some(Slot {
@@ -323,7 +337,7 @@ impl Daemon {
     fn unplug(&mut self, id: usize, keep_in_switch: bool) -> Result<(), Error> {
         let running = self.running.as_ref().ok_or(Error::Stopping)?;
         if let Some(slot) = self.slots[id].as_ref() {
-            quiesce(&self.pins, &slot.config);
+            quiesce(&self.pins, &slot.config, id, self.punt.as_deref());
         }
         {
             let mut shared = running.switch().lock().unwrap();
@@ -393,7 +407,7 @@ impl Daemon {
                 continue;
             };
             // A TAP is ours (its netdev may live in a guest's namespace).
-            if slot.config.kind != PortKind::Afxdp {
+            if !slot.config.kind.runs_steer() {
                 continue;
             }
             let iface = slot.config.iface.clone();
@@ -449,12 +463,17 @@ impl Daemon {
         };
         let slot = self.slots[id].as_ref().expect("caller checked");
         let pmd = running.shared.port(id).map_or(0, |p| p.pmd);
+        let at = PortPlace {
+            id,
+            sharing: 1 + running.shared.ports().len() / running.pmd_count(),
+            umem: running.umem(pmd),
+            punt: &mut self.punt,
+        };
         let opened = open_port(
             &self.config,
             &slot.config,
-            running.umem(pmd),
             &self.pins,
-            1 + running.shared.ports().len() / running.pmd_count(),
+            at,
             slot.counters.clone(),
         );
         let name = slot.config.name();
@@ -566,7 +585,7 @@ impl Daemon {
             .slots
             .iter()
             .flatten()
-            .filter(|s| s.config.kind == PortKind::Afxdp && s.open)
+            .filter(|s| s.config.kind.runs_steer() && s.open)
             .filter_map(|s| {
                 let c = Attachment::open(&self.pins, &s.config.iface)
                     .ok()?
@@ -651,41 +670,71 @@ impl Handler for ControlHandler {
     }
 }
 
-/// Opens one port on `umem`. `sharing`: receive queues sharing the UMEM's
-/// frames (each gets a fair part for its fill ring).
+/// Where a port is opened.
+struct PortPlace<'a> {
+    /// Its switch slot.
+    id: usize,
+    /// Receive queues sharing the UMEM's frames (each gets a fair part for
+    /// its fill ring).
+    sharing: usize,
+    /// Its PMD's UMEM.
+    umem: &'a Arc<Umem>,
+    /// The punt device of container ports (made with the first one).
+    punt: &'a mut Option<Arc<Punt>>,
+}
+
+/// Opens one port.
 fn open_port(
     config: &RunConfig,
     p: &PortConfig,
-    umem: &Arc<Umem>,
     pins: &PinRoot,
-    sharing: usize,
+    at: PortPlace<'_>,
     counters: Arc<PortCounters>,
 ) -> Result<Box<dyn Port>, Error> {
+    let PortPlace {
+        id,
+        sharing,
+        umem,
+        punt,
+    } = at;
     // Keep a quarter of a PMD's frames for flooding copies and TX in
     // flight; spread the rest over its fill rings.
     let fill_frames = ((config.frames as usize * 3 / 4) / sharing.max(1)).clamp(64, 2048) as u32;
+    let socket = SocketConfig {
+        bind: p.bind,
+        busy_poll: config
+            .socket_busy_poll
+            .map(|usecs| BusyPoll { usecs, budget: 64 }),
+        ..SocketConfig::default()
+    };
     Ok(match p.kind {
-        PortKind::Afxdp => {
-            let socket = SocketConfig {
-                bind: p.bind,
-                busy_poll: config
-                    .socket_busy_poll
-                    .map(|usecs| BusyPoll { usecs, budget: 64 }),
-                ..SocketConfig::default()
-            };
-            Box::new(AfxdpPort::open(
-                &AfxdpConfig {
+        PortKind::Veth => {
+            let punt = veth::punt_for(punt, pins, config.frame_size)?;
+            Box::new(AfxdpPort::open_container(
+                &ContainerConfig {
                     ifname: p.iface.clone(),
-                    queues: p.queues.clone(),
+                    slot: id as u32,
                     socket,
                     fill_frames,
-                    attach_mode: ModeRequest::Auto,
                 },
                 umem,
                 pins,
+                punt,
                 counters,
             )?)
         }
+        PortKind::Afxdp => Box::new(AfxdpPort::open(
+            &AfxdpConfig {
+                ifname: p.iface.clone(),
+                queues: p.queues.clone(),
+                socket,
+                fill_frames,
+                attach_mode: ModeRequest::Auto,
+            },
+            umem,
+            pins,
+            counters,
+        )?),
         PortKind::Tap => Box::new(TapPort::open(&p.iface, p.queues.len(), counters)?),
         PortKind::VhostUser => Box::new(VhostUserPort::open(
             std::path::Path::new(&p.iface),
@@ -698,21 +747,28 @@ fn open_port(
 /// sockets leave the XSKMAP (steer passes its frames to the kernel now), and
 /// a moment later no receive is in flight. Done here, not on the PMD
 /// thread, so the PMD never sleeps while its other ports have traffic.
-fn quiesce(pins: &PinRoot, p: &PortConfig) {
-    if p.kind != PortKind::Afxdp {
-        return;
-    }
-    if let Ok(mut attachment) = Attachment::open(pins, &p.iface) {
-        for &q in &p.queues {
-            let _ = attachment.unregister_socket(q);
+fn quiesce(pins: &PinRoot, p: &PortConfig, id: usize, punt: Option<&Punt>) {
+    match (p.kind, punt) {
+        (PortKind::Afxdp, _) => {
+            let Ok(mut attachment) = Attachment::open(pins, &p.iface) else {
+                return;
+            };
+            for &q in &p.queues {
+                let _ = attachment.unregister_socket(q);
+            }
         }
-        std::thread::sleep(Duration::from_millis(10));
+        // A container port receives on its slot's queue of the punt device.
+        (PortKind::Veth, Some(punt)) => {
+            let _ = punt.attachment().unregister_socket(id as u32);
+        }
+        _ => return,
     }
+    std::thread::sleep(Duration::from_millis(10));
 }
 
 /// Whether a port takes part in the in-kernel fast path.
 fn fast_path_wanted(config: &RunConfig, p: &PortConfig) -> bool {
-    config.fast_path && config.mode == ForwardingMode::Switch && p.kind == PortKind::Afxdp
+    config.fast_path && config.mode == ForwardingMode::Switch && p.kind.runs_steer()
 }
 
 fn fast_port(id: usize, p: &PortConfig) -> FastPortConfig {
@@ -725,7 +781,7 @@ fn fast_port(id: usize, p: &PortConfig) -> FastPortConfig {
 
 fn interface_index(p: &PortConfig) -> Option<u32> {
     match p.kind {
-        PortKind::Afxdp => netdev::ifindex(&p.iface).ok(),
+        PortKind::Afxdp | PortKind::Veth => netdev::ifindex(&p.iface).ok(),
         PortKind::Tap | PortKind::VhostUser => None,
     }
 }

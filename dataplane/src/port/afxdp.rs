@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use dataplane_common::checksum;
 use thiserror::Error;
 
+use super::veth::{punt_mtu, Punt};
 use super::{DropReason, Frames, HeldFrames, Port, PortCounters};
 use crate::netdev;
 use crate::steer::pins::PinRoot;
@@ -75,6 +76,19 @@ pub struct AfxdpConfig {
     pub attach_mode: ModeRequest,
 }
 
+/// How to open a container port (see [`super::veth`]).
+#[derive(Debug, Clone)]
+pub struct ContainerConfig {
+    /// The host end of the container's veth.
+    pub ifname: String,
+    /// The port's switch slot: its queue on the punt device.
+    pub slot: u32,
+    /// Socket options.
+    pub socket: SocketConfig,
+    /// How many frames to keep in the receive socket's fill ring.
+    pub fill_frames: u32,
+}
+
 /// Bytes of a UMEM frame before the frame data: the kernel's XDP headroom.
 const XDP_HEADROOM: u32 = 256;
 /// Bytes of a frame beyond the MTU: Ethernet header and one 802.1Q tag the
@@ -90,12 +104,20 @@ pub fn max_mtu(frame_size: u32) -> u32 {
 /// frames do not fit a UMEM frame (they would be dropped by the kernel, one
 /// by one, without a word), or a queue it does not have.
 pub fn check_interface(ifname: &str, queues: &[u32], frame_size: u32) -> Result<(), Error> {
+    check_interface_mtu(ifname, queues, frame_size, max_mtu(frame_size))
+}
+
+fn check_interface_mtu(
+    ifname: &str,
+    queues: &[u32],
+    frame_size: u32,
+    max: u32,
+) -> Result<(), Error> {
     let iface_err = |source| Error::Interface {
         ifname: ifname.to_string(),
         source,
     };
     let mtu = netdev::mtu(ifname).map_err(iface_err)?;
-    let max = max_mtu(frame_size);
     if mtu > max {
         return Err(Error::MtuTooLarge {
             ifname: ifname.to_string(),
@@ -120,18 +142,37 @@ pub fn check_interface(ifname: &str, queues: &[u32], frame_size: u32) -> Result<
 pub struct AfxdpPort {
     name: String,
     ifname: String,
-    sockets: Vec<XskSocket>,
-    /// Frames handed to each socket's fill ring and not yet received back.
-    in_fill: Vec<u64>,
-    fill_frames: u32,
+    /// Transmit goes through the first; receive round-robins over those
+    /// that receive.
+    sockets: Vec<PortSocket>,
     /// Next socket to receive from (round robin over queues).
     next_rx: usize,
     counters: Arc<PortCounters>,
     attachment: Attachment,
+    /// A container port's receive side on the switch's punt device.
+    punt: Option<Arc<Punt>>,
     /// True if this port attached steer (and so detaches it on drop).
     attached_here: bool,
     pins: PinRoot,
     bound: BoundMode,
+}
+
+/// One AF_XDP socket of a port and what it is for.
+struct PortSocket {
+    socket: XskSocket,
+    /// Frames handed to its fill ring and not yet received back.
+    in_fill: u64,
+    /// Frames to keep in its fill ring; 0 for a transmit-only socket.
+    fill_frames: u32,
+    /// Where steer hands it frames: the XSKMAP index, in the port's own
+    /// attachment or (container ports) the punt device's.
+    rx: Option<RxSlot>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum RxSlot {
+    Own(u32),
+    Punt(u32),
 }
 
 impl AfxdpPort {
@@ -145,65 +186,37 @@ impl AfxdpPort {
     ) -> Result<AfxdpPort, Error> {
         let ifname = config.ifname.clone();
         check_interface(&ifname, &config.queues, umem.frame_size())?;
-        let steer_err = |source| Error::Steer {
-            ifname: ifname.clone(),
-            source: Box::new(source),
-        };
-        let attached_here = if pins.interface(&ifname).exist() {
-            take_over_if_orphaned(pins, &ifname).map_err(steer_err)?
-        } else {
-            let report = steer::attach(
-                pins,
-                &AttachOptions {
-                    ifname: ifname.clone(),
-                    mode: config.attach_mode,
-                    policy: PolicySpec::redirect_all(),
-                    force: false,
-                },
-            )
-            .map_err(steer_err)?;
-            if let AttachReport::Attached { mode, .. } = report {
-                tracing::info!(ifname, mode = mode.name(), "attached steer");
-            }
-            true
-        };
-        let mut attachment = Attachment::open(pins, &ifname).map_err(steer_err)?;
-        if attached_here {
-            // Mark it ours, so that if this process is killed the next run
-            // knows the attachment was left behind, not made by a user.
-            attachment
-                .set_owner_pid(std::process::id())
-                .map_err(steer_err)?;
+        let (attachment, attached_here) = attach_steer(pins, &ifname, config.attach_mode)?;
+        if attached_here && netdev::is_veth_to_other_netns(&ifname).unwrap_or(false) {
+            // The kernel's rule for veth, undone when steer is detached.
+            tracing::info!(
+                ifname,
+                "native XDP on {ifname} turns TSO off on its other end until this port closes; \
+                 for a container's veth, `veth:{ifname}` keeps the container's offloads"
+            );
         }
         let mut port = AfxdpPort {
             name: format!("afxdp:{ifname}"),
             ifname: ifname.clone(),
             sockets: Vec::new(),
-            in_fill: Vec::new(),
-            fill_frames: config.fill_frames,
             next_rx: 0,
             counters,
             attachment,
+            punt: None,
             attached_here,
             pins: pins.clone(),
             bound: BoundMode::Copy,
         };
         // From here, dropping `port` unregisters and detaches what was made.
         for &queue in &config.queues {
-            let socket =
-                XskSocket::new(umem, &ifname, queue, &config.socket).map_err(|source| {
-                    Error::Socket {
-                        ifname: ifname.clone(),
-                        queue,
-                        source,
-                    }
-                })?;
-            port.bound = socket.bound_mode();
-            port.attachment
-                .register_socket(queue, socket.fd())
-                .map_err(steer_err)?;
-            port.sockets.push(socket);
-            port.in_fill.push(0);
+            port.add_socket(
+                umem,
+                &ifname,
+                queue,
+                &config.socket,
+                config.fill_frames,
+                Some(RxSlot::Own(queue)),
+            )?;
         }
         tracing::info!(
             port = port.name,
@@ -213,6 +226,122 @@ impl AfxdpPort {
             if port.bound == BoundMode::Copy { " (copy mode: the driver has no zero-copy support)" } else { "" }
         );
         Ok(port)
+    }
+
+    /// Opens a container port (see [`super::veth`]): steer in generic mode
+    /// on the host end, punting frames for the switch to `punt`, a socket
+    /// on `punt`'s rx queue `slot` to receive them and one on the host end
+    /// to transmit.
+    pub fn open_container(
+        config: &ContainerConfig,
+        umem: &Arc<Umem>,
+        pins: &PinRoot,
+        punt: Arc<Punt>,
+        counters: Arc<PortCounters>,
+    ) -> Result<AfxdpPort, Error> {
+        let ifname = config.ifname.clone();
+        let frame_size = umem.frame_size();
+        check_interface_mtu(&ifname, &[0], frame_size, punt_mtu(frame_size))?;
+        let (attachment, attached_here) = attach_steer(pins, &ifname, ModeRequest::Skb)?;
+        let mut port = AfxdpPort {
+            name: format!("veth:{ifname}"),
+            ifname: ifname.clone(),
+            sockets: Vec::new(),
+            next_rx: 0,
+            counters,
+            attachment,
+            punt: Some(punt.clone()),
+            attached_here,
+            pins: pins.clone(),
+            bound: BoundMode::Copy,
+        };
+        // From here, dropping `port` unregisters and detaches what was made.
+        port.add_socket(umem, &ifname, 0, &config.socket, 0, None)?;
+        port.add_socket(
+            umem,
+            punt.rx_ifname(),
+            config.slot,
+            &config.socket,
+            config.fill_frames,
+            Some(RxSlot::Punt(config.slot)),
+        )?;
+        // Only now that the socket is there to take them.
+        port.attachment
+            .set_punt(Some((punt.tx_ifindex(), config.slot)))
+            .map_err(|source| Error::Steer {
+                ifname: ifname.clone(),
+                source: Box::new(source),
+            })?;
+        tracing::info!(
+            port = port.name,
+            punt_queue = config.slot,
+            "container port open: the container keeps its offloads; frames for the switch \
+             arrive through {} queue {}",
+            punt.rx_ifname(),
+            config.slot
+        );
+        Ok(port)
+    }
+
+    /// Opens a socket on `ifname` queue `queue` for this port and, if it
+    /// receives, registers it where steer looks for it.
+    fn add_socket(
+        &mut self,
+        umem: &Arc<Umem>,
+        ifname: &str,
+        queue: u32,
+        config: &SocketConfig,
+        fill_frames: u32,
+        rx: Option<RxSlot>,
+    ) -> Result<(), Error> {
+        let socket =
+            XskSocket::new(umem, ifname, queue, config).map_err(|source| Error::Socket {
+                ifname: ifname.to_string(),
+                queue,
+                source,
+            })?;
+        if self.sockets.is_empty() {
+            self.bound = socket.bound_mode();
+        }
+        let registered = match rx {
+            Some(slot) => self.xskmap(slot, Some(socket.fd())),
+            None => Ok(()),
+        };
+        // Pushed first, so that a failed registration is undone on drop.
+        self.sockets.push(PortSocket {
+            socket,
+            in_fill: 0,
+            fill_frames,
+            rx,
+        });
+        registered
+    }
+
+    /// Registers (`Some(fd)`) or unregisters a socket in steer's XSKMAP.
+    fn xskmap(&mut self, slot: RxSlot, fd: Option<RawFd>) -> Result<(), Error> {
+        let (attachment, ifname, queue) = match (slot, &self.punt) {
+            (RxSlot::Own(q), _) => (&mut self.attachment, self.ifname.as_str(), q),
+            (RxSlot::Punt(q), Some(punt)) => {
+                let mut guard = punt.attachment();
+                let result = match fd {
+                    Some(fd) => guard.register_socket(q, fd),
+                    None => guard.unregister_socket(q),
+                };
+                return result.map_err(|source| Error::Steer {
+                    ifname: punt.rx_ifname().to_string(),
+                    source: Box::new(source),
+                });
+            }
+            (RxSlot::Punt(_), None) => return Ok(()),
+        };
+        let result = match fd {
+            Some(fd) => attachment.register_socket(queue, fd),
+            None => attachment.unregister_socket(queue),
+        };
+        result.map_err(|source| Error::Steer {
+            ifname: ifname.to_string(),
+            source: Box::new(source),
+        })
     }
 
     /// Copy or zero-copy, as the kernel bound the sockets.
@@ -232,9 +361,13 @@ impl Port for AfxdpPort {
         for _ in 0..n_sockets {
             let i = self.next_rx;
             self.next_rx = (self.next_rx + 1) % n_sockets;
+            let s = &mut self.sockets[i];
+            if s.rx.is_none() {
+                continue;
+            }
             let before = out.len();
-            let n = self.sockets[i].recv(out, (max - got) as u32) as usize;
-            self.in_fill[i] -= n as u64;
+            let n = s.socket.recv(out, (max - got) as u32) as usize;
+            s.in_fill -= n as u64;
             let mut bytes = 0u64;
             for d in &out[before..] {
                 bytes += d.len as u64;
@@ -262,7 +395,7 @@ impl Port for AfxdpPort {
         }
         // One TX socket per port: queue selection on TX does not matter for
         // veth and keeps completion handling in one place.
-        let socket = &mut self.sockets[0];
+        let socket = &mut self.sockets[0].socket;
         let n = socket.send(batch) as usize;
         let bytes: u64 = batch[..n].iter().map(|d| d.len as u64).sum();
         self.counters.add_tx(n as u64, bytes);
@@ -271,17 +404,21 @@ impl Port for AfxdpPort {
     }
 
     fn maintain(&mut self, frames: &mut Frames<'_>) {
-        for (i, socket) in self.sockets.iter_mut().enumerate() {
+        for s in &mut self.sockets {
+            let socket = &mut s.socket;
             socket.complete(frames.pool, u32::MAX);
             // Copy mode sends at most a few dozen frames per kick: keep
             // kicking while frames wait in the TX ring.
             if socket.outstanding_tx() > 0 {
                 socket.kick_tx();
             }
-            let want = (self.fill_frames as u64).saturating_sub(self.in_fill[i]);
-            if want >= 16 || self.in_fill[i] == 0 {
+            if s.rx.is_none() {
+                continue;
+            }
+            let want = (s.fill_frames as u64).saturating_sub(s.in_fill);
+            if want >= 16 || s.in_fill == 0 {
                 let n = socket.fill(frames.pool, want as u32);
-                self.in_fill[i] += n as u64;
+                s.in_fill += n as u64;
             }
             if socket.fill_needs_wakeup() {
                 socket.wakeup_rx();
@@ -290,19 +427,31 @@ impl Port for AfxdpPort {
     }
 
     fn poll_fds(&self) -> Vec<RawFd> {
-        self.sockets.iter().map(|s| s.fd()).collect()
+        self.sockets
+            .iter()
+            .filter(|s| s.rx.is_some())
+            .map(|s| s.socket.fd())
+            .collect()
     }
 
     fn frames_held(&self) -> HeldFrames {
         HeldFrames {
-            rx_side: self.in_fill.iter().sum(),
-            tx_side: self.sockets.iter().map(|s| s.outstanding_tx() as u64).sum(),
+            rx_side: self.sockets.iter().map(|s| s.in_fill).sum(),
+            tx_side: self
+                .sockets
+                .iter()
+                .map(|s| s.socket.outstanding_tx() as u64)
+                .sum(),
         }
     }
 
     fn refresh_counters(&mut self) {
         let (mut rx_kernel, mut invalid) = (0, 0);
-        for st in self.sockets.iter().filter_map(|s| s.statistics().ok()) {
+        for st in self
+            .sockets
+            .iter()
+            .filter_map(|s| s.socket.statistics().ok())
+        {
             rx_kernel += st.rx_dropped + st.rx_ring_full;
             invalid += st.rx_invalid_descs + st.tx_invalid_descs;
         }
@@ -321,12 +470,11 @@ impl Port for AfxdpPort {
         // the kernel, so the fill and RX rings stop changing. The caller
         // unregisters earlier and waits a moment (a receive may be in flight
         // on another CPU): this PMD thread must not sleep.
-        for socket in &self.sockets {
-            let _ = self.attachment.unregister_socket(socket.queue_id());
-        }
+        self.unregister_all();
         let deadline = Instant::now() + Duration::from_millis(500);
         let mut received = Vec::with_capacity(64);
-        for (i, socket) in self.sockets.iter_mut().enumerate() {
+        for s in &mut self.sockets {
+            let socket = &mut s.socket;
             loop {
                 received.clear();
                 let n = socket.recv(&mut received, 64);
@@ -336,10 +484,10 @@ impl Port for AfxdpPort {
                 for d in &received {
                     frames.pool.free(d.addr);
                 }
-                self.in_fill[i] = self.in_fill[i].saturating_sub(n as u64);
+                s.in_fill = s.in_fill.saturating_sub(n as u64);
             }
             let n = socket.reclaim_fill(frames.pool);
-            self.in_fill[i] = self.in_fill[i].saturating_sub(n as u64);
+            s.in_fill = s.in_fill.saturating_sub(n as u64);
             // Copy-mode transmit completes as the peer frees each skb:
             // soon, but not necessarily already.
             while socket.outstanding_tx() > 0 && Instant::now() < deadline {
@@ -360,15 +508,27 @@ impl Port for AfxdpPort {
     }
 }
 
+impl AfxdpPort {
+    /// Takes every receiving socket out of steer's XSKMAP.
+    fn unregister_all(&mut self) {
+        let slots: Vec<RxSlot> = self.sockets.iter().filter_map(|s| s.rx).collect();
+        for slot in slots {
+            let _ = self.xskmap(slot, None);
+        }
+    }
+}
+
 impl Drop for AfxdpPort {
     fn drop(&mut self) {
-        for socket in &self.sockets {
-            if let Ok(st) = socket.statistics() {
-                tracing::debug!(port = self.name, queue = socket.queue_id(), stats = ?st, "kernel AF_XDP statistics");
+        for s in &self.sockets {
+            if let Ok(st) = s.socket.statistics() {
+                tracing::debug!(port = self.name, queue = s.socket.queue_id(), stats = ?st, "kernel AF_XDP statistics");
             }
         }
-        for socket in &self.sockets {
-            let _ = self.attachment.unregister_socket(socket.queue_id());
+        self.unregister_all();
+        if self.punt.is_some() && !self.attached_here {
+            // A user's attachment: hand its frames back to its own sockets.
+            let _ = self.attachment.set_punt(None);
         }
         if self.attached_here {
             match steer::detach(&self.pins, &self.ifname) {
@@ -377,6 +537,48 @@ impl Drop for AfxdpPort {
             }
         }
     }
+}
+
+/// Attaches steer to `ifname` (everything to the switch) unless it is
+/// there already (a user's, or one a killed run left, which is taken
+/// over); returns the attachment and whether this port made or took it
+/// (and so detaches it when it closes).
+fn attach_steer(
+    pins: &PinRoot,
+    ifname: &str,
+    mode: ModeRequest,
+) -> Result<(Attachment, bool), Error> {
+    let steer_err = |source| Error::Steer {
+        ifname: ifname.to_string(),
+        source: Box::new(source),
+    };
+    let attached_here = if pins.interface(ifname).exist() {
+        take_over_if_orphaned(pins, ifname).map_err(steer_err)?
+    } else {
+        let report = steer::attach(
+            pins,
+            &AttachOptions {
+                ifname: ifname.to_string(),
+                mode,
+                policy: PolicySpec::redirect_all(),
+                force: false,
+            },
+        )
+        .map_err(steer_err)?;
+        if let AttachReport::Attached { mode, .. } = report {
+            tracing::info!(ifname, mode = mode.name(), "attached steer");
+        }
+        true
+    };
+    let mut attachment = Attachment::open(pins, ifname).map_err(steer_err)?;
+    if attached_here {
+        // Mark it ours, so that if this process is killed the next run
+        // knows the attachment was left behind, not made by a user.
+        attachment
+            .set_owner_pid(std::process::id())
+            .map_err(steer_err)?;
+    }
+    Ok((attachment, attached_here))
 }
 
 /// An attachment already exists on `ifname`. If a `dataplane run` that is no

@@ -8,6 +8,7 @@
 
 pub mod afxdp;
 pub mod tap;
+pub mod veth;
 pub mod vhost_user;
 
 use std::os::fd::RawFd;

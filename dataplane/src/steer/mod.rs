@@ -434,6 +434,19 @@ impl Attachment {
     }
 
     /// Turns the fast path off and forgets its FDB entries and ports.
+    /// Makes this a container port's steer: frames for the switch go to
+    /// the punt device `ifindex` and arrive on its rx queue `queue` (see
+    /// `Policy::punt_ifindex`); `None` sends them to this interface's own
+    /// AF_XDP sockets again.
+    pub fn set_punt(&mut self, punt: Option<(u32, u32)>) -> Result<(), Error> {
+        self.update_policy(|p| {
+            (p.punt_ifindex, p.punt_queue) = match punt {
+                Some((ifindex, queue)) => (ifindex, queue + 1),
+                None => (0, 0),
+            };
+        })
+    }
+
     pub fn disable_fast_path(&mut self) -> Result<(), Error> {
         self.update_policy(|p| p.fast_path = 0)?;
         let keys: Vec<FdbKey> = self.fdb.keys().filter_map(Result::ok).collect();
@@ -778,6 +791,8 @@ fn write_policy(ebpf: &mut Ebpf, ifname: &str, spec: &PolicySpec) -> Result<(), 
                 untagged_vlan: 0,
                 vlan_mode: 0,
                 owner_pid: 0,
+                punt_ifindex: 0,
+                punt_queue: 0,
                 pad: 0,
             },
             0,
