@@ -20,6 +20,9 @@ pub mod wire;
 /// Name of the XDP program in the object, as `aya` looks it up.
 pub const STEER_PROGRAM: &str = "steer";
 
+/// Name of `steer`'s tc twin, for container ports (no XDP on them).
+pub const STEER_TC_PROGRAM: &str = "steer_tc";
+
 /// Name of the tc program that completes `steer`'s fast-path hand-offs.
 pub const DELIVER_PROGRAM: &str = "deliver";
 
@@ -51,8 +54,11 @@ pub mod map_names {
     pub const GEN_HEADER: &str = "GEN_HEADER";
     /// `HashMap<FdbKey, FdbValue>`: learned addresses for the fast path.
     pub const FDB: &str = "FDB";
-    /// `DevMap`: switch port id -> egress device.
+    /// `DevMap`: switch port id -> egress device, for XDP redirects.
     pub const PORTS: &str = "PORTS";
+    /// `Array<u32>`: switch port id -> egress ifindex, as `PORTS`, for the
+    /// tc programs (the kernel lets only XDP programs read a devmap).
+    pub const EGRESS: &str = "EGRESS";
     /// `Array<u64>` of 64 words: the VLANs a trunk port allows, as a bitmap.
     pub const ALLOWED: &str = "ALLOWED";
     /// aya-log's ring buffer.

@@ -82,6 +82,8 @@ pub enum AttachMode {
     Driver = 1,
     /// Generic XDP on the skb path.
     Skb = 2,
+    /// No XDP: `steer_tc` at the interface's tc ingress (container ports).
+    Tc = 3,
 }
 
 impl AttachMode {
@@ -90,6 +92,7 @@ impl AttachMode {
         match raw {
             1 => Some(AttachMode::Driver),
             2 => Some(AttachMode::Skb),
+            3 => Some(AttachMode::Tc),
             _ => None,
         }
     }
@@ -99,6 +102,7 @@ impl AttachMode {
         match self {
             AttachMode::Driver => "driver",
             AttachMode::Skb => "skb",
+            AttachMode::Tc => "tc",
         }
     }
 }

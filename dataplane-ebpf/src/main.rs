@@ -15,10 +15,11 @@
 #![no_main]
 
 use aya_ebpf::helpers::{
-    bpf_redirect, bpf_redirect_peer, bpf_xdp_adjust_head, bpf_xdp_adjust_meta,
+    bpf_redirect, bpf_redirect_peer, bpf_skb_vlan_pop, bpf_skb_vlan_push, bpf_xdp_adjust_head,
+    bpf_xdp_adjust_meta,
 };
 use aya_ebpf::{
-    bindings::{xdp_action, TC_ACT_OK},
+    bindings::{xdp_action, TC_ACT_OK, TC_ACT_SHOT},
     macros::{classifier, map, xdp},
     maps::{Array, DevMap, HashMap, PerCpuArray, XskMap},
     programs::{TcContext, XdpContext},
@@ -28,8 +29,8 @@ use dataplane_common::{
     checksum,
     counters::Outcome,
     fastpath::{
-        self, FastPathDecision, FdbKey, FdbValue, PortVlans, Rewrite, TcHandoff, TC_HANDOFF_MAGIC,
-        TC_HANDOFF_PEER,
+        self, Egress, FastPathDecision, FdbKey, FdbValue, PortVlans, Rewrite, TcHandoff,
+        TC_HANDOFF_MAGIC, TC_HANDOFF_PEER,
     },
     policy::{decide, MatchKey, Mode, Policy, Verdict},
     wire::{parse_l2, FrameBytes, L2Header, ETH_HLEN, ETH_P_8021Q, VLAN_HLEN},
@@ -53,6 +54,11 @@ static FDB: HashMap<FdbKey, FdbValue> = HashMap::with_max_entries(MAX_FDB, 0);
 
 #[map]
 static PORTS: DevMap = DevMap::with_max_entries(MAX_PORTS, 0);
+
+/// `PORTS` as plain ifindexes, for tc programs and hand-offs (a devmap can
+/// be read by XDP programs only).
+#[map]
+static EGRESS: Array<u32> = Array::with_max_entries(MAX_PORTS, 0);
 
 /// The VLANs this port allows when it is a listed trunk, as 4096 bits.
 #[map]
@@ -156,10 +162,20 @@ fn steer_frame(ctx: &XdpContext) -> (u32, Outcome) {
     }
 }
 
-/// Redirects learned unicast to its egress port (rewriting the VLAN tag as
-/// the egress sends that VLAN), or `None` to leave the frame to userspace.
+/// Where learned unicast goes: the egress port, the tag change, how it
+/// may be delivered, and the source's FDB entry (whose hit the caller
+/// counts once the frame is on its way); `None` leaves it to userspace.
+struct FastRoute {
+    port: u32,
+    rewrite: Rewrite,
+    egress: Egress,
+    src: Option<*mut FdbValue>,
+}
+
+/// The fast-path decision for a frame of this port, shared by `steer`
+/// and `steer_tc` (see `dataplane_common::fastpath`).
 #[inline(always)]
-fn fast_path(ctx: &XdpContext, policy: &Policy, header: &L2Header) -> Option<(u32, Outcome)> {
+fn fast_route(policy: &Policy, header: &L2Header) -> Option<FastRoute> {
     let port = PortVlans {
         mode: policy.vlan_mode,
         untagged_vlan: policy.untagged_vlan as u16,
@@ -177,14 +193,41 @@ fn fast_path(ctx: &XdpContext, policy: &Policy, header: &L2Header) -> Option<(u3
     let src_ref = src.map(|p| unsafe { &*p });
     // SAFETY: lookups copy the value out; the map outlives the program run.
     let lookup = |k: &FdbKey| unsafe { FDB.get(k).copied() };
-    let FastPathDecision::Redirect {
+    match fastpath::decide(policy.port_id, vlan, header, src_ref, lookup) {
+        FastPathDecision::Redirect {
+            port,
+            rewrite,
+            egress,
+        } => Some(FastRoute {
+            port,
+            rewrite,
+            egress,
+            src,
+        }),
+        FastPathDecision::SlowPath => None,
+    }
+}
+
+/// Counts a fast-forwarded frame on its source's FDB entry.
+#[inline(always)]
+fn count_hit(src: Option<*mut FdbValue>) {
+    if let Some(entry) = src {
+        // SAFETY: points into the map value; concurrent increments from
+        // other CPUs may be lost, which only matters if *all* of them are.
+        unsafe { (*entry).hits = (*entry).hits.wrapping_add(1) };
+    }
+}
+
+/// Redirects learned unicast to its egress port (rewriting the VLAN tag as
+/// the egress sends that VLAN), or `None` to leave the frame to userspace.
+#[inline(always)]
+fn fast_path(ctx: &XdpContext, policy: &Policy, header: &L2Header) -> Option<(u32, Outcome)> {
+    let FastRoute {
         port,
         rewrite,
         egress,
-    } = fastpath::decide(policy.port_id, vlan, header, src_ref, lookup)
-    else {
-        return None;
-    };
+        src,
+    } = fast_route(policy, header)?;
     // An XDP redirect hands the egress bare bytes. A frame whose checksum
     // the sender left to the device (read before any tag moves the
     // headers), or an egress that drops redirected frames, takes the tc
@@ -193,7 +236,7 @@ fn fast_path(ctx: &XdpContext, policy: &Policy, header: &L2Header) -> Option<(u3
     // Look the egress up before touching the frame: a frame that falls back
     // to userspace must arrive there as it came.
     let (action, outcome) = if handoff {
-        let ifindex = PORTS.get_ifindex(port)?;
+        let ifindex = EGRESS.get(port).copied().filter(|&i| i != 0)?;
         (ifindex, Outcome::FastPathTc)
     } else {
         (PORTS.redirect(port, 0).ok()?, Outcome::FastPath)
@@ -206,11 +249,7 @@ fn fast_path(ctx: &XdpContext, policy: &Policy, header: &L2Header) -> Option<(u3
     if !rewritten || (handoff && !write_handoff(ctx, egress.handoff(action))) {
         return Some((xdp_action::XDP_DROP, Outcome::Dropped));
     }
-    if let Some(entry) = src {
-        // SAFETY: points into the map value; concurrent increments from
-        // other CPUs may be lost, which only matters if *all* of them are.
-        unsafe { (*entry).hits = (*entry).hits.wrapping_add(1) };
-    }
+    count_hit(src);
     if handoff {
         return Some((xdp_action::XDP_PASS, outcome));
     }
@@ -275,16 +314,11 @@ pub fn deliver(ctx: TcContext) -> i32 {
         // SAFETY: queue_mapping is a field tc programs may write.
         unsafe { (*ctx.skb.skb).queue_mapping = handoff.queue };
     }
-    // SAFETY: plain helper calls on the current skb. Both answer
-    // TC_ACT_REDIRECT; a target that has vanished meanwhile makes the
-    // redirect drop the skb (counted by the kernel as a tx drop).
-    (unsafe {
-        if handoff.target & TC_HANDOFF_PEER != 0 {
-            bpf_redirect_peer(ifindex, 0)
-        } else {
-            bpf_redirect(ifindex, 0)
-        }
-    }) as i32
+    let egress = Egress {
+        takes_xdp_frames: false,
+        veth_peer: handoff.target & TC_HANDOFF_PEER != 0,
+    };
+    redirect_skb(egress, ifindex)
 }
 
 /// Inserts an 802.1Q tag with `vid` after the MAC addresses.
@@ -327,6 +361,127 @@ fn pop_tag(ctx: &XdpContext) -> bool {
     }
     // SAFETY: shrinking the head by 4 bytes of a frame that has them.
     unsafe { bpf_xdp_adjust_head(ctx.ctx, VLAN_HLEN as i32) == 0 }
+}
+
+/// Packet memory of a tc context, as [`Packet`] is for XDP.
+struct SkbPacket<'a>(&'a TcContext);
+
+impl FrameBytes for SkbPacket<'_> {
+    #[inline(always)]
+    fn bytes<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
+        let start = self.0.data();
+        let end = self.0.data_end();
+        if start + offset + N > end {
+            return None;
+        }
+        // SAFETY: [start + offset, start + offset + N) was just checked to lie
+        // inside the packet's linear data; [u8; N] has alignment 1.
+        Some(unsafe { *((start + offset) as *const [u8; N]) })
+    }
+}
+
+/// `steer` for container ports, at tc ingress of the host end of a
+/// container's veth, with no XDP program there at all: the container keeps
+/// TSO and checksum offload, and no skb is copied for XDP. The decision is
+/// `steer`'s; the actions are the skb's own: learned unicast is
+/// redirected (into the other end of a veth where that is a container),
+/// frames for the switch are redirected to the switch's punt device with
+/// the port's queue (see `Policy::punt_ifindex`), the rest goes on to the
+/// stack. Every frame is counted under exactly one outcome, as in `steer`.
+#[classifier]
+pub fn steer_tc(ctx: TcContext) -> i32 {
+    let (action, outcome) = steer_skb(&ctx);
+    count(outcome);
+    action
+}
+
+#[inline(always)]
+fn steer_skb(ctx: &TcContext) -> (i32, Outcome) {
+    let skb = ctx.skb.skb;
+    let Ok(mut header) = parse_l2(&SkbPacket(ctx)) else {
+        return (TC_ACT_OK as i32, Outcome::Malformed);
+    };
+    // SAFETY: reads of the __sk_buff the kernel handed us.
+    let (tagged, tci) = unsafe { ((*skb).vlan_present, (*skb).vlan_tci) };
+    if tagged != 0 {
+        // Before tc ingress the kernel moves the outer tag out of the frame
+        // into the skb: that is the frame's outer tag, and what follows the
+        // MAC addresses in the data is what follows that tag.
+        let Some(ethertype) = SkbPacket(ctx).bytes::<2>(12) else {
+            return (TC_ACT_OK as i32, Outcome::Malformed);
+        };
+        header.vlan = Some((tci & 0x0fff) as u16);
+        header.ethertype = u16::from_be_bytes(ethertype);
+        header.header_len = ETH_HLEN;
+    }
+    let Some(policy) = POLICY.get(0) else {
+        return (TC_ACT_OK as i32, Outcome::Passed);
+    };
+    // SAFETY: the lookup copies nothing out; we only test for presence.
+    let listed = |key: &MatchKey| unsafe { MATCHES.get(key).is_some() };
+    match decide(Mode::from_raw(policy.mode), &header, listed) {
+        Verdict::Pass => (TC_ACT_OK as i32, Outcome::Passed),
+        Verdict::Drop => (TC_ACT_SHOT as i32, Outcome::Dropped),
+        Verdict::Redirect => {
+            if policy.fast_path != 0 {
+                if let Some(result) = fast_path_skb(skb, policy, &header) {
+                    return result;
+                }
+            }
+            if policy.punt_ifindex == 0 {
+                // No punt device: this attachment cannot reach a switch.
+                return (TC_ACT_OK as i32, Outcome::NoSocket);
+            }
+            // SAFETY: queue_mapping is a field tc programs may write; the
+            // helper redirects the current skb.
+            let action = unsafe {
+                (*skb).queue_mapping = policy.punt_queue;
+                bpf_redirect(policy.punt_ifindex, 0)
+            };
+            (action as i32, Outcome::Punted)
+        }
+    }
+}
+
+/// `fast_path` for skbs: the tag is changed in the skb's metadata, and the
+/// skb is redirected as it is.
+#[inline(always)]
+fn fast_path_skb(
+    skb: *mut aya_ebpf::bindings::__sk_buff,
+    policy: &Policy,
+    header: &L2Header,
+) -> Option<(i32, Outcome)> {
+    let route = fast_route(policy, header)?;
+    let ifindex = EGRESS.get(route.port).copied().filter(|&i| i != 0)?;
+    // SAFETY: helper calls on the current skb.
+    let rewritten = unsafe {
+        match route.rewrite {
+            Rewrite::None => 0,
+            Rewrite::Push(vid) => bpf_skb_vlan_push(skb, ETH_P_8021Q.to_be(), vid),
+            Rewrite::Pop => bpf_skb_vlan_pop(skb),
+        }
+    };
+    if rewritten != 0 {
+        return Some((TC_ACT_SHOT as i32, Outcome::Dropped));
+    }
+    count_hit(route.src);
+    Some((redirect_skb(route.egress, ifindex), Outcome::FastPathTc))
+}
+
+/// Redirects the current skb to `ifindex`: into the other end of a veth
+/// (`bpf_redirect_peer`) or out of the device.
+#[inline(always)]
+fn redirect_skb(egress: Egress, ifindex: u32) -> i32 {
+    // SAFETY: plain helper calls on the current skb. Both answer
+    // TC_ACT_REDIRECT; a target that has vanished meanwhile makes the
+    // redirect drop the skb (counted by the kernel as a tx drop).
+    (unsafe {
+        if egress.veth_peer {
+            bpf_redirect_peer(ifindex, 0)
+        } else {
+            bpf_redirect(ifindex, 0)
+        }
+    }) as i32
 }
 
 #[xdp]

@@ -242,7 +242,7 @@ impl AfxdpPort {
         let ifname = config.ifname.clone();
         let frame_size = umem.frame_size();
         check_interface_mtu(&ifname, &[0], frame_size, punt_mtu(frame_size))?;
-        let (attachment, attached_here) = attach_steer(pins, &ifname, ModeRequest::Skb)?;
+        let (attachment, attached_here) = attach_steer(pins, &ifname, ModeRequest::Tc)?;
         let mut port = AfxdpPort {
             name: format!("veth:{ifname}"),
             ifname: ifname.clone(),

@@ -5,19 +5,22 @@
 //! checksum left to the device, as long as its veth keeps TSO. Native XDP
 //! on the host end would take TSO away from the container (the kernel's
 //! rule for veth), and an AF_XDP frame can carry neither a 64 KiB segment
-//! nor the "checksum to be completed" mark. So a container port runs
-//! `steer` in generic (skb) mode, which leaves the container's features
-//! alone, and sends:
+//! nor the "checksum to be completed" mark. So a container port has no XDP
+//! program at all: `steer_tc`, steer's twin at tc ingress, makes the same
+//! decisions on the skb (as Cilium's veth datapath does), which leaves the
+//! container's features alone and copies nothing, and sends:
 //!
-//! - learned unicast straight on in the kernel (the fast path's tc
-//!   hand-off redirects the skb, offload state and all);
+//! - learned unicast straight on in the kernel: the skb is redirected,
+//!   offload state and all, into the other end of the destination veth
+//!   (`bpf_redirect_peer`) or out of the destination device;
 //! - every frame for the switch to the switch's **punt device**: a veth
-//!   pair the switch owns (`dp-punt0` -> `dp-punt1`). `deliver` redirects
-//!   the skb out of `dp-punt0`, whose transmit has no TSO and no checksum
-//!   offload, so the kernel segments the frame and completes its checksum
-//!   there; the pieces arrive on `dp-punt1`'s rx queue numbered like the
-//!   port's switch slot, where native `steer` gives them to the port's
-//!   AF_XDP socket on that queue.
+//!   pair the switch owns (`dp-punt0` -> `dp-punt1`). The skb is redirected
+//!   out of `dp-punt0`, whose transmit has no TSO and no checksum or VLAN
+//!   offload, so the kernel segments the frame, completes its checksum and
+//!   puts its VLAN tag back into the bytes there; the pieces arrive on
+//!   `dp-punt1`'s rx queue numbered like the port's switch slot (the skb's
+//!   `queue_mapping` picks it), where native `steer` gives them to the
+//!   port's AF_XDP socket on that queue.
 //!
 //! Frames from the switch to the container leave through an AF_XDP socket
 //! on the host end itself (transmit only).

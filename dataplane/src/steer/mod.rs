@@ -35,13 +35,14 @@ pub(crate) fn object() -> &'static [u8] {
 }
 
 /// Maps that are pinned next to the link.
-const PINNED_MAPS: [&str; 8] = [
+const PINNED_MAPS: [&str; 9] = [
     map_names::POLICY,
     map_names::MATCHES,
     map_names::XSKS,
     map_names::COUNTERS,
     map_names::FDB,
     map_names::PORTS,
+    map_names::EGRESS,
     map_names::ALLOWED,
     map_names::LOGS,
 ];
@@ -81,7 +82,7 @@ pub enum Error {
         source: ProgramError,
     },
     #[error(
-        "attaching deliver (the fast path's tc half) to the tc ingress of {ifname}: {source} \
+        "attaching a tc program of steer to the tc ingress of {ifname}: {source} \
          (TCX links need kernel >= 6.6)"
     )]
     AttachTc {
@@ -143,6 +144,9 @@ pub enum ModeRequest {
     Driver,
     /// Skb (generic) mode only.
     Skb,
+    /// No XDP: `steer_tc` at tc ingress (container ports: the container
+    /// keeps its offloads, and no skb is copied for XDP).
+    Tc,
 }
 
 /// What `attach` is asked to do.
@@ -205,9 +209,14 @@ pub fn attach(root: &PinRoot, opts: &AttachOptions) -> Result<AttachReport, Erro
     pins.create()?;
     // From here on a failure must not leave half an attachment behind.
     let guard = PinsGuard(&pins);
-    pin_program_and_maps(&mut ebpf, &pins)?;
+    pin_program_and_maps(&mut ebpf, &pins, opts.mode)?;
     let (mode, fallback_reason) = attach_and_pin_link(&mut ebpf, &pins, opts.mode)?;
-    if let Err(e) = attach_and_pin_deliver(&mut ebpf, &pins) {
+    // `steer_tc` redirects by itself; XDP's hand-offs need `deliver`.
+    let deliver = match mode {
+        AttachMode::Tc => Ok(()),
+        AttachMode::Driver | AttachMode::Skb => attach_and_pin_deliver(&mut ebpf, &pins),
+    };
+    if let Err(e) = deliver {
         // Without it the fast path's hand-offs would reach the stack
         // undelivered: take the XDP half off again.
         if let Ok(link) = bpf_obj_get(&pins.link()) {
@@ -321,6 +330,7 @@ pub struct Attachment {
     counters: PerCpuArray<MapData, u64>,
     fdb: HashMap<MapData, FdbKey, FdbValue>,
     ports: DevMap<MapData>,
+    egress: Array<MapData, u32>,
     allowed: Array<MapData, u64>,
 }
 
@@ -370,6 +380,9 @@ impl Attachment {
             ports: map(map_names::PORTS)?
                 .try_into()
                 .map_err(|e| typed(map_names::PORTS, e))?,
+            egress: map(map_names::EGRESS)?
+                .try_into()
+                .map_err(|e| typed(map_names::EGRESS, e))?,
             allowed: map(map_names::ALLOWED)?
                 .try_into()
                 .map_err(|e| typed(map_names::ALLOWED, e))?,
@@ -455,19 +468,22 @@ impl Attachment {
         }
         for port in 0..dataplane_common::MAX_PORTS {
             let _ = self.ports.set(port, 0, None, 0).ok();
+            let _ = self.egress.set(port, 0, 0).ok();
         }
         Ok(())
     }
 
     /// Lets the fast path redirect to switch port `port_id` (device `ifindex`).
     pub fn set_fast_port(&mut self, port_id: u32, ifindex: u32) -> Result<(), Error> {
-        self.ports
-            .set(port_id, ifindex, None, 0)
-            .map_err(|source| Error::FastPort {
-                ifname: self.ifname.clone(),
-                port_id,
-                source,
-            })
+        let failed = |source| Error::FastPort {
+            ifname: self.ifname.clone(),
+            port_id,
+            source,
+        };
+        self.ports.set(port_id, ifindex, None, 0).map_err(failed)?;
+        self.egress
+            .set(port_id, ifindex, 0)
+            .map_err(|e| self.map_error(map_names::EGRESS, e))
     }
 
     /// Installs or moves a learned address for the fast path. `flags`:
@@ -631,6 +647,10 @@ fn attachment_health(pins: &InterfacePins) -> Result<Health, Error> {
         Err(netdev::Error::NoSuchInterface { .. }) => false,
         Err(e) => return Err(e.into()),
     };
+    // A container port's steer_tc is on the tc ingress instead.
+    let attached = attached
+        || SchedClassifier::query_tcx(pins.ifname(), TcAttachType::Ingress)
+            .is_ok_and(|(_, programs)| programs.iter().any(|p| p.id() == program_id));
     Ok(if attached {
         Health::Attached { program_id }
     } else {
@@ -703,37 +723,31 @@ fn load_object() -> Result<Ebpf, Error> {
         .load(OBJECT)?;
     steer_program(&mut ebpf).load().map_err(Error::Verify)?;
     deliver_program(&mut ebpf).load().map_err(Error::Verify)?;
+    classifier(&mut ebpf, dataplane_common::STEER_TC_PROGRAM)
+        .load()
+        .map_err(Error::Verify)?;
     Ok(ebpf)
 }
 
 fn deliver_program(ebpf: &mut Ebpf) -> &mut SchedClassifier {
-    ebpf.program_mut(dataplane_common::DELIVER_PROGRAM)
-        .expect("the embedded object has a deliver program")
-        .try_into()
-        .expect("deliver is a tc classifier")
+    classifier(ebpf, dataplane_common::DELIVER_PROGRAM)
 }
 
-/// Attaches `deliver` to the interface's tc ingress (a TCX link, kernel
-/// 6.6+) and pins the link next to steer's.
+fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> &'a mut SchedClassifier {
+    ebpf.program_mut(name)
+        .unwrap_or_else(|| panic!("the embedded object has a {name} program"))
+        .try_into()
+        .unwrap_or_else(|_| panic!("{name} is a tc classifier"))
+}
+
+/// Attaches `deliver` to the interface's tc ingress and pins the link
+/// next to steer's.
 fn attach_and_pin_deliver(ebpf: &mut Ebpf, pins: &InterfacePins) -> Result<(), Error> {
-    let ifname = pins.ifname();
-    let failed = |source| Error::AttachTc {
-        ifname: ifname.to_string(),
-        source,
-    };
-    let program = deliver_program(ebpf);
-    let id = program
-        .attach(ifname, TcAttachType::Ingress)
-        .map_err(failed)?;
-    let link = program.take_link(id).map_err(failed)?;
-    let fd_link: FdLink = link.try_into().map_err(|_| Error::NotALink {
-        ifname: ifname.to_string(),
-    })?;
-    fd_link
-        .pin(pins.tc_link())
+    let link = attach_tc_ingress(ebpf, dataplane_common::DELIVER_PROGRAM, pins.ifname())?;
+    link.pin(pins.tc_link())
         .map(drop)
         .map_err(|source| Error::Pin {
-            ifname: ifname.to_string(),
+            ifname: pins.ifname().to_string(),
             what: "tc link".into(),
             source,
         })
@@ -813,7 +827,11 @@ fn set_attach_mode(ebpf: &mut Ebpf, ifname: &str, mode: AttachMode) -> Result<()
     policy.set(0, p, 0).map_err(err)
 }
 
-fn pin_program_and_maps(ebpf: &mut Ebpf, pins: &InterfacePins) -> Result<(), Error> {
+fn pin_program_and_maps(
+    ebpf: &mut Ebpf,
+    pins: &InterfacePins,
+    request: ModeRequest,
+) -> Result<(), Error> {
     let ifname = pins.ifname().to_string();
     for name in PINNED_MAPS {
         object_map(ebpf, name)
@@ -824,13 +842,17 @@ fn pin_program_and_maps(ebpf: &mut Ebpf, pins: &InterfacePins) -> Result<(), Err
                 source,
             })?;
     }
-    steer_program(ebpf)
-        .pin(pins.prog())
-        .map_err(|source| Error::Pin {
-            ifname,
-            what: "program".into(),
-            source,
-        })
+    let pinned = match request {
+        ModeRequest::Tc => classifier(ebpf, dataplane_common::STEER_TC_PROGRAM).pin(pins.prog()),
+        ModeRequest::Auto | ModeRequest::Driver | ModeRequest::Skb => {
+            steer_program(ebpf).pin(pins.prog())
+        }
+    };
+    pinned.map_err(|source| Error::Pin {
+        ifname,
+        what: "program".into(),
+        source,
+    })
 }
 
 /// Attaches in the requested mode and pins the resulting bpf_link.
@@ -839,50 +861,72 @@ fn attach_and_pin_link(
     pins: &InterfacePins,
     request: ModeRequest,
 ) -> Result<(AttachMode, Option<String>), Error> {
-    let ifname = pins.ifname();
-    let program = steer_program(ebpf);
-    let try_mode = |program: &mut Xdp, mode: AttachMode| {
-        let xdp_mode = match mode {
-            AttachMode::Driver => XdpMode::Driver,
-            AttachMode::Skb => XdpMode::Skb,
-        };
-        program
-            .attach(ifname, xdp_mode)
-            .map_err(|source| Error::Attach {
-                ifname: ifname.to_string(),
-                mode: mode.name(),
-                source,
-            })
-    };
-    let (mode, link_id, fallback_reason) = match request {
-        ModeRequest::Driver => (
-            AttachMode::Driver,
-            try_mode(program, AttachMode::Driver)?,
+    let (mode, link, fallback_reason) = match request {
+        ModeRequest::Tc => (
+            AttachMode::Tc,
+            attach_tc_ingress(ebpf, dataplane_common::STEER_TC_PROGRAM, pins.ifname())?,
             None,
         ),
-        ModeRequest::Skb => (AttachMode::Skb, try_mode(program, AttachMode::Skb)?, None),
-        ModeRequest::Auto => match try_mode(program, AttachMode::Driver) {
-            Ok(id) => (AttachMode::Driver, id, None),
+        ModeRequest::Driver => (
+            AttachMode::Driver,
+            attach_steer(ebpf, pins.ifname(), AttachMode::Driver)?,
+            None,
+        ),
+        ModeRequest::Skb => (
+            AttachMode::Skb,
+            attach_steer(ebpf, pins.ifname(), AttachMode::Skb)?,
+            None,
+        ),
+        ModeRequest::Auto => match attach_steer(ebpf, pins.ifname(), AttachMode::Driver) {
+            Ok(link) => (AttachMode::Driver, link, None),
             Err(driver_err) => {
-                let id = try_mode(program, AttachMode::Skb)?;
-                (AttachMode::Skb, id, Some(driver_err.to_string()))
+                let link = attach_steer(ebpf, pins.ifname(), AttachMode::Skb)?;
+                (AttachMode::Skb, link, Some(driver_err.to_string()))
             }
         },
     };
-    let link = program.take_link(link_id).map_err(|source| Error::Attach {
-        ifname: ifname.to_string(),
-        mode: mode.name(),
-        source,
-    })?;
-    let fd_link: FdLink = link.try_into().map_err(|_| Error::NotALink {
-        ifname: ifname.to_string(),
-    })?;
-    fd_link.pin(pins.link()).map_err(|source| Error::Pin {
-        ifname: ifname.to_string(),
+    link.pin(pins.link()).map_err(|source| Error::Pin {
+        ifname: pins.ifname().to_string(),
         what: "link".into(),
         source,
     })?;
     Ok((mode, fallback_reason))
+}
+
+/// Attaches the XDP `steer` in `mode` (driver or skb).
+fn attach_steer(ebpf: &mut Ebpf, ifname: &str, mode: AttachMode) -> Result<FdLink, Error> {
+    let failed = |source| Error::Attach {
+        ifname: ifname.to_string(),
+        mode: mode.name(),
+        source,
+    };
+    let xdp_mode = match mode {
+        AttachMode::Driver => XdpMode::Driver,
+        AttachMode::Skb | AttachMode::Tc => XdpMode::Skb,
+    };
+    let program = steer_program(ebpf);
+    let id = program.attach(ifname, xdp_mode).map_err(failed)?;
+    let link = program.take_link(id).map_err(failed)?;
+    link.try_into().map_err(|_| Error::NotALink {
+        ifname: ifname.to_string(),
+    })
+}
+
+/// Attaches the classifier `name` to the tc ingress of `ifname` (a TCX
+/// link, kernel 6.6+).
+fn attach_tc_ingress(ebpf: &mut Ebpf, name: &str, ifname: &str) -> Result<FdLink, Error> {
+    let failed = |source| Error::AttachTc {
+        ifname: ifname.to_string(),
+        source,
+    };
+    let program = classifier(ebpf, name);
+    let id = program
+        .attach(ifname, TcAttachType::Ingress)
+        .map_err(failed)?;
+    let link = program.take_link(id).map_err(failed)?;
+    link.try_into().map_err(|_| Error::NotALink {
+        ifname: ifname.to_string(),
+    })
 }
 
 /// BPF_LINK_DETACH (bpf(2) command 34): force-detaches a link from its hook.
