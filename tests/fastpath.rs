@@ -283,6 +283,29 @@ fn fast_path_delivers_what_the_userspace_switch_delivers_across_vlan_modes() {
 }
 
 #[test]
+fn container_ports_deliver_what_the_userspace_switch_delivers_across_vlan_modes() {
+    if !privileged("container_ports_deliver_what_the_userspace_switch_delivers_across_vlan_modes") {
+        return;
+    }
+    // steer_tc's fast path and the punt device's way to userspace, against
+    // the userspace switch alone, on the same script: learning, flooding,
+    // moves, tags pushed and popped.
+    let d = compare_paths(
+        "cmc",
+        &["veth:sa,vlan=10", "veth:sb,trunk=10+20", "veth:sc,vlan=10"],
+        Some(10),
+    );
+    assert!(
+        has(&d, "b", 100, Some(10)) && has(&d, "a", 300, None),
+        "tags pushed and popped"
+    );
+    assert!(
+        has(&d, "c", 900, None) && !has(&d, "b", 900, Some(10)),
+        "the move is followed"
+    );
+}
+
+#[test]
 fn vlans_still_isolate_with_the_fast_path_on() {
     if !privileged("vlans_still_isolate_with_the_fast_path_on") {
         return;
@@ -461,18 +484,28 @@ fn vlan_tags_are_pushed_and_popped_in_the_fast_path() {
     if !privileged("vlan_tags_are_pushed_and_popped_in_the_fast_path") {
         return;
     }
-    // a: access port of VLAN 10; b: trunk of VLANs 10 and 20.
-    let h = hosts("fvtag", 2, false);
+    vlan_push_pop("fvtag", "afxdp");
+}
+
+#[test]
+fn vlan_tags_are_pushed_and_popped_in_the_fast_path_of_container_ports() {
+    if !privileged("vlan_tags_are_pushed_and_popped_in_the_fast_path_of_container_ports") {
+        return;
+    }
+    // steer_tc: the kernel has moved a received tag into the skb before tc
+    // sees it, and pushes and pops are done on the skb.
+    vlan_push_pop("fvtagc", "veth");
+}
+
+/// a: access port of VLAN 10; b: trunk of VLANs 10 and 20; both `kind`.
+fn vlan_push_pop(tag: &str, kind: &str) {
+    let h = hosts(tag, 2, false);
     let (a, b) = (&h.hosts[0], &h.hosts[1]);
-    let sw = RunningSwitch::start(
-        &h.sw,
-        &[
-            "--port",
-            "afxdp:sa,vlan=10",
-            "--port",
-            "afxdp:sb,trunk=10+20",
-        ],
+    let (port_a, port_b) = (
+        format!("{kind}:sa,vlan=10"),
+        format!("{kind}:sb,trunk=10+20"),
     );
+    let sw = RunningSwitch::start(&h.sw, &["--port", &port_a, "--port", &port_b]);
     let (mac_a, mac_b) = (mac_of(a, "a0"), mac_of(b, "b0"));
     let send_raw = |ns: &NetNs, ifname: &str, frames: Vec<Vec<u8>>| {
         harness::send_paced(ns, ifname, frames);
