@@ -1,5 +1,6 @@
-//! `cargo xtask bench [p2p|pcp|pvp]`: every forwarding path side by side on
-//! the same veths, generator, sink, frame sizes and duration.
+//! `cargo xtask bench [p2p|pcp|pvp|tcp]`: every forwarding path side by
+//! side on the same veths, generator, sink, frame sizes and duration; and
+//! (`tcp`, `tcp.rs`) TCP and UDP between two containers at their defaults.
 //!
 //! ```text
 //!  P2P  gen ns: a0 ── sa [sw ns: path] sb ── b0 :sink ns
@@ -29,6 +30,7 @@ mod latency;
 mod ovs;
 mod paths;
 mod report;
+mod tcp;
 mod topology;
 mod traffic;
 
@@ -55,6 +57,8 @@ const BENCH_PACKAGES: &[&str] = &[
     "dpdk-dev",           // the PMD shared objects testpmd loads
     "openvswitch-switch", // ovs-vswitchd with the userspace (netdev) datapath and afxdp ports
     "fonts-dejavu-core",  // the TTF the PNG chart is drawn with (no fontconfig needed)
+    "iperf3",             // TCP/UDP streams of the tcp scenario
+    "sockperf",           // TCP request/response of the tcp scenario
 ];
 
 /// The whole default run must fit this on a 2-core machine, build included.
@@ -89,12 +93,16 @@ pub enum Scenario {
     /// Port to container and back: uplink -> switch -> container veth ->
     /// echo in the container -> switch -> uplink.
     Pcp,
-    /// Port to VM and back: uplink -> switch -> VM port (TAP; vhost-user
-    /// once merged) -> echo in the VM -> switch -> uplink.
+    /// Port to VM and back: uplink -> switch -> VM port (TAP or
+    /// vhost-user) -> echo in the VM -> switch -> uplink.
     Pvp,
+    /// TCP and UDP between two containers at their defaults (iperf3,
+    /// sockperf), Gbit/s and transactions/s.
+    Tcp,
 }
 
 impl Scenario {
+    /// The scenarios measured with the frame generator.
     const ALL: [Scenario; 3] = [Scenario::P2p, Scenario::Pcp, Scenario::Pvp];
 
     pub fn name(self) -> &'static str {
@@ -102,6 +110,7 @@ impl Scenario {
             Scenario::P2p => "p2p",
             Scenario::Pcp => "pcp",
             Scenario::Pvp => "pvp",
+            Scenario::Tcp => "tcp",
         }
     }
 
@@ -110,6 +119,7 @@ impl Scenario {
             Scenario::P2p => "P2P: host A -> switch -> host B",
             Scenario::Pcp => "PCP: host A -> switch -> container (echo) -> switch -> host B",
             Scenario::Pvp => "PVP: host A -> switch -> VM (echo) -> switch -> host B",
+            Scenario::Tcp => "TCP: container A <-> switch <-> container B (iperf3, sockperf)",
         }
     }
 }
@@ -156,6 +166,14 @@ pub fn run(opts: &BenchOptions) -> Result<()> {
     dpdk::Hugepages::restore_leftovers();
 
     let _libxdp_dir = LibxdpDir::note();
+    let dp = Dataplane { bin };
+    if opts.scenario == Some(Scenario::Tcp) {
+        tcp::run(opts, &dp, &stop)?;
+        if stop.load(Ordering::Relaxed) {
+            bail!("interrupted (everything the run created has been removed)");
+        }
+        return Ok(());
+    }
     let scenarios: Vec<Scenario> = match opts.scenario {
         Some(s) => vec![s],
         None => Scenario::ALL.to_vec(),
@@ -187,7 +205,6 @@ pub fn run(opts: &BenchOptions) -> Result<()> {
         BUDGET_SECS / 60.0
     );
 
-    let dp = Dataplane { bin };
     let total = runnable * opts.sizes.len() * opts.repeat;
     let mut done = 0;
     let started = Instant::now();
@@ -286,6 +303,9 @@ pub fn run(opts: &BenchOptions) -> Result<()> {
         dir.display(),
         wall.elapsed().as_secs_f64()
     );
+    if opts.scenario.is_none() && !stop.load(Ordering::Relaxed) {
+        tcp::run(opts, &dp, &stop)?;
+    }
     if stop.load(Ordering::Relaxed) {
         bail!("interrupted (everything the run created has been removed)");
     }

@@ -90,6 +90,8 @@ impl PathKind {
                 DataplaneVhostUser,
                 TestpmdVhost,
             ],
+            // Measured with iperf3 and sockperf, not the generator (tcp.rs).
+            Scenario::Tcp => &[],
         }
     }
 

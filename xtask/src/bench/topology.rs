@@ -44,13 +44,18 @@ impl Topology {
                 veth(("g", "c0"), ("sw", "sc"))?;
                 ip(&["-n", &ns("g"), "addr", "add", "10.200.0.3/24", "dev", "c0"])?;
             }
-            // a0 receives the latency replies; some paths redirect them
-            // into it in XDP, which a veth drops without GRO or an XDP
-            // program on the receiving side.
+            if scenario == Scenario::Tcp {
+                // Two containers at the kernel's defaults: nothing tuned.
+                return Ok(());
+            }
+            // The frame scenarios' generator and sink are instruments, not
+            // containers. a0 receives the latency replies; some peers
+            // (bare XDP redirect, the guests' echo) redirect them into it
+            // in XDP, which a veth drops without GRO or an XDP program.
             ethtool(&ns("a"), &["-K", "a0", "gro", "on"]);
-            // The latency ping-pong's UDP must carry real checksums: with
-            // offload, a0's stack leaves them to "hardware", which a frame
-            // copied through AF_XDP or DPDK never meets, and b0 drops it.
+            // The latency ping-pong's UDP must carry real checksums for the
+            // peers that copy bytes (DPDK, OVS): with offload, a0's stack
+            // leaves them to "hardware", and b0 drops them.
             ethtool(&ns("a"), &["-K", "a0", "tx", "off"]);
             ethtool(&ns("b"), &["-K", "b0", "tx", "off"]);
             Ok(())
@@ -67,6 +72,9 @@ impl Topology {
         topo.b0_mac = mac_of(&ns("b"), "b0")?;
         if scenario == Scenario::Pcp {
             topo.c0_mac = Some(mac_of(&ns("g"), "c0")?);
+        }
+        if scenario == Scenario::Tcp {
+            return Ok(topo);
         }
         // Replies of the latency ping-pong go straight to a0: the sink drops
         // everything (steer drop mode) most of the time, so ARP cannot be
