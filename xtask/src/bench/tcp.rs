@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
-use super::topology::{ip, ns, Topology};
+use super::paths::{self, PathKind, RunningPath};
+use super::topology::{ethtool, ip, ns, Topology};
 use super::traffic::{cpu_times, Dataplane};
 use super::{BenchOptions, Scenario};
 
@@ -36,14 +37,20 @@ pub enum TcpPath {
     /// dataplane, AF_XDP ports (`afxdp:`): native XDP on the host ends,
     /// which turns the containers' TSO off while it runs.
     DataplaneAfxdp,
+    /// Open vSwitch userspace datapath, afxdp ports (endpoints tuned).
+    OvsAfxdp,
+    /// DPDK testpmd io-fwd on net_af_xdp (endpoints tuned).
+    TestpmdAfXdp,
 }
 
 impl TcpPath {
-    const ALL: [TcpPath; 4] = [
+    const ALL: [TcpPath; 6] = [
         TcpPath::LinuxBridge,
         TcpPath::DataplaneVeth,
         TcpPath::DataplaneVethSlow,
         TcpPath::DataplaneAfxdp,
+        TcpPath::OvsAfxdp,
+        TcpPath::TestpmdAfXdp,
     ];
 
     fn name(self) -> &'static str {
@@ -52,6 +59,8 @@ impl TcpPath {
             TcpPath::DataplaneVeth => "dataplane-veth",
             TcpPath::DataplaneVethSlow => "dataplane-veth-nofast",
             TcpPath::DataplaneAfxdp => "dataplane-afxdp",
+            TcpPath::OvsAfxdp => "ovs-afxdp (tuned)",
+            TcpPath::TestpmdAfXdp => "testpmd-af_xdp (tuned)",
         }
     }
 
@@ -66,6 +75,15 @@ impl TcpPath {
             }
             TcpPath::DataplaneAfxdp => {
                 "AF_XDP ports; endpoints at defaults, but native XDP turns their TSO off"
+            }
+            TcpPath::OvsAfxdp => {
+                "Open vSwitch 3.1 userspace datapath, afxdp ports, port-to-port flows; \
+                 ENDPOINTS TUNED: `ethtool -K a0/b0 tx off` (it copies bytes, so checksums \
+                 left to the device would never be completed)"
+            }
+            TcpPath::TestpmdAfXdp => {
+                "DPDK testpmd io-fwd on net_af_xdp; ENDPOINTS TUNED: `ethtool -K a0/b0 tx off`, \
+                 as for OVS"
             }
         }
     }
@@ -115,6 +133,10 @@ struct Sample {
 struct Running {
     switch: Option<Child>,
     bridge: bool,
+    /// OVS or testpmd, started as in the frame benchmarks.
+    peer: Option<RunningPath>,
+    /// Endpoints whose tx checksum offload was turned off for `peer`.
+    tuned: bool,
 }
 
 impl Drop for Running {
@@ -135,14 +157,28 @@ impl Drop for Running {
         if self.bridge {
             let _ = ip(&["-n", &ns("sw"), "link", "del", "br0"]);
         }
+        self.peer = None;
+        if self.tuned {
+            tune_endpoints("on");
+        }
     }
 }
 
-fn start(path: TcpPath, dp: &Dataplane) -> Result<Running> {
+/// `ethtool -K a0/b0 tx on|off` in the containers (the byte-copying peers
+/// only: see `TcpPath::describe`).
+fn tune_endpoints(state: &str) {
+    for (host, ifname) in [("a", "a0"), ("b", "b0")] {
+        ethtool(&ns(host), &["-K", ifname, "tx", state]);
+    }
+}
+
+fn start(path: TcpPath, topo: &Topology, dp: &Dataplane) -> Result<Running> {
     let sw = ns("sw");
     let mut running = Running {
         switch: None,
         bridge: false,
+        peer: None,
+        tuned: false,
     };
     let ports: &[&str] = match path {
         TcpPath::LinuxBridge => {
@@ -166,11 +202,25 @@ fn start(path: TcpPath, dp: &Dataplane) -> Result<Running> {
         TcpPath::DataplaneVeth => &["--port", "veth:sa", "--port", "veth:sb"],
         TcpPath::DataplaneVethSlow => &["--port", "veth:sa", "--port", "veth:sb", "--no-fast-path"],
         TcpPath::DataplaneAfxdp => &["--port", "afxdp:sa", "--port", "afxdp:sb"],
+        TcpPath::OvsAfxdp | TcpPath::TestpmdAfXdp => {
+            let kind = match path {
+                TcpPath::OvsAfxdp => PathKind::OvsAfxdp,
+                _ => PathKind::TestpmdAfXdp,
+            };
+            running.tuned = true;
+            tune_endpoints("off");
+            running.peer = Some(paths::start(kind, Scenario::Tcp, topo, dp)?);
+            return wait_for_ping(path, running);
+        }
     };
     let mut args = vec!["run"];
     args.extend_from_slice(ports);
     running.switch = Some(dp.spawn(&sw, &args)?);
-    // The switch is up when its ports forward: a ping gets through.
+    wait_for_ping(path, running)
+}
+
+/// The path is up when its ports forward: a ping gets through.
+fn wait_for_ping(path: TcpPath, running: Running) -> Result<Running> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if ping() {
@@ -381,7 +431,7 @@ pub fn run(
         if stop.load(Ordering::Relaxed) {
             break;
         }
-        let running = match start(path, dp) {
+        let running = match start(path, &topo, dp) {
             Ok(r) => r,
             Err(e) => {
                 eprintln!("\n[bench] tcp {}: cannot run: {e:#}", path.name());
@@ -523,8 +573,9 @@ fn render(opts: &BenchOptions, runs: &[PathRun], wall: f64) -> (String, Value) {
         md.push_str(&format!("- `{}`: {}\n", r.path.name(), r.path.describe()));
     }
     md.push_str(
-        "\nNot in this table yet: OVS afxdp and testpmd af_xdp, which copy bytes and need \
-         `ethtool -K <veth> tx off` on both endpoints to carry TCP at all.\n",
+        "\n(tuned): these peers copy bytes between AF_XDP sockets, so a checksum the sender \
+         left to the device is never completed and TCP moves nothing with endpoints at their \
+         defaults; they run with tx checksum offload (and with it TSO) off in both containers.\n",
     );
     for r in runs {
         let tests: Vec<Value> = r
