@@ -75,21 +75,41 @@ static FWD_COUNT: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
 #[map]
 static GEN_HEADER: Array<[u8; GEN_HEADER_LEN]> = Array::with_max_entries(1, 0);
 
-/// Packet memory of an XDP context as [`FrameBytes`]: every read is checked
-/// against `data_end` in a form the verifier can follow.
-struct Packet<'a>(&'a XdpContext);
+/// Packet memory `[start, end)` of an XDP or tc context as [`FrameBytes`]:
+/// every read is checked against `end` in a form the verifier can follow.
+/// Made afresh after anything that moves the packet (a tag push or pop).
+struct Packet {
+    start: usize,
+    end: usize,
+}
 
-impl FrameBytes for Packet<'_> {
+impl Packet {
+    #[inline(always)]
+    fn of_xdp(ctx: &XdpContext) -> Packet {
+        Packet {
+            start: ctx.data(),
+            end: ctx.data_end(),
+        }
+    }
+
+    #[inline(always)]
+    fn of_skb(ctx: &TcContext) -> Packet {
+        Packet {
+            start: ctx.data(),
+            end: ctx.data_end(),
+        }
+    }
+}
+
+impl FrameBytes for Packet {
     #[inline(always)]
     fn bytes<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
-        let start = self.0.data();
-        let end = self.0.data_end();
-        if start + offset + N > end {
+        if self.start + offset + N > self.end {
             return None;
         }
         // SAFETY: [start + offset, start + offset + N) was just checked to lie
         // inside the packet; [u8; N] has alignment 1.
-        Some(unsafe { *((start + offset) as *const [u8; N]) })
+        Some(unsafe { *((self.start + offset) as *const [u8; N]) })
     }
 }
 
@@ -111,7 +131,7 @@ pub fn steer(ctx: XdpContext) -> u32 {
 
 #[inline(always)]
 fn steer_frame(ctx: &XdpContext) -> (u32, Outcome) {
-    let header = match parse_l2(&Packet(ctx)) {
+    let header = match parse_l2(&Packet::of_xdp(ctx)) {
         Ok(h) => h,
         Err(_) => {
             debug!(
@@ -260,7 +280,7 @@ fn fast_path(ctx: &XdpContext, policy: &Policy, header: &L2Header) -> Option<(u3
 /// pseudo-header sum (see `dataplane_common::checksum`).
 #[inline(always)]
 fn checksum_left_to_device(ctx: &XdpContext, header: &L2Header) -> bool {
-    let packet = Packet(ctx);
+    let packet = Packet::of_xdp(ctx);
     let len = ctx.data_end() - ctx.data();
     match checksum::locate(&packet, header.header_len, header.ethertype, len) {
         Some(c) => checksum::is_partial(&packet, &c),
@@ -363,23 +383,6 @@ fn pop_tag(ctx: &XdpContext) -> bool {
     unsafe { bpf_xdp_adjust_head(ctx.ctx, VLAN_HLEN as i32) == 0 }
 }
 
-/// Packet memory of a tc context, as [`Packet`] is for XDP.
-struct SkbPacket<'a>(&'a TcContext);
-
-impl FrameBytes for SkbPacket<'_> {
-    #[inline(always)]
-    fn bytes<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
-        let start = self.0.data();
-        let end = self.0.data_end();
-        if start + offset + N > end {
-            return None;
-        }
-        // SAFETY: [start + offset, start + offset + N) was just checked to lie
-        // inside the packet's linear data; [u8; N] has alignment 1.
-        Some(unsafe { *((start + offset) as *const [u8; N]) })
-    }
-}
-
 /// `steer` for container ports, at tc ingress of the host end of a
 /// container's veth, with no XDP program there at all: the container keeps
 /// TSO and checksum offload, and no skb is copied for XDP. The decision is
@@ -398,7 +401,8 @@ pub fn steer_tc(ctx: TcContext) -> i32 {
 #[inline(always)]
 fn steer_skb(ctx: &TcContext) -> (i32, Outcome) {
     let skb = ctx.skb.skb;
-    let Ok(mut header) = parse_l2(&SkbPacket(ctx)) else {
+    let packet = Packet::of_skb(ctx);
+    let Ok(mut header) = parse_l2(&packet) else {
         return (TC_ACT_OK as i32, Outcome::Malformed);
     };
     // SAFETY: reads of the __sk_buff the kernel handed us.
@@ -407,7 +411,7 @@ fn steer_skb(ctx: &TcContext) -> (i32, Outcome) {
         // Before tc ingress the kernel moves the outer tag out of the frame
         // into the skb: that is the frame's outer tag, and what follows the
         // MAC addresses in the data is what follows that tag.
-        let Some(ethertype) = SkbPacket(ctx).bytes::<2>(12) else {
+        let Some(ethertype) = packet.bytes::<2>(12) else {
             return (TC_ACT_OK as i32, Outcome::Malformed);
         };
         header.vlan = Some((tci & 0x0fff) as u16);

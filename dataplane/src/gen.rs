@@ -179,7 +179,16 @@ impl Generator {
                 }
             }
             let t = Instant::now();
-            self.run(n)?;
+            match self.run(n) {
+                // A signal landed in the syscall: Ctrl-C ends the run
+                // like a finished duration does; anything else retries.
+                Err(Error::Run { source, .. })
+                    if source.kind() == std::io::ErrorKind::Interrupted =>
+                {
+                    continue;
+                }
+                result => result?,
+            }
             tracing::trace!(
                 frames = n,
                 took_us = t.elapsed().as_micros() as u64,

@@ -171,22 +171,8 @@ pub struct RunningPath {
 
 impl Drop for RunningPath {
     fn drop(&mut self) {
-        for (_, c) in &self.children {
-            // SAFETY: kill(2) on our own child: SIGINT lets dataplane and
-            // testpmd detach and close their sockets.
-            unsafe { libc::kill(c.id() as i32, libc::SIGINT) };
-        }
-        for (_, c) in &mut self.children {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = c.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        let mut children: Vec<&mut Child> = self.children.iter_mut().map(|(_, c)| c).collect();
+        interrupt_and_reap(&mut children, Duration::from_secs(10));
         self.ovs = None;
         self.links.clear();
         self.relay = None;
@@ -245,6 +231,26 @@ impl RunningPath {
 
     fn child(&mut self, what: &str, c: Child) {
         self.children.push((what.to_string(), c));
+    }
+}
+
+/// SIGINT to every child (dataplane and testpmd then detach and close
+/// their sockets), then waits up to `grace` for each before SIGKILL.
+pub fn interrupt_and_reap(children: &mut [&mut Child], grace: Duration) {
+    for c in children.iter() {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(c.id() as i32, libc::SIGINT) };
+    }
+    let deadline = Instant::now() + grace;
+    for c in children.iter_mut() {
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = c.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
     }
 }
 

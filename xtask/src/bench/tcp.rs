@@ -142,17 +142,7 @@ struct Running {
 impl Drop for Running {
     fn drop(&mut self) {
         if let Some(mut c) = self.switch.take() {
-            // SAFETY: kill(2) on our own child.
-            unsafe { libc::kill(c.id() as i32, libc::SIGINT) };
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = c.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
+            paths::interrupt_and_reap(&mut [&mut c], Duration::from_secs(5));
         }
         if self.bridge {
             let _ = ip(&["-n", &ns("sw"), "link", "del", "br0"]);
