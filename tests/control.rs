@@ -514,3 +514,35 @@ fn sigterm_stops_the_daemon_cleanly_and_releases_everything() {
     let links = h.sw.ip(&["link", "show"]);
     assert!(!links.contains("ctlvm0"), "TAP device gone: {links}");
 }
+
+#[test]
+fn the_first_port_can_leave_and_others_still_join() {
+    if !privileged("the_first_port_can_leave_and_others_still_join") {
+        return;
+    }
+    // The first port's socket registered the shared UMEM; before the fix,
+    // every later `port add` failed once it was gone.
+    for kind in ["afxdp", "veth"] {
+        let h = hosts(&format!("ctlfirst{}", &kind[..1]), 3);
+        let (a, b, c) = (&h.hosts[0], &h.hosts[1], &h.hosts[2]);
+        let (pa, pb, pc) = (
+            format!("{kind}:sa"),
+            format!("{kind}:sb"),
+            format!("{kind}:sc"),
+        );
+        let sw = RunningSwitch::start(&h.sw, &["--port", &pa, "--port", &pb]);
+        assert!(ping(a, "10.77.9.2", 2), "{kind}: a -> b\n{}", sw.output());
+        h.sw.dataplane_ok(&["port", "del", &pa]);
+        h.sw.dataplane_ok(&["port", "add", &pc]);
+        assert!(
+            ping(c, "10.77.9.2", 2),
+            "{kind}: c joined after the first port left"
+        );
+        h.sw.dataplane_ok(&["port", "add", &pa]);
+        assert!(
+            ping(a, "10.77.9.3", 2),
+            "{kind}: and the first port came back"
+        );
+        assert_clean_exit(sw);
+    }
+}

@@ -526,11 +526,6 @@ impl Drop for AfxdpPort {
             }
         }
         self.unregister_all();
-        // Newest first: the first socket may be the one that registered the
-        // UMEM, which must outlive the sockets that share it.
-        while let Some(s) = self.sockets.pop() {
-            drop(s);
-        }
         if self.punt.is_some() && !self.attached_here {
             // A user's attachment: hand its frames back to its own sockets.
             let _ = self.attachment.set_punt(None);

@@ -31,7 +31,8 @@
 //!
 //! let umem = Arc::new(Umem::new(UmemConfig::default())?);
 //! let mut pool = FramePool::new(&umem);
-//! // The first socket registers the UMEM; keep it alive longest.
+//! // The first socket registers the UMEM; later ones share it, and they may
+//! // close in any order.
 //! let mut sock = XskSocket::new(&umem, "veth0", 0, &SocketConfig::default())?;
 //! sock.fill(&mut pool, 1024);
 //! let mut rx = Vec::with_capacity(64);
@@ -158,22 +159,12 @@ pub enum Error {
         requested: BindMode,
         umem_mode: BoundMode,
     },
-    /// The UMEM's first socket is on this very interface queue.
+    /// A socket of this UMEM is on this very interface queue.
     #[error(
-        "bind AF_XDP socket to {ifname} queue {queue}: the first socket of this UMEM is bound \
-         there already (one socket per interface queue)"
+        "bind AF_XDP socket to {ifname} queue {queue}: a socket of this UMEM is bound there \
+         already (one socket per interface queue)"
     )]
     QueueTaken { ifname: String, queue: u32 },
-    /// The socket that registered the UMEM was closed while others are open.
-    #[error(
-        "bind AF_XDP socket to {ifname} queue {queue}: the socket that registered the shared UMEM \
-         was closed while {open} other socket(s) still use it; close sockets in reverse order of creation"
-    )]
-    UmemOwnerClosed {
-        ifname: String,
-        queue: u32,
-        open: usize,
-    },
 }
 
 fn socket_hint(e: &io::Error) -> &'static str {

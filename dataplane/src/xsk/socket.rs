@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use super::ring::{map_consumer, map_producer, mmap_offsets, ConsumerRing, ProducerRing, XdpDesc};
 use super::sys::*;
-use super::umem::{FramePool, Umem, UmemOwner};
+use super::umem::{FramePool, Umem, UmemMember};
 use super::Error;
 
 /// How to bind a socket: the requested mode.
@@ -140,8 +140,6 @@ pub struct XskSocket {
     queue: u32,
     bound: BoundMode,
     need_wakeup: bool,
-    /// This socket registered the UMEM (others share it through our fd).
-    is_owner: bool,
     /// Frames submitted to TX and not yet back from the completion ring.
     outstanding_tx: u32,
     /// Unexpected kick failures (logged once).
@@ -164,8 +162,8 @@ struct Opened {
 enum Umode {
     /// Register it (first socket) and bind in this mode.
     Register { mode: BoundMode, need_wakeup: bool },
-    /// Share the one `owner` registered.
-    Share(UmemOwner),
+    /// Share it through a socket bound to it.
+    Share(UmemMember),
 }
 
 /// A socket closed a moment ago keeps its queue until a kernel work item
@@ -179,9 +177,9 @@ impl XskSocket {
     ///
     /// The first socket on a UMEM registers it (`XDP_UMEM_REG`) and decides
     /// copy/zero-copy and need_wakeup for all; later ones share it
-    /// (`XDP_SHARED_UMEM`), each with its own fill and completion rings
-    /// (kernel >= 5.10), so they must be on other interfaces or queues.
-    /// The first socket must outlive the others (see [`Umem`]).
+    /// (`XDP_SHARED_UMEM`) through any socket still bound to it, each with
+    /// its own fill and completion rings (kernel >= 5.10), so they must be
+    /// on other interfaces or queues. Sockets may close in any order.
     ///
     /// [`BindMode::Auto`] on the first socket tries zero-copy and, if bind
     /// refuses it, starts over in copy mode with a fresh socket (a failed
@@ -202,14 +200,18 @@ impl XskSocket {
         // Held until the socket is entered, so that two threads cannot both
         // register the UMEM, nor share it with a socket being closed.
         let mut reg = umem.registration();
-        let opened = match reg.owner {
+        if reg
+            .members
+            .iter()
+            .any(|m| (m.ifindex, m.queue) == (ifindex, queue_id))
+        {
+            return Err(Error::QueueTaken {
+                ifname: ifname.to_string(),
+                queue: queue_id,
+            });
+        }
+        let opened = match reg.members.first().copied() {
             Some(owner) => {
-                if (owner.ifindex, owner.queue) == (ifindex, queue_id) {
-                    return Err(Error::QueueTaken {
-                        ifname: ifname.to_string(),
-                        queue: queue_id,
-                    });
-                }
                 let clash = matches!(
                     (config.bind, owner.mode),
                     (BindMode::Copy, BoundMode::ZeroCopy) | (BindMode::ZeroCopy, BoundMode::Copy)
@@ -223,13 +225,6 @@ impl XskSocket {
                     });
                 }
                 open_retrying(umem, &ctx, ifindex, config, Umode::Share(owner))?
-            }
-            None if reg.sockets > 0 => {
-                return Err(Error::UmemOwnerClosed {
-                    ifname: ifname.to_string(),
-                    queue: queue_id,
-                    open: reg.sockets,
-                });
             }
             None => {
                 let register = |mode| Umode::Register {
@@ -275,26 +270,25 @@ impl XskSocket {
             }
         };
 
-        let (is_owner, need_wakeup) = match reg.owner {
-            Some(owner) => (false, owner.need_wakeup),
-            None => {
-                reg.owner = Some(UmemOwner {
-                    fd: opened.fd.as_raw_fd(),
-                    ifindex,
-                    queue: queue_id,
-                    mode: opened.bound,
-                    need_wakeup: config.need_wakeup,
-                });
-                (true, config.need_wakeup)
-            }
-        };
-        reg.sockets += 1;
+        // The first member decided the mode for all.
+        let need_wakeup = reg
+            .members
+            .first()
+            .map_or(config.need_wakeup, |m| m.need_wakeup);
+        let shared = !reg.members.is_empty();
+        reg.members.push(UmemMember {
+            fd: opened.fd.as_raw_fd(),
+            ifindex,
+            queue: queue_id,
+            mode: opened.bound,
+            need_wakeup,
+        });
         drop(reg);
         tracing::debug!(
             ifname,
             queue = queue_id,
             mode = %opened.bound,
-            shared = !is_owner,
+            shared,
             "AF_XDP socket bound"
         );
         Ok(XskSocket {
@@ -309,7 +303,6 @@ impl XskSocket {
             queue: queue_id,
             bound: opened.bound,
             need_wakeup,
-            is_owner,
             outstanding_tx: 0,
             kick_errors: 0,
         })
@@ -517,20 +510,10 @@ impl Drop for XskSocket {
     fn drop(&mut self) {
         // The fd and rings are released by the fields' own drops, after
         // this; here the UMEM forgets us.
-        let mut reg = self.umem.registration();
-        reg.sockets -= 1;
-        if self.is_owner {
-            reg.owner = None;
-            if reg.sockets > 0 {
-                tracing::warn!(
-                    ifname = self.ifname,
-                    queue = self.queue,
-                    others = reg.sockets,
-                    "the AF_XDP socket that registered the UMEM closed before the sockets sharing it; \
-                     they keep working, but no new socket can share this UMEM"
-                );
-            }
-        }
+        // Out of the list before the fd closes (under the lock), so no new
+        // socket can name a recycled fd number as its share target.
+        let fd = self.fd.as_raw_fd();
+        self.umem.registration().members.retain(|m| m.fd != fd);
     }
 }
 

@@ -16,11 +16,11 @@
 //!
 //! The UMEM is registered with the kernel (`XDP_UMEM_REG`) by the first
 //! socket created on it; later sockets bind with `XDP_SHARED_UMEM` naming
-//! that socket's fd (see [`super::XskSocket::new`]). So **the first socket
-//! must outlive the others**: keep the sockets in a `Vec` in creation order
-//! and drop it back to front (or drop its owner after the rest). Closing the
-//! first socket while others are open is refused for later creations with
-//! [`Error::UmemOwnerClosed`] rather than binding to a recycled fd number.
+//! the fd of *any* socket still bound to it (the kernel takes the UMEM
+//! from whichever it is given; see [`super::XskSocket::new`]). So sockets
+//! may close in any order: a port removed first does not keep later ports
+//! from joining. Once every socket is closed the kernel lets go of the
+//! UMEM, and the next socket registers it afresh.
 
 use std::os::fd::RawFd;
 use std::ptr::NonNull;
@@ -82,12 +82,13 @@ impl UmemConfig {
     }
 }
 
-/// The socket that registered the UMEM with the kernel, as later sockets
-/// need it: they bind with `XDP_SHARED_UMEM` + its fd, and inherit its mode
-/// (the kernel refuses mode flags on sharing sockets).
+/// A socket bound to the UMEM, as later sockets need one: they bind with
+/// `XDP_SHARED_UMEM` + its fd, and inherit the UMEM's mode (the kernel
+/// refuses mode flags on sharing sockets; every member has the same).
 #[derive(Debug, Clone, Copy)]
-pub(super) struct UmemOwner {
-    /// Its fd number (borrowed: the socket owns and closes it).
+pub(super) struct UmemMember {
+    /// Its fd number (borrowed: the socket owns and closes it, and leaves
+    /// the registration first, under its lock).
     pub fd: RawFd,
     /// Where it is bound; a second socket on the same interface queue would
     /// share its rings, which this module does not support.
@@ -103,10 +104,9 @@ pub(super) struct UmemOwner {
 /// created and closed rarely, possibly from several threads.
 #[derive(Debug, Default)]
 pub(super) struct Registration {
-    /// The registering socket, while it is open.
-    pub owner: Option<UmemOwner>,
-    /// Open sockets on this UMEM, the owner included.
-    pub sockets: usize,
+    /// The open sockets on this UMEM, in no particular order; empty: the
+    /// next socket registers it.
+    pub members: Vec<UmemMember>,
 }
 
 /// Packet memory shared with the kernel: one anonymous mapping of
