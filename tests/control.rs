@@ -524,7 +524,7 @@ fn the_first_port_can_leave_and_others_still_join() {
     // every later `port add` failed once it was gone.
     for kind in ["afxdp", "veth"] {
         let h = hosts(&format!("ctlfirst{}", &kind[..1]), 3);
-        let (a, b, c) = (&h.hosts[0], &h.hosts[1], &h.hosts[2]);
+        let (a, c) = (&h.hosts[0], &h.hosts[2]);
         let (pa, pb, pc) = (
             format!("{kind}:sa"),
             format!("{kind}:sb"),
