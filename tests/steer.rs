@@ -547,3 +547,55 @@ fn an_interrupted_generator_exits_cleanly() {
     }
     sw.dataplane_ok(&["detach", "--iface", "s0"]);
 }
+
+#[test]
+fn attach_and_detach_in_parallel_namespaces_never_fail() {
+    if !privileged("attach_and_detach_in_parallel_namespaces_never_fail") {
+        return;
+    }
+    // Detaching the last interface of a namespace removes the shared
+    // `dataplane/` pin directory while attaches elsewhere create theirs:
+    // 8 namespaces x 10 rounds at once, every command must succeed.
+    let mut topo = Topology::new("par");
+    let spaces: Vec<NetNs> = (0..8)
+        .map(|i| {
+            let host = topo.netns(&format!("h{i}"));
+            let sw = topo.netns(&format!("s{i}"));
+            topo.veth((&host, "x0"), (&sw, "x1"));
+            sw
+        })
+        .collect();
+    let failures: Vec<String> = std::thread::scope(|s| {
+        let workers: Vec<_> = spaces
+            .iter()
+            .map(|sw| {
+                s.spawn(move || {
+                    let mut failed = Vec::new();
+                    for round in 0..10 {
+                        for verb in ["attach", "detach"] {
+                            let out = sw.dataplane(&[verb, "--iface", "x1"]);
+                            if !out.status.success() {
+                                failed.push(format!(
+                                    "{} round {round} {verb}: {}",
+                                    sw.name(),
+                                    String::from_utf8_lossy(&out.stderr).trim()
+                                ));
+                            }
+                        }
+                    }
+                    failed
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect()
+    });
+    assert!(
+        failures.is_empty(),
+        "{} failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}

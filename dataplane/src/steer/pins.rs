@@ -94,6 +94,7 @@ impl PinRoot {
     /// Removes the namespace directory and `dataplane/` if they are empty,
     /// so a detach of the last interface leaves bpffs as it was.
     pub fn remove_empty_dirs(&self) {
+        let _lock = TreeLock::take(self.dir.ancestors().nth(2));
         let _ = std::fs::remove_dir(&self.dir);
         if let Some(parent) = self.dir.parent() {
             let _ = std::fs::remove_dir(parent);
@@ -146,6 +147,10 @@ impl InterfacePins {
 
     /// Creates the directory (and parents).
     pub fn create(&self) -> Result<(), Error> {
+        // Under the tree lock: a detach in another namespace removes
+        // `dataplane/` when it leaves it empty, and could do so between the
+        // moment this creates a parent and the moment it creates the child.
+        let _lock = TreeLock::take(self.dir.ancestors().nth(3));
         std::fs::create_dir_all(&self.dir).map_err(|source| Error::Io {
             action: "creating pin directory",
             path: self.dir.display().to_string(),
@@ -182,6 +187,33 @@ impl InterfacePins {
     }
 }
 
+/// An exclusive flock(2) on the bpffs directory that holds `dataplane/`,
+/// taken by everything that creates or removes the shared directories
+/// (attaches and detaches in any namespace, in any process), released on
+/// drop. bpffs holds only directories and pins, so the lock is on the
+/// directory itself. Best effort: if the directory cannot be opened the
+/// caller goes on unlocked, as before.
+struct TreeLock(Option<std::fs::File>);
+
+impl TreeLock {
+    fn take(bpffs: Option<&Path>) -> TreeLock {
+        use std::os::fd::AsRawFd;
+        let Some(file) = bpffs.and_then(|p| std::fs::File::open(p).ok()) else {
+            return TreeLock(None);
+        };
+        // SAFETY: flock(2) on a descriptor we own; blocks until granted.
+        unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+        TreeLock(Some(file))
+    }
+}
+
+impl Drop for TreeLock {
+    fn drop(&mut self) {
+        // Closing the descriptor releases the lock.
+        self.0.take();
+    }
+}
+
 /// True if `path` is the root of a bpffs mount.
 pub fn is_bpffs(path: &Path) -> bool {
     use std::os::unix::ffi::OsStrExt;
@@ -207,6 +239,38 @@ mod tests {
             msg.contains("/tmp") && msg.contains("mount -t bpf"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn creating_pins_survives_a_concurrent_removal_of_empty_parents() {
+        // What a detach in another namespace does (remove_empty_dirs) racing
+        // with an attach here (create), on a scratch directory.
+        let base = std::env::temp_dir().join(format!("dp-pins-race-{}", std::process::id()));
+        // The stand-in for the bpffs mount, which always exists.
+        std::fs::create_dir_all(&base).unwrap();
+        let root = PinRoot {
+            dir: base.join("dataplane").join("ns1"),
+        };
+        let pins = root.interface("x0");
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let failures = std::thread::scope(|s| {
+            s.spawn(|| {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    root.remove_empty_dirs();
+                }
+            });
+            let mut failures = 0;
+            for _ in 0..3000 {
+                if pins.create().is_err() {
+                    failures += 1;
+                }
+                let _ = std::fs::remove_dir(pins.dir());
+            }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            failures
+        });
+        let _ = std::fs::remove_dir_all(&base);
+        assert_eq!(failures, 0, "creations lost to the concurrent removal");
     }
 
     #[test]

@@ -36,6 +36,10 @@ pub enum DropReason {
     SameSegment,
     /// Cross-connect port without a peer, or the egress port is down.
     NoEgress,
+    /// The frame came from a slot that holds no port: one being added
+    /// (its PMD may poll it a moment before the switch knows it) or
+    /// removed. Nothing is learned from it.
+    NoIngress,
 }
 
 /// What to do with one frame.
@@ -214,7 +218,10 @@ impl Switch {
                 _ => Decision::Drop(DropReason::NoEgress),
             };
         }
-        let Some(vlan) = self.ports[in_port].vlan.ingress(header.vlan) else {
+        let Some(port) = self.ports.get(in_port).filter(|p| p.is_present()) else {
+            return Decision::Drop(DropReason::NoIngress);
+        };
+        let Some(vlan) = port.vlan.ingress(header.vlan) else {
             return Decision::Drop(DropReason::VlanPolicy);
         };
         match self.fdb.learn(vlan, header.src, in_port, now) {
@@ -229,9 +236,12 @@ impl Switch {
         match self.fdb.lookup(vlan, header.dst, now) {
             None => Decision::Flood { vlan },
             Some(out) if out == in_port => Decision::Drop(DropReason::SameSegment),
-            Some(out) => match (self.is_up(out), self.ports[out].vlan.egress(vlan)) {
-                (true, Some(tag)) => Decision::Forward { out, vlan, tag },
-                _ => Decision::Drop(DropReason::NoEgress),
+            Some(out) => match self.ports.get(out).filter(|p| p.up) {
+                Some(p) => match p.vlan.egress(vlan) {
+                    Some(tag) => Decision::Forward { out, vlan, tag },
+                    None => Decision::Drop(DropReason::NoEgress),
+                },
+                None => Decision::Drop(DropReason::NoEgress),
             },
         }
     }
@@ -287,6 +297,26 @@ mod tests {
             Forwarding::Learning,
             FdbConfig::default(),
         )
+    }
+
+    #[test]
+    fn a_frame_from_a_slot_without_a_port_is_dropped_not_learned() {
+        // A port being added is polled by its PMD a moment before the
+        // switch knows it; a removed one may still deliver a frame.
+        let mut sw = three_ports();
+        let now = Instant::now();
+        for in_port in [3, 63, 1000] {
+            assert_eq!(
+                sw.decide(in_port, &hdr(A, B, None), now),
+                Decision::Drop(DropReason::NoIngress)
+            );
+        }
+        sw.remove_port(2);
+        assert_eq!(
+            sw.decide(2, &hdr(B, A, None), now),
+            Decision::Drop(DropReason::NoIngress)
+        );
+        assert_eq!(sw.fdb().len(), 0, "nothing learned from them");
     }
 
     #[test]
