@@ -362,7 +362,23 @@ impl RunConfig {
             };
             let queues = match (p.kind, p.queues) {
                 // A TAP's queues are a count, not queue ids.
-                (PortKind::Tap, Some(q)) => (0..q.first().copied().unwrap_or(1).max(1)).collect(),
+                (PortKind::Tap, Some(q)) => match q.as_slice() {
+                    [n] if (1..=16).contains(n) => (0..*n).collect(),
+                    _ => {
+                        return Err(Error::PortField {
+                            spec: name,
+                            why: format!(
+                                "queues = {q:?}: a TAP takes one queue count, 1-16 (queues = [2])"
+                            ),
+                        })
+                    }
+                },
+                (_, Some(q)) if q.is_empty() => {
+                    return Err(Error::PortField {
+                        spec: name,
+                        why: "queues = []: name at least one rx queue (queues = [0])".into(),
+                    })
+                }
                 (_, Some(q)) => q,
                 (_, None) => vec![0],
             };
@@ -472,6 +488,44 @@ impl RunConfig {
                     why: "listed twice (one PMD thread per CPU)".into(),
                 });
             }
+        }
+        // SAFETY: sysconf(3) reads a value; no memory is passed.
+        let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_CONF) }.max(1) as usize;
+        if let Some(c) = self.cores.iter().find(|&&c| c >= cpus) {
+            return Err(Error::Invalid {
+                field: "cores",
+                value: c.to_string(),
+                why: format!("this machine has {cpus} CPU(s), 0-{}", cpus - 1),
+            });
+        }
+        if self.fdb.max_entries == 0 || self.fdb.max_entries > 1 << 20 {
+            return Err(Error::Invalid {
+                field: "fdb.max_entries",
+                value: self.fdb.max_entries.to_string(),
+                why: "must be 1..=1048576".into(),
+            });
+        }
+        let max_age = self.fdb.max_age.as_secs();
+        if max_age == 0 || max_age > 86_400 * 365 {
+            return Err(Error::Invalid {
+                field: "fdb.max_age",
+                value: max_age.to_string(),
+                why: "seconds, 1..=31536000 (a year)".into(),
+            });
+        }
+        if let Some(i) = self.stats_interval.filter(|i| i.as_secs() > 86_400) {
+            return Err(Error::Invalid {
+                field: "stats_interval",
+                value: i.as_secs().to_string(),
+                why: "seconds, 0 (off) to 86400 (a day)".into(),
+            });
+        }
+        if let Some(us) = self.socket_busy_poll.filter(|us| *us > 1_000_000) {
+            return Err(Error::Invalid {
+                field: "socket_busy_poll",
+                value: us.to_string(),
+                why: "microseconds, at most 1000000".into(),
+            });
         }
         if self.burst == 0 || self.burst > 1024 {
             return Err(Error::Invalid {
@@ -601,6 +655,12 @@ pub fn parse_port_spec(spec: &str) -> Result<PortConfig, Error> {
             spec: spec.to_string(),
         });
     }
+    if kind != PortKind::VhostUser {
+        check_ifname(&iface).map_err(|why| Error::PortField {
+            spec: spec.escape_debug().to_string(),
+            why,
+        })?;
+    }
     let bad = |key: &str, value: &str, why: &str| Error::BadValue {
         spec: spec.to_string(),
         key: key.to_string(),
@@ -618,10 +678,14 @@ pub fn parse_port_spec(spec: &str) -> Result<PortConfig, Error> {
     };
     let (mut queues, mut vlan, mut trunk, mut native, mut bind) =
         (vec![0], None, None, None, BindMode::Auto);
+    let mut given = HashSet::new();
     for part in parts {
         let (key, value) = part.split_once('=').ok_or_else(|| Error::BadPortSpec {
             spec: spec.to_string(),
         })?;
+        if !given.insert(key) {
+            return Err(bad(key, value, "given twice; name it once"));
+        }
         match key {
             // AF_XDP: the rx queue ids; TAP: how many queues.
             "queues" if kind == PortKind::Tap => {
@@ -650,7 +714,15 @@ pub fn parse_port_spec(spec: &str) -> Result<PortConfig, Error> {
                         .map_err(|_| bad(key, value, "expected a VLAN id"))?,
                 )
             }
-            "trunk" => trunk = Some(list(key, value)?.into_iter().map(|v| v as u16).collect()),
+            "trunk" => {
+                // Parsed wide and checked before narrowing: 65546 must not
+                // become VLAN 10.
+                let vids = list(key, value)?;
+                if vids.iter().any(|&v| v > 4094) {
+                    return Err(bad(key, value, "VLAN ids are 1-4094"));
+                }
+                trunk = Some(vids.into_iter().map(|v| v as u16).collect())
+            }
             "native" => {
                 native = Some(
                     value
@@ -705,12 +777,40 @@ fn port_target(
             spec: spec(""),
             why: "needs `path = \"/run/dataplane/vm0.sock\"` (the socket) and no `iface`".into(),
         }),
-        (_, Some(i), None) => Ok(i),
+        (_, Some(i), None) => match check_ifname(&i) {
+            Ok(()) => Ok(i),
+            Err(why) => Err(Error::PortField {
+                spec: spec(&format!(", iface = {:?}", i)),
+                why,
+            }),
+        },
         (_, _, _) => Err(Error::PortField {
             spec: spec(""),
             why: "needs `iface = \"...\"`; `path` is for vhost-user ports only".into(),
         }),
     }
+}
+
+/// An interface name the kernel could have: 1-15 bytes, no '/', no
+/// whitespace or control characters (which would also reach terminals raw).
+fn check_ifname(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 15 {
+        return Err(format!(
+            "interface names are 1-15 bytes; {:?} has {}",
+            name,
+            name.len()
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| *c == '/' || c.is_whitespace() || c.is_control())
+    {
+        return Err(format!(
+            "interface name {:?} contains {:?}, which interface names cannot",
+            name, c
+        ));
+    }
+    Ok(())
 }
 
 /// toml's error with the line and column spelled out first.
@@ -789,6 +889,54 @@ mod tests {
         assert_eq!(c.ports[1].vlan, VlanMode::Access(10));
         assert_eq!(c.ports[1].queues, vec![0, 1]);
         assert_eq!(c.ports[1].bind, BindMode::Copy);
+    }
+
+    #[test]
+    fn every_number_a_user_gives_is_range_checked() {
+        let flag = |s: &str| parse_port_spec(s).unwrap_err().to_string();
+        assert!(
+            flag("afxdp:v0,trunk=65546").contains("trunk"),
+            "65546 is not VLAN 10"
+        );
+        assert!(flag("afxdp:v0,trunk=10+4095").contains("1-4094"));
+        assert!(flag("afxdp:v0,vlan=1,vlan=2").contains("given twice"));
+        assert!(flag("afxdp:v0,vlan=4095").contains("4095"));
+        assert!(flag("afxdp:v0,native=0").contains('0'));
+        assert!(flag("tap:vm0,queues=17").contains("1-16"));
+        assert!(
+            flag("afxdp:a\u{1b}[2J").contains("cannot"),
+            "control characters"
+        );
+        assert!(flag("afxdp:a/b").contains("cannot"));
+        let toml = |body: &str| {
+            RunConfig::from_toml(body, "t.toml")
+                .unwrap_err()
+                .to_string()
+        };
+        let port = "[[port]]\nkind = \"afxdp\"\niface = \"v0\"\n";
+        assert!(
+            toml(&format!("{port}queues = []\n")).contains("at least one"),
+            "an AF_XDP port with no queue"
+        );
+        assert!(
+            toml("[[port]]\nkind = \"tap\"\niface = \"t0\"\nqueues = [4294967295]\n")
+                .contains("1-16")
+        );
+        assert!(
+            toml("[[port]]\nkind = \"afxdp\"\niface = \"a-very-long-name0\"\n")
+                .contains("1-15 bytes")
+        );
+        assert!(toml(&format!("cores = [5000]\n{port}")).contains("cores"));
+        assert!(toml(&format!("[fdb]\nmax_entries = 0\n{port}")).contains("fdb.max_entries"));
+        assert!(toml(&format!("[fdb]\nmax_age = 0\n{port}")).contains("fdb.max_age"));
+        assert!(
+            toml(&format!("stats_interval = 9223372036854775807\n{port}"))
+                .contains("stats_interval")
+        );
+        assert!(
+            toml(&format!("socket_busy_poll = 4294967295\n{port}")).contains("socket_busy_poll")
+        );
+        assert!(toml(&format!("{port}trunk = [65546]\n")).contains("line 4, column 10"));
     }
 
     #[test]

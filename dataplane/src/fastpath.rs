@@ -368,7 +368,7 @@ impl FastPath {
     /// each again and stop using the ones that fail, saying why.
     pub fn check_egress(&mut self, switch: &Switch) {
         let (redirected, sent) = self.totals();
-        let lost = (redirected - self.last_redirected).saturating_sub(sent - self.last_sent);
+        let lost = lost_since((self.last_redirected, self.last_sent), (redirected, sent));
         (self.last_redirected, self.last_sent) = (redirected, sent);
         // Counters are read a moment apart: tolerate a burst's worth.
         if lost <= 64 {
@@ -435,6 +435,16 @@ impl Drop for FastPath {
     }
 }
 
+/// Frames redirected but not sent between two readings of (redirected,
+/// sent). Both are sums over the current ports, so either can go *down*
+/// when a port leaves (its counters leave the sums): such a reading
+/// counts as no loss rather than underflowing.
+fn lost_since(before: (u64, u64), now: (u64, u64)) -> u64 {
+    let redirected = now.0.saturating_sub(before.0);
+    let sent = now.1.saturating_sub(before.1);
+    redirected.saturating_sub(sent)
+}
+
 /// Sends one frame to `ifname` by XDP redirect and checks that the device
 /// transmitted it (a veth whose peer has neither XDP nor GRO drops it
 /// without a trace, except that its `xdp_xmit` counter stays put).
@@ -462,4 +472,18 @@ fn probe_egress(ifname: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loss_is_redirected_minus_sent_and_never_underflows() {
+        assert_eq!(lost_since((100, 100), (200, 150)), 50);
+        assert_eq!(lost_since((100, 100), (200, 250)), 0);
+        // A port left: both sums shrank.
+        assert_eq!(lost_since((500, 400), (100, 90)), 0);
+        assert_eq!(lost_since((500, 400), (600, 10)), 100);
+    }
 }

@@ -101,7 +101,7 @@ enum Command {
         dataplane -n sw status --json | jq '.[].counters'")]
     Status {
         /// Refresh every SECS seconds with per-second rates, until Ctrl-C.
-        #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "1")]
+        #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "1", value_parser = parse_interval)]
         watch: Option<f64>,
         /// Print JSON instead of a table.
         #[arg(long, conflicts_with = "watch")]
@@ -187,7 +187,7 @@ enum Command {
         Prometheus: start the switch with --metrics 127.0.0.1:9464 and scrape /metrics.")]
     Stats {
         /// Redraw every SECS seconds (default 1) until Ctrl-C.
-        #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "1")]
+        #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "1", value_parser = parse_interval)]
         watch: Option<f64>,
         /// Print the raw counters as JSON.
         #[arg(long, conflicts_with = "watch")]
@@ -349,7 +349,7 @@ struct GenArgs {
     #[arg(long, default_value_t = 64)]
     size: usize,
     /// How long to send, in seconds.
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = 10.0, value_parser = parse_duration_secs)]
     duration: f64,
     /// Stop after this many frames.
     #[arg(long)]
@@ -363,6 +363,27 @@ struct GenArgs {
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
+}
+
+/// A refresh interval in seconds: 0.1 to 3600 (a panic on `inf` or NaN
+/// before, deep in Duration).
+fn parse_interval(s: &str) -> Result<f64, String> {
+    seconds_in(s, 0.1, 3600.0)
+}
+
+/// A run length in seconds: up to a year.
+fn parse_duration_secs(s: &str) -> Result<f64, String> {
+    seconds_in(s, 0.0, 365.0 * 86_400.0)
+}
+
+fn seconds_in(s: &str, min: f64, max: f64) -> Result<f64, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !(min..=max).contains(&v) {
+        return Err(format!("{s} seconds is out of range: {min} to {max}"));
+    }
+    Ok(v)
 }
 
 fn parse_mac_arg(s: &str) -> Result<[u8; 6], String> {
@@ -702,6 +723,17 @@ fn print_fdb(fdb: &[dataplane::control::FdbRow]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn intervals_and_durations_are_range_checked() {
+        assert!(parse_interval("inf").is_err(), "a panic in Duration before");
+        assert!(parse_interval("NaN").is_err());
+        assert!(parse_interval("0.01").is_err());
+        assert_eq!(parse_interval("0.5"), Ok(0.5));
+        assert!(parse_duration_secs("-1").is_err());
+        assert!(parse_duration_secs("1e300").is_err());
+        assert_eq!(parse_duration_secs("10"), Ok(10.0));
+    }
     use clap::CommandFactory;
 
     /// Every command, nested ones included, with its path (`show ports`).
