@@ -500,11 +500,23 @@ fn sigterm_stops_the_daemon_cleanly_and_releases_everything() {
     if !privileged("sigterm_stops_the_daemon_cleanly_and_releases_everything") {
         return;
     }
-    let h = hosts("ctlterm", 2);
-    let sw = RunningSwitch::start(&h.sw, &["--port", "afxdp:sa", "--port", "tap:ctlvm0"]);
+    // SIGHUP (a closed terminal) and SIGQUIT must not leave anything behind
+    // either: by default they would kill the process outright.
+    for (sig, name) in [
+        (libc::SIGTERM, "SIGTERM"),
+        (libc::SIGHUP, "SIGHUP"),
+        (libc::SIGQUIT, "SIGQUIT"),
+    ] {
+        stop_by_signal_releases_everything(sig, name);
+    }
+}
+
+fn stop_by_signal_releases_everything(sig: i32, name: &str) {
+    let h = hosts(&format!("ctl{}", name[3..].to_lowercase()), 2);
+    let sw = RunningSwitch::start(&h.sw, &["--port", "veth:sa", "--port", "tap:ctlvm0"]);
     assert!(socket_of(&h.sw).exists());
-    let (ok, out) = sw.stop_with(libc::SIGTERM);
-    assert!(ok, "exit status 0 on SIGTERM:\n{out}");
+    let (ok, out) = sw.stop_with(sig);
+    assert!(ok, "exit status 0 on {name}:\n{out}");
     assert!(out.contains(" 0 unaccounted"), "{out}");
     assert_eq!(h.sw.xdp_prog_id("sa"), None, "steer detached");
     assert!(!h.sw.pin_dir("sa").exists(), "pins removed");
@@ -513,6 +525,7 @@ fn sigterm_stops_the_daemon_cleanly_and_releases_everything() {
     // switches may still be running, so only the socket is checked here).
     let links = h.sw.ip(&["link", "show"]);
     assert!(!links.contains("ctlvm0"), "TAP device gone: {links}");
+    assert!(!links.contains("dp-punt"), "punt device gone: {links}");
 }
 
 #[test]

@@ -284,12 +284,27 @@ fn a_killed_switch_is_cleaned_up_by_the_next_run() {
         err.contains("in use by another running dataplane switch"),
         "{err}"
     );
+    let fast = |sw: &NetNs| {
+        harness::steer_counter(sw, "sa", "fast_path")
+            + harness::steer_counter(sw, "sa", "fast_path_tc")
+    };
+    assert!(ping(&h.hosts[0], "10.77.1.2", 3));
+    assert!(fast(&h.sw) > 0, "the pings took the fast path");
     first.signal(libc::SIGKILL);
     drop(first);
     assert!(
         h.sw.xdp_prog_id("sa").is_some(),
         "SIGKILL leaves steer attached"
     );
+    // Its fast path is leased: once the lease runs out (3 s), nothing is
+    // forwarded in the kernel for a switch that no longer runs.
+    std::thread::sleep(std::time::Duration::from_millis(3500));
+    let before = fast(&h.sw);
+    assert!(
+        !ping(&h.hosts[0], "10.77.1.2", 2),
+        "no switch, no forwarding, not even in the kernel"
+    );
+    assert_eq!(fast(&h.sw), before, "the dead switch's fast path is off");
 
     let next = RunningSwitch::start(&h.sw, &args);
     assert!(

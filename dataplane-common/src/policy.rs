@@ -72,6 +72,23 @@ pub struct Policy {
     pub punt_queue: u32,
     /// Always zero.
     pub pad: u32,
+    /// The fast path is on until this CLOCK_MONOTONIC time (ns, what
+    /// `bpf_ktime_get_ns` reads). The running switch renews it every half
+    /// second; a switch killed without cleaning up stops forwarding in the
+    /// kernel (no ageing, no VLAN or port changes any more) within
+    /// [`FAST_PATH_LEASE_NS`].
+    pub fast_path_until: u64,
+}
+
+/// How far ahead a running switch renews [`Policy::fast_path_until`].
+pub const FAST_PATH_LEASE_NS: u64 = 3_000_000_000;
+
+impl Policy {
+    /// Whether learned unicast may be forwarded in the kernel at `now_ns`.
+    #[inline(always)]
+    pub fn fast_path_live(&self, now_ns: u64) -> bool {
+        self.fast_path != 0 && now_ns < self.fast_path_until
+    }
 }
 
 /// How the XDP program is attached to the device, recorded for `status`.
@@ -196,7 +213,7 @@ pub fn decide(mode: Mode, header: &L2Header, listed: impl Fn(&MatchKey) -> bool)
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: both are #[repr(C)], made only of integers and byte arrays,
-    // with no implicit padding (Policy: 10 x u32; MatchKey: 1 + 1 + 6 bytes),
+    // with no implicit padding (Policy: 10 x u32 + u64; MatchKey: 1 + 1 + 6 bytes),
     // so every bit pattern is a valid value and no byte is uninitialised.
     unsafe impl aya::Pod for super::Policy {}
     unsafe impl aya::Pod for super::MatchKey {}
@@ -283,6 +300,6 @@ mod tests {
     #[test]
     fn map_values_have_no_padding() {
         assert_eq!(core::mem::size_of::<MatchKey>(), 8);
-        assert_eq!(core::mem::size_of::<Policy>(), 40);
+        assert_eq!(core::mem::size_of::<Policy>(), 48);
     }
 }

@@ -15,7 +15,7 @@
 #![no_main]
 
 use aya_ebpf::helpers::{
-    bpf_redirect, bpf_redirect_peer, bpf_skb_vlan_pop, bpf_skb_vlan_push, bpf_xdp_adjust_head,
+    bpf_ktime_get_ns, bpf_redirect, bpf_redirect_peer, bpf_skb_vlan_pop, bpf_skb_vlan_push, bpf_xdp_adjust_head,
     bpf_xdp_adjust_meta,
 };
 use aya_ebpf::{
@@ -152,7 +152,8 @@ fn steer_frame(ctx: &XdpContext) -> (u32, Outcome) {
         Verdict::Pass => (xdp_action::XDP_PASS, Outcome::Passed),
         Verdict::Drop => (xdp_action::XDP_DROP, Outcome::Dropped),
         Verdict::Redirect => {
-            if policy.fast_path != 0 {
+            // SAFETY: a helper call without arguments.
+            if policy.fast_path_live(unsafe { bpf_ktime_get_ns() }) {
                 if let Some(result) = fast_path(ctx, policy, &header) {
                     return result;
                 }
@@ -427,7 +428,8 @@ fn steer_skb(ctx: &TcContext) -> (i32, Outcome) {
         Verdict::Pass => (TC_ACT_OK as i32, Outcome::Passed),
         Verdict::Drop => (TC_ACT_SHOT as i32, Outcome::Dropped),
         Verdict::Redirect => {
-            if policy.fast_path != 0 {
+            // SAFETY: a helper call without arguments.
+            if policy.fast_path_live(unsafe { bpf_ktime_get_ns() }) {
                 if let Some(result) = fast_path_skb(skb, policy, &header) {
                     return result;
                 }

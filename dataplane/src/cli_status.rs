@@ -58,10 +58,18 @@ pub fn watch(root: &PinRoot, secs: f64) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A flag that Ctrl-C (SIGINT) and SIGTERM set, instead of killing us.
+/// A flag that Ctrl-C (SIGINT), SIGTERM, SIGHUP and SIGQUIT set, instead
+/// of killing us.
 pub fn ctrl_c_flag() -> anyhow::Result<Arc<AtomicBool>> {
     let flag = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+    // SIGHUP (the terminal went away) and SIGQUIT stop as cleanly: their
+    // default action would leave attachments and pins behind.
+    for sig in [
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+        signal_hook::consts::SIGQUIT,
+    ] {
         signal_hook::flag::register(sig, flag.clone())?;
     }
     Ok(flag)

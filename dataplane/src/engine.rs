@@ -922,6 +922,7 @@ impl Engine {
         let mut shared = self.switch.lock().unwrap();
         let SharedSwitch { switch, fast_path } = &mut *shared;
         if let Some(fp) = fast_path.as_mut() {
+            fp.keep_alive();
             fp.refresh_ageing(switch, now);
             fp.check_egress(switch);
             let ports = self.shared.ports.read().unwrap();

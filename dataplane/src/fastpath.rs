@@ -278,6 +278,17 @@ impl FastPath {
         (self.last_redirected, self.last_sent) = self.totals();
     }
 
+    /// Renews every port's fast-path lease: called every half second while
+    /// the switch runs; a switch that stops calling (killed) leaves a fast
+    /// path that turns itself off.
+    pub fn keep_alive(&mut self) {
+        for p in self.ports.iter_mut().flatten() {
+            if let Err(e) = p.attachment.renew_fast_path() {
+                tracing::debug!(ifname = p.ifname, "renewing the fast path: {e}");
+            }
+        }
+    }
+
     /// (frames XDP-redirected by every port's steer, frames the egress
     /// devices that report it sent from redirects). tc hand-offs are not
     /// XDP transmits and count in neither.

@@ -115,7 +115,7 @@ enum Command {
     /// ports; learned unicast between AF_XDP and container ports is
     /// forwarded in the kernel (fast path) unless --no-fast-path. A
     /// container port (veth:) is the host end of a container's veth: the
-    /// container keeps TSO and checksum offload. Ctrl-C or SIGTERM stops
+    /// container keeps TSO and checksum offload. Ctrl-C, SIGTERM or SIGHUP stops
     /// it, unregisters the sockets and detaches what it attached. SIGUSR1
     /// prints port statistics and the FDB.
     #[command(after_help = "Examples:\n  \
@@ -130,7 +130,7 @@ enum Command {
         veth:IFACE[,vlan=N | ,trunk=N+M[,native=N]]   (host end of a container's veth)\n  \
         tap:NAME[,queues=N][,vlan=N | ,trunk=N+M[,native=N]]   (creates or opens a TAP device)\n  \
         vhost-user:/PATH.sock[,vlan=N | ,trunk=N+M[,native=N]]   (a VM's virtio-net)\n\n\
-        Signals: SIGINT/SIGTERM stop it cleanly (exit 0); SIGUSR1 prints statistics and the FDB.\n\
+        Signals: SIGINT/SIGTERM/SIGHUP/SIGQUIT stop it cleanly (exit 0); SIGUSR1 prints statistics and the FDB.\n\
         A run killed with SIGKILL is cleaned up by the next run, which says so.\n\n\
         Files: /run/dataplane/<netns>.ctl, the control socket (mode 0600; --control PATH,\n\
         --no-control); its protocol is in docs/CONTROL.md. A systemd unit example is in\n\

@@ -429,7 +429,13 @@ impl Attachment {
             p.port_id = port_id;
             p.untagged_vlan = untagged_vlan as u32;
             p.vlan_mode = vlan_mode;
+            p.fast_path_until = lease_end();
         })
+    }
+
+    /// Renews the fast path's lease (see `Policy::fast_path_until`).
+    pub fn renew_fast_path(&mut self) -> Result<(), Error> {
+        self.update_policy(|p| p.fast_path_until = lease_end())
     }
 
     /// The `dataplane run` that owns this attachment (0: none, a user's).
@@ -461,7 +467,10 @@ impl Attachment {
     }
 
     pub fn disable_fast_path(&mut self) -> Result<(), Error> {
-        self.update_policy(|p| p.fast_path = 0)?;
+        self.update_policy(|p| {
+            p.fast_path = 0;
+            p.fast_path_until = 0;
+        })?;
         let keys: Vec<FdbKey> = self.fdb.keys().filter_map(Result::ok).collect();
         for k in keys {
             let _ = self.fdb.remove(&k);
@@ -808,6 +817,7 @@ fn write_policy(ebpf: &mut Ebpf, ifname: &str, spec: &PolicySpec) -> Result<(), 
                 punt_ifindex: 0,
                 punt_queue: 0,
                 pad: 0,
+                fast_path_until: 0,
             },
             0,
         )
@@ -927,6 +937,20 @@ fn attach_tc_ingress(ebpf: &mut Ebpf, name: &str, ifname: &str) -> Result<FdLink
     link.try_into().map_err(|_| Error::NotALink {
         ifname: ifname.to_string(),
     })
+}
+
+/// CLOCK_MONOTONIC now plus the fast path's lease, in ns: the clock
+/// `bpf_ktime_get_ns` reads.
+fn lease_end() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime(2) writes into `ts`, which we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000
+        + ts.tv_nsec as u64
+        + dataplane_common::policy::FAST_PATH_LEASE_NS
 }
 
 /// BPF_LINK_DETACH (bpf(2) command 34): force-detaches a link from its hook.
