@@ -404,3 +404,32 @@ fn a_port_going_down_or_away_does_not_stop_the_others() {
         assert_eq!(h.sw.xdp_prog_id(i), None, "steer left on {i}");
     }
 }
+
+#[test]
+fn a_killed_switch_whose_interface_was_recreated_comes_back_working() {
+    if !privileged("a_killed_switch_whose_interface_was_recreated_comes_back_working") {
+        return;
+    }
+    // A container restarts while no switch runs: its veth is new, the
+    // pins of the killed switch's steer on the old one are stale.
+    for kind in ["afxdp", "veth"] {
+        let mut h = hosts(&format!("kill9r{}", &kind[..1]), 2);
+        let (pa, pb) = (format!("{kind}:sa"), format!("{kind}:sb"));
+        let first = RunningSwitch::start(&h.sw, &["--port", &pa, "--port", &pb]);
+        assert!(ping(&h.hosts[0], "10.77.1.2", 2), "{kind}");
+        first.signal(libc::SIGKILL);
+        drop(first);
+        h.sw.ip(&["link", "del", "sa"]);
+        let (a, sw) = (h.hosts[0].clone(), h.sw.clone());
+        h.topo.veth((&a, "a0"), (&sw, "sa"));
+        a.ip(&["addr", "add", "10.77.1.1/24", "dev", "a0"]);
+        let next = RunningSwitch::start(&h.sw, &["--port", &pa, "--port", &pb]);
+        assert!(
+            ping(&h.hosts[0], "10.77.1.2", 3),
+            "{kind}: the re-created interface forwards:\n{}",
+            next.output()
+        );
+        let (ok, out) = next.stop();
+        assert!(ok, "{out}");
+    }
+}

@@ -552,7 +552,10 @@ fn attach_steer(
         ifname: ifname.to_string(),
         source: Box::new(source),
     };
-    let attached_here = if pins.interface(ifname).exist() {
+    // Pins whose program is no longer on the interface (it was re-created
+    // since, e.g. a container restarted while no switch ran) are stale:
+    // `attach` replaces them rather than taking them over.
+    let attached_here = if steer::is_attached(pins, ifname).map_err(steer_err)? {
         take_over_if_orphaned(pins, ifname).map_err(steer_err)?
     } else {
         let report = steer::attach(

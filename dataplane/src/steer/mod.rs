@@ -258,6 +258,14 @@ pub fn detach(root: &PinRoot, ifname: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// True if `ifname` has pins *and* their program is still attached to it
+/// (false for the pins of an interface that was deleted and re-created,
+/// or of a program someone detached).
+pub fn is_attached(root: &PinRoot, ifname: &str) -> Result<bool, Error> {
+    let pins = root.interface(ifname);
+    Ok(pins.exist() && matches!(attachment_health(&pins)?, Health::Attached { .. }))
+}
+
 /// Whether a pinned attachment is still on its interface.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Health {
