@@ -14,6 +14,7 @@
 pub mod checksum;
 pub mod counters;
 pub mod fastpath;
+pub mod flow;
 pub mod policy;
 pub mod wire;
 

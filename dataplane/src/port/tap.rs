@@ -13,6 +13,8 @@ use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 
+use dataplane_common::flow;
+
 use thiserror::Error;
 
 use super::{DropReason, Frames, HeldFrames, Port, PortCounters};
@@ -258,9 +260,13 @@ impl Port for TapPort {
                     iov_len: data.len(),
                 },
             ];
-            // Spread over queues by frame, like the kernel's flow hashing
-            // would spread a VM's flows (any queue is fine for correctness).
-            let q = (desc.addr as usize / frames.umem.frame_size() as usize) % self.queues.len();
+            // One queue per flow, as the kernel's flow hashing would pick:
+            // frames of one flow on several queues could be read out of
+            // order by the guest.
+            let q = match self.queues.len() {
+                1 => 0,
+                n => flow::flow_hash(data) as usize % n,
+            };
             // SAFETY: both iovecs point at live buffers, read only.
             let n = unsafe { libc::writev(self.queues[q].as_raw_fd(), iov.as_ptr(), 2) };
             if n < 0 {
