@@ -599,3 +599,28 @@ fn attach_and_detach_in_parallel_namespaces_never_fail() {
         failures.join("\n")
     );
 }
+
+#[test]
+fn interface_names_cannot_walk_out_of_bpffs() {
+    if !privileged("interface_names_cannot_walk_out_of_bpffs") {
+        return;
+    }
+    // Names become directories under bpffs: `..` must never reach them.
+    let (_topo, _a, sw) = two_hosts("dotdot");
+    for name in ["../../..", "..", "a/b", "x\u{1b}[2J"] {
+        for verb in ["detach", "logs", "attach"] {
+            let out = sw.dataplane(&[verb, "--iface", name]);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{verb} {name:?} was accepted");
+            assert!(err.contains("is invalid"), "{verb} {name:?}: {err}");
+            assert!(
+                !err.contains('\u{1b}'),
+                "control characters reach the terminal raw"
+            );
+        }
+    }
+    assert!(
+        std::path::Path::new("/sys/fs/bpf").exists(),
+        "bpffs is still there"
+    );
+}

@@ -657,7 +657,7 @@ pub fn parse_port_spec(spec: &str) -> Result<PortConfig, Error> {
     }
     if kind != PortKind::VhostUser {
         check_ifname(&iface).map_err(|why| Error::PortField {
-            spec: spec.escape_debug().to_string(),
+            spec: spec.to_string(),
             why,
         })?;
     }
@@ -791,26 +791,9 @@ fn port_target(
     }
 }
 
-/// An interface name the kernel could have: 1-15 bytes, no '/', no
-/// whitespace or control characters (which would also reach terminals raw).
+/// An interface name the kernel could have (see `netdev::check_name`).
 fn check_ifname(name: &str) -> Result<(), String> {
-    if name.is_empty() || name.len() > 15 {
-        return Err(format!(
-            "interface names are 1-15 bytes; {:?} has {}",
-            name,
-            name.len()
-        ));
-    }
-    if let Some(c) = name
-        .chars()
-        .find(|c| *c == '/' || c.is_whitespace() || c.is_control())
-    {
-        return Err(format!(
-            "interface name {:?} contains {:?}, which interface names cannot",
-            name, c
-        ));
-    }
-    Ok(())
+    crate::netdev::check_name(name).map_err(|e| e.to_string())
 }
 
 /// toml's error with the line and column spelled out first.
@@ -904,10 +887,11 @@ mod tests {
         assert!(flag("afxdp:v0,native=0").contains('0'));
         assert!(flag("tap:vm0,queues=17").contains("1-16"));
         assert!(
-            flag("afxdp:a\u{1b}[2J").contains("cannot"),
+            flag("afxdp:a\u{1b}[2J").contains("is invalid"),
             "control characters"
         );
-        assert!(flag("afxdp:a/b").contains("cannot"));
+        assert!(flag("afxdp:a/b").contains("is invalid"));
+        assert!(flag("afxdp:..").contains("is invalid"));
         let toml = |body: &str| {
             RunConfig::from_toml(body, "t.toml")
                 .unwrap_err()

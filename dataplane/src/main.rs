@@ -509,6 +509,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             unreachable!("control commands return above")
         }
         Command::Logs { iface } => {
+            dataplane::netdev::check_name(&iface)?;
             let stop = cli_status::ctrl_c_flag()?;
             eprintln!("following eBPF logs of {iface}; Ctrl-C to stop");
             steer::follow_logs(&root, &iface, || {

@@ -10,16 +10,44 @@ use thiserror::Error;
 pub enum Error {
     #[error("interface {ifname:?} does not exist in this network namespace (see `ip link`; use --netns NAME for another namespace)")]
     NoSuchInterface { ifname: String },
-    #[error("interface name {ifname:?} is invalid")]
-    BadName { ifname: String },
+    #[error("interface name {ifname:?} is invalid: {why}")]
+    BadName { ifname: String, why: &'static str },
     #[error("querying interface {ifname}: `ip -j -d link show` failed: {detail}")]
     Query { ifname: String, detail: String },
 }
 
+/// Refuses what cannot be an interface name (the kernel's own rules:
+/// 1-15 bytes, not `.` or `..`, no `/`, `:` or white space), and control
+/// characters. Names also become directory names under bpffs, so this is
+/// what keeps `detach --iface ../..` inside it.
+pub fn check_name(ifname: &str) -> Result<(), Error> {
+    let bad = |why| {
+        Err(Error::BadName {
+            ifname: ifname.to_string(),
+            why,
+        })
+    };
+    if ifname.is_empty() || ifname.len() > 15 {
+        return bad("interface names are 1-15 bytes");
+    }
+    if ifname == "." || ifname == ".." {
+        return bad("`.` and `..` are not interface names");
+    }
+    if ifname
+        .chars()
+        .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
+    {
+        return bad("interface names contain no '/', ':', white space or control characters");
+    }
+    Ok(())
+}
+
 /// The kernel's index of `ifname` in the current network namespace.
 pub fn ifindex(ifname: &str) -> Result<u32, Error> {
+    check_name(ifname)?;
     let c = CString::new(ifname).map_err(|_| Error::BadName {
         ifname: ifname.to_string(),
+        why: "it contains a NUL byte",
     })?;
     // SAFETY: c is a valid NUL-terminated string for the duration of the call.
     let index = unsafe { libc::if_nametoindex(c.as_ptr()) };

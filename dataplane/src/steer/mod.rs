@@ -235,6 +235,7 @@ pub fn attach(root: &PinRoot, opts: &AttachOptions) -> Result<AttachReport, Erro
 
 /// Detaches `steer` from an interface and removes every pin it made.
 pub fn detach(root: &PinRoot, ifname: &str) -> Result<(), Error> {
+    netdev::check_name(ifname)?;
     privileges::require_admin()?;
     let pins = root.interface(ifname);
     if !pins.exist() {
@@ -345,6 +346,7 @@ pub struct Attachment {
 impl Attachment {
     /// Opens the pinned maps of `ifname`.
     pub fn open(root: &PinRoot, ifname: &str) -> Result<Attachment, Error> {
+        netdev::check_name(ifname)?;
         let pins = root.interface(ifname);
         if !pins.exist() {
             return Err(Error::NotAttached {
@@ -620,6 +622,7 @@ impl Attachment {
 /// Prints the eBPF program's aya-log records of `ifname` through the `log`
 /// facade (and so through tracing) until `stop` returns true.
 pub fn follow_logs(root: &PinRoot, ifname: &str, stop: impl Fn() -> bool) -> Result<(), Error> {
+    netdev::check_name(ifname)?;
     let pins = root.interface(ifname);
     if !pins.exist() {
         return Err(Error::NotAttached {
