@@ -603,3 +603,54 @@ fn vlan_push_pop(tag: &str, kind: &str) {
     let (ok, out) = sw.stop();
     assert!(ok && out.contains(" 0 unaccounted"), "{out}");
 }
+
+#[test]
+fn no_vlan_hop_through_a_priority_tag_or_an_s_tag() {
+    if !privileged("no_vlan_hop_through_a_priority_tag_or_an_s_tag") {
+        return;
+    }
+    // a: access port of VLAN 10; b: trunk of 10 and 20, native 10 (so VLAN
+    // 10 leaves it untagged: popping the priority tag would expose VLAN 20).
+    for kind in ["afxdp", "veth"] {
+        let h = hosts(&format!("hop{}", &kind[..1]), 2, false);
+        let (a, b) = (&h.hosts[0], &h.hosts[1]);
+        let (pa, pb) = (
+            format!("{kind}:sa,vlan=10"),
+            format!("{kind}:sb,trunk=10+20,native=10"),
+        );
+        let sw = RunningSwitch::start(&h.sw, &["--port", &pa, "--port", &pb]);
+        let mac_a = mac_of(a, "a0");
+        let keep: fn(&[u8]) -> bool = |f| vlan_and_seq(f).is_some();
+        let (at_b, rb) = harness::collect_frames(b, "b0", 1, Duration::from_secs(2), keep);
+        rb.recv().unwrap();
+        let inner = harness::tagged(&test_frame([0xff; 6], mac_a, TEST_ETHERTYPE, 1, 64), 20);
+        let hop = harness::tagged(&inner, 0);
+        let mut s_tag = harness::tagged(&test_frame([0xff; 6], mac_a, TEST_ETHERTYPE, 2, 64), 10);
+        s_tag[12..14].copy_from_slice(&0x88a8u16.to_be_bytes());
+        harness::send_paced(a, "a0", vec![hop, s_tag]);
+        let got: Vec<_> = at_b
+            .join()
+            .unwrap()
+            .iter()
+            .filter_map(|f| vlan_and_seq(f))
+            .collect();
+        assert!(
+            got.is_empty(),
+            "{kind}: a double-tagged or S-tagged frame crossed from an access port: {got:?}"
+        );
+        // A plain frame still does (the port works).
+        let (at_b, rb) = harness::collect_frames(b, "b0", 1, Duration::from_secs(5), keep);
+        rb.recv().unwrap();
+        harness::send_paced(
+            a,
+            "a0",
+            vec![test_frame([0xff; 6], mac_a, TEST_ETHERTYPE, 3, 64)],
+        );
+        assert_eq!(
+            at_b.join().unwrap().len(),
+            1,
+            "{kind}: untagged frames cross"
+        );
+        drop(sw);
+    }
+}

@@ -198,7 +198,9 @@ pub fn decide(
     src: Option<&FdbValue>,
     lookup: impl Fn(&FdbKey) -> Option<FdbValue>,
 ) -> FastPathDecision {
-    if header.is_multicast() {
+    // Multicast floods; S-tagged and priority-over-tag frames are refused:
+    // userspace decides (and counts) all of them.
+    if header.is_multicast() || header.s_tag || header.is_priority_tag_over_a_tag() {
         return FastPathDecision::SlowPath;
     }
     match src {
@@ -260,6 +262,7 @@ mod tests {
             vlan,
             ethertype: 0x0800,
             header_len: ETH_HLEN,
+            s_tag: false,
         }
     }
 

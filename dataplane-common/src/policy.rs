@@ -229,6 +229,7 @@ mod tests {
 
     fn header(dst: [u8; 6], vlan: Option<u16>, ethertype: u16) -> L2Header {
         L2Header {
+            s_tag: false,
             dst,
             src: MAC_B,
             vlan,

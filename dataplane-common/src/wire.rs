@@ -43,6 +43,18 @@ pub struct L2Header {
     pub ethertype: u16,
     /// Bytes of L2 header (14, or 18 when tagged).
     pub header_len: usize,
+    /// The outer tag is an 802.1ad S-tag (TPID 0x88a8), not an 802.1Q
+    /// C-tag. The switch carries 802.1Q VLANs only and refuses these.
+    pub s_tag: bool,
+}
+
+impl L2Header {
+    /// A priority tag (VID 0) wrapping another VLAN tag: double tagging
+    /// that, taken as "untagged with priority", would let a port send
+    /// into the inner tag's VLAN once the outer one is popped. Refused.
+    pub fn is_priority_tag_over_a_tag(&self) -> bool {
+        self.vlan == Some(0) && (self.ethertype == ETH_P_8021Q || self.ethertype == ETH_P_8021AD)
+    }
 }
 
 impl L2Header {
@@ -75,6 +87,7 @@ pub fn parse_l2<F: FrameBytes + ?Sized>(frame: &F) -> Result<L2Header, ParseErro
             vlan: None,
             ethertype,
             header_len: ETH_HLEN,
+            s_tag: false,
         });
     }
     let tag: [u8; 4] = frame.bytes(ETH_HLEN).ok_or(ParseError::TruncatedVlan)?;
@@ -85,6 +98,7 @@ pub fn parse_l2<F: FrameBytes + ?Sized>(frame: &F) -> Result<L2Header, ParseErro
         vlan: Some(tci & 0x0fff),
         ethertype: u16::from_be_bytes([tag[2], tag[3]]),
         header_len: ETH_HLEN + VLAN_HLEN,
+        s_tag: ethertype == ETH_P_8021AD,
     })
 }
 
@@ -132,6 +146,10 @@ mod tests {
         let h = parse_l2(&f[..]).unwrap();
         assert_eq!(h.vlan, Some(100));
         assert_eq!(h.ethertype, ETH_P_8021Q);
+        assert!(h.s_tag);
+        let c = frame(ETH_P_8021Q, &[0x00, 0x00, 0x81, 0x00]);
+        let h = parse_l2(&c[..]).unwrap();
+        assert!(!h.s_tag && h.is_priority_tag_over_a_tag());
     }
 
     #[test]

@@ -33,7 +33,7 @@ use dataplane_common::{
         TC_HANDOFF_MAGIC, TC_HANDOFF_PEER,
     },
     policy::{decide, MatchKey, Mode, Policy, Verdict},
-    wire::{parse_l2, FrameBytes, L2Header, ETH_HLEN, ETH_P_8021Q, VLAN_HLEN},
+    wire::{parse_l2, FrameBytes, L2Header, ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, VLAN_HLEN},
     GEN_HEADER_LEN, MAX_FDB, MAX_MATCHES, MAX_PORTS, MAX_QUEUES,
 };
 
@@ -407,7 +407,7 @@ fn steer_skb(ctx: &TcContext) -> (i32, Outcome) {
         return (TC_ACT_OK as i32, Outcome::Malformed);
     };
     // SAFETY: reads of the __sk_buff the kernel handed us.
-    let (tagged, tci) = unsafe { ((*skb).vlan_present, (*skb).vlan_tci) };
+    let (tagged, tci, tpid) = unsafe { ((*skb).vlan_present, (*skb).vlan_tci, (*skb).vlan_proto) };
     if tagged != 0 {
         // Before tc ingress the kernel moves the outer tag out of the frame
         // into the skb: that is the frame's outer tag, and what follows the
@@ -418,6 +418,8 @@ fn steer_skb(ctx: &TcContext) -> (i32, Outcome) {
         header.vlan = Some((tci & 0x0fff) as u16);
         header.ethertype = u16::from_be_bytes(ethertype);
         header.header_len = ETH_HLEN;
+        // `vlan_proto` is in network byte order.
+        header.s_tag = tpid == ETH_P_8021AD.to_be() as u32;
     }
     let Some(policy) = POLICY.get(0) else {
         return (TC_ACT_OK as i32, Outcome::Passed);

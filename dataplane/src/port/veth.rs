@@ -118,10 +118,21 @@ impl Punt {
     }
 
     fn set_up(pins: &PinRoot) -> Result<Punt, Error> {
-        // The kernel completes checksums and puts VLAN tags back into the
-        // frame on transmit from a device that offloads neither; TSO goes
+        // The kernel completes checksums and puts VLAN tags (802.1Q and
+        // 802.1ad) back into the frame on transmit from a device that
+        // offloads neither; TSO goes
         // by itself once the other end runs native XDP.
-        run(&["ethtool", "-K", PUNT_TX, "tx", "off", "txvlan", "off"])?;
+        run(&[
+            "ethtool",
+            "-K",
+            PUNT_TX,
+            "tx",
+            "off",
+            "txvlan",
+            "off",
+            "tx-vlan-stag-hw-insert",
+            "off",
+        ])?;
         for ifname in [PUNT_TX, PUNT_RX] {
             // No IPv6 link-local address: the device's own stack would
             // send neighbour discovery into queues no port owns.

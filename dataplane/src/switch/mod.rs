@@ -221,6 +221,11 @@ impl Switch {
         let Some(port) = self.ports.get(in_port).filter(|p| p.is_present()) else {
             return Decision::Drop(DropReason::NoIngress);
         };
+        // An 802.1Q switch: 802.1ad S-tags and priority tags over another
+        // tag (a VLAN hop) are refused on every port (docs/DESIGN-NOTES.md).
+        if header.s_tag || header.is_priority_tag_over_a_tag() {
+            return Decision::Drop(DropReason::VlanPolicy);
+        }
         let Some(vlan) = port.vlan.ingress(header.vlan) else {
             return Decision::Drop(DropReason::VlanPolicy);
         };
@@ -279,6 +284,7 @@ mod tests {
 
     fn hdr(src: [u8; 6], dst: [u8; 6], vlan: Option<u16>) -> L2Header {
         L2Header {
+            s_tag: false,
             dst,
             src,
             vlan,
@@ -297,6 +303,43 @@ mod tests {
             Forwarding::Learning,
             FdbConfig::default(),
         )
+    }
+
+    #[test]
+    fn no_vlan_hop_through_a_priority_tag_and_no_s_tags() {
+        let mut sw = Switch::new(
+            vec![
+                port("access10", VlanMode::Access(10)),
+                port(
+                    "trunk",
+                    VlanMode::Trunk {
+                        allowed: Some(VlanSet::new([10, 20])),
+                        native: 10,
+                    },
+                ),
+            ],
+            Forwarding::Learning,
+            FdbConfig::default(),
+        );
+        let now = Instant::now();
+        // [8100 VID 0][8100 VID 20] from the access port: once the outer
+        // tag is popped toward the trunk's native VLAN it would be VLAN 20.
+        let mut hop = hdr(A, BCAST, Some(0));
+        hop.ethertype = dataplane_common::wire::ETH_P_8021Q;
+        assert_eq!(
+            sw.decide(0, &hop, now),
+            Decision::Drop(DropReason::VlanPolicy)
+        );
+        // A priority tag over IP is a plain untagged frame with a priority.
+        let prio = hdr(A, BCAST, Some(0));
+        assert_eq!(sw.decide(0, &prio, now), Decision::Flood { vlan: 10 });
+        // An 802.1ad S-tag is not one of this switch's VLANs, on any port.
+        let mut s_tagged = hdr(B, BCAST, Some(20));
+        s_tagged.s_tag = true;
+        assert_eq!(
+            sw.decide(1, &s_tagged, now),
+            Decision::Drop(DropReason::VlanPolicy)
+        );
     }
 
     #[test]
