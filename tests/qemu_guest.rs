@@ -10,7 +10,10 @@
 //! The guest's userspace is this very test binary: run as PID 1 (its
 //! `init`), it loads the virtio-net modules, brings eth0 up and sends every
 //! test frame it receives back to where it came from. The host side sends
-//! numbered frames from a0 to the guest's MAC and counts the echoes.
+//! numbered frames from a0 to the guest's MAC and counts the echoes. Then
+//! the two kernels talk TCP: the guest gives eth0 an address and echoes a
+//! connection, and a0's stack, at its defaults (checksums left to the
+//! device), sends through the switch and compares what comes back.
 //!
 //! The guest kernel comes from `cargo xtask setup` (target/guest-kernel);
 //! without it or without QEMU the test says it is skipped and why.
@@ -43,6 +46,14 @@ const LARGE: u32 = 200;
 /// Line the guest prints once it echoes, and the one with its total.
 const READY: &str = "guest: echoing on eth0";
 const ECHOED: &str = "guest: echoed ";
+/// Then the guest's kernel speaks TCP: address, port, and its lines.
+const GUEST_IP: [u8; 4] = [10, 77, 7, 9];
+const HOST_IP: &str = "10.77.7.1/24";
+const TCP_PORT: u16 = 7000;
+const TCP_READY: &str = "guest: tcp echo listening";
+const TCP_ECHOED: &str = "guest: tcp echoed ";
+/// Bytes a0's stack sends to the guest's and reads back.
+const TCP_BYTES: usize = 256 << 10;
 
 fn main() {
     if std::process::id() == 1 {
@@ -138,6 +149,7 @@ fn host_test() {
     let sw_ns = topo.netns("sw");
     let a = topo.netns("a");
     topo.veth((&a, "a0"), (&sw_ns, "sa"));
+    a.ip(&["addr", "add", HOST_IP, "dev", "a0"]);
     let sw = RunningSwitch::start(&sw_ns, &["--port", "afxdp:sa", "--port", &port]);
     wait_for(Duration::from_secs(5), || sock.exists().then_some(()))
         .expect("the switch's vhost-user socket");
@@ -185,6 +197,28 @@ fn host_test() {
     // End the guest's loop: it prints its count and powers off, QEMU exits,
     // and the port goes down while the switch runs on.
     send_one(&a, a_mac, QUIT);
+    let listening = wait_for(Duration::from_secs(30), || {
+        let out = vm.output();
+        if out.contains("guest: error") {
+            panic!("the guest failed:\n{out}");
+        }
+        out.contains(TCP_READY).then_some(())
+    });
+    assert!(
+        listening.is_some(),
+        "no TCP echo in the guest:\n{}",
+        vm.output()
+    );
+    let sent = tcp_pattern(TCP_BYTES);
+    let back = tcp_round_trip(&a, &sent);
+    assert!(
+        back == sent,
+        "TCP through the switch to the guest's kernel and back: {} of {} bytes, or they differ\nguest:\n{}\nswitch:\n{}",
+        back.len(),
+        sent.len(),
+        vm.output(),
+        sw.output()
+    );
     let (exited, vm_out) = vm.wait(Duration::from_secs(30));
     assert!(
         exited,
@@ -208,7 +242,50 @@ fn host_test() {
     assert!(ok, "switch did not exit cleanly:\n{out}");
     assert!(out.contains(" 0 unaccounted"), "frame accounting:\n{out}");
     assert!(!sock.exists(), "socket left behind");
-    println!("qemu guest: {total} frames echoed through a vhost-user port, {echoed} counted by the guest");
+    let tcp_echoed = vm_out
+        .lines()
+        .find_map(|l| l.split(TCP_ECHOED).nth(1))
+        .and_then(|rest| rest.split_whitespace().next()?.parse::<usize>().ok());
+    assert_eq!(
+        tcp_echoed,
+        Some(TCP_BYTES),
+        "the guest's TCP count:\n{vm_out}"
+    );
+    println!(
+        "qemu guest: {total} frames echoed through a vhost-user port, {echoed} counted by the guest; \
+         {TCP_BYTES} bytes of TCP echoed by the guest's kernel, byte for byte"
+    );
+}
+
+/// Bytes where a lost, repeated or reordered segment shows.
+fn tcp_pattern(len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u32).wrapping_mul(2_654_435_761).rotate_right(13) as u8)
+        .collect()
+}
+
+/// Sends `data` from a's stack to the guest's TCP echo and reads it back.
+fn tcp_round_trip(a: &NetNs, data: &[u8]) -> Vec<u8> {
+    use std::io::Read;
+    a.enter(|| {
+        let addr = std::net::SocketAddr::from((GUEST_IP, TCP_PORT));
+        let mut conn = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(20))
+            .expect("connect to the guest");
+        conn.set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        conn.set_write_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        // Write and read at once: the echo would stall on a full window.
+        let mut reader = conn.try_clone().unwrap();
+        let receiving = std::thread::spawn(move || {
+            let mut back = Vec::new();
+            let _ = reader.read_to_end(&mut back);
+            back
+        });
+        conn.write_all(data).expect("send to the guest");
+        conn.shutdown(std::net::Shutdown::Write).unwrap();
+        receiving.join().unwrap()
+    })
 }
 
 /// Sends at about 4000 frames/s: an emulated guest echoes far slower than
@@ -442,7 +519,13 @@ mod guest {
 
     pub fn main() -> ! {
         match echo() {
-            Ok(n) => println!("{ECHOED}{n} frames"),
+            Ok(n) => {
+                println!("{ECHOED}{n} frames");
+                match tcp_echo() {
+                    Ok(bytes) => println!("{TCP_ECHOED}{bytes} bytes"),
+                    Err(e) => println!("guest: error: {e}"),
+                }
+            }
             Err(e) => println!("guest: error: {e}"),
         }
         let _ = std::io::stdout().flush();
@@ -489,6 +572,80 @@ mod guest {
             }
         }
         Err(format!("no quit frame within 120 s ({echoed} echoed)"))
+    }
+
+    /// Gives eth0 GUEST_IP/24 and echoes one TCP connection until the
+    /// other side closes; returns the bytes echoed.
+    fn tcp_echo() -> Result<usize, String> {
+        use std::io::Read;
+        set_address("eth0", GUEST_IP, [255, 255, 255, 0])?;
+        let listener = std::net::TcpListener::bind(("0.0.0.0", TCP_PORT))
+            .map_err(|e| format!("listen: {e}"))?;
+        println!("{TCP_READY} on {TCP_PORT}");
+        let _ = std::io::stdout().flush();
+        listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut conn = loop {
+            match listener.accept() {
+                Ok((c, _)) => break c,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if Instant::now() > deadline {
+                        return Err("no TCP connection within 60 s".into());
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => return Err(format!("accept: {e}")),
+            }
+        };
+        conn.set_nonblocking(false).map_err(|e| e.to_string())?;
+        conn.set_read_timeout(Some(Duration::from_secs(60)))
+            .map_err(|e| e.to_string())?;
+        let mut buf = vec![0u8; 64 << 10];
+        let mut echoed = 0;
+        loop {
+            let n = conn.read(&mut buf).map_err(|e| format!("read: {e}"))?;
+            if n == 0 {
+                return Ok(echoed);
+            }
+            conn.write_all(&buf[..n])
+                .map_err(|e| format!("write: {e}"))?;
+            echoed += n;
+        }
+    }
+
+    /// SIOCSIFADDR and SIOCSIFNETMASK on `ifname`.
+    fn set_address(ifname: &str, addr: [u8; 4], mask: [u8; 4]) -> Result<(), String> {
+        // SAFETY: a plain socket for the interface ioctls, closed below.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) };
+        if fd < 0 {
+            return Err(format!("socket: {}", std::io::Error::last_os_error()));
+        }
+        let mut result = Ok(());
+        for (request, value, what) in [
+            (libc::SIOCSIFADDR, addr, "SIOCSIFADDR"),
+            (libc::SIOCSIFNETMASK, mask, "SIOCSIFNETMASK"),
+        ] {
+            // SAFETY: ifreq is plain data with a sockaddr_in written into
+            // its address union (same size as sockaddr); the name fits.
+            let rc = unsafe {
+                let mut req: libc::ifreq = std::mem::zeroed();
+                for (i, b) in ifname.bytes().enumerate() {
+                    req.ifr_name[i] = b as libc::c_char;
+                }
+                let sin =
+                    &mut req.ifr_ifru.ifru_addr as *mut libc::sockaddr as *mut libc::sockaddr_in;
+                (*sin).sin_family = libc::AF_INET as libc::sa_family_t;
+                (*sin).sin_addr.s_addr = u32::from_ne_bytes(value);
+                libc::ioctl(fd, request, &mut req)
+            };
+            if rc != 0 {
+                result = Err(format!("{what}: {}", std::io::Error::last_os_error()));
+                break;
+            }
+        }
+        // SAFETY: fd is ours.
+        unsafe { libc::close(fd) };
+        result
     }
 
     /// finit_module(2) for each module, in the order setup wrote.
