@@ -559,3 +559,57 @@ fn the_first_port_can_leave_and_others_still_join() {
         assert_clean_exit(sw);
     }
 }
+
+#[test]
+fn a_flood_of_metrics_connections_cannot_take_the_switch_down() {
+    if !privileged("a_flood_of_metrics_connections_cannot_take_the_switch_down") {
+        return;
+    }
+    // Any local user can connect to the metrics port. Idle connections
+    // beyond the limit are closed at once, so descriptors stay for the
+    // ports and interface queries (which once read "out of descriptors"
+    // as "interface gone" and closed every port).
+    let h = hosts("ctlflood", 2);
+    let (a, _b) = (&h.hosts[0], &h.hosts[1]);
+    let sw = RunningSwitch::start(
+        &h.sw,
+        &[
+            "--port",
+            "afxdp:sa",
+            "--port",
+            "afxdp:sb",
+            "--metrics",
+            "127.0.0.1:9465",
+        ],
+    );
+    assert!(ping(a, "10.77.9.2", 2));
+    let (held, closed) = h.sw.enter(|| {
+        use std::io::Read;
+        let conns: Vec<std::net::TcpStream> = (0..300)
+            .filter_map(|_| std::net::TcpStream::connect("127.0.0.1:9465").ok())
+            .collect();
+        // Past the limit the server closes: a read sees EOF at once.
+        std::thread::sleep(Duration::from_millis(500));
+        let mut closed = 0;
+        for c in &conns {
+            c.set_nonblocking(true).unwrap();
+            let mut byte = [0u8; 1];
+            if matches!((&*c).read(&mut byte), Ok(0)) {
+                closed += 1;
+            }
+        }
+        (conns, closed)
+    });
+    assert!(
+        (200..=300 - 64).contains(&closed),
+        "{closed} of {} idle connections were closed by the server",
+        held.len()
+    );
+    // Two supervision rounds with the flood still open: ports stay up.
+    std::thread::sleep(Duration::from_millis(2500));
+    let p = ports(&h.sw);
+    assert!(p.iter().all(|p| p["state"] == "up"), "{p:?}");
+    assert!(ping(a, "10.77.9.2", 2), "still forwarding");
+    drop(held);
+    assert_clean_exit(sw);
+}

@@ -12,7 +12,7 @@ pub enum Error {
     NoSuchInterface { ifname: String },
     #[error("interface name {ifname:?} is invalid: {why}")]
     BadName { ifname: String, why: &'static str },
-    #[error("querying interface {ifname}: `ip -j -d link show` failed: {detail}")]
+    #[error("querying interface {ifname}: {detail}")]
     Query { ifname: String, detail: String },
 }
 
@@ -52,8 +52,18 @@ pub fn ifindex(ifname: &str) -> Result<u32, Error> {
     // SAFETY: c is a valid NUL-terminated string for the duration of the call.
     let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
     if index == 0 {
-        return Err(Error::NoSuchInterface {
+        let e = std::io::Error::last_os_error();
+        // Only ENODEV means "no such interface": if_nametoindex opens a
+        // socket, and EMFILE (out of descriptors) must not read as "the
+        // interface is gone", which closes its port.
+        if e.raw_os_error() == Some(libc::ENODEV) {
+            return Err(Error::NoSuchInterface {
+                ifname: ifname.to_string(),
+            });
+        }
+        return Err(Error::Query {
             ifname: ifname.to_string(),
+            detail: format!("if_nametoindex: {e}"),
         });
     }
     Ok(index)
@@ -90,12 +100,15 @@ fn link_details(ifname: &str) -> Result<Value, Error> {
         .output()
         .map_err(|e| Error::Query {
             ifname: ifname.to_string(),
-            detail: e.to_string(),
+            detail: format!("`ip -j -d link show`: {e}"),
         })?;
     if !out.status.success() {
         return Err(Error::Query {
             ifname: ifname.to_string(),
-            detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            detail: format!(
+                "`ip -j -d link show` failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
         });
     }
     serde_json::from_slice(&out.stdout).map_err(|e| Error::Query {

@@ -108,6 +108,7 @@ impl Daemon {
     /// Opens every configured port and starts the PMD threads.
     pub fn start(config: &RunConfig, pins: &PinRoot) -> Result<Daemon, Error> {
         privileges::require_admin()?;
+        raise_fd_limit();
         // One PMD per listed core (one unpinned PMD if none); port i runs on
         // PMD i mod n, each PMD with a UMEM of its own.
         let n_pmds = config.cores.len().max(1);
@@ -411,7 +412,16 @@ impl Daemon {
                 continue;
             }
             let iface = slot.config.iface.clone();
-            let now_index = netdev::ifindex(&iface).ok();
+            let now_index = match netdev::ifindex(&iface) {
+                Ok(i) => Some(i),
+                Err(netdev::Error::NoSuchInterface { .. }) => None,
+                Err(e) => {
+                    // Not an answer (out of descriptors, say): ask again
+                    // next round rather than close a working port.
+                    tracing::debug!(port = slot.config.name(), "interface query: {e}");
+                    continue;
+                }
+            };
             let replaced = slot.open && now_index != slot.ifindex;
             if replaced {
                 tracing::warn!(
@@ -667,6 +677,26 @@ impl Handler for ControlHandler {
     fn metrics(&self) -> String {
         let snapshot = self.0.lock().unwrap().metrics();
         metrics::render(&snapshot)
+    }
+}
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit: the switch holds
+/// sockets, TAPs, eventfds and connections, and systemd's default soft
+/// limit (1024) is low for a daemon that local clients can connect to.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            let before = lim.rlim_cur;
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                tracing::debug!(before, after = lim.rlim_cur, "raised the open-file limit");
+            }
+        }
     }
 }
 

@@ -22,6 +22,14 @@ use super::protocol::{parse_request, Request, Response, MAX_REQUEST_BYTES};
 
 /// How long a connection may take to send its request line.
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long an answer may take to be taken by the client: one that never
+/// reads would otherwise hold its task (and fd) for ever.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections served at once, per listener. Any local user can connect to
+/// the metrics port: past this, new connections are closed at once, so a
+/// flood cannot exhaust the daemon's file descriptors (which its ports and
+/// interface queries need).
+const MAX_CONNECTIONS: usize = 64;
 /// Longest HTTP request head the metrics endpoint reads.
 const MAX_HTTP_HEAD: usize = 8 * 1024;
 
@@ -248,13 +256,31 @@ async fn accept_loop<L, F, Fut>(
     F: Fn(L::Stream, Arc<dyn Handler>) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut refused = 0u64;
     loop {
         tokio::select! {
             _ = stop.changed() => return,
             accepted = listener.accept_one() => match accepted {
-                Ok(stream) => {
-                    tokio::spawn(serve(stream, handler.clone()));
-                }
+                Ok(stream) => match slots.clone().try_acquire_owned() {
+                    Ok(slot) => {
+                        let served = serve(stream, handler.clone());
+                        tokio::spawn(async move {
+                            served.await;
+                            drop(slot);
+                        });
+                    }
+                    Err(_) => {
+                        // Dropped: closed at once. Said once per 1000.
+                        if refused % 1000 == 0 {
+                            tracing::warn!(
+                                "{what}: {MAX_CONNECTIONS} connections open already; closing new ones ({} so far)",
+                                refused + 1
+                            );
+                        }
+                        refused += 1;
+                    }
+                },
                 Err(e) => {
                     tracing::warn!("{what} accept: {e}");
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -306,7 +332,9 @@ async fn control_connection(stream: tokio::net::UnixStream, handler: Arc<dyn Han
                 }
             },
         };
-        if write.write_all(answer.to_line().as_bytes()).await.is_err() || close {
+        let written =
+            tokio::time::timeout(WRITE_TIMEOUT, write.write_all(answer.to_line().as_bytes())).await;
+        if !matches!(written, Ok(Ok(()))) || close {
             return;
         }
     }
@@ -352,6 +380,9 @@ async fn metrics_connection(mut stream: tokio::net::TcpStream, handler: Arc<dyn 
         "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
-    let _ = stream.write_all(response.as_bytes()).await;
-    let _ = stream.shutdown().await;
+    let _ = tokio::time::timeout(WRITE_TIMEOUT, async {
+        let _ = stream.write_all(response.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
 }
