@@ -272,7 +272,7 @@ async fn accept_loop<L, F, Fut>(
                     }
                     Err(_) => {
                         // Dropped: closed at once. Said once per 1000.
-                        if refused % 1000 == 0 {
+                        if refused.is_multiple_of(1000) {
                             tracing::warn!(
                                 "{what}: {MAX_CONNECTIONS} connections open already; closing new ones ({} so far)",
                                 refused + 1
