@@ -188,7 +188,10 @@ impl Port for VhostUserPort {
         // Whether a chain was taken since the avail index was last found
         // empty: a second look is worth it only after progress.
         let mut progress = true;
-        while got < max {
+        // Every chain taken counts against the burst, refused ones too: a
+        // guest that keeps offering bad chains (and moving its avail index
+        // on) must not keep the PMD here, away from its other ports.
+        while returned < max {
             let Some(chunk) = frames.pool.alloc() else {
                 self.counters.add_drop(DropReason::NoFreeFrame, 1);
                 break;

@@ -470,3 +470,41 @@ fn a_broken_avail_index_or_a_stopped_ring_never_holds_the_pmd() {
     drop(g);
     drop(port);
 }
+
+#[test]
+fn a_guest_that_keeps_offering_bad_chains_gets_a_bounded_share_of_the_pmd() {
+    let _watchdog = Watchdog::arm("a_guest_that_keeps_offering_bad_chains_gets_a_bounded_share");
+    let path = socket_path("badflood");
+    let Connected {
+        counters,
+        mut port,
+        mut bench,
+        all_frames,
+        mut g,
+    } = Connected::new(&path);
+    // A full ring of transmit chains the device must refuse (zero length).
+    for head in 0..QSIZE {
+        g.desc(1, head, BUF, 0, 0, 0);
+        g.offer(1, head);
+    }
+    // One burst of at most 4 takes at most 4 chains, refused ones
+    // included: a guest refilling its ring as fast as bad chains come
+    // back would otherwise keep the PMD in one burst for ever.
+    let mut got = Vec::new();
+    assert_eq!(port.rx_burst(&mut bench.frames(), &mut got, 4), 0);
+    assert_eq!(g.used_idx(1), 4, "chains taken by one burst of 4");
+    // The rest over the next bursts; each bad chain counted once.
+    for _ in 0..3 {
+        port.rx_burst(&mut bench.frames(), &mut got, 4);
+    }
+    assert_eq!(g.used_idx(1), QSIZE);
+    assert_eq!(
+        counters.snapshot().drops(DropReason::InvalidDescriptor)
+            + counters.snapshot().drops(DropReason::Malformed),
+        u64::from(QSIZE)
+    );
+    assert!(got.is_empty());
+    assert_eq!(bench.pool.len(), all_frames);
+    drop(g);
+    drop(port);
+}

@@ -406,7 +406,22 @@ pub fn push_rx_frame<M: GuestMemory>(
     let size = queue.size();
     let mut start = queue.next_avail();
     let mut cap = 0u64;
+    // Chains taken for this frame, bad ones included: at most one queue's
+    // worth, whatever the guest keeps offering (it can refill the ring as
+    // fast as bad chains are given back).
+    let mut taken = 0u32;
     while cap < need as u64 {
+        if taken >= size as u32 {
+            for c in &scratch.chains {
+                give_back(queue, mem, c.head, 0);
+            }
+            let e = outcome
+                .last_error
+                .unwrap_or(ChainError::TooLong { max: size as u32 });
+            outcome.push = RxPush::Dropped(e);
+            return outcome;
+        }
+        taken += 1;
         if !mergeable && !scratch.chains.is_empty() {
             // The one chain a frame may take is too small.
             for c in &scratch.chains {
