@@ -12,10 +12,12 @@
 //! daemon, which listens on a private socket, through [`super::relay`].
 //!
 //! Kicks: the daemon's worker thread reads (consumes) the kick eventfds in
-//! its epoll loop. The PMD polls the transmit queue's kick fd too, without
-//! ever reading it: a kick wakes every waiter, and a PMD that never reads a
-//! frontend's fd cannot be blocked by one. [`Shared::wake`] wakes the PMD
-//! when the connection changes.
+//! its epoll loop, and passes a transmit kick on to the PMD through an
+//! eventfd of our own, [`Shared::kicked`], which only the PMD reads. (The
+//! PMD once polled the frontend's kick fd directly, without reading it: when
+//! the worker consumed the kick before the PMD's poll(2) began, the PMD
+//! slept through it until its timer, up to 100 ms per idle-to-busy
+//! transition.) [`Shared::wake`] wakes the PMD when the connection changes.
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -105,6 +107,13 @@ pub struct Shared {
     /// Written when `link` changes, so a sleeping PMD picks the new
     /// connection (and its kick fd) up. Non-blocking.
     pub wake: EventFd,
+    /// Written by the protocol side for every transmit kick of the guest;
+    /// read (drained) only by the PMD, so a kick stays visible to its
+    /// poll(2) until the PMD has taken note. Non-blocking.
+    pub kicked: EventFd,
+    /// Set after each write to `kicked`: the PMD drains `kicked` only
+    /// when this says there is something to drain (no syscall per burst).
+    pub kick_pending: AtomicBool,
     /// The current connection, if any.
     link: Mutex<Option<Link>>,
     /// Bumped whenever `link` changes, so the PMD re-reads it only then.
@@ -197,8 +206,13 @@ impl VhostUserBackend for NetBackend {
             let _ = self.grab.read();
             *self.vrings.lock().unwrap_or_else(|p| p.into_inner()) = Some(vrings.to_vec());
         }
-        // A kick: the daemon has consumed it; the PMD, polling the same
-        // eventfd, was woken by it already.
+        // A transmit kick, consumed by the daemon: hand it to the PMD.
+        // Written before the flag: a PMD that sees the flag finds the
+        // write to drain (see `VhostUserPort::rx_burst`).
+        if usize::from(device_event) == TX_QUEUE {
+            let _ = self.shared.kicked.write(1);
+            self.shared.kick_pending.store(true, Ordering::Release);
+        }
         Ok(())
     }
 }
@@ -227,8 +241,15 @@ impl Server {
             what: "eventfd",
             source,
         })?;
+        let kicked = EventFd::new(EFD_NONBLOCK).map_err(|source| Error::Socket {
+            path: path.into(),
+            what: "eventfd",
+            source,
+        })?;
         let shared = Arc::new(Shared {
             wake,
+            kicked,
+            kick_pending: AtomicBool::new(false),
             link: Mutex::new(None),
             generation: AtomicU64::new(0),
             acked: AtomicU64::new(0),

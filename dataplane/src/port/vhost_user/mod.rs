@@ -169,6 +169,12 @@ impl Port for VhostUserPort {
 
     fn rx_burst(&mut self, frames: &mut Frames<'_>, out: &mut Vec<XdpDesc>, max: usize) -> usize {
         self.refresh_link();
+        // Drain the passed-on kicks (one syscall per kick episode, not per
+        // burst); the ring is read below in any case.
+        let shared = self.server.shared();
+        if shared.kick_pending.swap(false, Ordering::AcqRel) {
+            let _ = shared.kicked.read();
+        }
         let Some(link) = self.link.clone() else {
             self.note_state(false);
             return 0;
@@ -322,16 +328,11 @@ impl Port for VhostUserPort {
     fn maintain(&mut self, _frames: &mut Frames<'_>) {}
 
     fn poll_fds(&self) -> Vec<RawFd> {
-        let mut fds = vec![self.server.shared().wake.as_raw_fd()];
-        // The guest's transmit kicks, so an idle PMD wakes on guest traffic
-        // (polled only, never read: see `backend`). A stale link is replaced
-        // at the next burst; `wake` fires when it changes.
-        if let Some(link) = &self.link {
-            if let Some(kick) = link.vrings[TX_QUEUE].get_ref().get_kick() {
-                fds.push(kick.as_raw_fd());
-            }
-        }
-        fds
+        // Connection changes, and the guest's transmit kicks as passed on by
+        // the protocol side (see `backend`): both stay readable until this
+        // PMD drains them, so no kick is slept through.
+        let shared = self.server.shared();
+        vec![shared.wake.as_raw_fd(), shared.kicked.as_raw_fd()]
     }
 
     fn frames_held(&self) -> HeldFrames {

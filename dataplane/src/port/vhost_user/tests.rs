@@ -4,7 +4,7 @@
 //! drives the port's `rx_burst`/`tx_burst` as the engine would.
 
 use std::fs::File;
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,7 +19,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::virtq::VNET_HDR_LEN;
 use super::VhostUserPort;
-use crate::port::{DropReason, Frames, Port, PortCounters};
+use crate::port::{DropReason, Frames, Port, PortCounters, PortState};
 use crate::xsk::{FramePool, Umem, UmemConfig, XdpDesc};
 
 const MEM_SIZE: usize = 1 << 20;
@@ -237,7 +237,7 @@ fn wait_link(port: &mut VhostUserPort, bench: &mut Bench, connected: bool) {
         // rx_burst picks up connection changes.
         let mut sink = Vec::new();
         port.rx_burst(&mut bench.frames(), &mut sink, 0);
-        if (port.poll_fds().len() == 2) == connected {
+        if (port.counters().state() == PortState::Up) == connected {
             return;
         }
         assert!(Instant::now() < deadline, "link never became {connected}");
@@ -504,6 +504,64 @@ fn a_guest_that_keeps_offering_bad_chains_gets_a_bounded_share_of_the_pmd() {
         u64::from(QSIZE)
     );
     assert!(got.is_empty());
+    assert_eq!(bench.pool.len(), all_frames);
+    drop(g);
+    drop(port);
+}
+
+/// Whether any of `fds` is readable within `timeout`.
+fn readable(fds: &[RawFd], timeout: Duration) -> bool {
+    let mut polled: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    // SAFETY: `polled` is a live array of `polled.len()` pollfds.
+    let n = unsafe {
+        libc::poll(
+            polled.as_mut_ptr(),
+            polled.len() as libc::nfds_t,
+            timeout.as_millis() as i32,
+        )
+    };
+    n > 0
+}
+
+#[test]
+fn a_guest_kick_stays_visible_to_a_sleeping_pmd_until_it_takes_note() {
+    // The PMD sleeps in poll(2) on `poll_fds`; the protocol thread consumes
+    // the guest's kick eventfd. Before, the PMD polled that very fd, and a
+    // kick consumed before its poll began was slept through until the
+    // timer (up to 100 ms): the kick must stay visible until rx_burst.
+    let path = socket_path("kick");
+    let Connected {
+        mut port,
+        mut bench,
+        all_frames,
+        mut g,
+        ..
+    } = Connected::new(&path);
+    let fds = port.poll_fds();
+    assert!(!readable(&fds, Duration::ZERO), "an idle port wakes nobody");
+    let f = frame(60, 7);
+    g.offer_tx_frame(0, &f);
+    assert!(readable(&fds, WAIT), "the kick reaches the PMD's poll");
+    // Long after the protocol thread consumed the guest's own eventfd.
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        readable(&fds, Duration::ZERO),
+        "and stays until the PMD looks"
+    );
+    let got = bench.receive(&mut port, 1, WAIT);
+    assert_eq!(got.len(), 1);
+    bench.pool.free(got[0].addr);
+    assert!(
+        !readable(&port.poll_fds(), Duration::ZERO),
+        "taken note of: an idle PMD can sleep again"
+    );
     assert_eq!(bench.pool.len(), all_frames);
     drop(g);
     drop(port);
