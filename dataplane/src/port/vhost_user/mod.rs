@@ -24,6 +24,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use vhost_user_backend::{VringState, VringT};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
@@ -353,7 +354,18 @@ impl Port for VhostUserPort {
 #[derive(Default)]
 struct Stall {
     stalled: bool,
+    /// When a stall was last logged; stalls are counted every time but
+    /// logged at most once per [`STALL_LOG_EVERY`], so a guest toggling
+    /// its avail index cannot flood the log from the PMD thread.
+    last_logged: Option<Instant>,
+    /// Stalls since the last logged one.
+    unlogged: u64,
+    /// The current stall was logged (so its end is too).
+    logged: bool,
 }
+
+/// At most one stall line per ring this often.
+const STALL_LOG_EVERY: Duration = Duration::from_secs(10);
 
 impl Stall {
     /// The ring is stalled by `e`; returns how many drops to count.
@@ -361,16 +373,33 @@ impl Stall {
         if std::mem::replace(&mut self.stalled, true) {
             return 0;
         }
-        tracing::warn!(
-            port,
-            "guest {ring} ring stalled: {e}; waiting for the guest to repair it"
-        );
+        // Only on a transition, so the clock is read rarely.
+        let now = Instant::now();
+        self.logged = self
+            .last_logged
+            .is_none_or(|t| now.duration_since(t) >= STALL_LOG_EVERY);
+        if self.logged {
+            tracing::warn!(
+                port,
+                earlier = self.unlogged,
+                "guest {ring} ring stalled: {e}; waiting for the guest to repair it{}",
+                if self.unlogged > 0 {
+                    format!(" ({} more stalls since the last report)", self.unlogged)
+                } else {
+                    String::new()
+                }
+            );
+            self.last_logged = Some(now);
+            self.unlogged = 0;
+        } else {
+            self.unlogged += 1;
+        }
         1
     }
 
     /// The ring works again.
     fn clear(&mut self, port: &str, ring: &str) {
-        if std::mem::replace(&mut self.stalled, false) {
+        if std::mem::replace(&mut self.stalled, false) && self.logged {
             tracing::info!(port, "guest {ring} ring works again");
         }
     }

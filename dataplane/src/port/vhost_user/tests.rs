@@ -566,3 +566,19 @@ fn a_guest_kick_stays_visible_to_a_sleeping_pmd_until_it_takes_note() {
     drop(g);
     drop(port);
 }
+
+#[test]
+fn a_guest_toggling_its_ring_is_counted_every_time_but_logged_rarely() {
+    // A guest that flips its avail index between bogus and valid made the
+    // PMD format a warning and an info line per flip.
+    let mut stall = super::Stall::default();
+    let e = super::virtq::ChainError::ZeroLength;
+    let (mut counted, mut logged) = (0, 0);
+    for _ in 0..1000 {
+        counted += stall.enter("vhost-user:test", "transmit", &e);
+        logged += usize::from(stall.logged);
+        stall.clear("vhost-user:test", "transmit");
+    }
+    assert_eq!(counted, 1000, "every stall is counted");
+    assert_eq!(logged, 1, "but logged once per 10 s");
+}
