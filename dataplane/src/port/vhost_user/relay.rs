@@ -10,7 +10,14 @@
 //! except a SET_VRING_ENABLE that arrives before PROTOCOL_FEATURES was
 //! acknowledged: that one is held (the latest state per ring) and replayed
 //! right after the SET_FEATURES that acknowledges it. Replies flow back
-//! untouched. Nothing else is parsed.
+//! untouched.
+//!
+//! It also checks what the mapping code below it does not: a memory region
+//! (SET_MEM_TABLE, ADD_MEM_REG) must lie inside the file it comes with.
+//! A frontend announcing a region larger than its memfd or hugetlbfs file
+//! would otherwise be mapped as announced, and the first access past the
+//! file's end would kill the switch with SIGBUS. Such a frontend is
+//! disconnected, and the port stays down.
 
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -20,7 +27,15 @@ use std::thread::JoinHandle;
 /// vhost-user message header: request, flags, payload size (u32 each, LE).
 const HDR_LEN: usize = 12;
 const SET_FEATURES: u32 = 2;
+const SET_MEM_TABLE: u32 = 5;
 const SET_VRING_ENABLE: u32 = 18;
+const ADD_MEM_REG: u32 = 37;
+/// One memory region on the wire: guest address, size, user address,
+/// offset in the file (u64 each).
+const REGION_LEN: usize = 32;
+/// Rings a frontend may name (a device has two): a premature
+/// SET_VRING_ENABLE for another index is not held, it ends the connection.
+const MAX_RINGS: u32 = 2;
 /// Flags: protocol version 1, "this is a reply", "reply wanted".
 const FLAG_VERSION: u32 = 0x1;
 const FLAG_REPLY: u32 = 0x4;
@@ -77,7 +92,23 @@ fn to_daemon(front: &UnixStream, back: &UnixStream) -> io::Result<()> {
     loop {
         let msg = receive(front)?;
         match msg.request() {
+            SET_MEM_TABLE | ADD_MEM_REG => {
+                if let Err(why) = regions_inside_their_files(&msg) {
+                    tracing::warn!("vhost-user frontend disconnected: its memory table {why}");
+                    return Err(io::Error::other(why));
+                }
+                send(back, &msg)?;
+            }
             SET_VRING_ENABLE if !protocol_features => {
+                let ring = msg
+                    .payload
+                    .get(0..4)
+                    .map(|b| u32::from_le_bytes(b.try_into().unwrap()));
+                if !ring.is_some_and(|r| r < MAX_RINGS) {
+                    return Err(io::Error::other(format!(
+                        "SET_VRING_ENABLE for ring {ring:?}: a device has {MAX_RINGS}"
+                    )));
+                }
                 if msg.flags() & FLAG_NEED_REPLY != 0 {
                     // Acknowledge it ourselves (0: success).
                     let mut reply = [0u8; HDR_LEN + 8];
@@ -111,6 +142,55 @@ fn to_daemon(front: &UnixStream, back: &UnixStream) -> io::Result<()> {
             _ => send(back, &msg)?,
         }
     }
+}
+
+/// Checks every region of a SET_MEM_TABLE (`u32 count, u32 padding,
+/// regions`) or ADD_MEM_REG (`u64 padding, region`) against the size of
+/// the file that comes with it: `offset + size` must not pass its end.
+fn regions_inside_their_files(msg: &Message) -> Result<(), String> {
+    let (count, first) = if msg.request() == SET_MEM_TABLE {
+        let count = msg
+            .payload
+            .get(0..4)
+            .map(|b| u32::from_le_bytes(b.try_into().unwrap()) as usize)
+            .ok_or("is truncated")?;
+        (count, 8)
+    } else {
+        (1, 8)
+    };
+    if msg.fds.len() != count {
+        return Err(format!(
+            "names {count} region(s) but brings {} file(s)",
+            msg.fds.len()
+        ));
+    }
+    for (i, fd) in msg.fds.iter().enumerate() {
+        let at = first + i * REGION_LEN;
+        let field = |k: usize| -> Result<u64, String> {
+            msg.payload
+                .get(at + 8 * k..at + 8 * k + 8)
+                .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
+                .ok_or_else(|| format!("is truncated at region {i}"))
+        };
+        let (size, offset) = (field(1)?, field(3)?);
+        // SAFETY: fstat(2) on a descriptor we own, into a struct we own.
+        let file_len = unsafe {
+            let mut st: libc::stat = std::mem::zeroed();
+            if libc::fstat(fd.as_raw_fd(), &mut st) != 0 {
+                return Err(format!("region {i}: fstat: {}", io::Error::last_os_error()));
+            }
+            st.st_size as u64
+        };
+        let end = offset
+            .checked_add(size)
+            .ok_or_else(|| format!("region {i}: offset {offset} + size {size} overflows"))?;
+        if size == 0 || end > file_len {
+            return Err(format!(
+                "maps region {i} as bytes {offset}..{end} of a {file_len}-byte file"
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn without_need_reply(mut hdr: [u8; HDR_LEN]) -> [u8; HDR_LEN] {

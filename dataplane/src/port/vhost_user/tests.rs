@@ -582,3 +582,44 @@ fn a_guest_toggling_its_ring_is_counted_every_time_but_logged_rarely() {
     assert_eq!(counted, 1000, "every stall is counted");
     assert_eq!(logged, 1, "but logged once per 10 s");
 }
+
+#[test]
+fn a_memory_table_larger_than_its_file_is_refused_not_mapped() {
+    // Mapped as announced, the region's second half has no file behind
+    // it: the first access there killed the whole switch with SIGBUS.
+    let _watchdog = Watchdog::arm("a_memory_table_larger_than_its_file_is_refused_not_mapped");
+    let path = socket_path("membus");
+    let counters = Arc::new(PortCounters::default());
+    let mut port = VhostUserPort::open(&path, counters.clone()).unwrap();
+    let mut bench = Bench::new();
+    let name = std::ffi::CString::new("short").unwrap();
+    // SAFETY: memfd_create with a NUL-terminated name; owned by the File.
+    let file = unsafe { File::from_raw_fd(libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC)) };
+    file.set_len(MEM_SIZE as u64 / 2).unwrap();
+    let frontend = Frontend::connect(&path, 2).expect("connect");
+    frontend.set_owner().unwrap();
+    let features = (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_NET_F_MRG_RXBUF);
+    frontend.set_features(features).unwrap();
+    let table = frontend.set_mem_table(&[VhostUserMemoryRegionInfo {
+        guest_phys_addr: 0,
+        memory_size: MEM_SIZE as u64,
+        userspace_addr: 0x7000_0000_0000,
+        mmap_offset: 0,
+        mmap_handle: file.as_raw_fd(),
+    }]);
+    // The relay closes the connection: this call or the next ones fail.
+    let refused = table.is_err()
+        || (0..50).any(|_| {
+            std::thread::sleep(Duration::from_millis(20));
+            frontend.set_vring_num(0, QSIZE).is_err()
+        });
+    assert!(refused, "the frontend was not disconnected");
+    // The port never came up, and polling it touches no guest memory.
+    for _ in 0..20 {
+        let mut got = Vec::new();
+        assert_eq!(port.rx_burst(&mut bench.frames(), &mut got, 64), 0);
+    }
+    assert_ne!(counters.state(), PortState::Up);
+    drop(frontend);
+    drop(port);
+}
