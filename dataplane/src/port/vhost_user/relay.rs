@@ -104,7 +104,7 @@ fn to_daemon(front: &UnixStream, back: &UnixStream) -> io::Result<()> {
                     .payload
                     .get(0..4)
                     .map(|b| u32::from_le_bytes(b.try_into().unwrap()));
-                if !ring.is_some_and(|r| r < MAX_RINGS) {
+                if ring.is_none_or(|r| r >= MAX_RINGS) {
                     return Err(io::Error::other(format!(
                         "SET_VRING_ENABLE for ring {ring:?}: a device has {MAX_RINGS}"
                     )));
