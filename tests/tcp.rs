@@ -190,6 +190,22 @@ fn tcp_and_udp_take_the_fast_path_between_default_endpoints() {
     let h = hosts("tcpfast");
     let (a, b) = (&h.hosts[0], &h.hosts[1]);
     let sw = RunningSwitch::start(&h.sw, &["--port", "afxdp:sa", "--port", "afxdp:sb"]);
+    // Native XDP on the host end turns the container's TSO off (the
+    // kernel's rule): the switch says so, in its log and in `show ports`.
+    assert!(!tso_on(a, "a0"), "TSO off on a0 while sa runs native XDP");
+    assert!(
+        sw.output().contains("turns TSO off on its other end"),
+        "{}",
+        sw.output()
+    );
+    let ports: serde_json::Value =
+        serde_json::from_str(&h.sw.dataplane_ok(&["show", "ports", "--json"])).unwrap();
+    assert!(
+        ports.as_array().unwrap().iter().all(|p| p["peer_effect"]
+            .as_str()
+            .is_some_and(|e| e.contains("TSO off"))),
+        "{ports}"
+    );
     real_traffic_crosses(a, "10.77.5.1", b, "10.77.5.2", "fast path");
     let handed_off = steer_counter(&h.sw, "sa", "fast_path_tc");
     assert!(
@@ -197,6 +213,7 @@ fn tcp_and_udp_take_the_fast_path_between_default_endpoints() {
         "a's traffic stayed in the kernel (tc hand-off): {handed_off}"
     );
     stop(sw);
+    assert!(tso_on(a, "a0"), "and back on once the port closed");
 }
 
 #[test]
@@ -270,6 +287,8 @@ fn container_ports_keep_the_containers_offloads_and_carry_tcp_in_the_kernel() {
         tso_on(a, "a0") && tso_on(b, "b0"),
         "container ports leave TSO on"
     );
+    let ports = h.sw.dataplane_ok(&["show", "ports", "--json"]);
+    assert!(!ports.contains("peer_effect"), "nothing to report: {ports}");
     real_traffic_crosses(a, "10.77.5.1", b, "10.77.5.2", "container ports, fast path");
     let fast = steer_counter(&h.sw, "sa", "fast_path_tc");
     assert!(fast > 1000, "a's traffic stayed in the kernel: {fast}");

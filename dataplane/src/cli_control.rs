@@ -49,12 +49,12 @@ pub fn show_ports(socket: &Path, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{:>3}  {:<24} {:<5} {:>3} {:>12} {:>12} {:>12} {:>10}",
+        "{:>3}  {:<24} {:<5} {:>3} {:>12} {:>12} {:>12} {:>10}  NOTE",
         "ID", "PORT", "STATE", "PMD", "RX_PKTS", "TX_PKTS", "FAST_PKTS", "DROPS"
     );
     for p in ports {
         println!(
-            "{:>3}  {:<24} {:<5} {:>3} {:>12} {:>12} {:>12} {:>10}",
+            "{:>3}  {:<24} {:<5} {:>3} {:>12} {:>12} {:>12} {:>10}  {}",
             p.id,
             p.name,
             p.state,
@@ -62,7 +62,8 @@ pub fn show_ports(socket: &Path, json: bool) -> anyhow::Result<()> {
             p.rx_packets,
             p.tx_packets,
             p.fast_path,
-            p.drops.values().sum::<u64>()
+            p.drops.values().sum::<u64>(),
+            p.peer_effect.as_deref().unwrap_or("")
         );
     }
     Ok(())

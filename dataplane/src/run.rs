@@ -89,6 +89,8 @@ struct Slot {
     ifindex: Option<u32>,
     /// The link carried frames at the last look.
     link_up: bool,
+    /// What the port does to the other end of its interface (`show ports`).
+    peer_effect: Option<&'static str>,
 }
 
 /// The running switch and everything needed to change it.
@@ -160,6 +162,7 @@ impl Daemon {
                 open: true,
                 ifindex: interface_index(p),
                 link_up: true,
+                peer_effect: peer_effect(p),
             }));
         }
         let switch_ports = config
@@ -288,6 +291,7 @@ impl Daemon {
             .resize_with(self.slots.len().max(id + 1), || None);
         self.slots[id] = Some(Slot {
             ifindex: interface_index(&p),
+            peer_effect: peer_effect(&p),
             config: p,
             counters,
             open: false,
@@ -538,6 +542,7 @@ impl Daemon {
                         .iter()
                         .map(|r| (r.name().to_string(), snap.drops(*r)))
                         .collect(),
+                    peer_effect: s.peer_effect.map(str::to_string),
                 }
             })
             .collect()
@@ -807,6 +812,14 @@ fn fast_port(id: usize, p: &PortConfig) -> FastPortConfig {
         ifname: p.iface.clone(),
         vlan: p.vlan.clone(),
     }
+}
+
+/// What a port does to the other end of its interface: native XDP on the
+/// host end of a container's veth turns the container's TSO off (the
+/// kernel's rule for veth) until the port closes; container ports do not.
+fn peer_effect(p: &PortConfig) -> Option<&'static str> {
+    (p.kind == PortKind::Afxdp && netdev::is_veth_to_other_netns(&p.iface).unwrap_or(false))
+        .then_some("peer TSO off while attached (native XDP on a veth; veth: keeps it)")
 }
 
 fn interface_index(p: &PortConfig) -> Option<u32> {

@@ -161,6 +161,7 @@ mod tests {
             tx_bytes: 420,
             fast_path: 9,
             drops: [("policy".to_string(), 2)].into_iter().collect(),
+            peer_effect: None,
         }
     }
 

@@ -95,6 +95,10 @@ pub struct PortStatus {
     pub fast_path: u64,
     /// Drops by reason (`no_free_frame`, `tx_ring_full`, ...).
     pub drops: BTreeMap<String, u64>,
+    /// What this port does to the other end of its interface, if anything
+    /// (e.g. native XDP on a veth turns the container's TSO off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_effect: Option<String>,
 }
 
 /// The `stats` answer.
