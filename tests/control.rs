@@ -613,3 +613,29 @@ fn a_flood_of_metrics_connections_cannot_take_the_switch_down() {
     drop(held);
     assert_clean_exit(sw);
 }
+
+#[test]
+fn a_file_at_the_control_path_is_refused_and_kept() {
+    if !privileged("a_file_at_the_control_path_is_refused_and_kept") {
+        return;
+    }
+    // Before, the file was deleted and replaced by the socket.
+    let h = hosts("ctlfile", 2);
+    let dir = std::env::temp_dir().join(format!("dp-ctlfile-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let precious = dir.join("notes.txt");
+    std::fs::write(&precious, b"keep me").unwrap();
+    let out = h.sw.dataplane(&[
+        "run",
+        "--port",
+        "afxdp:sa",
+        "--control",
+        precious.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "started over a regular file");
+    assert!(err.contains("not a socket"), "{err}");
+    assert_eq!(std::fs::read(&precious).unwrap(), b"keep me");
+    assert_eq!(h.sw.xdp_prog_id("sa"), None, "nothing left attached");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -18,6 +18,7 @@ pub mod logging;
 pub mod netdev;
 pub mod netns;
 pub mod port;
+pub mod private_socket;
 pub mod privileges;
 pub mod run;
 pub mod steer;

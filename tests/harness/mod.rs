@@ -478,8 +478,10 @@ pub struct RunningSwitch {
 }
 
 impl RunningSwitch {
-    /// Starts `dataplane --netns NS run ARGS` and waits until it says it runs.
+    /// Starts `dataplane --netns NS run ARGS` and waits until it says it
+    /// runs and, unless `--no-control`, serves its control socket.
     pub fn start(ns: &NetNs, args: &[&str]) -> RunningSwitch {
+        let control = !args.contains(&"--no-control");
         use std::process::Stdio;
         let mut child = Command::new(dataplane_bin())
             .args(["--netns", ns.name(), "run"])
@@ -496,7 +498,9 @@ impl RunningSwitch {
             readers,
         };
         let ready = wait_for(Duration::from_secs(20), || {
-            if sw.output().contains("switch running") {
+            let out = sw.output();
+            if out.contains("switch running") && (!control || out.contains("control socket ready"))
+            {
                 return Some(true);
             }
             match sw.child.as_mut().unwrap().try_wait() {

@@ -9,7 +9,6 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +16,8 @@ use std::time::Duration;
 use thiserror::Error;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::watch;
+
+use crate::private_socket;
 
 use super::protocol::{parse_request, Request, Response, MAX_REQUEST_BYTES};
 
@@ -57,6 +58,8 @@ pub enum Error {
     },
     #[error("starting the control thread: {0}")]
     Thread(std::io::Error),
+    #[error("control socket {0} (or give --control PATH)")]
+    Private(private_socket::Error),
 }
 
 /// What the daemon does with requests.
@@ -145,43 +148,31 @@ fn bind_control(path: &Path) -> Result<std::os::unix::net::UnixListener, Error> 
             source,
         })?;
     }
-    if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(Error::InUse { path: shown });
-        }
-        tracing::info!(path = shown, "removing a stale control socket");
-        let _ = std::fs::remove_file(path);
-    }
-    let sock = |what, source| Error::Socket {
-        path: shown.clone(),
-        what,
-        source,
-    };
-    let bind = || {
-        // Bind under a umask that leaves no window with group/other access.
-        // SAFETY: umask(2) only swaps the process mask.
-        let old = unsafe { libc::umask(0o177) };
-        let bound = std::os::unix::net::UnixListener::bind(path);
-        // SAFETY: as above, restoring the previous mask.
-        unsafe { libc::umask(old) };
-        bound
-    };
-    let listener = match bind() {
+    let listener = match private_socket::listen(path) {
         // Another switch exiting just removed the shared directory.
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        Err(private_socket::Error::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
             if let Some(dir) = path.parent() {
                 let _ = std::fs::create_dir_all(dir);
             }
-            bind()
+            private_socket::listen(path)
         }
         other => other,
     }
-    .map_err(|e| sock("bind", e))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| sock("chmod 0600", e))?;
+    .map_err(|e| match e {
+        private_socket::Error::InUse { .. } => Error::InUse {
+            path: shown.clone(),
+        },
+        other => Error::Private(other),
+    })?;
     listener
         .set_nonblocking(true)
-        .map_err(|e| sock("set_nonblocking", e))?;
+        .map_err(|source| Error::Socket {
+            path: shown,
+            what: "set_nonblocking",
+            source,
+        })?;
     Ok(listener)
 }
 

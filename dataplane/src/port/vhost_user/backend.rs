@@ -21,7 +21,7 @@
 
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -42,6 +42,8 @@ use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
 };
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::private_socket;
 
 /// Queue 0 is the guest's receive queue, 1 its transmit queue (VIRTIO 1.2,
 /// 5.1.2); one pair.
@@ -310,38 +312,18 @@ impl Drop for Server {
 /// name, chmod 0600, then renamed over `path`, so no other user can ever
 /// connect, and a stale socket is replaced in one step.
 fn listen(path: &Path) -> Result<UnixListener, Error> {
-    let err = |what, source| Error::Socket {
-        path: path.into(),
-        what,
-        source,
-    };
-    let Some(file) = path.file_name().and_then(|f| f.to_str()) else {
+    if path.file_name().and_then(|f| f.to_str()).is_none() {
         return Err(Error::BadPath { path: path.into() });
-    };
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) if !meta.file_type().is_socket() => {
-            return Err(Error::NotASocket { path: path.into() })
-        }
-        Ok(_) => {
-            // A socket: stale unless someone accepts on it.
-            if UnixStream::connect(path).is_ok() {
-                return Err(Error::InUse { path: path.into() });
-            }
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(err("stat", e)),
     }
-    let tmp = path.with_file_name(format!(".{file}.{}.tmp", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
-    let listener = UnixListener::bind(&tmp).map_err(|e| err("bind", e))?;
-    let done = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| err("chmod 0600", e))
-        .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| err("rename into place", e)));
-    if let Err(e) = done {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
-    Ok(listener)
+    private_socket::listen(path).map_err(|e| match e {
+        private_socket::Error::NotASocket { .. } => Error::NotASocket { path: path.into() },
+        private_socket::Error::InUse { .. } => Error::InUse { path: path.into() },
+        private_socket::Error::Io { what, source, .. } => Error::Socket {
+            path: path.into(),
+            what,
+            source,
+        },
+    })
 }
 
 /// The protocol thread: accept a frontend, serve it until it leaves, repeat.
@@ -384,8 +366,9 @@ fn serve_one(listener: &UnixListener, name: &str, shared: &Arc<Shared>) -> Resul
     let vrings = grab_vrings(&handlers[0], &backend)?;
     // The daemon serves a private socket; the relay joins it to the
     // frontend (see `relay` for why).
-    let dir = private_dir().map_err(|e| format!("private socket directory: {e}"))?;
-    let inner_path = dir.path.join("daemon.sock");
+    let dir = private_socket::PrivateDir::new_in(&std::env::temp_dir())
+        .map_err(|e| format!("private socket directory: {e}"))?;
+    let inner_path = dir.path().join("daemon.sock");
     let mut inner = Listener::new(&inner_path, true).map_err(|e| format!("daemon socket: {e}"))?;
     let back = UnixStream::connect(&inner_path).map_err(|e| format!("daemon socket: {e}"))?;
     daemon
@@ -421,30 +404,6 @@ fn serve_one(listener: &UnixListener, name: &str, shared: &Arc<Shared>) -> Resul
     Ok(())
 }
 
-/// A directory only root can enter, removed on drop.
-struct PrivateDir {
-    path: PathBuf,
-}
-
-impl Drop for PrivateDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
-    }
-}
-
-fn private_dir() -> io::Result<PrivateDir> {
-    use std::os::unix::fs::DirBuilderExt;
-    static SEQ: AtomicU64 = AtomicU64::new(0);
-    let path = std::env::temp_dir().join(format!(
-        "dataplane-vhost-{}-{}",
-        std::process::id(),
-        SEQ.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&path);
-    std::fs::DirBuilder::new().mode(0o700).create(&path)?;
-    Ok(PrivateDir { path })
-}
-
 /// Has the daemon's worker thread hand the backend its vrings (the daemon
 /// exposes them only there), by firing a private event once.
 fn grab_vrings(
@@ -475,6 +434,7 @@ fn grab_vrings(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 
     /// A fresh directory under the system temp dir (removed at the end).
     fn scratch(name: &str) -> PathBuf {
