@@ -234,6 +234,19 @@ impl RunningPath {
     }
 }
 
+/// Bridged IPv4 must not detour through netfilter in `netns`, as on a host
+/// without bridged firewalling (the sysctls exist only where br_netfilter
+/// is loaded, so a failure is not an error).
+pub fn bridge_netfilter_off(netns: &str) {
+    for key in ["iptables", "ip6tables", "arptables"] {
+        let _ = Command::new("ip")
+            .args(["netns", "exec", netns, "sysctl", "-qw"])
+            .arg(format!("net.bridge.bridge-nf-call-{key}=0"))
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
 /// SIGINT to every child (dataplane and testpmd then detach and close
 /// their sockets), then waits up to `grace` for each before SIGKILL.
 pub fn interrupt_and_reap(children: &mut [&mut Child], grace: Duration) {
@@ -341,15 +354,7 @@ pub fn start(
                     bail!("bridge fdb add {TAP_GUEST_MAC} dev vmtap failed");
                 }
             }
-            // Bridged IPv4 must not detour through netfilter (not every
-            // kernel has these sysctls: br_netfilter may be absent).
-            for key in ["iptables", "ip6tables", "arptables"] {
-                let _ = Command::new("ip")
-                    .args(["netns", "exec", &sw, "sysctl", "-qw"])
-                    .arg(format!("net.bridge.bridge-nf-call-{key}=0"))
-                    .stderr(Stdio::null())
-                    .status();
-            }
+            bridge_netfilter_off(&sw);
         }
         DataplaneFastpath | Dataplane | DataplaneBusy | DataplaneXconnect | DataplaneTap
         | DataplaneTapBusy => {

@@ -178,15 +178,7 @@ fn start(path: TcpPath, topo: &Topology, dp: &Dataplane) -> Result<Running> {
                 ip(&["-n", &sw, "link", "set", p, "master", "br0"])?;
             }
             ip(&["-n", &sw, "link", "set", "br0", "up"])?;
-            // As on a host without bridged firewalling (the sysctls exist
-            // only once br_netfilter is loaded).
-            for key in ["iptables", "ip6tables", "arptables"] {
-                let _ = Command::new("ip")
-                    .args(["netns", "exec", &sw, "sysctl", "-qw"])
-                    .arg(format!("net.bridge.bridge-nf-call-{key}=0"))
-                    .stderr(Stdio::null())
-                    .status();
-            }
+            paths::bridge_netfilter_off(&sw);
             return Ok(running);
         }
         TcpPath::DataplaneVeth => &["--port", "veth:sa", "--port", "veth:sb"],
