@@ -356,6 +356,18 @@ fn stats_watch_and_metrics_show_a_running_switch() {
     assert!(value("dataplane_xdp_packets_total{interface=\"sa\",outcome=\"redirected\"}") >= 3000);
     assert_eq!(value("dataplane_port_up{port=\"afxdp:sb\"}"), 1);
     assert!(value("dataplane_pmd_cycles_total{state=\"busy\"}") > 0);
+    // The PMD measured its longest iteration (it ran for a while): the
+    // value is reported, positive, in seconds; the stats table shows it too.
+    let longest: f64 = text
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("dataplane_pmd_longest_iteration_seconds ")?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("longest iteration in\n{text}"));
+    assert!(longest > 0.0 && longest < 60.0, "{longest}");
+    assert!(shown.contains("longest iteration"), "{shown}");
     assert!(scrape("/other").starts_with("HTTP/1.1 404"));
     assert_clean_exit(sw);
 }
@@ -517,7 +529,7 @@ fn stop_by_signal_releases_everything(sig: i32, name: &str) {
     assert!(socket_of(&h.sw).exists());
     let (ok, out) = sw.stop_with(sig);
     assert!(ok, "exit status 0 on {name}:\n{out}");
-    assert!(out.contains(" 0 unaccounted"), "{out}");
+    assert!(out.contains(" 0 unaccounted, 0 refused frees"), "{out}");
     assert_eq!(h.sw.xdp_prog_id("sa"), None, "steer detached");
     assert!(!h.sw.pin_dir("sa").exists(), "pins removed");
     assert!(!socket_of(&h.sw).exists(), "control socket removed");
@@ -638,4 +650,50 @@ fn a_file_at_the_control_path_is_refused_and_kept() {
     assert_eq!(std::fs::read(&precious).unwrap(), b"keep me");
     assert_eq!(h.sw.xdp_prog_id("sa"), None, "nothing left attached");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_pmd_panic_stops_the_switch_cleanly() {
+    if !privileged("a_pmd_panic_stops_the_switch_cleanly") {
+        return;
+    }
+    let h = hosts("ctlpanic", 2);
+    let (a, b) = (&h.hosts[0], &h.hosts[1]);
+    // The PMD panics while it holds the switch lock, as a bug would; the
+    // lock is poisoned. The supervisor, the control thread and the stop
+    // path all take that lock afterwards.
+    let mut sw = RunningSwitch::start_with_env(
+        &h.sw,
+        &["--port", "afxdp:sa", "--port", "afxdp:sb", "--no-fast-path"],
+        &[(dataplane::engine::PANIC_AFTER_ENV, "50")],
+    );
+    let sw_ns = h.sw.name().to_string();
+    let asker = std::thread::spawn(move || {
+        // Control requests that take the switch lock, while it dies.
+        for _ in 0..50 {
+            let _ = std::process::Command::new(harness::dataplane_bin())
+                .args(["-n", &sw_ns, "show", "fdb"])
+                .output();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    harness::send_test_stream(a, "a0", mac_of(b, "b0"), 500, 64);
+    let (status, out) = sw.wait_exit(Duration::from_secs(10));
+    asker.join().unwrap();
+    let status = status.unwrap_or_else(|| panic!("the switch runs on after a PMD panic:\n{out}"));
+    assert!(!status.success(), "a PMD panic is an error exit:\n{out}");
+    assert!(out.contains("injected PMD panic"), "{out}");
+    assert!(
+        out.contains("a PMD thread panicked"),
+        "the error names the cause:\n{out}"
+    );
+    assert!(
+        !out.contains("PoisonError"),
+        "no second panic on the poisoned lock:\n{out}"
+    );
+    for i in ["sa", "sb"] {
+        assert_eq!(h.sw.xdp_prog_id(i), None, "steer left on {i}:\n{out}");
+        assert!(!h.sw.pin_dir(i).exists(), "pins left for {i}");
+    }
+    assert!(!socket_of(&h.sw).exists(), "control socket left behind");
 }

@@ -108,7 +108,7 @@ fn learned_unicast_fast(tag: &str, gro: bool, branch: &str) {
     // The run reports fast-path frames per port too.
     let (ok, out) = sw.stop();
     assert!(ok, "{out}");
-    assert!(out.contains(" 0 unaccounted"), "{out}");
+    assert!(out.contains(" 0 unaccounted, 0 refused frees"), "{out}");
     assert_eq!(h.sw.xdp_prog_id("sa"), None, "steer detached at exit");
 }
 
@@ -202,7 +202,7 @@ fn compare_paths(tag: &str, ports: &[&str], b_tag: Option<u16>) -> Deliveries {
             .sum();
         let (ok, out) = sw.stop();
         assert!(ok, "{out}");
-        assert!(out.contains(" 0 unaccounted"), "{out}");
+        assert!(out.contains(" 0 unaccounted, 0 refused frees"), "{out}");
         if fast {
             assert!(
                 fast_frames >= 400,
@@ -601,7 +601,10 @@ fn vlan_push_pop(tag: &str, kind: &str) {
         "VLAN 20 leaked to an access port of VLAN 10"
     );
     let (ok, out) = sw.stop();
-    assert!(ok && out.contains(" 0 unaccounted"), "{out}");
+    assert!(
+        ok && out.contains(" 0 unaccounted, 0 refused frees"),
+        "{out}"
+    );
 }
 
 #[test]

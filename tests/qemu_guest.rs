@@ -240,7 +240,10 @@ fn host_test() {
     );
     let (ok, out) = sw.stop();
     assert!(ok, "switch did not exit cleanly:\n{out}");
-    assert!(out.contains(" 0 unaccounted"), "frame accounting:\n{out}");
+    assert!(
+        out.contains(" 0 unaccounted, 0 refused frees"),
+        "frame accounting:\n{out}"
+    );
     assert!(!sock.exists(), "socket left behind");
     let tcp_echoed = vm_out
         .lines()

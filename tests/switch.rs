@@ -399,7 +399,7 @@ fn a_port_going_down_or_away_does_not_stop_the_others() {
     // The switch still exits cleanly and detaches from what is left.
     let (ok, out) = sw.stop();
     assert!(ok, "{out}");
-    assert!(out.contains(" 0 unaccounted"), "{out}");
+    assert!(out.contains(" 0 unaccounted, 0 refused frees"), "{out}");
     for i in ["sa", "sb"] {
         assert_eq!(h.sw.xdp_prog_id(i), None, "steer left on {i}");
     }

@@ -429,7 +429,7 @@ fn testpmd_frames_cross_the_switch_both_ways() {
 
     let (ok, out) = sw.stop();
     assert!(ok, "{out}");
-    assert!(out.contains(" 0 unaccounted"), "{out}");
+    assert!(out.contains(" 0 unaccounted, 0 refused frees"), "{out}");
     assert!(!sock.0.exists(), "socket file left after the switch exited");
     drop(huge);
 }
@@ -512,7 +512,7 @@ fn frontend_restart_leaves_the_switch_running() {
 
     let (ok, out) = sw.stop();
     assert!(ok, "{out}");
-    assert!(out.contains(" 0 unaccounted"), "{out}");
+    assert!(out.contains(" 0 unaccounted, 0 refused frees"), "{out}");
     assert!(!sock.0.exists(), "socket file left after the switch exited");
     drop(huge);
 }

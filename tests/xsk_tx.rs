@@ -171,3 +171,60 @@ fn xsk_tx_reaches_the_peer_and_frames_come_back() {
     topo.veth((&ns, "x0"), (&ns, "x1"));
     ns.enter(send_and_check);
 }
+
+/// The frames a socket lent to the kernel (fill ring, a TX ring the kernel
+/// cannot drain because the link is down) come back when it closes, and
+/// only then: none is lost, none is handed out while still lent.
+fn lent_frames_come_back_on_close() {
+    let umem = Arc::new(Umem::new(UmemConfig::default()).expect("UMEM"));
+    let mut pool = FramePool::new(&umem);
+    let capacity = pool.capacity();
+    let mut sock = XskSocket::new(&umem, "y0", 0, &SocketConfig::default()).expect("socket on y0");
+    assert_eq!(
+        sock.fill(&mut pool, 100),
+        100,
+        "fill ring takes 100 buffers"
+    );
+    let unsent: Vec<XdpDesc> = (0..10)
+        .map(|_| XdpDesc {
+            addr: pool.alloc().expect("a free frame"),
+            len: FRAME_LEN as u32,
+            options: 0,
+        })
+        .collect();
+    assert_eq!(sock.send(&unsent), 10);
+    // y0 is down: the kernel refuses to transmit (ENETDOWN) and keeps them.
+    sock.kick_tx();
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(
+        sock.complete(&mut pool, u32::MAX),
+        0,
+        "nothing sent on a down link"
+    );
+    assert_eq!(sock.lent_frames(), 110);
+    assert_eq!(pool.len(), capacity - 110);
+
+    let mut back = sock.close();
+    back.sort();
+    back.dedup();
+    assert_eq!(back.len(), 110, "every lent frame, once");
+    let mut expected: Vec<u64> = unsent.iter().map(|d| d.addr).collect();
+    expected.extend((0..100).map(|i| i * umem.frame_size() as u64));
+    expected.sort();
+    assert_eq!(back, expected, "exactly the frames that were lent");
+    pool.free_cold(&back);
+    assert_eq!(pool.len(), capacity, "every frame back in the pool");
+    assert_eq!(pool.refused_frees(), 0);
+}
+
+#[test]
+fn xsk_close_returns_the_frames_the_kernel_held() {
+    if !privileged("xsk_close_returns_the_frames_the_kernel_held") {
+        return;
+    }
+    let mut topo = Topology::new("xskl");
+    let ns = topo.netns("y");
+    topo.veth((&ns, "y0"), (&ns, "y1"));
+    ns.ip(&["link", "set", "y0", "down"]);
+    ns.enter(lent_frames_come_back_on_close);
+}

@@ -90,6 +90,14 @@ pub enum Error {
         value: String,
         why: String,
     },
+    /// An error found in a config file after parsing, with where it is.
+    #[error("config {path}, line {line}, column {column}: {source}")]
+    At {
+        path: String,
+        line: usize,
+        column: usize,
+        source: Box<Error>,
+    },
 }
 
 /// How frames are forwarded between ports.
@@ -327,37 +335,80 @@ impl RunConfig {
         Self::from_toml(&text, &path.display().to_string())
     }
 
-    /// Parses TOML text (`origin` names it in errors).
+    /// Parses TOML text (`origin` names it in errors). Every error carries
+    /// the line and column: syntax errors from the parser, the others from
+    /// the place of the key they are about.
     pub fn from_toml(text: &str, origin: &str) -> Result<RunConfig, Error> {
         let file: FileConfig = toml::from_str(text).map_err(|e| Error::Syntax {
             path: origin.to_string(),
             detail: describe_toml_error(text, &e),
         })?;
+        Self::from_file_config(file, origin).map_err(|(error, key)| match locate(text, &key) {
+            Some((line, column)) => Error::At {
+                path: origin.to_string(),
+                line,
+                column,
+                source: Box::new(error),
+            },
+            None => error,
+        })
+    }
+
+    /// The checks of [`from_toml`](Self::from_toml) past the syntax; an error
+    /// comes with the key it is about.
+    fn from_file_config(file: FileConfig, origin: &str) -> Result<RunConfig, (Error, KeyPath)> {
         let mut ports = Vec::new();
-        for p in file.ports {
-            let iface = port_target(p.kind, p.iface, p.path, origin)?;
+        for (i, p) in file.ports.into_iter().enumerate() {
+            let at = |key: &'static str| KeyPath::port(i, key);
+            let target_key = if p.kind == PortKind::VhostUser {
+                "path"
+            } else {
+                "iface"
+            };
+            let iface =
+                port_target(p.kind, p.iface, p.path, origin).map_err(|e| (e, at(target_key)))?;
             let name = format!("{}:{}", p.kind.prefix(), iface);
             if p.kind == PortKind::VhostUser && p.queues.is_some() {
-                return Err(Error::PortField {
-                    spec: name,
-                    why: "a vhost-user port has one queue pair; remove `queues`".into(),
-                });
+                return Err((
+                    Error::PortField {
+                        spec: name,
+                        why: "a vhost-user port has one queue pair; remove `queues`".into(),
+                    },
+                    at("queues"),
+                ));
             }
             if p.kind == PortKind::Veth && p.queues.is_some() {
-                return Err(Error::PortField {
-                    spec: name,
-                    why: "a veth port receives through the switch's punt device; remove `queues`"
-                        .into(),
-                });
+                return Err((
+                    Error::PortField {
+                        spec: name,
+                        why:
+                            "a veth port receives through the switch's punt device; remove `queues`"
+                                .into(),
+                    },
+                    at("queues"),
+                ));
             }
-            let vlan = vlan_mode(&name, p.vlan, p.trunk, p.native_vlan)?;
+            let vlan_key = |e: &Error| match e {
+                Error::VlanRange { vid, .. } if p.vlan == Some(*vid) => "vlan",
+                Error::VlanRange { vid, .. } if p.native_vlan == Some(*vid) => "native_vlan",
+                _ => "trunk",
+            };
+            let vlan = vlan_mode(&name, p.vlan, p.trunk.clone(), p.native_vlan).map_err(|e| {
+                let key = vlan_key(&e);
+                (e, at(key))
+            })?;
             let bind = match p.bind.as_deref() {
                 None => BindMode::Auto,
-                Some(b) => parse_bind(b).map_err(|why| Error::BadValue {
-                    spec: name.clone(),
-                    key: "bind".into(),
-                    value: b.into(),
-                    why,
+                Some(b) => parse_bind(b).map_err(|why| {
+                    (
+                        Error::BadValue {
+                            spec: name.clone(),
+                            key: "bind".into(),
+                            value: b.into(),
+                            why,
+                        },
+                        at("bind"),
+                    )
                 })?,
             };
             let queues = match (p.kind, p.queues) {
@@ -365,19 +416,25 @@ impl RunConfig {
                 (PortKind::Tap, Some(q)) => match q.as_slice() {
                     [n] if (1..=16).contains(n) => (0..*n).collect(),
                     _ => {
-                        return Err(Error::PortField {
-                            spec: name,
-                            why: format!(
+                        return Err((
+                            Error::PortField {
+                                spec: name,
+                                why: format!(
                                 "queues = {q:?}: a TAP takes one queue count, 1-16 (queues = [2])"
                             ),
-                        })
+                            },
+                            at("queues"),
+                        ))
                     }
                 },
                 (_, Some(q)) if q.is_empty() => {
-                    return Err(Error::PortField {
-                        spec: name,
-                        why: "queues = []: name at least one rx queue (queues = [0])".into(),
-                    })
+                    return Err((
+                        Error::PortField {
+                            spec: name,
+                            why: "queues = []: name at least one rx queue (queues = [0])".into(),
+                        },
+                        at("queues"),
+                    ))
                 }
                 (_, Some(q)) => q,
                 (_, None) => vec![0],
@@ -390,6 +447,11 @@ impl RunConfig {
                 bind,
             });
         }
+        let cores_key = if file.cores.is_some() {
+            "cores"
+        } else {
+            "core"
+        };
         let config = RunConfig {
             mode: file.mode,
             fast_path: file.fast_path.unwrap_or(true),
@@ -413,7 +475,22 @@ impl RunConfig {
             },
             ports,
         };
-        config.validate()?;
+        config.validate().map_err(|e| {
+            let key = match &e {
+                Error::Invalid { field: "cores", .. } => KeyPath::top(cores_key),
+                Error::Invalid { field, .. } => KeyPath::dotted(field),
+                Error::OddCrossConnect(_) => KeyPath::top("mode"),
+                Error::DuplicatePort { name } => config
+                    .ports
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, p)| p.name() == *name)
+                    .nth(1)
+                    .map_or(KeyPath::default(), |(i, _)| KeyPath::port(i, "iface")),
+                _ => KeyPath::default(),
+            };
+            (e, key)
+        })?;
         Ok(config)
     }
 
@@ -796,6 +873,78 @@ fn check_ifname(name: &str) -> Result<(), String> {
     crate::netdev::check_name(name).map_err(|e| e.to_string())
 }
 
+/// Where in a config file an error is: table keys, and the index of the
+/// `[[port]]` table for port fields. Empty: nowhere in particular.
+#[derive(Debug, Default)]
+struct KeyPath(Vec<KeySeg>);
+
+#[derive(Debug)]
+enum KeySeg {
+    Key(String),
+    Index(usize),
+}
+
+impl KeyPath {
+    fn top(key: &str) -> KeyPath {
+        KeyPath(vec![KeySeg::Key(key.to_string())])
+    }
+
+    /// `fdb.max_age` -> table `fdb`, key `max_age`.
+    fn dotted(field: &str) -> KeyPath {
+        KeyPath(
+            field
+                .split('.')
+                .map(|k| KeySeg::Key(k.to_string()))
+                .collect(),
+        )
+    }
+
+    /// Key `key` of the `index`-th `[[port]]` table.
+    fn port(index: usize, key: &str) -> KeyPath {
+        KeyPath(vec![
+            KeySeg::Key("port".into()),
+            KeySeg::Index(index),
+            KeySeg::Key(key.into()),
+        ])
+    }
+}
+
+/// Line and column (1-based) of the value at `key` in `text`, or of the
+/// nearest enclosing table that is there (a missing key: its table).
+fn locate(text: &str, key: &KeyPath) -> Option<(usize, usize)> {
+    if key.0.is_empty() {
+        return None;
+    }
+    // toml_edit keeps the spans toml's serde interface drops; the text has
+    // parsed once already, so this parse succeeds.
+    let doc = toml_edit::ImDocument::parse(text).ok()?;
+    let mut item = doc.as_item();
+    let mut span = None;
+    for seg in &key.0 {
+        let next = match seg {
+            KeySeg::Key(k) => item.get(k.as_str()),
+            KeySeg::Index(i) => item.get(*i),
+        };
+        match next {
+            Some(next) => {
+                item = next;
+                span = item.span().or(span);
+            }
+            None => break,
+        }
+    }
+    let start = span?.start;
+    Some(line_column(text, start))
+}
+
+/// 1-based line and column of byte `offset` in `text`.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line, column)
+}
+
 /// toml's error with the line and column spelled out first.
 fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
     // One line, as every error of the CLI.
@@ -808,9 +957,7 @@ fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
         .join("; ");
     match e.span() {
         Some(span) => {
-            let before = &text[..span.start.min(text.len())];
-            let line = before.matches('\n').count() + 1;
-            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            let (line, column) = line_column(text, span.start);
             format!("line {line}, column {column}: {message}")
         }
         None => message,
@@ -921,6 +1068,73 @@ mod tests {
             toml(&format!("socket_busy_poll = 4294967295\n{port}")).contains("socket_busy_poll")
         );
         assert!(toml(&format!("{port}trunk = [65546]\n")).contains("line 4, column 10"));
+    }
+
+    #[test]
+    fn errors_found_after_parsing_carry_line_and_column() {
+        let err = |body: &str| {
+            RunConfig::from_toml(body, "t.toml")
+                .unwrap_err()
+                .to_string()
+        };
+        let port = |iface: &str| format!("[[port]]\nkind = \"afxdp\"\niface = \"{iface}\"\n");
+        let two = format!("{}{}", port("v0"), port("v1"));
+        let cases = [
+            (
+                format!("[fdb]\nmax_age = 0\n{two}"),
+                "line 2, column 11",
+                "fdb.max_age",
+            ),
+            (format!("burst = 0\n{two}"), "line 1, column 9", "burst"),
+            (
+                format!("cores = [0, 5000]\n{two}"),
+                "line 1, column 9",
+                "cores",
+            ),
+            (format!("core = 5000\n{two}"), "line 1, column 8", "cores"),
+            (
+                format!("{two}vlan = 4095\n"),
+                "line 7, column 8",
+                "VLAN 4095",
+            ),
+            (
+                format!("{}native_vlan = 0\n{}", port("v0"), port("v1")),
+                "line 4, column 15",
+                "VLAN 0",
+            ),
+            (
+                format!("{}queues = []\n", port("v0")),
+                "line 4, column 10",
+                "at least one",
+            ),
+            (
+                format!("{}bind = \"fast\"\n", port("v0")),
+                "line 4, column 8",
+                "bind",
+            ),
+            (
+                format!("{}{}", port("v0"), port("v0")),
+                "line 6, column 9",
+                "configured twice",
+            ),
+            (
+                format!("mode = \"xconnect\"\n{}", port("v0")),
+                "line 1, column 8",
+                "even number",
+            ),
+            (
+                format!("{}[[port]]\nkind = \"tap\"\n", port("v0")),
+                "line 4, column 1",
+                "needs `iface",
+            ),
+        ];
+        for (body, place, what) in cases {
+            let e = err(&body);
+            assert!(
+                e.starts_with(&format!("config t.toml, {place}: ")) && e.contains(what),
+                "{body:?}: {e}"
+            );
+        }
     }
 
     #[test]

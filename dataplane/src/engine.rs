@@ -28,6 +28,7 @@ use dataplane_common::wire::parse_l2;
 use crate::fastpath::FastPath;
 use crate::port::{DropReason, Frames, Port, PortCounters, PortState};
 use crate::switch::{self, Decision, EgressTag, Switch};
+use crate::sync::{LockOrRecover, RwLockOrRecover};
 use crate::xsk::{FramePool, Umem, XdpDesc};
 
 /// Empty iterations before an adaptive PMD goes to sleep.
@@ -59,11 +60,16 @@ enum PmdCommand {
         port: Box<dyn Port>,
         done: mpsc::Sender<()>,
     },
-    /// Stop serving port `id`: its frames go back to the pool and the port
-    /// is handed back (to be closed by the caller).
+    /// Stop serving port `id`: the frames the kernel returned go back to
+    /// the pool and the port is handed back, to be closed by the caller.
     Detach {
         id: usize,
         done: mpsc::Sender<Box<dyn Port>>,
+    },
+    /// Frames a closed port's sockets had lent to the kernel: free now.
+    Reclaim {
+        frames: Vec<u64>,
+        done: mpsc::Sender<()>,
     },
 }
 
@@ -130,7 +136,7 @@ impl Inbox {
 
     /// Queues a command for the owner and wakes it if it sleeps.
     fn command(&self, command: PmdCommand) {
-        self.commands.lock().unwrap().push(command);
+        self.commands.lock_or_recover().push(command);
         self.has_commands.store(true, Ordering::SeqCst);
         self.wake();
     }
@@ -174,6 +180,9 @@ pub struct FrameAccounting {
     pub in_rx_rings: u64,
     /// Frames queued for transmit (TX and completion rings).
     pub in_tx_rings: u64,
+    /// Frees the pool refused (a frame given back twice, or not of the
+    /// UMEM): must stay 0; see `FramePool::refused_frees`.
+    pub refused_frees: u64,
 }
 
 impl FrameAccounting {
@@ -191,6 +200,10 @@ pub struct EngineShared {
     /// in iterations that found none (sleep time in poll(2) not included).
     pub busy_cycles: AtomicU64,
     pub idle_cycles: AtomicU64,
+    /// The longest single PMD iteration since the start (commands, every
+    /// port's burst, housekeeping), in nanoseconds, over all PMDs: how long
+    /// a port can wait to be served. Updated at housekeeping.
+    pub longest_iteration_ns: AtomicU64,
     /// Per PMD thread.
     accounting: Mutex<Vec<FrameAccounting>>,
     /// The ports, by switch port id (slot); `None` for a free slot.
@@ -222,7 +235,7 @@ impl EngineShared {
 
     /// The port in slot `id`.
     pub fn port(&self, id: usize) -> Option<PortEntry> {
-        self.ports.read().unwrap().get(id).cloned().flatten()
+        self.ports.read_or_recover().get(id).cloned().flatten()
     }
 
     /// Asks the PMD thread to stop after its current iteration.
@@ -232,13 +245,14 @@ impl EngineShared {
 
     /// Frame accounting over every PMD's UMEM, as of their last housekeeping.
     pub fn accounting(&self) -> FrameAccounting {
-        let all = self.accounting.lock().unwrap();
+        let all = self.accounting.lock_or_recover();
         let mut sum = FrameAccounting::default();
         for a in all.iter() {
             sum.total += a.total;
             sum.free += a.free;
             sum.in_rx_rings += a.in_rx_rings;
             sum.in_tx_rings += a.in_tx_rings;
+            sum.refused_frees += a.refused_frees;
         }
         sum
     }
@@ -267,7 +281,19 @@ pub struct Engine {
     targets: Vec<(usize, EgressTag)>,
     /// Per-port drop counts gathered during one iteration.
     drops: Vec<[u64; DropReason::ALL.len()]>,
+    /// Fault injection for the tests of a PMD panic (see [`PANIC_AFTER_ENV`]):
+    /// frames left before this PMD panics while holding the switch lock.
+    panic_after: Option<u64>,
+    /// Cycles the current iteration waited for the switch lock (held by
+    /// another PMD or by a control operation).
+    lock_wait: u64,
 }
+
+/// Environment variable for a test: PMD 0 panics, holding the switch lock,
+/// once it has switched this many frames. It exists so that the suite can
+/// check that a PMD panic stops the whole switch cleanly (ports closed,
+/// steer detached, an error naming the cause); nothing else reads it.
+pub const PANIC_AFTER_ENV: &str = "DATAPLANE_TEST_PMD_PANIC_AFTER";
 
 /// What one PMD thread starts with.
 pub struct PmdParts {
@@ -320,7 +346,7 @@ impl Running {
 
     /// A free port slot.
     pub fn free_slot(&self) -> Result<usize, PortChangeError> {
-        let ports = self.shared.ports.read().unwrap();
+        let ports = self.shared.ports.read_or_recover();
         (0..MAX_PORTS)
             .find(|&id| ports.get(id).is_none_or(Option::is_none))
             .ok_or(PortChangeError::NoSlot)
@@ -328,7 +354,7 @@ impl Running {
 
     /// The PMD serving the fewest ports (where a new port goes).
     pub fn least_loaded_pmd(&self) -> usize {
-        let ports = self.shared.ports.read().unwrap();
+        let ports = self.shared.ports.read_or_recover();
         (0..self.pmd_count())
             .min_by_key(|&pmd| ports.iter().flatten().filter(|p| p.pmd == pmd).count())
             .unwrap_or(0)
@@ -345,7 +371,7 @@ impl Running {
         port: Box<dyn Port>,
     ) -> Result<(), PortChangeError> {
         {
-            let mut ports = self.shared.ports.write().unwrap();
+            let mut ports = self.shared.ports.write_or_recover();
             if ports.len() <= id {
                 ports.resize(id + 1, None);
             }
@@ -362,11 +388,13 @@ impl Running {
             .map_err(|_| PortChangeError::NoAnswer(pmd))
     }
 
-    /// Takes port `id` away from its PMD, which first hands its frames back
-    /// to the pool; returns the port, for the caller to close. Remove it
+    /// Takes port `id` away from its PMD and closes it: the PMD takes back
+    /// what the kernel returned, this thread closes the port (closing
+    /// unbinds its sockets, which may wait for the kernel: not on a PMD),
+    /// then the PMD takes back the frames the sockets had lent. Remove it
     /// from the switch (and the fast path) first, so nothing is still being
     /// sent to it. The slot stays taken until [`Running::forget_port`].
-    pub fn detach_port(&self, id: usize) -> Result<Box<dyn Port>, PortChangeError> {
+    pub fn detach_port(&self, id: usize) -> Result<(), PortChangeError> {
         let pmd = self
             .owner
             .get(id)
@@ -375,6 +403,15 @@ impl Running {
             .ok_or(PortChangeError::NotServed(id))?;
         let (done, answer) = mpsc::channel();
         self.inboxes[pmd].command(PmdCommand::Detach { id, done });
+        let port = answer
+            .recv_timeout(COMMAND_TIMEOUT)
+            .map_err(|_| PortChangeError::NoAnswer(pmd))?;
+        let frames = port.close();
+        if frames.is_empty() {
+            return Ok(());
+        }
+        let (done, answer) = mpsc::channel();
+        self.inboxes[pmd].command(PmdCommand::Reclaim { frames, done });
         answer
             .recv_timeout(COMMAND_TIMEOUT)
             .map_err(|_| PortChangeError::NoAnswer(pmd))
@@ -383,7 +420,7 @@ impl Running {
     /// Frees slot `id` for reuse, once its port is detached for good (a
     /// port waiting for its interface keeps its slot and its PMD).
     pub fn forget_port(&self, id: usize) {
-        if let Some(slot) = self.shared.ports.write().unwrap().get_mut(id) {
+        if let Some(slot) = self.shared.ports.write_or_recover().get_mut(id) {
             *slot = None;
         }
     }
@@ -430,6 +467,7 @@ pub fn start(
         stop: AtomicBool::new(false),
         busy_cycles: AtomicU64::new(0),
         idle_cycles: AtomicU64::new(0),
+        longest_iteration_ns: AtomicU64::new(0),
         accounting: Mutex::new(vec![FrameAccounting::default(); pmds.len()]),
         ports: RwLock::new(vec![None; n_ports]),
         learning: Mutex::new(Default::default()),
@@ -437,7 +475,7 @@ pub fn start(
     let owner: Arc<Vec<AtomicUsize>> =
         Arc::new((0..n_ports).map(|_| AtomicUsize::new(NO_OWNER)).collect());
     {
-        let mut entries = shared.ports.write().unwrap();
+        let mut entries = shared.ports.write_or_recover();
         for (pmd, parts) in pmds.iter().enumerate() {
             for (id, port) in &parts.ports {
                 owner[*id].store(pmd, Ordering::Relaxed);
@@ -484,6 +522,10 @@ pub fn start(
             rx: Vec::with_capacity(burst),
             targets: Vec::with_capacity(n_ports),
             drops: vec![[0; DropReason::ALL.len()]; n_ports],
+            panic_after: (id == 0)
+                .then(|| std::env::var(PANIC_AFTER_ENV).ok()?.parse().ok())
+                .flatten(),
+            lock_wait: 0,
         };
         let name = format!("dataplane-pmd{id}");
         threads.push(
@@ -525,14 +567,27 @@ impl Engine {
         let mut busy = 0u64;
         let mut idle = 0u64;
         let mut since_clock = 0u32;
+        let mut longest = LongestIteration::new();
         while !self.shared.stop.load(Ordering::Relaxed) {
+            let top = cycles();
             if self.inboxes[self.id].has_commands.load(Ordering::Relaxed) {
                 self.run_commands();
             }
             let start = cycles();
+            self.lock_wait = 0;
             let moved = self.iteration(&switch);
             self.maintain_ports();
-            let spent = cycles().wrapping_sub(start);
+            let end = cycles();
+            let spent = end.wrapping_sub(start);
+            // Sleep is not work: the iteration ends here, or after the
+            // housekeeping below if it runs.
+            let mut worked = end.wrapping_sub(top);
+            let mut phases = IterationPhases {
+                commands: start.wrapping_sub(top),
+                ports: spent,
+                lock_wait: self.lock_wait,
+                housekeeping: 0,
+            };
             since_clock += 1;
             if moved > 0 {
                 busy += spent;
@@ -554,9 +609,16 @@ impl Engine {
                 let now = Instant::now();
                 if now >= next_housekeeping {
                     next_housekeeping = now + Duration::from_millis(500);
+                    let hk = cycles();
                     self.housekeeping(now, &mut busy, &mut idle);
+                    phases.housekeeping = cycles().wrapping_sub(hk);
+                    worked += phases.housekeeping;
+                    longest.note(worked, phases);
+                    longest.publish(now, self.id, &self.shared.longest_iteration_ns);
+                    continue;
                 }
             }
+            longest.note(worked, phases);
         }
         // Give the kernel a moment to complete what is in flight, then account.
         for _ in 0..20 {
@@ -575,7 +637,7 @@ impl Engine {
     fn run_commands(&mut self) {
         let inbox = &self.inboxes[self.id];
         inbox.has_commands.store(false, Ordering::SeqCst);
-        let commands = std::mem::take(&mut *inbox.commands.lock().unwrap());
+        let commands = std::mem::take(&mut *inbox.commands.lock_or_recover());
         for command in commands {
             match command {
                 PmdCommand::Attach { id, mut port, done } => {
@@ -606,8 +668,13 @@ impl Engine {
                     port.release_frames(&mut frames);
                     if let Err(mpsc::SendError(port)) = done.send(port) {
                         // Nobody waits any more: close it here.
-                        drop(port);
+                        let lent = port.close();
+                        self.pool.free_cold(&lent);
                     }
+                }
+                PmdCommand::Reclaim { frames, done } => {
+                    self.pool.free_cold(&frames);
+                    let _ = done.send(());
                 }
             }
         }
@@ -637,7 +704,13 @@ impl Engine {
             {
                 // One lock per burst; nothing below blocks or makes syscalls
                 // except the rare fast-path mirror of what was learned.
-                let mut shared = switch.lock().unwrap();
+                let asked = cycles();
+                let mut shared = switch.lock_or_recover();
+                self.lock_wait += cycles().wrapping_sub(asked);
+                if let Some(left) = self.panic_after.as_mut() {
+                    *left = left.saturating_sub(n as u64);
+                    assert!(*left > 0, "{PANIC_AFTER_ENV}: injected PMD panic");
+                }
                 for i in 0..n {
                     let desc = self.rx[i];
                     self.switch_frame(&mut shared.switch, in_port, desc, now);
@@ -842,7 +915,7 @@ impl Engine {
             return;
         }
         // Any PMD may drop for any port: the counters are shared.
-        let ports = self.shared.ports.read().unwrap();
+        let ports = self.shared.ports.read_or_recover();
         for (port, drops) in self.drops.iter_mut().enumerate() {
             for reason in DropReason::ALL {
                 let n = std::mem::take(&mut drops[reason as usize]);
@@ -910,22 +983,23 @@ impl Engine {
             in_rx_rings += held.rx_side;
             in_tx_rings += held.tx_side;
         }
-        self.shared.accounting.lock().unwrap()[self.id] = FrameAccounting {
+        self.shared.accounting.lock_or_recover()[self.id] = FrameAccounting {
             total: self.pool.capacity() as u64,
             free: self.pool.len() as u64,
             in_rx_rings,
             in_tx_rings,
+            refused_frees: self.pool.refused_frees(),
         };
     }
 
     fn switch_housekeeping(&mut self, now: Instant) {
-        let mut shared = self.switch.lock().unwrap();
+        let mut shared = self.switch.lock_or_recover();
         let SharedSwitch { switch, fast_path } = &mut *shared;
         if let Some(fp) = fast_path.as_mut() {
             fp.keep_alive();
             fp.refresh_ageing(switch, now);
             fp.check_egress(switch);
-            let ports = self.shared.ports.read().unwrap();
+            let ports = self.shared.ports.read_or_recover();
             for (port, n) in fp.forwarded().into_iter().enumerate() {
                 if let (Some(n), Some(Some(p))) = (n, ports.get(port)) {
                     p.counters.set_fast_path(n);
@@ -934,7 +1008,7 @@ impl Engine {
         }
         switch.expire(now);
         mirror_fdb(&mut shared);
-        *self.shared.learning.lock().unwrap() = shared.switch.learning_stats();
+        *self.shared.learning.lock_or_recover() = shared.switch.learning_stats();
     }
 }
 
@@ -945,6 +1019,105 @@ pub fn mirror_fdb(shared: &mut SharedSwitch) {
             let changes = shared.switch.fdb_mut().take_changes();
             fp.apply(&changes, &shared.switch);
         }
+    }
+}
+
+/// Where one PMD iteration spent its cycles.
+#[derive(Debug, Clone, Copy, Default)]
+struct IterationPhases {
+    /// Port attach/detach commands from the control thread.
+    commands: u64,
+    /// Receiving, switching and sending...
+    ports: u64,
+    /// ... of which waiting for the switch lock.
+    lock_wait: u64,
+    /// Counters, FDB ageing, the fast-path lease (every 500 ms).
+    housekeeping: u64,
+}
+
+/// An iteration longer than this is logged (at most every 10 s), with its
+/// phases: a port waited that long to be served.
+const SLOW_ITERATION: Duration = Duration::from_millis(10);
+
+/// The longest PMD iteration, kept in cycles on the hot path (one compare)
+/// and turned into nanoseconds at housekeeping, with the cycle rate
+/// measured against the monotonic clock since the thread started.
+struct LongestIteration {
+    since: Instant,
+    since_cycles: u64,
+    cycles: u64,
+    phases: IterationPhases,
+    last_warning: Option<Instant>,
+    /// The thread's involuntary context switches at the last publish.
+    preempted: u64,
+}
+
+/// Involuntary context switches of the calling thread so far (the kernel
+/// took the CPU away from it): tells a slow iteration caused by other
+/// work on the CPU from one the PMD caused itself.
+fn involuntary_switches() -> u64 {
+    // SAFETY: getrusage writes one rusage struct we own.
+    unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        if libc::getrusage(libc::RUSAGE_THREAD, &mut usage) != 0 {
+            return 0;
+        }
+        usage.ru_nivcsw as u64
+    }
+}
+
+impl LongestIteration {
+    fn new() -> LongestIteration {
+        LongestIteration {
+            since: Instant::now(),
+            since_cycles: cycles(),
+            cycles: 0,
+            phases: IterationPhases::default(),
+            last_warning: None,
+            preempted: involuntary_switches(),
+        }
+    }
+
+    #[inline]
+    fn note(&mut self, cycles: u64, phases: IterationPhases) {
+        if cycles > self.cycles {
+            self.cycles = cycles;
+            self.phases = phases;
+        }
+    }
+
+    /// Raises `into` (nanoseconds, shared by the PMDs) to the longest
+    /// iteration since the last call, once the clock has run long enough
+    /// (10 ms) to give the cycle rate; warns about a slow one.
+    fn publish(&mut self, now: Instant, pmd: usize, into: &AtomicU64) {
+        let ns = now.duration_since(self.since).as_nanos();
+        let cyc = cycles().wrapping_sub(self.since_cycles) as u128;
+        if ns < 10_000_000 || cyc == 0 {
+            return;
+        }
+        let to_ns = |c: u64| u64::try_from(c as u128 * ns / cyc).unwrap_or(u64::MAX);
+        let longest = to_ns(self.cycles);
+        into.fetch_max(longest, Ordering::Relaxed);
+        let quiet = self
+            .last_warning
+            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(10));
+        let preempted = involuntary_switches();
+        let preemptions = preempted.saturating_sub(self.preempted);
+        self.preempted = preempted;
+        if longest > SLOW_ITERATION.as_nanos() as u64 && !quiet {
+            self.last_warning = Some(now);
+            let ms = |c: u64| to_ns(c) as f64 / 1e6;
+            tracing::warn!(
+                pmd,
+                "slow PMD iteration: {:.1} ms (commands {:.1} ms, ports {:.1} ms of which {:.1} ms waiting for the switch lock, housekeeping {:.1} ms); its ports waited that long; the kernel preempted this PMD {preemptions} times in the last 0.5 s (other work on its CPU: give it a CPU of its own with --core)",
+                longest as f64 / 1e6,
+                ms(self.phases.commands),
+                ms(self.phases.ports),
+                ms(self.phases.lock_wait),
+                ms(self.phases.housekeeping),
+            );
+        }
+        self.cycles = 0;
     }
 }
 

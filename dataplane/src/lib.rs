@@ -23,4 +23,5 @@ pub mod privileges;
 pub mod run;
 pub mod steer;
 pub mod switch;
+pub mod sync;
 pub mod xsk;

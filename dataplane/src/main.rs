@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use dataplane::steer::pins::{PinRoot, DEFAULT_BPFFS};
 use dataplane::steer::policy::{MatchArg, ModeArg, PolicySpec};
 use dataplane::steer::{self, AttachOptions, AttachReport, ModeRequest};
+use dataplane::sync::LockOrRecover;
 
 /// A virtual switch on XDP and AF_XDP.
 ///
@@ -658,7 +659,7 @@ fn run_switch(root: &PinRoot, args: RunArgs, socket: &std::path::Path) -> anyhow
         Ok(server) => server,
         Err(e) => {
             // Release the ports before reporting.
-            let _ = daemon.lock().unwrap().stop();
+            let _ = daemon.lock_or_recover().stop();
             return Err(e.into());
         }
     };
@@ -696,19 +697,21 @@ fn run_switch(root: &PinRoot, args: RunArgs, socket: &std::path::Path) -> anyhow
     print!("{}", dataplane::run::stats_table(&summary.ports, None));
     let polling = (summary.busy_cycles + summary.idle_cycles).max(1);
     println!(
-        "PMD: {:.1}% of polling cycles forwarded frames ({} busy, {} idle cycles; time asleep not counted)",
+        "PMD: {:.1}% of polling cycles forwarded frames ({} busy, {} idle cycles; time asleep not counted); longest iteration {} us",
         summary.busy_cycles as f64 * 100.0 / polling as f64,
         summary.busy_cycles,
-        summary.idle_cycles
+        summary.idle_cycles,
+        summary.longest_iteration_ns / 1000
     );
     let a = summary.accounting;
     println!(
-        "frames: {} total, {} free, {} in fill/RX rings, {} in TX/completion rings, {} unaccounted",
+        "frames: {} total, {} free, {} in fill/RX rings, {} in TX/completion rings, {} unaccounted, {} refused frees",
         a.total,
         a.free,
         a.in_rx_rings,
         a.in_tx_rings,
-        a.unaccounted()
+        a.unaccounted(),
+        a.refused_frees
     );
     Ok(())
 }

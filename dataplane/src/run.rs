@@ -29,6 +29,7 @@ use crate::port::{DropReason, Port, PortCounters, PortSnapshot, PortState};
 use crate::steer::pins::PinRoot;
 use crate::steer::{Attachment, ModeRequest};
 use crate::switch::{Forwarding, Switch, SwitchPort};
+use crate::sync::LockOrRecover;
 use crate::xsk::{self, BusyPoll, FramePool, SocketConfig, Umem, UmemConfig};
 use crate::{netdev, port, privileges};
 
@@ -75,6 +76,8 @@ pub struct RunSummary {
     /// PMD cycles in iterations that found frames, and that found none.
     pub busy_cycles: u64,
     pub idle_cycles: u64,
+    /// The longest PMD iteration, in nanoseconds.
+    pub longest_iteration_ns: u64,
     pub ports: Vec<(String, PortSnapshot)>,
 }
 
@@ -315,7 +318,7 @@ impl Daemon {
         // for every burst, and a stall overflows their rings.
         let fast = fast_path_wanted(&self.config, &slot.config)
             .then(|| FastPath::prepare_port(&self.pins, &fast_port(id, &slot.config)));
-        let mut shared = running.switch().lock().unwrap();
+        let mut shared = running.switch().lock_or_recover();
         let engine::SharedSwitch { switch, fast_path } = &mut *shared;
         switch.add_port(
             id,
@@ -345,7 +348,7 @@ impl Daemon {
             quiesce(&self.pins, &slot.config, id, self.punt.as_deref());
         }
         {
-            let mut shared = running.switch().lock().unwrap();
+            let mut shared = running.switch().lock_or_recover();
             if keep_in_switch {
                 shared.switch.set_port_up(id, false);
             } else {
@@ -356,8 +359,7 @@ impl Daemon {
                 fp.remove_port(id);
             }
         }
-        let port = running.detach_port(id)?;
-        drop(port);
+        running.detach_port(id)?;
         if let Some(slot) = self.slots[id].as_mut() {
             slot.open = false;
         }
@@ -375,7 +377,7 @@ impl Daemon {
             self.unplug(id, false)?;
         } else {
             let running = self.running()?;
-            let mut shared = running.switch().lock().unwrap();
+            let mut shared = running.switch().lock_or_recover();
             shared.switch.remove_port(id);
             engine::mirror_fdb(&mut shared);
         }
@@ -389,7 +391,7 @@ impl Daemon {
     pub fn flush_fdb(&mut self, port: Option<&str>) -> Result<usize, Error> {
         let id = port.map(|name| self.find(name)).transpose()?;
         let running = self.running()?;
-        let mut shared = running.switch().lock().unwrap();
+        let mut shared = running.switch().lock_or_recover();
         let removed = match id {
             Some(id) => shared.switch.flush_port(id),
             None => {
@@ -462,7 +464,7 @@ impl Daemon {
                     );
                 }
                 if let Some(running) = self.running.as_ref() {
-                    let mut shared = running.switch().lock().unwrap();
+                    let mut shared = running.switch().lock_or_recover();
                     shared.switch.set_port_up(id, carries);
                     engine::mirror_fdb(&mut shared);
                 }
@@ -550,13 +552,14 @@ impl Daemon {
 
     /// Counters for `stats`.
     pub fn stats(&self) -> Stats {
-        let (busy, idle) = self
+        let (busy, idle, longest) = self
             .running
             .as_ref()
             .map(|r| {
                 (
                     r.shared.busy_cycles.load(Ordering::Relaxed),
                     r.shared.idle_cycles.load(Ordering::Relaxed),
+                    r.shared.longest_iteration_ns.load(Ordering::Relaxed),
                 )
             })
             .unwrap_or_default();
@@ -565,6 +568,7 @@ impl Daemon {
             ports: self.port_status(),
             busy_cycles: busy,
             idle_cycles: idle,
+            longest_iteration_us: longest as f64 / 1e3,
         }
     }
 
@@ -573,7 +577,7 @@ impl Daemon {
         let Some(running) = self.running.as_ref() else {
             return Vec::new();
         };
-        let shared = running.switch().lock().unwrap();
+        let shared = running.switch().lock_or_recover();
         let names: Vec<String> = shared
             .switch
             .ports()
@@ -616,12 +620,13 @@ impl Daemon {
         let fdb_entries = self
             .running
             .as_ref()
-            .map_or(0, |r| r.switch().lock().unwrap().switch.fdb().len());
+            .map_or(0, |r| r.switch().lock_or_recover().switch.fdb().len());
         MetricsSnapshot {
             ports: stats.ports,
             xdp,
             busy_cycles: stats.busy_cycles,
             idle_cycles: stats.idle_cycles,
+            longest_iteration_us: stats.longest_iteration_us,
             fdb_entries,
             uptime: stats.uptime,
         }
@@ -636,6 +641,7 @@ impl Daemon {
             accounting,
             busy_cycles: shared.busy_cycles.load(Ordering::Relaxed),
             idle_cycles: shared.idle_cycles.load(Ordering::Relaxed),
+            longest_iteration_ns: shared.longest_iteration_ns.load(Ordering::Relaxed),
             ports: self
                 .slots
                 .iter()
@@ -651,7 +657,7 @@ pub struct ControlHandler(pub Arc<Mutex<Daemon>>);
 
 impl Handler for ControlHandler {
     fn handle(&self, request: Request) -> Response {
-        let mut d = self.0.lock().unwrap();
+        let mut d = self.0.lock_or_recover();
         match request {
             Request::ShowPorts => Response::ok(d.port_status()),
             Request::ShowFdb => Response::ok(d.fdb_rows()),
@@ -680,7 +686,7 @@ impl Handler for ControlHandler {
     }
 
     fn metrics(&self) -> String {
-        let snapshot = self.0.lock().unwrap().metrics();
+        let snapshot = self.0.lock_or_recover().metrics();
         metrics::render(&snapshot)
     }
 }
@@ -840,12 +846,12 @@ pub fn run_until(
     loop {
         let tick = Instant::now() + Duration::from_secs(1);
         while Instant::now() < tick && !stop.load(Ordering::Relaxed) {
-            if daemon.lock().unwrap().pmd_finished() {
+            if daemon.lock_or_recover().pmd_finished() {
                 break;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let mut d = daemon.lock().unwrap();
+        let mut d = daemon.lock_or_recover();
         if stop.load(Ordering::Relaxed) || d.pmd_finished() {
             return d.stop();
         }

@@ -481,11 +481,17 @@ impl RunningSwitch {
     /// Starts `dataplane --netns NS run ARGS` and waits until it says it
     /// runs and, unless `--no-control`, serves its control socket.
     pub fn start(ns: &NetNs, args: &[&str]) -> RunningSwitch {
+        Self::start_with_env(ns, args, &[])
+    }
+
+    /// [`RunningSwitch::start`] with extra environment variables.
+    pub fn start_with_env(ns: &NetNs, args: &[&str], env: &[(&str, &str)]) -> RunningSwitch {
         let control = !args.contains(&"--no-control");
         use std::process::Stdio;
         let mut child = Command::new(dataplane_bin())
             .args(["--netns", ns.name(), "run"])
             .args(args)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -533,6 +539,22 @@ impl RunningSwitch {
             // SAFETY: kill(2) on our own child.
             unsafe { libc::kill(child.id() as i32, sig) };
         }
+    }
+
+    /// Waits up to `timeout` for the switch to exit by itself; returns its
+    /// exit status (`None`: still running) and everything it printed.
+    pub fn wait_exit(&mut self, timeout: Duration) -> (Option<std::process::ExitStatus>, String) {
+        let status = self
+            .child
+            .as_mut()
+            .and_then(|c| wait_for(timeout, || c.try_wait().ok().flatten()));
+        if status.is_some() {
+            self.child = None;
+            for r in self.readers.drain(..) {
+                let _ = r.join();
+            }
+        }
+        (status, self.output())
     }
 
     /// SIGINT, wait for exit; returns (exit success, everything printed).

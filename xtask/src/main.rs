@@ -9,6 +9,7 @@ mod demo;
 mod fuzz;
 mod run;
 mod setup;
+mod soak;
 mod test;
 
 use clap::{Parser, Subcommand};
@@ -39,6 +40,8 @@ enum Command {
     Bench(bench::BenchOptions),
     /// Fuzz the vhost-user virtqueue code (installs cargo-fuzz if missing).
     Fuzz(fuzz::FuzzOptions),
+    /// Minutes of routine churn under traffic (ports, interfaces, kills); not in CI.
+    Soak(soak::SoakOptions),
 }
 
 fn main() {
@@ -51,6 +54,7 @@ fn main() {
         Command::Demo(opts) => demo::run(&opts),
         Command::Bench(opts) => bench::run(&opts),
         Command::Fuzz(opts) => fuzz::run(&opts),
+        Command::Soak(opts) => soak::run(&opts),
     };
     if let Err(err) = result {
         eprintln!("xtask: error: {err:#}");

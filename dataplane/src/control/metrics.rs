@@ -12,6 +12,8 @@ pub struct MetricsSnapshot {
     pub xdp: Vec<(String, Vec<(&'static str, u64)>)>,
     pub busy_cycles: u64,
     pub idle_cycles: u64,
+    /// The longest PMD iteration since the start, in microseconds.
+    pub longest_iteration_us: f64,
     pub fdb_entries: usize,
     pub uptime: f64,
 }
@@ -118,6 +120,17 @@ pub fn render(m: &MetricsSnapshot) -> String {
     );
     header(
         &mut out,
+        "dataplane_pmd_longest_iteration_seconds",
+        "The longest single PMD iteration since the start: the longest a port waited to be served while its PMD was awake.",
+        "gauge",
+    );
+    let _ = writeln!(
+        out,
+        "dataplane_pmd_longest_iteration_seconds {}",
+        m.longest_iteration_us / 1e6
+    );
+    header(
+        &mut out,
         "dataplane_fdb_entries",
         "Addresses in the learning table.",
         "gauge",
@@ -172,6 +185,7 @@ mod tests {
             xdp: vec![("sa".into(), vec![("redirected", 4), ("fast_path", 1)])],
             busy_cycles: 10,
             idle_cycles: 20,
+            longest_iteration_us: 250.0,
             fdb_entries: 3,
             uptime: 1.5,
         });
@@ -182,6 +196,7 @@ mod tests {
         }
         assert!(text.contains("dataplane_port_rx_packets_total{port=\"afxdp:sa\"} 5\n"));
         assert!(text.contains("dataplane_port_up{port=\"tap:vm\\\"0\"} 0\n"));
+        assert!(text.contains("dataplane_pmd_longest_iteration_seconds 0.00025\n"));
         assert!(
             text.contains("dataplane_port_drops_total{port=\"afxdp:sa\",reason=\"policy\"} 2\n")
         );

@@ -110,6 +110,10 @@ pub struct Stats {
     /// PMD cycles in iterations that moved frames, and that did not.
     pub busy_cycles: u64,
     pub idle_cycles: u64,
+    /// The longest single PMD iteration since the start, in microseconds:
+    /// the longest any port waited to be served while its PMD was awake.
+    #[serde(default)]
+    pub longest_iteration_us: f64,
 }
 
 /// One learned address.

@@ -7,7 +7,6 @@
 
 use std::os::fd::RawFd;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use dataplane_common::checksum;
 use thiserror::Error;
@@ -467,17 +466,17 @@ impl Port for AfxdpPort {
 
     fn release_frames(&mut self, frames: &mut Frames<'_>) {
         // Out of the XSKMAP first: steer then passes this port's frames to
-        // the kernel, so the fill and RX rings stop changing. The caller
-        // unregisters earlier and waits a moment (a receive may be in flight
-        // on another CPU): this PMD thread must not sleep.
+        // the kernel, so nothing new lands in the RX rings. What is already
+        // there, and what was sent and completed, is ours: take it back.
+        // Frames still in the kernel's hands (fill ring, unsent, in flight)
+        // stay lent until `close` unbinds the sockets: handing them to the
+        // pool before that would give one frame two owners.
         self.unregister_all();
-        let deadline = Instant::now() + Duration::from_millis(500);
         let mut received = Vec::with_capacity(64);
         for s in &mut self.sockets {
-            let socket = &mut s.socket;
             loop {
                 received.clear();
-                let n = socket.recv(&mut received, 64);
+                let n = s.socket.recv(&mut received, 64);
                 if n == 0 {
                     break;
                 }
@@ -486,29 +485,33 @@ impl Port for AfxdpPort {
                 }
                 s.in_fill = s.in_fill.saturating_sub(n as u64);
             }
-            let n = socket.reclaim_fill(frames.pool);
-            s.in_fill = s.in_fill.saturating_sub(n as u64);
-            // Copy-mode transmit completes as the peer frees each skb:
-            // soon, but not necessarily already.
-            while socket.outstanding_tx() > 0 && Instant::now() < deadline {
-                socket.kick_tx();
-                socket.complete(frames.pool, u32::MAX);
-                std::thread::sleep(Duration::from_millis(1));
-            }
+            s.socket.complete(frames.pool, u32::MAX);
         }
-        let held = self.frames_held();
-        if held != HeldFrames::default() {
-            tracing::warn!(
-                port = self.name,
-                rx_side = held.rx_side,
-                tx_side = held.tx_side,
-                "closing port still holds UMEM frames the kernel did not give back"
-            );
-        }
+    }
+
+    fn close(mut self: Box<Self>) -> Vec<u64> {
+        let lent = self.close_sockets();
+        drop(self);
+        lent
     }
 }
 
 impl AfxdpPort {
+    /// Unregisters and closes every socket (each close unbinds it and waits
+    /// until the kernel is done with it); returns the frames they had lent
+    /// to the kernel, now free. Leaves the port with no sockets.
+    fn close_sockets(&mut self) -> Vec<u64> {
+        self.unregister_all();
+        let mut lent = Vec::new();
+        for s in self.sockets.drain(..) {
+            if let Ok(st) = s.socket.statistics() {
+                tracing::debug!(port = self.name, queue = s.socket.queue_id(), stats = ?st, "kernel AF_XDP statistics");
+            }
+            lent.extend(s.socket.close());
+        }
+        lent
+    }
+
     /// Takes every receiving socket out of steer's XSKMAP.
     fn unregister_all(&mut self) {
         let slots: Vec<RxSlot> = self.sockets.iter().filter_map(|s| s.rx).collect();
@@ -520,12 +523,9 @@ impl AfxdpPort {
 
 impl Drop for AfxdpPort {
     fn drop(&mut self) {
-        for s in &self.sockets {
-            if let Ok(st) = s.socket.statistics() {
-                tracing::debug!(port = self.name, queue = s.socket.queue_id(), stats = ?st, "kernel AF_XDP statistics");
-            }
-        }
-        self.unregister_all();
+        // Closed without `close` (the switch is stopping, the pool goes
+        // too): the frames the kernel held need no home.
+        self.close_sockets();
         if self.punt.is_some() && !self.attached_here {
             // A user's attachment: hand its frames back to its own sockets.
             let _ = self.attachment.set_punt(None);

@@ -55,10 +55,17 @@ pub trait Port: Send {
     fn counters(&self) -> &Arc<PortCounters>;
 
     /// The port is about to be closed while the switch goes on (`port del`,
-    /// or its interface went away): stop receiving and hand every frame it
-    /// holds back to the pool, so the UMEM loses nothing. A copying port
-    /// holds no frames and needs nothing here.
+    /// or its interface went away): stop receiving and take back what the
+    /// kernel already returned (received frames, completed sends), without
+    /// blocking. A copying port holds no frames and needs nothing here.
     fn release_frames(&mut self, _frames: &mut Frames<'_>) {}
+
+    /// Closes the port, off the PMD thread (closing a socket waits for the
+    /// kernel), and returns the base addresses of the UMEM frames the
+    /// kernel still held through it: free now, for the owning PMD's pool.
+    fn close(self: Box<Self>) -> Vec<u64> {
+        Vec::new()
+    }
 }
 
 /// Frames a port holds, by where they are.

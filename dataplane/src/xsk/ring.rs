@@ -224,24 +224,6 @@ impl<T: Copy> ProducerRing<T> {
             .wrapping_sub(self.ptrs.consumer().load(Ordering::Acquire))
     }
 
-    /// Entries published and not yet consumed, oldest first: how a closing
-    /// socket takes its fill buffers back. Meaningful only once the
-    /// consumer has stopped for good (otherwise it may consume one of them
-    /// right after this read).
-    pub fn unconsumed(&self) -> Vec<T> {
-        let cons = self.ptrs.consumer().load(Ordering::Acquire);
-        let n = self.cached_prod.wrapping_sub(cons).min(self.ptrs.size);
-        (0..n)
-            .map(|i| {
-                // SAFETY: slots from the consumer index up to our producer
-                // index were written by us and published; the consumer only
-                // reads them, and `n` is at most the ring size, so each
-                // masked slot is in bounds.
-                unsafe { self.ptrs.slot(cons.wrapping_add(i)).read() }
-            })
-            .collect()
-    }
-
     /// True if the consumer (the kernel) set `XDP_RING_NEED_WAKEUP`: it will
     /// not look at this ring again until a syscall wakes it.
     pub fn needs_wakeup(&self) -> bool {

@@ -142,8 +142,73 @@ pub struct XskSocket {
     need_wakeup: bool,
     /// Frames submitted to TX and not yet back from the completion ring.
     outstanding_tx: u32,
+    /// Every frame this socket handed to the kernel (fill or TX ring) and
+    /// did not get back (RX or completion ring): what the kernel may still
+    /// write or read, and what [`close`](Self::close) returns.
+    lent: LentFrames,
     /// Unexpected kick failures (logged once).
     kick_errors: u64,
+}
+
+/// One bit per UMEM frame: set while the frame is lent to the kernel
+/// through this socket. Kept per socket (not in the pool) because only the
+/// socket knows which frames its rings hold, including the ones the kernel
+/// consumed from the fill ring and keeps (copy mode caches them; a
+/// zero-copy driver posts them to the NIC) and which no ring shows.
+struct LentFrames {
+    bits: Vec<u64>,
+    /// log2 of the frame size: address -> frame index.
+    shift: u32,
+    count: u32,
+}
+
+impl LentFrames {
+    fn new(umem: &Umem) -> LentFrames {
+        let frames = umem.frame_count() as usize;
+        LentFrames {
+            bits: vec![0; frames.div_ceil(64)],
+            shift: umem.frame_size().trailing_zeros(),
+            count: 0,
+        }
+    }
+
+    /// Marks the frame holding `addr` lent. Addresses come from the pool or
+    /// the kernel's rings, which only name frames of this UMEM; an address
+    /// past it is ignored (the ring code refuses such descriptors anyway).
+    #[inline]
+    fn lend(&mut self, addr: u64) {
+        let i = (addr >> self.shift) as usize;
+        if let Some(word) = self.bits.get_mut(i / 64) {
+            let bit = 1u64 << (i % 64);
+            self.count += u32::from(*word & bit == 0);
+            *word |= bit;
+        }
+    }
+
+    /// The kernel gave the frame holding `addr` back.
+    #[inline]
+    fn take_back(&mut self, addr: u64) {
+        let i = (addr >> self.shift) as usize;
+        if let Some(word) = self.bits.get_mut(i / 64) {
+            let bit = 1u64 << (i % 64);
+            self.count -= u32::from(*word & bit != 0);
+            *word &= !bit;
+        }
+    }
+
+    /// Base addresses of the lent frames, lowest first.
+    fn addresses(&self) -> Vec<u64> {
+        let mut out = Vec::with_capacity(self.count as usize);
+        for (w, &word) in self.bits.iter().enumerate() {
+            let mut word = word;
+            while word != 0 {
+                let bit = word.trailing_zeros() as usize;
+                out.push(((w * 64 + bit) as u64) << self.shift);
+                word &= word - 1;
+            }
+        }
+        out
+    }
 }
 
 /// A socket whose rings are mapped and which is bound, before it is
@@ -304,6 +369,7 @@ impl XskSocket {
             bound: opened.bound,
             need_wakeup,
             outstanding_tx: 0,
+            lent: LentFrames::new(umem),
             kick_errors: 0,
         })
     }
@@ -341,6 +407,7 @@ impl XskSocket {
         let n = self.fill.reserve(want);
         for i in 0..n {
             let addr = pool.alloc().expect("reserved no more than the pool holds");
+            self.lent.lend(addr);
             self.fill.write(i, addr);
         }
         self.fill.submit(n);
@@ -353,7 +420,9 @@ impl XskSocket {
     pub fn recv(&mut self, out: &mut Vec<XdpDesc>, max: u32) -> u32 {
         let n = self.rx.peek(max);
         for i in 0..n {
-            out.push(self.rx.read(i));
+            let desc = self.rx.read(i);
+            self.lent.take_back(desc.addr);
+            out.push(desc);
         }
         self.rx.release(n);
         n
@@ -377,6 +446,7 @@ impl XskSocket {
                     && desc.addr < self.umem.len_bytes() as u64,
                 "TX descriptor {desc:?} leaves its frame or the UMEM"
             );
+            self.lent.lend(desc.addr);
             self.tx.write(i as u32, *desc);
         }
         self.tx.submit(n);
@@ -437,7 +507,9 @@ impl XskSocket {
         for i in 0..n {
             // The kernel returns the TX descriptor's address, which may
             // point inside the frame.
-            pool.free(self.comp.read(i) & self.chunk_mask);
+            let addr = self.comp.read(i) & self.chunk_mask;
+            self.lent.take_back(addr);
+            pool.free(addr);
         }
         self.comp.release(n);
         debug_assert!(
@@ -449,15 +521,28 @@ impl XskSocket {
         n
     }
 
-    /// Takes back the receive buffers still waiting in the fill ring (the
-    /// socket is closing and out of the XSKMAP, so the kernel takes no more
-    /// of them); returns how many went back to `pool`. Call once.
-    pub fn reclaim_fill(&mut self, pool: &mut FramePool) -> u32 {
-        let addrs = self.fill.unconsumed();
-        for &addr in &addrs {
-            pool.free(addr & self.chunk_mask);
-        }
-        addrs.len() as u32
+    /// Closes the socket and returns the base addresses of the frames the
+    /// kernel still held through it (fill ring, RX buffers it took and kept,
+    /// TX ring, completions not yet read): once the socket is closed they
+    /// are the caller's again, to free into the pool they came from.
+    ///
+    /// Closing unbinds: the rings are unmapped first (a mapping holds a
+    /// reference to the socket's file), so the close releases the socket,
+    /// and the kernel's release waits (`synchronize_net`) until no receive
+    /// or transmit is still running on it. Frames are therefore never
+    /// handed back while the kernel can still write them. (In zero-copy mode
+    /// the driver lets go of its posted buffers when the queue's buffer pool
+    /// is torn down, a kernel work item that may run a moment later: free
+    /// these frames so they are reused last; see `FramePool::free_cold`.)
+    pub fn close(self) -> Vec<u64> {
+        let lent = self.lent.addresses();
+        drop(self);
+        lent
+    }
+
+    /// Frames the kernel holds through this socket (see [`close`](Self::close)).
+    pub fn lent_frames(&self) -> u32 {
+        self.lent.count
     }
 
     /// Frames submitted by [`send`](Self::send) and not yet returned by

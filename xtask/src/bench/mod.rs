@@ -31,7 +31,7 @@ mod ovs;
 mod paths;
 mod report;
 mod tcp;
-mod topology;
+pub mod topology;
 mod traffic;
 
 use std::io::Write;
