@@ -204,6 +204,10 @@ pub struct EngineShared {
     /// port's burst, housekeeping), in nanoseconds, over all PMDs: how long
     /// a port can wait to be served. Updated at housekeeping.
     pub longest_iteration_ns: AtomicU64,
+    /// The same without the time spent inside the kernel's transmit and
+    /// refill calls (AF_XDP copy mode transmits, and often runs the
+    /// receiver's stack, inside them): the PMD's own work.
+    pub longest_own_iteration_ns: AtomicU64,
     /// Per PMD thread.
     accounting: Mutex<Vec<FrameAccounting>>,
     /// The ports, by switch port id (slot); `None` for a free slot.
@@ -287,6 +291,10 @@ pub struct Engine {
     /// Cycles the current iteration waited for the switch lock (held by
     /// another PMD or by a control operation).
     lock_wait: u64,
+    /// Cycles the current iteration spent handing frames to the ports
+    /// (for AF_XDP in copy mode the kernel transmits, and often delivers
+    /// into the receiver's stack, inside that call).
+    transmit: u64,
 }
 
 /// Environment variable for a test: PMD 0 panics, holding the switch lock,
@@ -468,6 +476,7 @@ pub fn start(
         busy_cycles: AtomicU64::new(0),
         idle_cycles: AtomicU64::new(0),
         longest_iteration_ns: AtomicU64::new(0),
+        longest_own_iteration_ns: AtomicU64::new(0),
         accounting: Mutex::new(vec![FrameAccounting::default(); pmds.len()]),
         ports: RwLock::new(vec![None; n_ports]),
         learning: Mutex::new(Default::default()),
@@ -526,6 +535,7 @@ pub fn start(
                 .then(|| std::env::var(PANIC_AFTER_ENV).ok()?.parse().ok())
                 .flatten(),
             lock_wait: 0,
+            transmit: 0,
         };
         let name = format!("dataplane-pmd{id}");
         threads.push(
@@ -575,8 +585,11 @@ impl Engine {
             }
             let start = cycles();
             self.lock_wait = 0;
+            self.transmit = 0;
             let moved = self.iteration(&switch);
+            let maintaining = cycles();
             self.maintain_ports();
+            self.transmit += cycles().wrapping_sub(maintaining);
             let end = cycles();
             let spent = end.wrapping_sub(start);
             // Sleep is not work: the iteration ends here, or after the
@@ -586,6 +599,7 @@ impl Engine {
                 commands: start.wrapping_sub(top),
                 ports: spent,
                 lock_wait: self.lock_wait,
+                transmit: self.transmit,
                 housekeeping: 0,
             };
             since_clock += 1;
@@ -614,7 +628,12 @@ impl Engine {
                     phases.housekeeping = cycles().wrapping_sub(hk);
                     worked += phases.housekeeping;
                     longest.note(worked, phases);
-                    longest.publish(now, self.id, &self.shared.longest_iteration_ns);
+                    longest.publish(
+                        now,
+                        self.id,
+                        &self.shared.longest_iteration_ns,
+                        &self.shared.longest_own_iteration_ns,
+                    );
                     continue;
                 }
             }
@@ -718,7 +737,9 @@ impl Engine {
                 mirror_fdb(&mut shared);
             }
             // Transmit after each ingress burst so TX rings drain steadily.
+            let sending = cycles();
             self.flush_tx();
+            self.transmit += cycles().wrapping_sub(sending);
         }
         if moved > 0 {
             self.publish_drops();
@@ -755,7 +776,9 @@ impl Engine {
             });
         }
         if n > 0 {
+            let sending = cycles();
             self.flush_tx();
+            self.transmit += cycles().wrapping_sub(sending);
         }
         n
     }
@@ -1029,8 +1052,10 @@ struct IterationPhases {
     commands: u64,
     /// Receiving, switching and sending...
     ports: u64,
-    /// ... of which waiting for the switch lock.
+    /// ... of which waiting for the switch lock ...
     lock_wait: u64,
+    /// ... and handing frames to the ports, kicks and refills included.
+    transmit: u64,
     /// Counters, FDB ageing, the fast-path lease (every 500 ms).
     housekeeping: u64,
 }
@@ -1046,6 +1071,8 @@ struct LongestIteration {
     since: Instant,
     since_cycles: u64,
     cycles: u64,
+    /// The longest without the transmit phase.
+    own_cycles: u64,
     phases: IterationPhases,
     last_warning: Option<Instant>,
     /// The thread's involuntary context switches at the last publish.
@@ -1072,6 +1099,7 @@ impl LongestIteration {
             since: Instant::now(),
             since_cycles: cycles(),
             cycles: 0,
+            own_cycles: 0,
             phases: IterationPhases::default(),
             last_warning: None,
             preempted: involuntary_switches(),
@@ -1080,6 +1108,7 @@ impl LongestIteration {
 
     #[inline]
     fn note(&mut self, cycles: u64, phases: IterationPhases) {
+        self.own_cycles = self.own_cycles.max(cycles.saturating_sub(phases.transmit));
         if cycles > self.cycles {
             self.cycles = cycles;
             self.phases = phases;
@@ -1089,7 +1118,7 @@ impl LongestIteration {
     /// Raises `into` (nanoseconds, shared by the PMDs) to the longest
     /// iteration since the last call, once the clock has run long enough
     /// (10 ms) to give the cycle rate; warns about a slow one.
-    fn publish(&mut self, now: Instant, pmd: usize, into: &AtomicU64) {
+    fn publish(&mut self, now: Instant, pmd: usize, into: &AtomicU64, own_into: &AtomicU64) {
         let ns = now.duration_since(self.since).as_nanos();
         let cyc = cycles().wrapping_sub(self.since_cycles) as u128;
         if ns < 10_000_000 || cyc == 0 {
@@ -1098,6 +1127,7 @@ impl LongestIteration {
         let to_ns = |c: u64| u64::try_from(c as u128 * ns / cyc).unwrap_or(u64::MAX);
         let longest = to_ns(self.cycles);
         into.fetch_max(longest, Ordering::Relaxed);
+        own_into.fetch_max(to_ns(self.own_cycles), Ordering::Relaxed);
         let quiet = self
             .last_warning
             .is_some_and(|t| now.duration_since(t) < Duration::from_secs(10));
@@ -1109,15 +1139,17 @@ impl LongestIteration {
             let ms = |c: u64| to_ns(c) as f64 / 1e6;
             tracing::warn!(
                 pmd,
-                "slow PMD iteration: {:.1} ms (commands {:.1} ms, ports {:.1} ms of which {:.1} ms waiting for the switch lock, housekeeping {:.1} ms); its ports waited that long; the kernel preempted this PMD {preemptions} times in the last 0.5 s (other work on its CPU: give it a CPU of its own with --core)",
+                "slow PMD iteration: {:.1} ms (commands {:.1} ms, ports {:.1} ms of which {:.1} ms waiting for the switch lock and {:.1} ms transmitting and refilling, housekeeping {:.1} ms); its ports waited that long; the kernel preempted this PMD {preemptions} times in the last 0.5 s (other work on its CPU: give it a CPU of its own with --core; time in transmit calls includes the kernel delivering frames into receivers on this CPU)",
                 longest as f64 / 1e6,
                 ms(self.phases.commands),
                 ms(self.phases.ports),
                 ms(self.phases.lock_wait),
+                ms(self.phases.transmit),
                 ms(self.phases.housekeeping),
             );
         }
         self.cycles = 0;
+        self.own_cycles = 0;
     }
 }
 

@@ -214,6 +214,40 @@ pub fn pin_thread_to_cpu(cpu: usize) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Keeps the calling thread, and every thread it starts from now on, off
+/// `cpus` (the PMDs' CPUs) as long as some other allowed CPU remains: the
+/// supervisor, the control socket and the vhost-user threads then never
+/// take a PMD's CPU away from it (a PMD pins itself to its CPU afterwards,
+/// outside this mask). Returns the CPUs the other threads keep, or `None`
+/// when nothing was changed (no PMD CPU given, or no CPU would be left).
+pub fn keep_off_cpus(cpus: &[usize]) -> std::io::Result<Option<Vec<usize>>> {
+    if cpus.is_empty() {
+        return Ok(None);
+    }
+    // SAFETY: cpu_set_t is plain data; sched_getaffinity fills it for the
+    // calling thread (pid 0); CPU_ISSET/CPU_CLR stay inside it for indexes
+    // below CPU_SETSIZE, which the loop bounds.
+    unsafe {
+        let size = std::mem::size_of::<libc::cpu_set_t>();
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, size, &mut set) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let max = libc::CPU_SETSIZE as usize;
+        for &c in cpus.iter().filter(|&&c| c < max) {
+            libc::CPU_CLR(c, &mut set);
+        }
+        let left: Vec<usize> = (0..max).filter(|&c| libc::CPU_ISSET(c, &set)).collect();
+        if left.is_empty() {
+            return Ok(None);
+        }
+        if libc::sched_setaffinity(0, size, &set) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Some(left))
+    }
+}
+
 /// The driver statistics `ethtool -S IFNAME` shows, as (name, value).
 pub fn ethtool_stats(ifname: &str) -> Result<Vec<(String, u64)>, Error> {
     const SIOCETHTOOL: libc::c_ulong = 0x8946;
@@ -308,6 +342,32 @@ pub fn xdp_xmit_count(ifname: &str) -> Result<Option<u64>, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn other_threads_are_kept_off_the_pmd_cpus_unless_none_would_be_left() {
+        // On a thread of its own: affinity is per thread, and inherited.
+        std::thread::spawn(|| {
+            assert_eq!(keep_off_cpus(&[]).unwrap(), None);
+            let all: Vec<usize> = (0..4096).collect();
+            assert_eq!(keep_off_cpus(&all).unwrap(), None, "no CPU would be left");
+            // None: a one-CPU machine (or a mask holding only CPU 0).
+            if let Some(left) = keep_off_cpus(&[0]).unwrap() {
+                assert!(!left.contains(&0), "{left:?}");
+                // A thread started now inherits the mask.
+                let child = std::thread::spawn(|| {
+                    // SAFETY: as in keep_off_cpus: plain data, this thread.
+                    unsafe {
+                        let mut set: libc::cpu_set_t = std::mem::zeroed();
+                        libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set);
+                        libc::CPU_ISSET(0, &set)
+                    }
+                });
+                assert!(!child.join().unwrap(), "a new thread runs off CPU 0");
+            }
+        })
+        .join()
+        .unwrap();
+    }
 
     #[test]
     fn veth_with_its_peer_elsewhere() {

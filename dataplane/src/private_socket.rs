@@ -13,7 +13,7 @@ use std::ffi::CString;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 
 use thiserror::Error;
@@ -45,8 +45,8 @@ pub fn listen(path: &Path) -> Result<UnixListener, Error> {
             return Err(Error::NotASocket { path: path.into() })
         }
         Ok(_) => {
-            // A socket: stale unless someone accepts on it.
-            if UnixStream::connect(path).is_ok() {
+            // A socket: stale unless someone listens on it.
+            if listened_on(path).map_err(|e| io_err("probing the socket", e))? {
                 return Err(Error::InUse { path: path.into() });
             }
         }
@@ -65,6 +65,59 @@ pub fn listen(path: &Path) -> Result<UnixListener, Error> {
     // Atomic, and replaces a stale socket in the same step.
     std::fs::rename(&tmp, path).map_err(|e| io_err("rename into place", e))?;
     Ok(listener)
+}
+
+/// Whether a process listens on the socket at `path`, found with a
+/// non-blocking connect: a plain connect to a listener that never accepts
+/// (its backlog full) would block the caller for good, and the caller
+/// holds the daemon's lock. Refused (ECONNREFUSED): nobody listens, the
+/// socket is stale. Connected, or "try again" (EAGAIN: backlog full): a
+/// listener is there.
+fn listened_on(path: &Path) -> io::Result<bool> {
+    // SAFETY: sockaddr_un is plain data; zeroed is a valid value.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let bytes = path.as_os_str().as_bytes();
+    if bytes.len() >= addr.sun_path.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "path too long for a unix socket",
+        ));
+    }
+    for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: socket(2) with constant arguments; the fd is owned below.
+    let raw = unsafe {
+        libc::socket(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a fresh descriptor nobody else owns.
+    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+    // SAFETY: `addr` is a valid sockaddr_un of the given size, alive for
+    // the call; the socket is non-blocking, so connect returns at once.
+    let rc = unsafe {
+        libc::connect(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            (&addr as *const libc::sockaddr_un).cast(),
+            std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EAGAIN | libc::EINPROGRESS) => Ok(true),
+        Some(libc::ECONNREFUSED | libc::ENOENT) => Ok(false),
+        _ => Err(e),
+    }
 }
 
 /// A directory of mode 0700 with an unpredictable name (mkdtemp(3)), so
@@ -105,6 +158,7 @@ impl Drop for PrivateDir {
 mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
+    use std::os::unix::net::UnixStream;
 
     fn scratch(tag: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("dp-privsock-{tag}-{}", std::process::id()));
@@ -128,6 +182,30 @@ mod tests {
         assert!(matches!(listen(&path), Err(Error::InUse { .. })));
         drop(listener);
         assert!(listen(&path).is_ok(), "a stale socket is replaced");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_listener_that_never_accepts_is_in_use_and_does_not_block() {
+        let d = scratch("full");
+        let path = d.join("busy.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        // Backlog 0: one pending connection fills it; a blocking connect
+        // would now wait until somebody accepts, which nobody does.
+        // SAFETY: listen(2) on our own listening socket.
+        assert_eq!(
+            unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&listener), 0) },
+            0
+        );
+        let _pending = UnixStream::connect(&path).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let probe = path.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(matches!(listen(&probe), Err(Error::InUse { .. })));
+        });
+        let answer = rx.recv_timeout(std::time::Duration::from_secs(5));
+        assert_eq!(answer, Ok(true), "refused as in use, at once");
+        drop(listener);
         std::fs::remove_dir_all(&d).unwrap();
     }
 

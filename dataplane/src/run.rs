@@ -552,7 +552,7 @@ impl Daemon {
 
     /// Counters for `stats`.
     pub fn stats(&self) -> Stats {
-        let (busy, idle, longest) = self
+        let (busy, idle, longest, own) = self
             .running
             .as_ref()
             .map(|r| {
@@ -560,6 +560,7 @@ impl Daemon {
                     r.shared.busy_cycles.load(Ordering::Relaxed),
                     r.shared.idle_cycles.load(Ordering::Relaxed),
                     r.shared.longest_iteration_ns.load(Ordering::Relaxed),
+                    r.shared.longest_own_iteration_ns.load(Ordering::Relaxed),
                 )
             })
             .unwrap_or_default();
@@ -569,6 +570,7 @@ impl Daemon {
             busy_cycles: busy,
             idle_cycles: idle,
             longest_iteration_us: longest as f64 / 1e3,
+            longest_own_iteration_us: own as f64 / 1e3,
         }
     }
 
@@ -627,6 +629,7 @@ impl Daemon {
             busy_cycles: stats.busy_cycles,
             idle_cycles: stats.idle_cycles,
             longest_iteration_us: stats.longest_iteration_us,
+            longest_own_iteration_us: stats.longest_own_iteration_us,
             fdb_entries,
             uptime: stats.uptime,
         }

@@ -38,7 +38,7 @@ enum Command {
     Demo(demo::DemoOptions),
     /// Benchmark the switch against the Linux bridge, DPDK testpmd and XDP redirect.
     Bench(bench::BenchOptions),
-    /// Fuzz the vhost-user virtqueue code (installs cargo-fuzz if missing).
+    /// Fuzz the vhost-user virtqueues and relay (installs cargo-fuzz if missing).
     Fuzz(fuzz::FuzzOptions),
     /// Minutes of routine churn under traffic (ports, interfaces, kills); not in CI.
     Soak(soak::SoakOptions),

@@ -15,7 +15,8 @@ pub struct TestOptions {
     /// Skip `cargo fmt --check` and `cargo clippy`.
     #[arg(long)]
     pub no_lint: bool,
-    /// Seconds of fuzzing the virtqueue code after the tests (0: none).
+    /// Seconds of fuzzing after the tests, split across the fuzz targets
+    /// (0: none).
     #[arg(long, default_value_t = 30)]
     pub fuzz_seconds: u32,
     /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -56,7 +57,8 @@ pub fn run(opts: &TestOptions) -> Result<()> {
     )?;
     if opts.fuzz_seconds > 0 && opts.cargo_args.is_empty() {
         fuzz::run(&fuzz::FuzzOptions {
-            seconds: opts.fuzz_seconds,
+            seconds: (opts.fuzz_seconds / 3).max(1),
+            target: None,
         })?;
     }
     Ok(())

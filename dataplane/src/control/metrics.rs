@@ -14,6 +14,8 @@ pub struct MetricsSnapshot {
     pub idle_cycles: u64,
     /// The longest PMD iteration since the start, in microseconds.
     pub longest_iteration_us: f64,
+    /// The same without the kernel's transmit calls, in microseconds.
+    pub longest_own_iteration_us: f64,
     pub fdb_entries: usize,
     pub uptime: f64,
 }
@@ -131,6 +133,17 @@ pub fn render(m: &MetricsSnapshot) -> String {
     );
     header(
         &mut out,
+        "dataplane_pmd_longest_own_iteration_seconds",
+        "The same without the time inside the kernel's transmit and refill calls (AF_XDP copy mode runs the receiver's stack inside them): the PMD's own work.",
+        "gauge",
+    );
+    let _ = writeln!(
+        out,
+        "dataplane_pmd_longest_own_iteration_seconds {}",
+        m.longest_own_iteration_us / 1e6
+    );
+    header(
+        &mut out,
         "dataplane_fdb_entries",
         "Addresses in the learning table.",
         "gauge",
@@ -186,6 +199,7 @@ mod tests {
             busy_cycles: 10,
             idle_cycles: 20,
             longest_iteration_us: 250.0,
+            longest_own_iteration_us: 100.0,
             fdb_entries: 3,
             uptime: 1.5,
         });

@@ -114,6 +114,11 @@ pub struct Stats {
     /// the longest any port waited to be served while its PMD was awake.
     #[serde(default)]
     pub longest_iteration_us: f64,
+    /// The same without the time inside the kernel's transmit and refill
+    /// calls (in AF_XDP copy mode the kernel transmits, and often runs the
+    /// receiving stack, inside them): the PMD's own work.
+    #[serde(default)]
+    pub longest_own_iteration_us: f64,
 }
 
 /// One learned address.

@@ -460,8 +460,9 @@ impl XskSocket {
     /// mode when the ring asks for a wakeup (or always without need_wakeup).
     ///
     /// "Try later" answers (EAGAIN: more left, EBUSY/ENOBUFS: no room now,
-    /// ENETDOWN: interface down) are not errors: the frames stay queued and
-    /// the next kick retries. Anything else is logged once per socket.
+    /// ENETDOWN: interface down, ENXIO: interface going away) are not
+    /// errors: the frames stay queued and the next kick retries. Anything
+    /// else is logged once per socket.
     pub fn kick_tx(&mut self) {
         let needed = match self.bound {
             BoundMode::Copy => self.tx.pending() > 0,
@@ -485,7 +486,10 @@ impl XskSocket {
         if rc < 0 {
             let e = io::Error::last_os_error();
             match e.raw_os_error() {
-                Some(libc::EAGAIN | libc::EBUSY | libc::ENOBUFS | libc::ENETDOWN) => {}
+                // ENXIO: the interface is being deleted; the supervisor
+                // notices and takes the port down.
+                Some(libc::EAGAIN | libc::EBUSY | libc::ENOBUFS | libc::ENETDOWN | libc::ENXIO) => {
+                }
                 _ => {
                     self.kick_errors += 1;
                     if self.kick_errors == 1 {

@@ -15,6 +15,7 @@
 
 pub mod backend;
 mod relay;
+mod relay_gate;
 #[cfg(test)]
 mod tests;
 pub mod virtq;
@@ -189,69 +190,33 @@ impl Port for VhostUserPort {
         if !tx_usable {
             return 0;
         }
-        let frame_room = frames.umem.frame_size() as u64 - HEADROOM;
-        let (mut got, mut bytes, mut returned) = (0usize, 0u64, 0usize);
-        let (mut malformed, mut invalid) = (0u64, 0u64);
-        // Whether a chain was taken since the avail index was last found
-        // empty: a second look is worth it only after progress.
-        let mut progress = true;
-        // Every chain taken counts against the burst, refused ones too: a
-        // guest that keeps offering bad chains (and moving its avail index
-        // on) must not keep the PMD here, away from its other ports.
-        while returned < max {
-            let Some(chunk) = frames.pool.alloc() else {
-                self.counters.add_drop(DropReason::NoFreeFrame, 1);
-                break;
-            };
-            // SAFETY: `chunk` just came off the free list: this port is its
-            // only holder until it hands the descriptor to the engine.
-            let buf = unsafe { frames.umem.frame_mut(chunk + HEADROOM, frame_room as usize) };
-            let popped =
-                virtq::pop_tx_frame(state.get_queue_mut(), mem.deref(), &mut self.segs, buf);
-            if !matches!(popped, TxPop::Stalled(_)) {
-                self.tx_stall.clear(&self.name, "transmit");
-            }
-            match popped {
-                TxPop::Frame(len) => {
-                    out.push(XdpDesc {
-                        addr: chunk + HEADROOM,
-                        len: len as u32,
-                        options: 0,
-                    });
-                    got += 1;
-                    returned += 1;
-                    bytes += len as u64;
-                    progress = true;
-                }
-                TxPop::Refused(e) => {
-                    frames.pool.free(chunk);
-                    returned += 1;
-                    progress = true;
-                    count_refused(&self.name, &e, &mut malformed, &mut invalid);
-                }
-                TxPop::Empty => {
-                    frames.pool.free(chunk);
-                    // Ask for a kick on the next frame; if one slipped in
-                    // before that took effect, look again (once per chain
-                    // taken, so a ring that keeps saying "more" but yields
-                    // nothing cannot hold the PMD here).
-                    let more = matches!(
-                        state.get_queue_mut().enable_notification(mem.deref()),
-                        Ok(true)
-                    );
-                    if more && progress {
-                        progress = false;
-                        continue;
-                    }
-                    break;
-                }
-                TxPop::Stalled(e) => {
-                    frames.pool.free(chunk);
-                    invalid += self.tx_stall.enter(&self.name, "transmit", &e);
-                    break;
-                }
-            }
-        }
+        let mut sink = PortTxSink {
+            frame_room: frames.umem.frame_size() as usize - HEADROOM as usize,
+            frames,
+            out,
+            chunk: None,
+            name: &self.name,
+            counters: &self.counters,
+            stall: &mut self.tx_stall,
+            got: 0,
+            bytes: 0,
+            malformed: 0,
+            invalid: 0,
+        };
+        let returned = virtq::tx_burst(
+            state.get_queue_mut(),
+            mem.deref(),
+            &mut self.segs,
+            max,
+            &mut sink,
+        );
+        let PortTxSink {
+            got,
+            bytes,
+            malformed,
+            invalid,
+            ..
+        } = sink;
         if returned > 0 && state.needs_notification().unwrap_or(true) {
             let _ = state.signal_used_queue();
         }
@@ -402,6 +367,70 @@ impl Stall {
         if std::mem::replace(&mut self.stalled, false) && self.logged {
             tracing::info!(port, "guest {ring} ring works again");
         }
+    }
+}
+
+/// The port's side of a transmit burst ([`virtq::tx_burst`]): UMEM frames
+/// as buffers, frames to the engine, counts and stall state.
+struct PortTxSink<'a, 'f> {
+    frames: &'a mut Frames<'f>,
+    out: &'a mut Vec<XdpDesc>,
+    frame_room: usize,
+    /// The frame handed out last, until its outcome is known.
+    chunk: Option<u64>,
+    name: &'a str,
+    counters: &'a PortCounters,
+    stall: &'a mut Stall,
+    got: usize,
+    bytes: u64,
+    malformed: u64,
+    invalid: u64,
+}
+
+impl virtq::TxSink for PortTxSink<'_, '_> {
+    fn buffer(&mut self) -> Option<&mut [u8]> {
+        let Some(chunk) = self.frames.pool.alloc() else {
+            self.counters.add_drop(DropReason::NoFreeFrame, 1);
+            return None;
+        };
+        self.chunk = Some(chunk);
+        // SAFETY: `chunk` just came off the free list: this port is its
+        // only holder until it hands the descriptor to the engine (or
+        // frees it in `outcome`).
+        Some(unsafe {
+            self.frames
+                .umem
+                .frame_mut(chunk + HEADROOM, self.frame_room)
+        })
+    }
+
+    fn outcome(&mut self, popped: TxPop) {
+        let Some(chunk) = self.chunk.take() else {
+            return;
+        };
+        if !matches!(popped, TxPop::Stalled(_)) {
+            self.stall.clear(self.name, "transmit");
+        }
+        match popped {
+            TxPop::Frame(len) => {
+                self.out.push(XdpDesc {
+                    addr: chunk + HEADROOM,
+                    len: len as u32,
+                    options: 0,
+                });
+                self.got += 1;
+                self.bytes += len as u64;
+                return;
+            }
+            TxPop::Refused(e) => {
+                count_refused(self.name, &e, &mut self.malformed, &mut self.invalid);
+            }
+            TxPop::Stalled(e) => {
+                self.invalid += self.stall.enter(self.name, "transmit", &e);
+            }
+            TxPop::Empty => {}
+        }
+        self.frames.pool.free(chunk);
     }
 }
 

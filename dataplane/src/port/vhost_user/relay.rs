@@ -24,28 +24,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::thread::JoinHandle;
 
-/// vhost-user message header: request, flags, payload size (u32 each, LE).
-const HDR_LEN: usize = 12;
-const SET_FEATURES: u32 = 2;
-const SET_MEM_TABLE: u32 = 5;
-const SET_VRING_ENABLE: u32 = 18;
-const ADD_MEM_REG: u32 = 37;
-/// One memory region on the wire: guest address, size, user address,
-/// offset in the file (u64 each).
-const REGION_LEN: usize = 32;
-/// Rings a frontend may name (a device has two): a premature
-/// SET_VRING_ENABLE for another index is not held, it ends the connection.
-const MAX_RINGS: u32 = 2;
-/// Flags: protocol version 1, "this is a reply", "reply wanted".
-const FLAG_VERSION: u32 = 0x1;
-const FLAG_REPLY: u32 = 0x4;
-const FLAG_NEED_REPLY: u32 = 0x8;
-const PROTOCOL_FEATURES: u64 = 1 << 30;
-/// Larger than any message a frontend sends (the memory table of 8 regions
-/// is 8 + 8 * 32 bytes); anything bigger is refused.
-const MAX_PAYLOAD: usize = 4096;
-/// File descriptors one message may carry (8 memory regions at most).
-const MAX_FDS: usize = 16;
+use super::relay_gate::{self, Gate, Header, Verdict, HDR_LEN, MAX_FDS};
 
 /// Starts relaying between `front` (the frontend's connection) and `back`
 /// (the daemon's) on two threads; both end when either side closes.
@@ -76,127 +55,51 @@ struct Message {
     fds: Vec<OwnedFd>,
 }
 
-impl Message {
-    fn request(&self) -> u32 {
-        u32::from_le_bytes(self.hdr[0..4].try_into().unwrap())
-    }
-    fn flags(&self) -> u32 {
-        u32::from_le_bytes(self.hdr[4..8].try_into().unwrap())
-    }
-}
-
 fn to_daemon(front: &UnixStream, back: &UnixStream) -> io::Result<()> {
-    let mut protocol_features = false;
-    // The latest premature SET_VRING_ENABLE per ring, to replay.
-    let mut held: Vec<Message> = Vec::new();
+    let mut gate = Gate::default();
     loop {
         let msg = receive(front)?;
-        match msg.request() {
-            SET_MEM_TABLE | ADD_MEM_REG => {
-                if let Err(why) = regions_inside_their_files(&msg) {
-                    tracing::warn!("vhost-user frontend disconnected: its memory table {why}");
-                    return Err(io::Error::other(why));
-                }
-                send(back, &msg)?;
-            }
-            SET_VRING_ENABLE if !protocol_features => {
-                let ring = msg
-                    .payload
-                    .get(0..4)
-                    .map(|b| u32::from_le_bytes(b.try_into().unwrap()));
-                if ring.is_none_or(|r| r >= MAX_RINGS) {
-                    return Err(io::Error::other(format!(
-                        "SET_VRING_ENABLE for ring {ring:?}: a device has {MAX_RINGS}"
-                    )));
-                }
-                if msg.flags() & FLAG_NEED_REPLY != 0 {
+        let sizes: Vec<Result<u64, String>> = msg.fds.iter().map(file_size).collect();
+        match gate.judge(&msg.hdr, &msg.payload, &sizes) {
+            Verdict::Forward => send(back, &msg)?,
+            Verdict::Hold { reply } => {
+                if reply {
                     // Acknowledge it ourselves (0: success).
-                    let mut reply = [0u8; HDR_LEN + 8];
-                    reply[0..4].copy_from_slice(&SET_VRING_ENABLE.to_le_bytes());
-                    reply[4..8].copy_from_slice(&(FLAG_VERSION | FLAG_REPLY).to_le_bytes());
-                    reply[8..12].copy_from_slice(&8u32.to_le_bytes());
-                    (&mut &*front).write_all(&reply)?;
+                    let request = Header::parse(&msg.hdr).map_or(0, |h| h.request);
+                    (&mut &*front).write_all(&relay_gate::ack(request))?;
                 }
-                let index = msg.payload.get(0..4);
-                held.retain(|h| h.payload.get(0..4) != index);
-                held.push(Message {
-                    hdr: without_need_reply(msg.hdr),
-                    payload: msg.payload,
-                    fds: Vec::new(),
-                });
             }
-            SET_FEATURES => {
-                let features = msg
-                    .payload
-                    .get(0..8)
-                    .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
-                    .unwrap_or(0);
+            Verdict::ForwardThenReplay => {
                 send(back, &msg)?;
-                if features & PROTOCOL_FEATURES != 0 && !protocol_features {
-                    protocol_features = true;
-                    for h in held.drain(..) {
-                        send(back, &h)?;
-                    }
+                for h in gate.take_held() {
+                    send(
+                        back,
+                        &Message {
+                            hdr: h.hdr,
+                            payload: h.payload,
+                            fds: Vec::new(),
+                        },
+                    )?;
                 }
             }
-            _ => send(back, &msg)?,
-        }
-    }
-}
-
-/// Checks every region of a SET_MEM_TABLE (`u32 count, u32 padding,
-/// regions`) or ADD_MEM_REG (`u64 padding, region`) against the size of
-/// the file that comes with it: `offset + size` must not pass its end.
-fn regions_inside_their_files(msg: &Message) -> Result<(), String> {
-    let (count, first) = if msg.request() == SET_MEM_TABLE {
-        let count = msg
-            .payload
-            .get(0..4)
-            .map(|b| u32::from_le_bytes(b.try_into().unwrap()) as usize)
-            .ok_or("is truncated")?;
-        (count, 8)
-    } else {
-        (1, 8)
-    };
-    if msg.fds.len() != count {
-        return Err(format!(
-            "names {count} region(s) but brings {} file(s)",
-            msg.fds.len()
-        ));
-    }
-    for (i, fd) in msg.fds.iter().enumerate() {
-        let at = first + i * REGION_LEN;
-        let field = |k: usize| -> Result<u64, String> {
-            msg.payload
-                .get(at + 8 * k..at + 8 * k + 8)
-                .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
-                .ok_or_else(|| format!("is truncated at region {i}"))
-        };
-        let (size, offset) = (field(1)?, field(3)?);
-        // SAFETY: fstat(2) on a descriptor we own, into a struct we own.
-        let file_len = unsafe {
-            let mut st: libc::stat = std::mem::zeroed();
-            if libc::fstat(fd.as_raw_fd(), &mut st) != 0 {
-                return Err(format!("region {i}: fstat: {}", io::Error::last_os_error()));
+            Verdict::Refuse(why) => {
+                tracing::warn!("vhost-user frontend disconnected: {why}");
+                return Err(io::Error::other(why));
             }
-            st.st_size as u64
-        };
-        let end = offset
-            .checked_add(size)
-            .ok_or_else(|| format!("region {i}: offset {offset} + size {size} overflows"))?;
-        if size == 0 || end > file_len {
-            return Err(format!(
-                "maps region {i} as bytes {offset}..{end} of a {file_len}-byte file"
-            ));
         }
     }
-    Ok(())
 }
 
-fn without_need_reply(mut hdr: [u8; HDR_LEN]) -> [u8; HDR_LEN] {
-    let flags = u32::from_le_bytes(hdr[4..8].try_into().unwrap()) & !FLAG_NEED_REPLY;
-    hdr[4..8].copy_from_slice(&flags.to_le_bytes());
-    hdr
+/// The size of a file a frontend sent (its memory), by fstat(2).
+fn file_size(fd: &OwnedFd) -> Result<u64, String> {
+    // SAFETY: fstat(2) on a descriptor we own, into a struct we own.
+    unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        if libc::fstat(fd.as_raw_fd(), &mut st) != 0 {
+            return Err(format!("fstat: {}", io::Error::last_os_error()));
+        }
+        Ok(st.st_size as u64)
+    }
 }
 
 /// Receives one message: the header with any descriptors attached to it,
@@ -246,10 +149,7 @@ fn receive(sock: &UnixStream) -> io::Result<Message> {
         return Err(io::Error::other("too many file descriptors in one message"));
     }
     (&mut &*sock).read_exact(&mut hdr[n as usize..])?;
-    let size = u32::from_le_bytes(hdr[8..12].try_into().unwrap()) as usize;
-    if size > MAX_PAYLOAD {
-        return Err(io::Error::other(format!("message of {size} bytes")));
-    }
+    let size = Header::parse(&hdr).map_err(io::Error::other)?.size as usize;
     let mut payload = vec![0u8; size];
     (&mut &*sock).read_exact(&mut payload)?;
     Ok(Message { hdr, payload, fds })
@@ -301,7 +201,14 @@ fn send(sock: &UnixStream, msg: &Message) -> io::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use super::relay_gate::*;
     use super::*;
+
+    impl Message {
+        fn request(&self) -> u32 {
+            u32::from_le_bytes(self.hdr[0..4].try_into().unwrap())
+        }
+    }
 
     fn message(request: u32, flags: u32, payload: &[u8]) -> Vec<u8> {
         let mut m = Vec::new();

@@ -324,6 +324,60 @@ pub fn pop_tx_frame<M: GuestMemory>(
     }
 }
 
+/// Where [`tx_burst`] puts what it takes from the guest's transmit queue.
+pub trait TxSink {
+    /// A buffer for the next frame; `None` ends the burst (no free frame).
+    fn buffer(&mut self) -> Option<&mut [u8]>;
+    /// What came of the buffer handed out last (a [`TxPop::Frame`] is in it;
+    /// for anything else it is unused).
+    fn outcome(&mut self, popped: TxPop);
+}
+
+/// One transmit burst: takes chains from the guest's transmit queue into
+/// `sink` until `max` chains were taken, the queue is empty or stalled, or
+/// the sink has no buffer. Returns the chains taken.
+///
+/// Every chain taken counts against `max`, refused ones too: a guest that
+/// keeps offering bad chains (and moving its available index on) must not
+/// keep the caller here. When the queue is empty, the guest is asked for a
+/// kick on its next frame; if a chain slipped in before that took effect,
+/// the queue is looked at again, but only after progress, so a ring that
+/// keeps saying "more" but yields nothing cannot hold the caller either.
+pub fn tx_burst<M: GuestMemory, S: TxSink>(
+    queue: &mut Queue,
+    mem: &M,
+    segs: &mut Vec<Segment>,
+    max: usize,
+    sink: &mut S,
+) -> usize {
+    let mut taken = 0usize;
+    // Whether a chain was taken since the queue was last found empty.
+    let mut progress = true;
+    while taken < max {
+        let Some(buf) = sink.buffer() else {
+            break;
+        };
+        let popped = pop_tx_frame(queue, mem, segs, buf);
+        sink.outcome(popped);
+        match popped {
+            TxPop::Frame(_) | TxPop::Refused(_) => {
+                taken += 1;
+                progress = true;
+            }
+            TxPop::Empty => {
+                let more = matches!(queue.enable_notification(mem), Ok(true));
+                if more && progress {
+                    progress = false;
+                    continue;
+                }
+                break;
+            }
+            TxPop::Stalled(_) => break,
+        }
+    }
+    taken
+}
+
 /// Puts `head` on the used ring with `len` bytes written. A head outside
 /// the queue cannot be given back (the guest would not recognise it), and
 /// a used ring outside guest memory cannot be written: both only cost the
