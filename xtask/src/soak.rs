@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use crate::bench::topology::ip;
+use crate::bench::topology::{ip, remove_namespace};
 use crate::build::{self, BuildOptions};
 use crate::run::is_root;
 use crate::setup;
@@ -620,23 +620,7 @@ fn remove_leftovers() {
     let mut names: Vec<String> = (0..HOSTS).map(host).collect();
     names.push(ns("sw"));
     for name in names {
-        if !Path::new(&format!("/var/run/netns/{name}")).exists() {
-            continue;
-        }
-        let pids = Command::new("ip")
-            .args(["netns", "pids", &name])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default();
-        for pid in pids.lines().filter_map(|p| p.trim().parse::<i32>().ok()) {
-            // SAFETY: kill(2) with a pid read from `ip netns pids`.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
-        if let Ok(meta) = std::fs::metadata(format!("/var/run/netns/{name}")) {
-            use std::os::unix::fs::MetadataExt;
-            let _ = std::fs::remove_dir_all(format!("/sys/fs/bpf/dataplane/ns{}", meta.ino()));
-        }
-        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        remove_namespace(&name);
     }
     let _ = std::fs::remove_dir("/sys/fs/bpf/dataplane");
     let _ = std::fs::remove_file(format!("/run/dataplane/{}.ctl", ns("sw")));

@@ -113,39 +113,35 @@ pub fn ns(short: &str) -> String {
 /// Kills what still runs in the benchmark namespaces, removes dataplane's
 /// pins made in them (they live in the host's bpffs) and the namespaces.
 pub fn remove_leftovers() {
-    let existing = Command::new("ip")
-        .args(["netns", "list"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
     for short in NAMESPACES {
-        let name = ns(short);
-        if !existing
-            .lines()
-            .any(|l| l.split_whitespace().next() == Some(name.as_str()))
-        {
-            continue;
-        }
-        let pids = Command::new("ip")
-            .args(["netns", "pids", &name])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default();
-        for pid in pids.lines().filter_map(|p| p.trim().parse::<i32>().ok()) {
-            // SAFETY: kill(2) with a pid read from `ip netns pids`.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
-        if let Ok(meta) = std::fs::metadata(format!("/var/run/netns/{name}")) {
-            use std::os::unix::fs::MetadataExt;
-            let _ = std::fs::remove_dir_all(format!("/sys/fs/bpf/dataplane/ns{}", meta.ino()));
-        }
-        let _ = Command::new("ip")
-            .args(["netns", "del", &name])
-            .stderr(Stdio::null())
-            .status();
+        remove_namespace(&ns(short));
     }
     // Empty directory only: a user's own attachments stay.
     let _ = std::fs::remove_dir("/sys/fs/bpf/dataplane");
+}
+
+/// Removes network namespace `name` if it exists, with what still runs in
+/// it and the pins dataplane made for it in the host's bpffs.
+pub fn remove_namespace(name: &str) {
+    let path = format!("/var/run/netns/{name}");
+    let Ok(meta) = std::fs::metadata(&path) else {
+        return;
+    };
+    let pids = Command::new("ip")
+        .args(["netns", "pids", name])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    for pid in pids.lines().filter_map(|p| p.trim().parse::<i32>().ok()) {
+        // SAFETY: kill(2) with a pid read from `ip netns pids`.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    use std::os::unix::fs::MetadataExt;
+    let _ = std::fs::remove_dir_all(format!("/sys/fs/bpf/dataplane/ns{}", meta.ino()));
+    let _ = Command::new("ip")
+        .args(["netns", "del", name])
+        .stderr(Stdio::null())
+        .status();
 }
 
 /// `ip ARGS`, failing with the command line in the error.
