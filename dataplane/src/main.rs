@@ -649,15 +649,6 @@ fn run_switch(root: &PinRoot, args: RunArgs, socket: &std::path::Path) -> anyhow
 
     let mut last: Option<(Instant, Vec<(String, dataplane::port::PortSnapshot)>)> = None;
     let mut next_stats = config.stats_interval.map(|i| Instant::now() + i);
-    // One malloc arena for the whole daemon. glibc gives each thread that
-    // allocates its own arena, and a port add (on a control worker thread:
-    // BPF object parsing, socket set-up) leaves freed memory there that is
-    // never returned: a long soak saw the resident size step up by 20 MiB
-    // and stay, with MALLOC_ARENA_MAX=1 flat. The PMDs do not allocate per
-    // frame, so the shared arena's lock is not on the hot path.
-    // SAFETY: mallopt only sets an allocator parameter; called before the
-    // daemon's threads exist.
-    unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
     // Before any thread starts: they inherit it, and a PMD re-pins itself.
     match dataplane::netdev::keep_off_cpus(&config.cores) {
         Ok(Some(left)) => {
