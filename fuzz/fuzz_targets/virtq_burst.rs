@@ -117,10 +117,6 @@ impl TxSink for MutatingSink<'_, '_> {
     }
 }
 
-fn used_idx(mem: &GuestMemoryMmap) -> u16 {
-    mem.read_obj(GuestAddress(USED + 2)).unwrap_or(0)
-}
-
 /// Device-writable buffers named by the descriptor table (and by indirect
 /// tables it points to): where a delivery may write.
 fn writable_ranges(mem: &GuestMemoryMmap, size: u16) -> Vec<(u64, u64)> {
@@ -130,7 +126,11 @@ fn writable_ranges(mem: &GuestMemoryMmap, size: u16) -> Vec<(u64, u64)> {
     while let Some((table, n)) = tables.pop() {
         for i in 0..n.min(1024) {
             let mut d = [0u8; 16];
-            if mem.read_slice(&mut d, GuestAddress(table + 16 * i)).is_err() {
+            // The guest names the indirect table's address: any u64.
+            let Some(at) = table.checked_add(16 * i) else {
+                continue;
+            };
+            if mem.read_slice(&mut d, GuestAddress(at)).is_err() {
                 continue;
             }
             let addr = u64::from_le_bytes(d[0..8].try_into().unwrap());
@@ -205,7 +205,9 @@ fuzz_target!(|data: &[u8]| {
             }
             4 => {
                 let max = 1 + usize::from(input.byte() % 64);
-                let (avail0, used0) = (q.next_avail(), used_idx(&mem));
+                // The device's own counters: the guest may scribble on the
+                // used ring's index in memory at any time.
+                let (avail0, used0) = (q.next_avail(), q.next_used());
                 let mut sink = MutatingSink {
                     mem: &mem,
                     input: &mut input,
@@ -223,7 +225,7 @@ fuzz_target!(|data: &[u8]| {
                     .count();
                 assert_eq!(counted, taken);
                 assert_eq!(q.next_avail().wrapping_sub(avail0) as usize, taken);
-                let returned = used_idx(&mem).wrapping_sub(used0) as usize;
+                let returned = q.next_used().wrapping_sub(used0) as usize;
                 assert!(returned <= taken, "{returned} used entries for {taken} chains");
             }
             _ => {
@@ -233,7 +235,9 @@ fuzz_target!(|data: &[u8]| {
                     let frame: Vec<u8> = (0..frame_len).map(|i| (i % 251) as u8 ^ 0x5a).collect();
                     let before = snapshot(&mem);
                     let writable = writable_ranges(&mem, size);
-                    let (avail0, used0) = (q.next_avail(), used_idx(&mem));
+                    // The device's own counters: the guest may scribble on the
+                // used ring's index in memory at any time.
+                let (avail0, used0) = (q.next_avail(), q.next_used());
                     let o = virtq::push_rx_frame(&mut q, &mem, &frame, mergeable, &mut scratch);
                     let after = snapshot(&mem);
                     let used_end = USED + 6 + 8 * u64::from(size);
@@ -253,7 +257,7 @@ fuzz_target!(|data: &[u8]| {
                     // the order taken: the used entries added are the
                     // available entries consumed (heads the guest can
                     // recognise, that is inside the queue).
-                    let added = used_idx(&mem).wrapping_sub(used0);
+                    let added = q.next_used().wrapping_sub(used0);
                     let consumed = q.next_avail().wrapping_sub(avail0);
                     let expected: Vec<u32> = (0..consumed)
                         .filter_map(|k| {
