@@ -238,6 +238,31 @@ fn host_test() {
         "port not down after QEMU exited:\n{}",
         sw.output()
     );
+    // The guest's kernel negotiated checksum offload and TSO: its echo
+    // came as super-frames with checksums left undone, which the switch
+    // finished and cut (and `back == sent` above says it did so right).
+    let ports: serde_json::Value =
+        serde_json::from_str(&sw_ns.dataplane_ok(&["show", "ports", "--json"])).unwrap();
+    let guest_port = ports
+        .as_array()
+        .and_then(|a| a.iter().find(|p| p["name"] == port.as_str()))
+        .unwrap_or_else(|| panic!("no {port} in {ports}"));
+    let count = |key: &str| guest_port[key].as_u64().unwrap_or(0);
+    assert!(
+        count("gso_frames") > 0 && count("gso_segments") > count("gso_frames"),
+        "the guest's TSO super-frames were cut by the switch: {guest_port}"
+    );
+    assert!(
+        count("checksums_completed") > 0,
+        "the guest left checksums to the switch: {guest_port}"
+    );
+    assert_eq!(guest_port["drops"]["malformed"], 0, "{guest_port}");
+    let offloads = format!(
+        "{} super-frames cut into {} segments, {} checksums finished",
+        count("gso_frames"),
+        count("gso_segments"),
+        count("checksums_completed")
+    );
     let (ok, out) = sw.stop();
     assert!(ok, "switch did not exit cleanly:\n{out}");
     assert!(
@@ -256,7 +281,8 @@ fn host_test() {
     );
     println!(
         "qemu guest: {total} frames echoed through a vhost-user port, {echoed} counted by the guest; \
-         {TCP_BYTES} bytes of TCP echoed by the guest's kernel, byte for byte"
+         {TCP_BYTES} bytes of TCP echoed by the guest's kernel, byte for byte \
+         (the guest's offloads: {offloads})"
     );
 }
 

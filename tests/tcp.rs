@@ -260,8 +260,32 @@ fn tcp_and_udp_reach_a_vm_behind_a_tap_port() {
     vm.ip(&["addr", "add", "10.77.5.9/24", "dev", "vm0"]);
     vm.ip(&["link", "set", "vm0", "up"]);
     let a = &h.hosts[0];
+    assert!(tso_on(&vm, "vm0"), "the TAP offers TSO to the VM's stack");
     real_traffic_crosses(a, "10.77.5.1", &vm, "10.77.5.9", "veth <-> TAP");
+    the_switch_did_the_vms_offloads(&h.sw, "tap:vm0");
     stop(sw);
+}
+
+/// The VM's stack sent super-frames with checksums left undone, and the
+/// switch finished them (the transfers above prove the results correct).
+fn the_switch_did_the_vms_offloads(sw: &NetNs, port: &str) {
+    let ports: Value = serde_json::from_str(&sw.dataplane_ok(&["show", "ports", "--json"]))
+        .expect("show ports --json");
+    let p = ports
+        .as_array()
+        .and_then(|a| a.iter().find(|p| p["name"] == port))
+        .unwrap_or_else(|| panic!("no {port} in {ports}"));
+    let n = |key: &str| p[key].as_u64().unwrap_or_else(|| panic!("no {key} in {p}"));
+    assert!(n("gso_frames") > 10, "TSO super-frames from the VM: {p}");
+    assert!(
+        n("gso_segments") > 2 * n("gso_frames"),
+        "each cut into several segments: {p}"
+    );
+    assert!(
+        n("checksums_completed") > 0,
+        "UDP and small segments: checksums finished by the switch: {p}"
+    );
+    assert_eq!(p["drops"]["malformed"], 0, "{p}");
 }
 
 /// What `ethtool -k` in `ns` says of `ifname`'s TSO.
@@ -342,5 +366,6 @@ fn a_container_port_reaches_a_vm_behind_a_tap_port() {
     vm.ip(&["link", "set", "vm0", "up"]);
     let a = &h.hosts[0];
     real_traffic_crosses(a, "10.77.5.1", &vm, "10.77.5.9", "container port <-> TAP");
+    the_switch_did_the_vms_offloads(&h.sw, "tap:vm0");
     stop(sw);
 }

@@ -173,6 +173,18 @@ pub fn verifies(frame: &[u8]) -> Option<bool> {
     Some(fold_wide(total) == 0xffff)
 }
 
+/// One's-complement sum of `bytes` as big-endian 16-bit words, not yet
+/// folded (for code that builds a checksum from parts: each part but the
+/// last must have an even length).
+pub fn sum(bytes: &[u8]) -> u64 {
+    sum_be(bytes)
+}
+
+/// Folds a [`sum`] (or a sum of several) to 16 bits, not complemented.
+pub fn fold_sum(sum: u64) -> u16 {
+    fold_wide(sum)
+}
+
 #[inline(always)]
 fn same_ones_complement(a: u16, b: u16) -> bool {
     let norm = |x: u16| if x == 0xffff { 0 } else { x };

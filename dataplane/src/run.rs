@@ -540,6 +540,9 @@ impl Daemon {
                     tx_packets: snap.tx_packets,
                     tx_bytes: snap.tx_bytes,
                     fast_path: snap.fast_path,
+                    checksums_completed: snap.checksums_completed,
+                    gso_frames: snap.gso_frames,
+                    gso_segments: snap.gso_segments,
                     drops: DropReason::ALL
                         .iter()
                         .map(|r| (r.name().to_string(), snap.drops(*r)))

@@ -103,7 +103,10 @@ fuzz_target!(|data: &[u8]| {
         match &verdict {
             Verdict::Forward => {
                 if matches!(request, SET_MEM_TABLE | ADD_MEM_REG) {
-                    assert!(regions_fit(request, &payload, &files), "forwarded a table past its files");
+                    assert!(
+                        regions_fit(request, &payload, &files),
+                        "forwarded a table past its files"
+                    );
                 }
             }
             Verdict::Hold { .. } => {

@@ -12,7 +12,7 @@ use crate::run::{checked, workspace_root};
 use crate::setup;
 
 /// The targets (fuzz/fuzz_targets/*.rs), with their hand-made seeds if any.
-const TARGETS: [(&str, Option<&str>); 3] = [
+const TARGETS: [(&str, Option<&str>); 4] = [
     // The chain walker, pop and push, on a static guest memory.
     ("virtq_chain", Some("seeds")),
     // The port's burst loops against a guest that rewrites its memory
@@ -20,6 +20,9 @@ const TARGETS: [(&str, Option<&str>); 3] = [
     ("virtq_burst", None),
     // The vhost-user relay's decisions on arbitrary message streams.
     ("relay_gate", None),
+    // Checksum completion and TSO segmentation on what a guest or a TAP's
+    // namespace asks in its virtio-net header.
+    ("offload_segments", Some("seeds/offload_segments")),
 ];
 
 #[derive(Args)]
@@ -27,7 +30,7 @@ pub struct FuzzOptions {
     /// How long to fuzz each target, in seconds (after the build).
     #[arg(long, default_value_t = 60)]
     pub seconds: u32,
-    /// Only this target (virtq_chain, virtq_burst, relay_gate).
+    /// Only this target (virtq_chain, virtq_burst, relay_gate, offload_segments).
     #[arg(long)]
     pub target: Option<String>,
 }

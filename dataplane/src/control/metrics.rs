@@ -26,7 +26,7 @@ type PortField = fn(&PortStatus) -> u64;
 /// Renders `m` as Prometheus text.
 pub fn render(m: &MetricsSnapshot) -> String {
     let mut out = String::new();
-    let port_counters: [(&str, &str, PortField); 5] = [
+    let port_counters: [(&str, &str, PortField); 8] = [
         (
             "dataplane_port_rx_packets_total",
             "Frames the switch received on the port (AF_XDP and TAP paths).",
@@ -51,6 +51,21 @@ pub fn render(m: &MetricsSnapshot) -> String {
             "dataplane_port_fast_path_packets_total",
             "Frames from the port forwarded by the in-kernel fast path.",
             |p| p.fast_path,
+        ),
+        (
+            "dataplane_port_checksums_completed_total",
+            "Received frames whose checksum the sender left to the device and the switch finished.",
+            |p| p.checksums_completed,
+        ),
+        (
+            "dataplane_port_gso_frames_total",
+            "Received super-frames (TSO) the switch cut into segments.",
+            |p| p.gso_frames,
+        ),
+        (
+            "dataplane_port_gso_segments_total",
+            "Segments the switch cut received super-frames into.",
+            |p| p.gso_segments,
         ),
     ];
     for (name, help, value) in port_counters {
@@ -186,6 +201,9 @@ mod tests {
             tx_packets: 7,
             tx_bytes: 420,
             fast_path: 9,
+            checksums_completed: 0,
+            gso_frames: 0,
+            gso_segments: 0,
             drops: [("policy".to_string(), 2)].into_iter().collect(),
             peer_effect: None,
         }

@@ -93,6 +93,16 @@ pub struct PortStatus {
     pub tx_bytes: u64,
     /// Frames the in-kernel fast path forwarded from this port.
     pub fast_path: u64,
+    /// Received frames whose checksum the sender left to the device and
+    /// the switch finished.
+    #[serde(default)]
+    pub checksums_completed: u64,
+    /// Received super-frames (TSO) the switch cut into segments, and the
+    /// segments made of them.
+    #[serde(default)]
+    pub gso_frames: u64,
+    #[serde(default)]
+    pub gso_segments: u64,
     /// Drops by reason (`no_free_frame`, `tx_ring_full`, ...).
     pub drops: BTreeMap<String, u64>,
     /// What this port does to the other end of its interface, if anything

@@ -368,6 +368,7 @@ impl Port for AfxdpPort {
             let n = s.socket.recv(out, (max - got) as u32) as usize;
             s.in_fill -= n as u64;
             let mut bytes = 0u64;
+            let mut completed = 0u64;
             for d in &out[before..] {
                 bytes += d.len as u64;
                 // XDP hands over bytes, not the skb's "checksum left to the
@@ -377,9 +378,12 @@ impl Port for AfxdpPort {
                 // SAFETY: the descriptor was just taken off the RX ring, so
                 // the engine is the frame's only holder.
                 let frame = unsafe { frames.umem.frame_mut(d.addr, d.len as usize) };
-                checksum::complete_partial(frame);
+                completed += checksum::complete_partial(frame) as u64;
             }
             self.counters.add_rx(n as u64, bytes);
+            if completed > 0 {
+                self.counters.add_checksums_completed(completed);
+            }
             got += n;
             if got >= max {
                 break;

@@ -7,6 +7,7 @@
 //! UMEM frames at their edge.
 
 pub mod afxdp;
+pub mod offload;
 pub mod tap;
 pub mod veth;
 pub mod vhost_user;
@@ -161,6 +162,13 @@ pub struct PortCounters {
     /// Frames the in-kernel fast path forwarded from this port (they never
     /// reach the AF_XDP socket, so rx/tx above do not count them).
     pub fast_path: AtomicU64,
+    /// Received frames whose TCP/UDP checksum the sender left to the
+    /// device and the switch finished (see `offload/`).
+    pub checksums_completed: AtomicU64,
+    /// Received super-frames (GSO/TSO) the switch cut into segments, and
+    /// the segments it made of them.
+    pub gso_frames: AtomicU64,
+    pub gso_segments: AtomicU64,
     drops: [AtomicU64; DropReason::ALL.len()],
 }
 
@@ -180,6 +188,17 @@ impl PortCounters {
     /// Adds drops for `reason`.
     pub fn add_drop(&self, reason: DropReason, n: u64) {
         self.drops[reason as usize].fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Adds checksums finished in software.
+    pub fn add_checksums_completed(&self, n: u64) {
+        self.checksums_completed.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Adds one super-frame cut into `segments` segments.
+    pub fn add_gso_frame(&self, segments: u64) {
+        self.gso_frames.fetch_add(1, Ordering::Relaxed);
+        self.gso_segments.fetch_add(segments, Ordering::Relaxed);
     }
 
     /// Sets the fast-path total (read from the port's `steer` counters).
@@ -217,6 +236,9 @@ impl PortCounters {
             tx_packets: self.tx_packets.load(Ordering::Relaxed),
             tx_bytes: self.tx_bytes.load(Ordering::Relaxed),
             fast_path: self.fast_path.load(Ordering::Relaxed),
+            checksums_completed: self.checksums_completed.load(Ordering::Relaxed),
+            gso_frames: self.gso_frames.load(Ordering::Relaxed),
+            gso_segments: self.gso_segments.load(Ordering::Relaxed),
             drops,
             state: self.state(),
         }
@@ -231,6 +253,9 @@ pub struct PortSnapshot {
     pub tx_packets: u64,
     pub tx_bytes: u64,
     pub fast_path: u64,
+    pub checksums_completed: u64,
+    pub gso_frames: u64,
+    pub gso_segments: u64,
     pub drops: [u64; DropReason::ALL.len()],
     pub state: PortState,
 }

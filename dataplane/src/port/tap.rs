@@ -5,9 +5,14 @@
 //!
 //! Frames are read into and written from UMEM frames directly (one copy
 //! each way, done by the kernel), behind a `virtio_net_hdr` as QEMU and
-//! vhost-net use it. Offloads are turned off so the kernel never hands the
-//! switch a GSO super-frame or a frame with a partial checksum: the header
-//! is then all zeroes both ways.
+//! vhost-net use it. The netdev offers checksum offload and TSO (IPv4,
+//! IPv6, ECN) to whatever sends through it, as a virtio NIC with those
+//! features does: the sender's stack hands over TCP super-frames of up to
+//! 64 KiB with the checksum left undone, and the switch finishes the
+//! checksum and cuts the segments once, here (`offload/`), instead of the
+//! sender doing it per segment and the switch reading each with its own
+//! system call. Frames written toward the netdev are complete: the header
+//! is all zeroes that way.
 
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -17,12 +22,9 @@ use dataplane_common::flow;
 
 use thiserror::Error;
 
+use super::offload::{self, SpillBuffer, VnetHdr, MAX_SUPER_FRAME, VNET_HDR_LEN};
 use super::{DropReason, Frames, HeldFrames, Port, PortCounters};
 use crate::xsk::XdpDesc;
-
-/// Size of the virtio-net header in front of every frame (VIRTIO_F_VERSION_1
-/// layout, struct virtio_net_hdr_v1, 12 bytes).
-const VNET_HDR_LEN: usize = 12;
 /// Where frame data starts in a UMEM chunk: the same headroom the kernel
 /// leaves for AF_XDP RX, so a VLAN tag can be pushed in place.
 const HEADROOM: u64 = 256;
@@ -35,6 +37,14 @@ const IFF_TAP: libc::c_short = 0x0002;
 const IFF_NO_PI: libc::c_short = 0x1000;
 const IFF_VNET_HDR: libc::c_short = 0x4000;
 const IFF_MULTI_QUEUE: libc::c_short = 0x0100;
+const TUN_F_CSUM: libc::c_uint = 0x01;
+const TUN_F_TSO4: libc::c_uint = 0x02;
+const TUN_F_TSO6: libc::c_uint = 0x04;
+const TUN_F_TSO_ECN: libc::c_uint = 0x08;
+/// What the netdev may hand the switch: partial checksums and TCP
+/// super-frames (UDP segmentation is not offered: no stack sends it by
+/// default).
+const OFFLOADS: libc::c_uint = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN;
 
 #[derive(Debug, Error)]
 pub enum Error {
@@ -73,6 +83,8 @@ pub struct TapPort {
     queues: Vec<OwnedFd>,
     next_rx: usize,
     counters: Arc<PortCounters>,
+    /// Where a super-frame's bytes past its first UMEM frame are read.
+    spill: SpillBuffer,
 }
 
 impl TapPort {
@@ -94,6 +106,7 @@ impl TapPort {
             queues: fds,
             next_rx: 0,
             counters,
+            spill: SpillBuffer::default(),
         };
         // Up in the switch's namespace, as libvirt does for vnetX; once the
         // device is moved elsewhere, whoever owns that namespace decides.
@@ -155,9 +168,8 @@ fn open_queue(name: &str, multi_queue: bool) -> Result<OwnedFd, Error> {
     if unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETVNETHDRSZ, &hdr_len) } != 0 {
         return Err(ioctl_err("TUNSETVNETHDRSZ"));
     }
-    // No offloads: no GSO frames, no partial checksums, in either direction.
     // SAFETY: TUNSETOFFLOAD takes the flags by value.
-    if unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETOFFLOAD, 0 as libc::c_uint) } != 0 {
+    if unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETOFFLOAD, OFFLOADS) } != 0 {
         return Err(ioctl_err("TUNSETOFFLOAD"));
     }
     Ok(fd)
@@ -198,7 +210,7 @@ impl Port for TapPort {
     }
 
     fn rx_burst(&mut self, frames: &mut Frames<'_>, out: &mut Vec<XdpDesc>, max: usize) -> usize {
-        let frame_room = frames.umem.frame_size() as u64 - HEADROOM;
+        let room = frames.umem.frame_size() as usize - HEADROOM as usize;
         let mut hdr = [0u8; VNET_HDR_LEN];
         let (mut got, mut bytes) = (0usize, 0u64);
         let mut idle_queues = 0;
@@ -212,7 +224,8 @@ impl Port for TapPort {
             };
             // SAFETY: `chunk` just came off the free list: this port is its
             // only holder until it hands the descriptor to the engine.
-            let buf = unsafe { frames.umem.frame_mut(chunk + HEADROOM, frame_room as usize) };
+            let buf = unsafe { frames.umem.frame_mut(chunk + HEADROOM, room) };
+            let tail = self.spill.tail(room);
             let iov = [
                 libc::iovec {
                     iov_base: hdr.as_mut_ptr().cast(),
@@ -220,11 +233,16 @@ impl Port for TapPort {
                 },
                 libc::iovec {
                     iov_base: buf.as_mut_ptr().cast(),
-                    iov_len: buf.len(),
+                    iov_len: room,
+                },
+                libc::iovec {
+                    iov_base: tail.as_mut_ptr().cast(),
+                    iov_len: MAX_SUPER_FRAME,
                 },
             ];
-            // SAFETY: both iovecs point at live, writable buffers.
-            let n = unsafe { libc::readv(self.queues[q].as_raw_fd(), iov.as_ptr(), 2) };
+            // SAFETY: the iovecs point at live, writable buffers of the
+            // lengths given, none overlapping.
+            let n = unsafe { libc::readv(self.queues[q].as_raw_fd(), iov.as_ptr(), 3) };
             if n <= VNET_HDR_LEN as isize {
                 frames.pool.free(chunk);
                 idle_queues += 1;
@@ -232,13 +250,18 @@ impl Port for TapPort {
             }
             idle_queues = 0;
             let len = n as usize - VNET_HDR_LEN;
-            out.push(XdpDesc {
-                addr: chunk + HEADROOM,
-                len: len as u32,
-                options: 0,
-            });
-            got += 1;
-            bytes += len as u64;
+            let d = offload::deliver(
+                frames,
+                chunk,
+                HEADROOM,
+                len,
+                &VnetHdr::parse(&hdr),
+                &mut self.spill,
+                out,
+                &self.counters,
+            );
+            got += d.frames;
+            bytes += d.bytes;
         }
         self.counters.add_rx(got as u64, bytes);
         got

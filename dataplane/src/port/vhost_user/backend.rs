@@ -34,7 +34,10 @@ use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost::vhost_user::Listener;
 use vhost_user_backend::{ShutdownHandle, VhostUserBackend, VhostUserDaemon, VringRwLock};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
-use virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
+use virtio_bindings::virtio_net::{
+    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_HOST_ECN, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6,
+    VIRTIO_NET_F_MRG_RXBUF,
+};
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
@@ -56,10 +59,17 @@ pub const MAX_QUEUE_SIZE: usize = 1024;
 const VHOST_USER_F_PROTOCOL_FEATURES: u32 = 30;
 
 /// Virtio features offered: the version 1 header layout, mergeable receive
-/// buffers, event-index notification suppression, indirect tables. No
-/// offloads: frames are whole and their checksums complete both ways.
+/// buffers, event-index notification suppression, indirect tables, and
+/// the guest's transmit offloads: checksums left to the device and TCP
+/// super-frames (IPv4, IPv6, ECN), which the switch finishes and cuts in
+/// software (`port/offload/`). Frames toward the guest are whole and
+/// their checksums complete (no GUEST_* offloads).
 pub const FEATURES: u64 = (1 << VIRTIO_F_VERSION_1)
     | (1 << VIRTIO_NET_F_MRG_RXBUF)
+    | (1 << VIRTIO_NET_F_CSUM)
+    | (1 << VIRTIO_NET_F_HOST_TSO4)
+    | (1 << VIRTIO_NET_F_HOST_TSO6)
+    | (1 << VIRTIO_NET_F_HOST_ECN)
     | (1 << VIRTIO_RING_F_EVENT_IDX)
     | (1 << VIRTIO_RING_F_INDIRECT_DESC)
     | (1 << VHOST_USER_F_PROTOCOL_FEATURES);

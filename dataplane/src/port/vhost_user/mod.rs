@@ -29,12 +29,13 @@ use std::time::{Duration, Instant};
 
 use vhost_user_backend::{VringState, VringT};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
-use virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
+use virtio_bindings::virtio_net::{VIRTIO_NET_F_CSUM, VIRTIO_NET_F_MRG_RXBUF};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddress, GuestAddressSpace, GuestMemory, GuestMemoryMmap, Permissions};
 
 use self::backend::{Link, Server, RX_QUEUE, TX_QUEUE};
 use self::virtq::{ChainError, RxPush, RxScratch, Segment, TxPop};
+use super::offload::{self, SpillBuffer, VnetHdr};
 use super::{DropReason, Frames, HeldFrames, Port, PortCounters, PortState};
 use crate::xsk::XdpDesc;
 
@@ -55,6 +56,8 @@ pub struct VhostUserPort {
     up: bool,
     segs: Vec<Segment>,
     rx_scratch: RxScratch,
+    /// Where a guest's super-frames are read past their first UMEM frame.
+    spill: SpillBuffer,
     /// The guest's transmit and receive rings, when their available index
     /// is broken (see [`virtq::pending`]).
     tx_stall: Stall,
@@ -78,6 +81,7 @@ impl VhostUserPort {
             up: false,
             segs: Vec::new(),
             rx_scratch: RxScratch::default(),
+            spill: SpillBuffer::default(),
             tx_stall: Stall::default(),
             rx_stall: Stall::default(),
             counters,
@@ -110,6 +114,14 @@ impl VhostUserPort {
         let acked = self.server.shared().acked.load(Ordering::Acquire);
         (acked & (1 << VIRTIO_F_VERSION_1) != 0)
             .then_some(acked & (1 << VIRTIO_NET_F_MRG_RXBUF) != 0)
+    }
+
+    /// Whether the guest negotiated checksum offload (and with it, TSO):
+    /// its transmit headers may then ask the switch to finish checksums
+    /// and cut super-frames.
+    fn guest_offloads(&self) -> bool {
+        let acked = self.server.shared().acked.load(Ordering::Acquire);
+        acked & (1 << VIRTIO_NET_F_CSUM) != 0
     }
 
     fn note_state(&mut self, up: bool) {
@@ -190,11 +202,14 @@ impl Port for VhostUserPort {
         if !tx_usable {
             return 0;
         }
+        let offloads = self.guest_offloads();
         let mut sink = PortTxSink {
             frame_room: frames.umem.frame_size() as usize - HEADROOM as usize,
             frames,
             out,
             chunk: None,
+            offloads,
+            spill: &mut self.spill,
             name: &self.name,
             counters: &self.counters,
             stall: &mut self.tx_stall,
@@ -378,6 +393,9 @@ struct PortTxSink<'a, 'f> {
     frame_room: usize,
     /// The frame handed out last, until its outcome is known.
     chunk: Option<u64>,
+    /// The guest negotiated checksum offload and TSO (see `backend`).
+    offloads: bool,
+    spill: &'a mut SpillBuffer,
     name: &'a str,
     counters: &'a PortCounters,
     stall: &'a mut Stall,
@@ -388,7 +406,7 @@ struct PortTxSink<'a, 'f> {
 }
 
 impl virtq::TxSink for PortTxSink<'_, '_> {
-    fn buffer(&mut self) -> Option<&mut [u8]> {
+    fn buffers(&mut self) -> Option<(&mut [u8], &mut [u8])> {
         let Some(chunk) = self.frames.pool.alloc() else {
             self.counters.add_drop(DropReason::NoFreeFrame, 1);
             return None;
@@ -397,11 +415,18 @@ impl virtq::TxSink for PortTxSink<'_, '_> {
         // SAFETY: `chunk` just came off the free list: this port is its
         // only holder until it hands the descriptor to the engine (or
         // frees it in `outcome`).
-        Some(unsafe {
+        let head = unsafe {
             self.frames
                 .umem
                 .frame_mut(chunk + HEADROOM, self.frame_room)
-        })
+        };
+        // A guest that negotiated TSO may send super-frames: their bytes
+        // past the UMEM frame go here.
+        let tail = match self.offloads {
+            true => self.spill.tail(self.frame_room),
+            false => &mut [],
+        };
+        Some((head, tail))
     }
 
     fn outcome(&mut self, popped: TxPop) {
@@ -412,14 +437,27 @@ impl virtq::TxSink for PortTxSink<'_, '_> {
             self.stall.clear(self.name, "transmit");
         }
         match popped {
-            TxPop::Frame(len) => {
-                self.out.push(XdpDesc {
-                    addr: chunk + HEADROOM,
-                    len: len as u32,
-                    options: 0,
-                });
-                self.got += 1;
-                self.bytes += len as u64;
+            TxPop::Frame(len, hdr) => {
+                let hdr = VnetHdr::parse(&hdr);
+                // Without negotiated offloads the header must say nothing;
+                // a guest that asks anyway is refused, not obeyed.
+                if !self.offloads && !hdr.is_plain() {
+                    self.malformed += 1;
+                    self.frames.pool.free(chunk);
+                    return;
+                }
+                let d = offload::deliver(
+                    self.frames,
+                    chunk,
+                    HEADROOM,
+                    len,
+                    &hdr,
+                    self.spill,
+                    self.out,
+                    self.counters,
+                );
+                self.got += d.frames;
+                self.bytes += d.bytes;
                 return;
             }
             TxPop::Refused(e) => {

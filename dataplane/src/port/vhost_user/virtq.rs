@@ -207,47 +207,55 @@ pub fn walk_chain<M: GuestMemory>(
     }
 }
 
-/// Copies the frame a checked transmit chain carries (everything after the
-/// virtio-net header) into `out`; returns its length.
+/// Copies the frame a checked transmit chain carries into `out` and, past
+/// `out.len()` bytes, into `tail` (empty unless the device takes
+/// super-frames); returns its length and the virtio-net header in front of
+/// it, which says what the guest left to the device (offloads).
 pub fn read_frame<M: GuestMemory>(
     mem: &M,
     segs: &[Segment],
     out: &mut [u8],
-) -> Result<usize, ChainError> {
+    tail: &mut [u8],
+) -> Result<(usize, [u8; VNET_HDR_LEN]), ChainError> {
     let total: u64 = segs.iter().map(|s| u64::from(s.len)).sum();
     if total < (VNET_HDR_LEN + MIN_FRAME) as u64 {
         return Err(ChainError::TooShort { len: total });
     }
     let frame_len = total - VNET_HDR_LEN as u64;
-    if frame_len > out.len() as u64 {
+    let max = out.len() + tail.len();
+    if frame_len > max as u64 {
         return Err(ChainError::Oversized {
             len: frame_len,
-            max: out.len(),
+            max,
         });
     }
-    // The header is ignored: no offload feature is offered, so it carries
-    // nothing the switch needs.
-    let mut skip = VNET_HDR_LEN;
-    let mut off = 0usize;
+    let mut hdr = [0u8; VNET_HDR_LEN];
+    // Position in header + frame, as one stream over the chain's buffers.
+    let mut pos = 0usize;
     for s in segs {
         let (mut addr, mut len) = (s.addr, s.len as usize);
-        if skip > 0 {
-            let k = skip.min(len);
-            skip -= k;
+        while len > 0 {
+            // The header, then `out`, then `tail`: copy up to the next
+            // boundary of whichever this position falls in.
+            let (dst, at) = if pos < VNET_HDR_LEN {
+                (&mut hdr[..], pos)
+            } else if pos - VNET_HDR_LEN < out.len() {
+                (&mut out[..], pos - VNET_HDR_LEN)
+            } else {
+                (&mut tail[..], pos - VNET_HDR_LEN - out.len())
+            };
+            let k = len.min(dst.len() - at);
+            mem.read_slice(&mut dst[at..at + k], GuestAddress(addr))
+                .map_err(|_| ChainError::BufferOutsideMemory {
+                    addr,
+                    len: k as u32,
+                })?;
+            pos += k;
             addr += k as u64;
             len -= k;
         }
-        if len == 0 {
-            continue;
-        }
-        mem.read_slice(&mut out[off..off + len], GuestAddress(addr))
-            .map_err(|_| ChainError::BufferOutsideMemory {
-                addr,
-                len: len as u32,
-            })?;
-        off += len;
     }
-    Ok(off)
+    Ok((pos - VNET_HDR_LEN, hdr))
 }
 
 /// How many chains the guest offers on `queue` that the device has not
@@ -284,20 +292,22 @@ pub enum TxPop {
     /// The queue's available index is broken ([`pending`]): nothing was
     /// taken, and nothing can be until the guest repairs it.
     Stalled(ChainError),
-    /// A frame of this length is in `out`.
-    Frame(usize),
+    /// A frame of this length is in `out` (and `tail`), behind this
+    /// virtio-net header.
+    Frame(usize, [u8; VNET_HDR_LEN]),
     /// The chain was refused (and given back, if it could be).
     Refused(ChainError),
 }
 
 /// Takes the next chain of the guest's transmit queue, copies its frame
-/// into `out` (at most `out.len()` bytes), and gives the chain back with
-/// length 0 (the device writes nothing into a transmit buffer).
+/// into `out` and `tail` (see [`read_frame`]), and gives the chain back
+/// with length 0 (the device writes nothing into a transmit buffer).
 pub fn pop_tx_frame<M: GuestMemory>(
     queue: &mut Queue,
     mem: &M,
     segs: &mut Vec<Segment>,
     out: &mut [u8],
+    tail: &mut [u8],
 ) -> TxPop {
     match pending(queue, mem) {
         Ok(0) => return TxPop::Empty,
@@ -316,18 +326,20 @@ pub fn pop_tx_frame<M: GuestMemory>(
         Direction::ToDevice,
         segs,
     )
-    .and_then(|_| read_frame(mem, segs, out));
+    .and_then(|_| read_frame(mem, segs, out, tail));
     give_back(queue, mem, head, 0);
     match result {
-        Ok(len) => TxPop::Frame(len),
+        Ok((len, hdr)) => TxPop::Frame(len, hdr),
         Err(e) => TxPop::Refused(e),
     }
 }
 
 /// Where [`tx_burst`] puts what it takes from the guest's transmit queue.
 pub trait TxSink {
-    /// A buffer for the next frame; `None` ends the burst (no free frame).
-    fn buffer(&mut self) -> Option<&mut [u8]>;
+    /// Buffers for the next frame: its first bytes, and where the rest of
+    /// a larger one goes (empty if the sink takes no super-frames); `None`
+    /// ends the burst (no free frame).
+    fn buffers(&mut self) -> Option<(&mut [u8], &mut [u8])>;
     /// What came of the buffer handed out last (a [`TxPop::Frame`] is in it;
     /// for anything else it is unused).
     fn outcome(&mut self, popped: TxPop);
@@ -354,13 +366,13 @@ pub fn tx_burst<M: GuestMemory, S: TxSink>(
     // Whether a chain was taken since the queue was last found empty.
     let mut progress = true;
     while taken < max {
-        let Some(buf) = sink.buffer() else {
+        let Some((buf, tail)) = sink.buffers() else {
             break;
         };
-        let popped = pop_tx_frame(queue, mem, segs, buf);
+        let popped = pop_tx_frame(queue, mem, segs, buf, tail);
         sink.outcome(popped);
         match popped {
-            TxPop::Frame(_) | TxPop::Refused(_) => {
+            TxPop::Frame(..) | TxPop::Refused(_) => {
                 taken += 1;
                 progress = true;
             }
@@ -674,7 +686,7 @@ mod tests {
 
         fn pop(&mut self, out: &mut [u8]) -> TxPop {
             let mut segs = Vec::new();
-            pop_tx_frame(&mut self.queue, &self.mem, &mut segs, out)
+            pop_tx_frame(&mut self.queue, &self.mem, &mut segs, out, &mut [])
         }
     }
 
@@ -698,11 +710,46 @@ mod tests {
             .unwrap();
         g.offer(0);
         let mut out = [0u8; 256];
-        assert_eq!(g.pop(&mut out), TxPop::Frame(60));
+        assert_eq!(g.pop(&mut out), TxPop::Frame(60, NO_HDR));
         assert_eq!(&out[..60], &f[..]);
         assert_eq!(g.used_idx(), 1);
         assert_eq!(g.used(0), (0, 0));
         assert_eq!(g.pop(&mut out), TxPop::Empty);
+    }
+
+    /// The header of a frame the guest left nothing to the device for.
+    const NO_HDR: [u8; VNET_HDR_LEN] = [0; VNET_HDR_LEN];
+
+    #[test]
+    fn tx_header_is_returned_and_a_large_frame_spills_into_the_tail() {
+        let mut g = Guest::new();
+        let f = frame(300);
+        let hdr: [u8; VNET_HDR_LEN] = [1, 1, 66, 0, 0xa8, 5, 34, 0, 16, 0, 0, 0];
+        // Header and frame head in one descriptor, the rest in another,
+        // each crossing the out/tail boundary somewhere else.
+        g.desc(0, BUF, (VNET_HDR_LEN + 100) as u32, DESC_F_NEXT, 1);
+        g.desc(1, BUF + 0x400, 200, 0, 0);
+        g.mem.write_slice(&hdr, GuestAddress(BUF)).unwrap();
+        g.mem
+            .write_slice(&f[..100], GuestAddress(BUF + VNET_HDR_LEN as u64))
+            .unwrap();
+        g.mem
+            .write_slice(&f[100..], GuestAddress(BUF + 0x400))
+            .unwrap();
+        g.offer(0);
+        let (mut out, mut tail) = ([0u8; 128], [0u8; 256]);
+        let mut segs = Vec::new();
+        let popped = pop_tx_frame(&mut g.queue, &g.mem, &mut segs, &mut out, &mut tail);
+        assert_eq!(popped, TxPop::Frame(300, hdr));
+        assert_eq!(&out[..], &f[..128]);
+        assert_eq!(&tail[..172], &f[128..]);
+        // Without a tail the same frame is too large.
+        g.desc(2, BUF, (VNET_HDR_LEN + 300) as u32, 0, 0);
+        g.offer(2);
+        assert!(matches!(
+            g.pop(&mut out),
+            TxPop::Refused(ChainError::Oversized { len: 300, max: 128 })
+        ));
     }
 
     #[test]
@@ -727,7 +774,7 @@ mod tests {
         assert_eq!(g.used_idx(), 3);
         assert_eq!(g.used(1), (1, 0));
         g.tx_one(3, &frame(64));
-        assert_eq!(g.pop(&mut out), TxPop::Frame(64));
+        assert_eq!(g.pop(&mut out), TxPop::Frame(64, NO_HDR));
     }
 
     #[test]
@@ -796,7 +843,7 @@ mod tests {
             TxPop::Refused(ChainError::Oversized { len: 101, max: 100 })
         );
         g.tx_one(4, &frame(100));
-        assert_eq!(g.pop(&mut out), TxPop::Frame(100));
+        assert_eq!(g.pop(&mut out), TxPop::Frame(100, NO_HDR));
         assert!(!ChainError::Oversized { len: 1, max: 0 }.is_descriptor_error());
         assert!(ChainError::ZeroLength.is_descriptor_error());
     }
@@ -812,7 +859,7 @@ mod tests {
         g.mem.write_slice(&f, GuestAddress(BUF + 0x100)).unwrap();
         g.desc(0, INDIRECT, 32, DESC_F_INDIRECT, 0);
         g.offer(0);
-        assert_eq!(g.pop(&mut out), TxPop::Frame(80));
+        assert_eq!(g.pop(&mut out), TxPop::Frame(80, NO_HDR));
         assert_eq!(&out[..80], &f[..]);
         // Length not a multiple of 16, zero, outside memory, with NEXT,
         // nested, and a next index past the table.
@@ -979,7 +1026,7 @@ mod tests {
         assert_eq!(g.queue.next_avail(), 0);
         // Repaired: the chain that was there is taken.
         g.mem.write_obj(1u16, GuestAddress(AVAIL + 2)).unwrap();
-        assert_eq!(g.pop(&mut out), TxPop::Frame(60));
+        assert_eq!(g.pop(&mut out), TxPop::Frame(60, NO_HDR));
     }
 
     #[test]
@@ -994,7 +1041,7 @@ mod tests {
         assert_eq!(g.queue.next_avail(), 0);
         g.queue.set_ready(true);
         assert_eq!(pending(&g.queue, &g.mem), Ok(1));
-        assert_eq!(g.pop(&mut out), TxPop::Frame(60));
+        assert_eq!(g.pop(&mut out), TxPop::Frame(60, NO_HDR));
     }
 
     #[test]
