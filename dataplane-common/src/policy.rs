@@ -72,8 +72,8 @@ pub struct Policy {
     pub punt_queue: u32,
     /// Always zero.
     pub pad: u32,
-    /// The fast path is on until this CLOCK_MONOTONIC time (ns, what
-    /// `bpf_ktime_get_ns` reads). The running switch renews it every half
+    /// The fast path is on until this CLOCK_MONOTONIC time (ns; the
+    /// programs read it with `bpf_ktime_get_coarse_ns`). The running switch renews it every half
     /// second; a switch killed without cleaning up stops forwarding in the
     /// kernel (no ageing, no VLAN or port changes any more) within
     /// [`FAST_PATH_LEASE_NS`].

@@ -12,7 +12,7 @@ use crate::run::{checked, workspace_root};
 use crate::setup;
 
 /// The targets (fuzz/fuzz_targets/*.rs), with their hand-made seeds if any.
-const TARGETS: [(&str, Option<&str>); 4] = [
+pub const TARGETS: [(&str, Option<&str>); 4] = [
     // The chain walker, pop and push, on a static guest memory.
     ("virtq_chain", Some("seeds")),
     // The port's burst loops against a guest that rewrites its memory

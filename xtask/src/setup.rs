@@ -68,7 +68,10 @@ pub fn packages(wanted: &[&str]) -> Result<()> {
         Command::new("apt-get")
             .args(["install", "-y", "-qq", "--no-install-recommends"])
             .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"),
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            // Progress belongs with the other [setup] lines: a bench's
+            // stdout is its report.
+            .stdout(std::process::Stdio::from(std::io::stderr())),
     )
 }
 

@@ -17,7 +17,7 @@ pub struct TestOptions {
     pub no_lint: bool,
     /// Seconds of fuzzing after the tests, split across the fuzz targets
     /// (0: none).
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = 40)]
     pub fuzz_seconds: u32,
     /// Extra arguments for `cargo test` (e.g. a test name filter).
     #[arg(last = true)]
@@ -57,7 +57,7 @@ pub fn run(opts: &TestOptions) -> Result<()> {
     )?;
     if opts.fuzz_seconds > 0 && opts.cargo_args.is_empty() {
         fuzz::run(&fuzz::FuzzOptions {
-            seconds: (opts.fuzz_seconds / 3).max(1),
+            seconds: (opts.fuzz_seconds / fuzz::TARGETS.len() as u32).max(1),
             target: None,
         })?;
     }

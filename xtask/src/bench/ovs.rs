@@ -18,6 +18,8 @@ const VSWITCHD: &str = "/usr/lib/openvswitch-switch/ovs-vswitchd";
 
 pub struct Ovs {
     root: PathBuf,
+    /// Where vswitchd runs: its userspace datapath's tap devices live there.
+    netns: String,
 }
 
 impl Ovs {
@@ -30,6 +32,7 @@ impl Ovs {
         }
         let ovs = Ovs {
             root: PathBuf::from(ROOT),
+            netns: netns.to_string(),
         };
         for d in ["run", "db", "log", "etc"] {
             std::fs::create_dir_all(ovs.root.join(d))?;
@@ -197,6 +200,16 @@ impl Drop for Ovs {
             ],
         );
         remove_leftovers();
+        // The netdev datapath makes a tap for the datapath (`ovs-netdev`)
+        // and one for the bridge's internal port (`br0`); a vswitchd that
+        // exits, even with --cleanup, leaves them in the namespace, where
+        // the next path of a scenario (a Linux bridge named br0) collides.
+        for tap in ["br0", "ovs-netdev"] {
+            let _ = Command::new("ip")
+                .args(["-n", &self.netns, "link", "del", tap])
+                .stderr(Stdio::null())
+                .status();
+        }
     }
 }
 

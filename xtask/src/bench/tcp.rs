@@ -6,7 +6,7 @@
 //!  dpbench-a: a0 10.200.0.1 ── sa [dpbench-sw: path] sb ── b0 10.200.0.2 :dpbench-b
 //! ```
 //!
-//! Per path, each `--repeat` times for `--seconds`: iperf3 TCP with 1 and
+//! In `--repeat` rounds, each starting every path in turn, for `--seconds`: iperf3 TCP with 1 and
 //! with 4 streams (Gbit/s received), iperf3 UDP of 1400-byte datagrams at
 //! full speed (Gbit/s received, loss), and sockperf ping-pong over TCP
 //! (14-byte messages, its smallest: request/response transactions per
@@ -397,7 +397,8 @@ pub fn run(
     use std::sync::atomic::Ordering;
     let started = Instant::now();
     let total = TcpPath::ALL.len() * Test::ALL.len() * opts.repeat;
-    let estimate = total as f64 * (opts.seconds.ceil() + 1.5) + TcpPath::ALL.len() as f64 * 4.0;
+    let estimate = total as f64 * (opts.seconds.ceil() + 1.5)
+        + (TcpPath::ALL.len() * opts.repeat) as f64 * 4.0;
     eprintln!(
         "[bench] tcp: {} paths x {} tests x {} repeats x {} s; estimated {:.0} s",
         TcpPath::ALL.len(),
@@ -407,41 +408,56 @@ pub fn run(
         estimate
     );
     let topo = Topology::up(Scenario::Tcp)?;
-    let mut runs = Vec::new();
+    let mut runs: Vec<PathRun> = TcpPath::ALL
+        .iter()
+        .map(|&path| PathRun {
+            path,
+            tests: Test::ALL
+                .iter()
+                .map(|&t| (t, Vec::new(), Vec::new()))
+                .collect(),
+            failed: None,
+        })
+        .collect();
     let mut done = 0;
-    for path in TcpPath::ALL {
-        if stop.load(Ordering::Relaxed) {
-            break;
-        }
-        let running = match start(path, &topo, dp) {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!("\n[bench] tcp {}: cannot run: {e:#}", path.name());
-                done += Test::ALL.len() * opts.repeat;
-                runs.push(PathRun {
-                    path,
-                    tests: Vec::new(),
-                    failed: Some(format!("{e:#}")),
-                });
+    // Rounds, not one path after another: each round starts every path,
+    // measures each test once and stops it, so whatever drifts on a shared
+    // two-core machine over minutes (other tenants, clocks, caches) falls
+    // on every path alike and the ratios compare like with like.
+    for round in 0..opts.repeat {
+        for run in runs.iter_mut() {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            let path = run.path;
+            if run.failed.is_some() {
+                done += Test::ALL.len();
                 continue;
             }
-        };
-        let mut tests = Vec::new();
-        for test in Test::ALL {
-            let (mut samples, mut errors) = (Vec::new(), Vec::new());
-            for _ in 0..opts.repeat {
+            let running = match start(path, &topo, dp) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("\n[bench] tcp {}: cannot run: {e:#}", path.name());
+                    done += Test::ALL.len() * (opts.repeat - round);
+                    run.failed = Some(format!("{e:#}"));
+                    continue;
+                }
+            };
+            for (test, samples, errors) in run.tests.iter_mut() {
                 if stop.load(Ordering::Relaxed) {
                     break;
                 }
                 done += 1;
                 eprint!(
-                    "\r[bench] tcp {done}/{total} {} {} ... {:.0}s elapsed, ~{:.0}s left   ",
+                    "\r[bench] tcp {done}/{total} round {}/{} {} {} ... {:.0}s elapsed, ~{:.0}s left   ",
+                    round + 1,
+                    opts.repeat,
                     path.name(),
                     test.name(),
                     started.elapsed().as_secs_f64(),
                     (estimate - started.elapsed().as_secs_f64()).max(0.0)
                 );
-                match measure(test, opts.seconds) {
+                match measure(*test, opts.seconds) {
                     Ok(s) => samples.push(s),
                     Err(e) => {
                         eprintln!("\n[bench] tcp {} {}: {e:#}", path.name(), test.name());
@@ -449,14 +465,8 @@ pub fn run(
                     }
                 }
             }
-            tests.push((test, samples, errors));
+            drop(running);
         }
-        drop(running);
-        runs.push(PathRun {
-            path,
-            tests,
-            failed: None,
-        });
     }
     drop(topo);
     eprintln!();
@@ -490,7 +500,8 @@ fn render(opts: &BenchOptions, runs: &[PathRun], wall: f64) -> (String, Value) {
         "## TCP and UDP between two containers at their defaults\n\n\
          `cargo xtask bench tcp --seconds {} --repeat {}`; iperf3 and sockperf between two \
          namespaces whose veths keep the kernel's defaults (tx checksum offload and TSO on, \
-         GRO off), unpinned. min / median / max of {} runs; ratio: median over the Linux \
+         GRO off), unpinned. min / median / max of {} runs, in rounds that start every \
+         path in turn; ratio: median over the Linux \
          bridge's median in this run. CPU: both cores' busy share, median run, in percent \
          of one core (200 = both busy). Wall time {:.0} s.\n\n",
         opts.seconds, opts.repeat, opts.repeat, wall
@@ -515,11 +526,12 @@ fn render(opts: &BenchOptions, runs: &[PathRun], wall: f64) -> (String, Value) {
                 continue;
             };
             if samples.is_empty() {
-                md.push_str(&format!(
-                    "| {} | failed: {} |\n",
-                    r.path.name(),
-                    errors.first().map(String::as_str).unwrap_or("-")
-                ));
+                let why = match (&r.failed, errors.first()) {
+                    (Some(start), _) => format!("could not run: {start}"),
+                    (None, Some(e)) => format!("failed: {e}"),
+                    (None, None) => "not measured (interrupted)".into(),
+                };
+                md.push_str(&format!("| {} | {why} |\n", r.path.name()));
                 continue;
             }
             let fmt = |v: f64| match test {
