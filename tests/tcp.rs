@@ -369,3 +369,64 @@ fn a_container_port_reaches_a_vm_behind_a_tap_port() {
     the_switch_did_the_vms_offloads(&h.sw, "tap:vm0");
     stop(sw);
 }
+
+#[test]
+fn tcp_and_udp_cross_a_vlan_push_and_pop_between_default_endpoints() {
+    if !privileged("tcp_and_udp_cross_a_vlan_push_and_pop_between_default_endpoints") {
+        return;
+    }
+    // Two hosts' switches joined by a VLAN trunk, the endpoints untagged
+    // on access ports of VLAN 10 (this kernel has no 8021q, so no endpoint
+    // speaks VLAN itself, as most containers do not):
+    //
+    //   a: a0 ── sa [sw: vlan=10 | trunk=10] t1 ══ t2 [sw2: trunk=10 | vlan=10] sb ── b0 :b
+    //
+    // sw pushes the tag toward the trunk and pops it on the way back; sw2
+    // does the same on its side. With container ports the tag travels in
+    // the skb's metadata on the fast path and in the frame on the punt
+    // device.
+    for (tag, extra, fast) in [
+        ("tcpvlf", None, true),
+        ("tcpvls", Some("--no-fast-path"), false),
+    ] {
+        let mut h = hosts(tag);
+        let sw2 = h.topo.netns("sw2");
+        h.sw.ip(&["link", "set", "sb", "netns", sw2.name()]);
+        sw2.ip(&["link", "set", "sb", "up"]);
+        h.topo.veth((&h.sw, "t1"), (&sw2, "t2"));
+        let (a, b) = (&h.hosts[0], &h.hosts[1]);
+        let with = |ports: [&'static str; 2]| {
+            let mut args = vec!["--port", ports[0], "--port", ports[1]];
+            args.extend(extra);
+            args
+        };
+        let sw_a = RunningSwitch::start(&h.sw, &with(["veth:sa,vlan=10", "veth:t1,trunk=10"]));
+        let sw_b = RunningSwitch::start(&sw2, &with(["veth:t2,trunk=10", "veth:sb,vlan=10"]));
+        let what = if fast {
+            "VLAN push/pop across a trunk, fast path"
+        } else {
+            "VLAN push/pop across a trunk, --no-fast-path"
+        };
+        real_traffic_crosses(a, "10.77.5.1", b, "10.77.5.2", what);
+        for (sw, ifname) in [(&h.sw, "sa"), (&sw2, "t2")] {
+            let (in_kernel, to_switch) = (
+                steer_counter(sw, ifname, "fast_path_tc"),
+                steer_counter(sw, ifname, "punted"),
+            );
+            if fast {
+                assert!(
+                    in_kernel > 1000,
+                    "{what}: {ifname} in the kernel: {in_kernel}"
+                );
+            } else {
+                assert_eq!(in_kernel, 0, "{what}: {ifname}");
+                assert!(
+                    to_switch > 1000,
+                    "{what}: {ifname} to the switch: {to_switch}"
+                );
+            }
+        }
+        stop(sw_b);
+        stop(sw_a);
+    }
+}
