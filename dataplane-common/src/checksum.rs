@@ -20,15 +20,9 @@
 //! uses them to keep such frames on a path that keeps the skb's state; the
 //! completion itself runs in userspace on frames that cross it.
 
-use crate::wire::{parse_l2, FrameBytes};
+use core::mem::offset_of;
 
-/// EtherType of IPv4.
-pub const ETH_P_IP: u16 = 0x0800;
-/// EtherType of IPv6.
-pub const ETH_P_IPV6: u16 = 0x86dd;
-const IPPROTO_TCP: u8 = 6;
-const IPPROTO_UDP: u8 = 17;
-const IPV6_HLEN: usize = 40;
+use crate::wire::{parse_l2, parse_l3, FrameBytes, TcpHdr, UdpHdr, IPPROTO_TCP, IPPROTO_UDP};
 
 /// Where a frame's TCP or UDP checksum is, and what a partial one holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,50 +52,20 @@ pub fn locate<F: FrameBytes + ?Sized>(
     ethertype: u16,
     frame_len: usize,
 ) -> Option<L4Checksum> {
-    let (l4_offset, l4_len, proto, mut sum) = match ethertype {
-        ETH_P_IP => {
-            let h: [u8; 20] = frame.bytes(l3_offset)?;
-            if h[0] >> 4 != 4 {
-                return None;
-            }
-            let ihl = ((h[0] & 0x0f) as usize) * 4;
-            // More-fragments flag or a fragment offset: not a whole segment.
-            if ihl < 20 || u16::from_be_bytes([h[6], h[7]]) & 0x3fff != 0 {
-                return None;
-            }
-            let total = u16::from_be_bytes([h[2], h[3]]) as usize;
-            let l4_len = total.checked_sub(ihl)?;
-            let mut sum = 0u32;
-            sum += u16::from_be_bytes([h[12], h[13]]) as u32;
-            sum += u16::from_be_bytes([h[14], h[15]]) as u32;
-            sum += u16::from_be_bytes([h[16], h[17]]) as u32;
-            sum += u16::from_be_bytes([h[18], h[19]]) as u32;
-            (l3_offset + ihl, l4_len, h[9], sum)
-        }
-        ETH_P_IPV6 => {
-            let h: [u8; IPV6_HLEN] = frame.bytes(l3_offset)?;
-            if h[0] >> 4 != 6 {
-                return None;
-            }
-            let l4_len = u16::from_be_bytes([h[4], h[5]]) as usize;
-            let mut sum = 0u32;
-            let mut i = 8;
-            while i < IPV6_HLEN {
-                sum += u16::from_be_bytes([h[i], h[i + 1]]) as u32;
-                i += 2;
-            }
-            (l3_offset + IPV6_HLEN, l4_len, h[6], sum)
-        }
+    let l3 = parse_l3(frame, l3_offset, ethertype)?;
+    if l3.fragment {
+        return None;
+    }
+    let (field, udp) = match l3.proto {
+        IPPROTO_TCP => (offset_of!(TcpHdr, check), false),
+        IPPROTO_UDP => (offset_of!(UdpHdr, check), true),
         _ => return None,
     };
-    let (field, udp) = match proto {
-        IPPROTO_TCP => (16, false),
-        IPPROTO_UDP => (6, true),
-        _ => return None,
-    };
+    let (l4_offset, l4_len, proto) = (l3.l4_offset, l3.l4_len, l3.proto);
     if field + 2 > l4_len || l4_offset + l4_len > frame_len {
         return None;
     }
+    let mut sum = l3.addr_sum;
     // The L4 length in the pseudo-header is 32 bits for IPv6 and 16 for
     // IPv4; both fit the low 16 bits here (an IP payload is < 64 KiB).
     sum += proto as u32 + l4_len as u32;
@@ -226,7 +190,7 @@ mod tests {
     use std::vec::Vec;
 
     use super::*;
-    use crate::wire::{ETH_HLEN, ETH_P_8021Q};
+    use crate::wire::{ETH_HLEN, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6};
 
     /// Textbook RFC 1071 checksum over 16-bit words, independent of the
     /// code under test.

@@ -3,8 +3,9 @@
 //! multi-queue egress that picks its queue by this hash keeps each flow in
 //! order, as the kernel's own flow hashing does.
 
-use crate::checksum::{ETH_P_IP, ETH_P_IPV6};
-use crate::wire::{parse_l2, FrameBytes};
+use crate::wire::{
+    parse_l2, FrameBytes, Ipv4Hdr, Ipv6Hdr, ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP, IPPROTO_UDP,
+};
 
 /// FNV-1a over the flow's fields; 0 for frames too short to parse (they all
 /// share one queue, which keeps them in order too).
@@ -13,22 +14,24 @@ pub fn flow_hash(frame: &[u8]) -> u32 {
         return 0;
     };
     let mut h = Fnv::new();
-    h.add(&frame[..12]);
+    h.add(&l2.dst);
+    h.add(&l2.src);
     h.add(&l2.ethertype.to_be_bytes());
     let l3 = l2.header_len;
+    let has_ports = |proto: u8| proto == IPPROTO_TCP || proto == IPPROTO_UDP;
     let l4 = match l2.ethertype {
-        ETH_P_IP => frame.bytes::<20>(l3).and_then(|ip| {
-            h.add(&ip[12..20]);
-            h.add(&[ip[9]]);
+        ETH_P_IP => frame.read::<Ipv4Hdr>(l3).and_then(|ip| {
+            h.add(&ip.src_addr);
+            h.add(&ip.dst_addr);
+            h.add(&[ip.proto]);
             // Only a first (or only) fragment carries the ports.
-            let fragment = u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff != 0;
-            let ports = matches!(ip[9], 6 | 17) && !fragment;
-            ports.then_some(l3 + ((ip[0] & 0x0f) as usize) * 4)
+            (has_ports(ip.proto) && ip.frag_offset() == 0).then_some(l3 + ip.ihl() as usize)
         }),
-        ETH_P_IPV6 => frame.bytes::<40>(l3).and_then(|ip| {
-            h.add(&ip[8..40]);
-            h.add(&[ip[6]]);
-            matches!(ip[6], 6 | 17).then_some(l3 + 40)
+        ETH_P_IPV6 => frame.read::<Ipv6Hdr>(l3).and_then(|ip| {
+            h.add(&ip.src_addr);
+            h.add(&ip.dst_addr);
+            h.add(&[ip.next_hdr]);
+            has_ports(ip.next_hdr).then_some(l3 + Ipv6Hdr::LEN)
         }),
         _ => None,
     };

@@ -35,7 +35,7 @@ pub const FORWARD_PROGRAM: &str = "forward";
 pub const GEN_PROGRAM: &str = "gen";
 
 /// Bytes of every generated frame `gen` rewrites: Ethernet + IPv4 + UDP.
-pub const GEN_HEADER_LEN: usize = 42;
+pub const GEN_HEADER_LEN: usize = wire::build::UDP_IPV4_HEADERS;
 
 /// Map names in the object (kernel map names are limited to 15 bytes).
 pub mod map_names {

@@ -33,7 +33,10 @@ use dataplane_common::{
         TC_HANDOFF_MAGIC, TC_HANDOFF_PEER,
     },
     policy::{decide, MatchKey, Mode, Policy, Verdict},
-    wire::{parse_l2, FrameBytes, L2Header, ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, VLAN_HLEN},
+    wire::{
+        self, parse_l2, FrameBytes, FrameBytesMut, L2Header, Plain, ETH_HLEN, ETH_P_8021AD,
+        ETH_P_8021Q, VLAN_HLEN,
+    },
     GEN_HEADER_LEN, MAX_FDB, MAX_MATCHES, MAX_PORTS, MAX_QUEUES,
 };
 
@@ -103,13 +106,29 @@ impl Packet {
 
 impl FrameBytes for Packet {
     #[inline(always)]
-    fn bytes<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
-        if self.start + offset + N > self.end {
+    fn read<T: Plain>(&self, offset: usize) -> Option<T> {
+        if self.start + offset + core::mem::size_of::<T>() > self.end {
             return None;
         }
-        // SAFETY: [start + offset, start + offset + N) was just checked to lie
-        // inside the packet; [u8; N] has alignment 1.
-        Some(unsafe { *((self.start + offset) as *const [u8; N]) })
+        // SAFETY: [start + offset, start + offset + size_of::<T>()) was just
+        // checked to lie inside the packet; `T: Plain` accepts any bytes;
+        // `read_unaligned` needs no alignment.
+        Some(unsafe { core::ptr::read_unaligned((self.start + offset) as *const T) })
+    }
+}
+
+impl FrameBytesMut for Packet {
+    #[inline(always)]
+    fn write<T: Plain>(&mut self, offset: usize, value: &T) -> Option<()> {
+        if self.start + offset + core::mem::size_of::<T>() > self.end {
+            return None;
+        }
+        // SAFETY: [start + offset, start + offset + size_of::<T>()) was just
+        // checked to lie inside the packet, which the program may write
+        // (XDP, and tc after the helpers that made it writable); `T: Plain`
+        // has no padding; `write_unaligned` needs no alignment.
+        unsafe { core::ptr::write_unaligned((self.start + offset) as *mut T, *value) };
+        Some(())
     }
 }
 
@@ -359,35 +378,14 @@ fn push_tag(ctx: &XdpContext, vid: u16) -> bool {
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(VLAN_HLEN as i32)) } != 0 {
         return false;
     }
-    let (start, end) = (ctx.data(), ctx.data_end());
-    if start + ETH_HLEN + VLAN_HLEN > end {
-        return false;
-    }
-    let p = start as *mut u8;
-    // SAFETY: [start, start + 18) is inside the packet (checked above); the
-    // MACs are read whole before they are written 4 bytes lower.
-    unsafe {
-        let macs = *(p.add(VLAN_HLEN) as *const [u8; 12]);
-        *(p as *mut [u8; 12]) = macs;
-        *(p.add(12) as *mut [u8; 2]) = ETH_P_8021Q.to_be_bytes();
-        *(p.add(14) as *mut [u8; 2]) = (vid & 0x0fff).to_be_bytes();
-    }
-    true
+    wire::vlan::write_pushed_tag(&mut Packet::of_xdp(ctx), vid).is_some()
 }
 
 /// Removes the outer VLAN tag.
 #[inline(always)]
 fn pop_tag(ctx: &XdpContext) -> bool {
-    let (start, end) = (ctx.data(), ctx.data_end());
-    if start + ETH_HLEN + VLAN_HLEN > end {
+    if wire::vlan::lift_macs_over_tag(&mut Packet::of_xdp(ctx)).is_none() {
         return false;
-    }
-    let p = start as *mut u8;
-    // SAFETY: [start, start + 18) is inside the packet (checked above); the
-    // MACs are read whole before they are written 4 bytes higher.
-    unsafe {
-        let macs = *(p as *const [u8; 12]);
-        *(p.add(VLAN_HLEN) as *mut [u8; 12]) = macs;
     }
     // SAFETY: shrinking the head by 4 bytes of a frame that has them.
     unsafe { bpf_xdp_adjust_head(ctx.ctx, VLAN_HLEN as i32) == 0 }
@@ -525,13 +523,9 @@ fn redirect_to_fwd_port() -> u32 {
 /// from the same page. So the headers are written afresh every time.
 #[xdp]
 pub fn gen(ctx: XdpContext) -> u32 {
-    let start = ctx.data();
-    if start + GEN_HEADER_LEN <= ctx.data_end() {
-        if let Some(header) = GEN_HEADER.get(0) {
-            // SAFETY: [start, start + GEN_HEADER_LEN) lies inside the packet
-            // (checked above); [u8; N] has alignment 1.
-            unsafe { *(start as *mut [u8; GEN_HEADER_LEN]) = *header };
-        }
+    if let Some(header) = GEN_HEADER.get(0) {
+        // A frame shorter than the headers is sent as it is.
+        let _ = Packet::of_xdp(&ctx).write(0, header);
     }
     redirect_to_fwd_port()
 }

@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use crossbeam_queue::ArrayQueue;
-use dataplane_common::wire::parse_l2;
+use dataplane_common::wire::{parse_l2, FRAME_HEADROOM};
 
 use crate::fastpath::FastPath;
 use crate::port::{DropReason, Frames, Port, PortCounters, PortState};
@@ -37,9 +37,6 @@ pub const IDLE_SPINS: u32 = 2000;
 const CLOCK_EVERY: u32 = 1024;
 /// Longest sleep in poll(2): bounds how late a stop request is seen.
 const POLL_TIMEOUT_MS: i32 = 100;
-/// Headroom kept before frame data in copied frames, as the kernel does for
-/// received ones (XDP_PACKET_HEADROOM), so a VLAN tag can be pushed.
-const COPY_HEADROOM: u64 = 256;
 /// Largest frame that can cross between PMD threads (standard MTU frames
 /// with two tags fit).
 const HANDOFF_MAX: usize = 2048;
@@ -767,10 +764,10 @@ impl Engine {
             let len = h.len as usize;
             // SAFETY: `chunk` was just taken off the free list: this PMD is
             // its only holder until it is queued for TX.
-            unsafe { self.umem.frame_mut(chunk + COPY_HEADROOM, len) }
+            unsafe { self.umem.frame_mut(chunk + FRAME_HEADROOM as u64, len) }
                 .copy_from_slice(&h.data[..len]);
             self.tx[out].push(XdpDesc {
-                addr: chunk + COPY_HEADROOM,
+                addr: chunk + FRAME_HEADROOM as u64,
                 len: len as u32,
                 options: 0,
             });
@@ -883,10 +880,10 @@ impl Engine {
         let src = self.umem.frame(desc.addr, len);
         // SAFETY: `chunk` was just taken off the free list, so this engine is
         // its only holder; it does not overlap `desc`'s chunk.
-        let dst = unsafe { self.umem.frame_mut(chunk + COPY_HEADROOM, len) };
+        let dst = unsafe { self.umem.frame_mut(chunk + FRAME_HEADROOM as u64, len) };
         dst.copy_from_slice(src);
         Some(XdpDesc {
-            addr: chunk + COPY_HEADROOM,
+            addr: chunk + FRAME_HEADROOM as u64,
             len: len as u32,
             options: 0,
         })

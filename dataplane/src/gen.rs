@@ -15,6 +15,7 @@
 
 use std::time::{Duration, Instant};
 
+use dataplane_common::wire::build::{write_udp_ipv4, UdpIpv4};
 use thiserror::Error;
 
 use crate::forward::{self, Forward};
@@ -44,52 +45,20 @@ pub struct FrameSpec {
     /// Frame size on the wire including the FCS, as benchmarks count it
     /// (64 = 60 bytes of data + 4 bytes FCS that veth never carries).
     pub size: usize,
-    pub src_mac: [u8; 6],
-    pub dst_mac: [u8; 6],
-    pub src_ip: [u8; 4],
-    pub dst_ip: [u8; 4],
-    pub src_port: u16,
-    pub dst_port: u16,
+    /// Addresses and ports.
+    pub headers: UdpIpv4,
 }
 
-/// Builds an Ethernet/IPv4/UDP frame with a valid IPv4 header checksum (a
-/// Linux bridge with br_netfilter drops bad ones) and no UDP checksum.
+/// Builds an Ethernet/IPv4/UDP frame of `spec.size` bytes on the wire
+/// (the wire layer writes the headers; the payload is zeros).
 pub fn build_udp_frame(spec: &FrameSpec) -> Result<Vec<u8>, Error> {
     if !(64..=1518).contains(&spec.size) {
         return Err(Error::FrameSize(spec.size));
     }
-    let len = spec.size - 4;
-    let mut f = vec![0u8; len];
-    f[0..6].copy_from_slice(&spec.dst_mac);
-    f[6..12].copy_from_slice(&spec.src_mac);
-    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-    let ip_len = (len - 14) as u16;
-    let ip = &mut f[14..34];
-    ip[0] = 0x45;
-    ip[2..4].copy_from_slice(&ip_len.to_be_bytes());
-    ip[6] = 0x40; // don't fragment
-    ip[8] = 64; // TTL
-    ip[9] = 17; // UDP
-    ip[12..16].copy_from_slice(&spec.src_ip);
-    ip[16..20].copy_from_slice(&spec.dst_ip);
-    let csum = ipv4_checksum(ip);
-    ip[10..12].copy_from_slice(&csum.to_be_bytes());
-    let udp = &mut f[34..42];
-    udp[0..2].copy_from_slice(&spec.src_port.to_be_bytes());
-    udp[2..4].copy_from_slice(&spec.dst_port.to_be_bytes());
-    udp[4..6].copy_from_slice(&(ip_len - 20).to_be_bytes());
+    let mut f = vec![0u8; spec.size - 4];
+    // 60..=1514 bytes always hold the headers and fit IPv4's length.
+    write_udp_ipv4(&mut f, &spec.headers).ok_or(Error::FrameSize(spec.size))?;
     Ok(f)
-}
-
-fn ipv4_checksum(header: &[u8]) -> u16 {
-    let mut sum: u32 = header
-        .chunks(2)
-        .map(|c| u16::from_be_bytes([c[0], c[1]]) as u32)
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
 }
 
 /// The loaded generator for one interface.
@@ -221,23 +190,23 @@ mod tests {
     fn spec(size: usize) -> FrameSpec {
         FrameSpec {
             size,
-            src_mac: [2, 0, 0, 0, 0, 1],
-            dst_mac: [2, 0, 0, 0, 0, 2],
-            src_ip: [10, 0, 0, 1],
-            dst_ip: [10, 0, 0, 2],
-            src_port: 9,
-            dst_port: 9,
+            headers: UdpIpv4 {
+                src_mac: [2, 0, 0, 0, 0, 1],
+                dst_mac: [2, 0, 0, 0, 0, 2],
+                src_ip: [10, 0, 0, 1],
+                dst_ip: [10, 0, 0, 2],
+                src_port: 9,
+                dst_port: 9,
+            },
         }
     }
 
     #[test]
-    fn frame_layout_and_checksum() {
+    fn frame_sizes_count_the_fcs() {
         let f = build_udp_frame(&spec(64)).unwrap();
         assert_eq!(f.len(), 60);
-        // A correct header sums to 0xffff (checksum of it is 0).
-        assert_eq!(ipv4_checksum(&f[14..34]), 0);
-        assert_eq!(u16::from_be_bytes([f[16], f[17]]), 46);
-        assert_eq!(u16::from_be_bytes([f[38], f[39]]), 26);
+        assert_eq!(u16::from_be_bytes([f[16], f[17]]), 46, "IPv4 total length");
+        assert_eq!(u16::from_be_bytes([f[38], f[39]]), 26, "UDP length");
         let big = build_udp_frame(&spec(1518)).unwrap();
         assert_eq!(big.len(), 1514);
     }

@@ -545,12 +545,14 @@ fn run_gen(args: GenArgs) -> anyhow::Result<()> {
     };
     let frame = build_udp_frame(&FrameSpec {
         size: args.size,
-        src_mac,
-        dst_mac: args.dst_mac,
-        src_ip: args.src_ip.octets(),
-        dst_ip: args.dst_ip.octets(),
-        src_port: 9,
-        dst_port: 9,
+        headers: dataplane_common::wire::build::UdpIpv4 {
+            src_mac,
+            dst_mac: args.dst_mac,
+            src_ip: args.src_ip.octets(),
+            dst_ip: args.dst_ip.octets(),
+            src_port: 9,
+            dst_port: 9,
+        },
     })?;
     let generator = Generator::new(&args.iface, frame)?;
     let stop = cli_status::ctrl_c_flag()?;

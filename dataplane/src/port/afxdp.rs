@@ -9,6 +9,7 @@ use std::os::fd::RawFd;
 use std::sync::Arc;
 
 use dataplane_common::checksum;
+use dataplane_common::wire::{ETH_HLEN, FRAME_HEADROOM, VLAN_HLEN};
 use thiserror::Error;
 
 use super::veth::{punt_mtu, Punt};
@@ -88,15 +89,13 @@ pub struct ContainerConfig {
     pub fill_frames: u32,
 }
 
-/// Bytes of a UMEM frame before the frame data: the kernel's XDP headroom.
-const XDP_HEADROOM: u32 = 256;
 /// Bytes of a frame beyond the MTU: Ethernet header and one 802.1Q tag the
 /// switch may push.
-const L2_OVERHEAD: u32 = 14 + 4;
+const L2_OVERHEAD: u32 = (ETH_HLEN + VLAN_HLEN) as u32;
 
 /// The largest MTU a port on a UMEM of `frame_size`-byte frames can carry.
 pub fn max_mtu(frame_size: u32) -> u32 {
-    frame_size - XDP_HEADROOM - L2_OVERHEAD
+    frame_size - FRAME_HEADROOM as u32 - L2_OVERHEAD
 }
 
 /// Refuses an interface the port could not serve: missing, an MTU whose

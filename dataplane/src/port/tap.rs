@@ -19,15 +19,13 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 
 use dataplane_common::flow;
+use dataplane_common::wire::FRAME_HEADROOM;
 
 use thiserror::Error;
 
 use super::offload::{self, SpillBuffer, VnetHdr, MAX_SUPER_FRAME, VNET_HDR_LEN};
 use super::{DropReason, Frames, HeldFrames, Port, PortCounters};
 use crate::xsk::XdpDesc;
-/// Where frame data starts in a UMEM chunk: the same headroom the kernel
-/// leaves for AF_XDP RX, so a VLAN tag can be pushed in place.
-const HEADROOM: u64 = 256;
 
 // linux/if_tun.h
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
@@ -210,7 +208,7 @@ impl Port for TapPort {
     }
 
     fn rx_burst(&mut self, frames: &mut Frames<'_>, out: &mut Vec<XdpDesc>, max: usize) -> usize {
-        let room = frames.umem.frame_size() as usize - HEADROOM as usize;
+        let room = frames.umem.frame_size() as usize - FRAME_HEADROOM;
         let mut hdr = [0u8; VNET_HDR_LEN];
         let (mut got, mut bytes) = (0usize, 0u64);
         let mut idle_queues = 0;
@@ -224,7 +222,7 @@ impl Port for TapPort {
             };
             // SAFETY: `chunk` just came off the free list: this port is its
             // only holder until it hands the descriptor to the engine.
-            let buf = unsafe { frames.umem.frame_mut(chunk + HEADROOM, room) };
+            let buf = unsafe { frames.umem.frame_mut(chunk + FRAME_HEADROOM as u64, room) };
             let tail = self.spill.tail(room);
             let iov = [
                 libc::iovec {
@@ -253,7 +251,7 @@ impl Port for TapPort {
             let d = offload::deliver(
                 frames,
                 chunk,
-                HEADROOM,
+                FRAME_HEADROOM as u64,
                 len,
                 &VnetHdr::parse(&hdr),
                 &mut self.spill,

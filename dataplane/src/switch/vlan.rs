@@ -1,6 +1,7 @@
-//! Port VLAN membership (access / trunk) and tag push/pop on frame buffers.
+//! Port VLAN membership (access / trunk): which VLAN a frame belongs to on
+//! ingress and which tag it leaves with (the tag edit is the wire layer's).
 
-use dataplane_common::wire::{ETH_P_8021Q, VLAN_HLEN};
+use dataplane_common::wire::vlan::set_outer_tag;
 
 /// VLAN id used internally for untagged frames of a trunk without an
 /// explicit native VLAN (as Open vSwitch does: VLAN 0 is "untagged").
@@ -114,9 +115,9 @@ impl std::fmt::Debug for VlanSet {
     }
 }
 
-/// Makes the tag of the frame at `buf[start..start + len]` match `want`,
-/// moving the frame start by a tag's length when pushing or popping.
-/// Returns the new `(start, len)`, or `None` when a push has no headroom.
+/// Makes the tag of the frame at `buf[start..start + len]` match `want`
+/// (the edit itself is the wire layer's [`set_outer_tag`]). Returns the new
+/// `(start, len)`, or `None` when a push has no headroom.
 ///
 /// `have` is the frame's current outer VID (`None`: untagged).
 pub fn retag(
@@ -126,35 +127,16 @@ pub fn retag(
     have: Option<u16>,
     want: EgressTag,
 ) -> Option<(usize, usize)> {
-    const MACS: usize = 12;
-    match (have, want) {
-        (None, EgressTag::Untagged) => Some((start, len)),
-        (Some(_), EgressTag::Tagged(vid)) => {
-            // Rewrite the VID in place, keeping PCP and DEI.
-            let tci = &mut buf[start + 14..start + 16];
-            let old = u16::from_be_bytes([tci[0], tci[1]]);
-            tci.copy_from_slice(&((old & 0xf000) | (vid & 0x0fff)).to_be_bytes());
-            Some((start, len))
-        }
-        (Some(_), EgressTag::Untagged) => {
-            // Slide the MACs over the tag: the frame now starts 4 bytes later.
-            buf.copy_within(start..start + MACS, start + VLAN_HLEN);
-            Some((start + VLAN_HLEN, len - VLAN_HLEN))
-        }
-        (None, EgressTag::Tagged(vid)) => {
-            let new_start = start.checked_sub(VLAN_HLEN)?;
-            buf.copy_within(start..start + MACS, new_start);
-            buf[new_start + 12..new_start + 14].copy_from_slice(&ETH_P_8021Q.to_be_bytes());
-            buf[new_start + 14..new_start + 16].copy_from_slice(&(vid & 0x0fff).to_be_bytes());
-            Some((new_start, len + VLAN_HLEN))
-        }
-    }
+    let want = match want {
+        EgressTag::Untagged => None,
+        EgressTag::Tagged(vid) => Some(vid),
+    };
+    set_outer_tag(buf, start, len, have, want)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use dataplane_common::wire::parse_l2;
 
     #[test]
     fn access_port() {
@@ -187,47 +169,5 @@ mod tests {
         assert_eq!(p.ingress(Some(4000)), Some(4000));
         assert_eq!(p.egress(4000), Some(EgressTag::Tagged(4000)));
         assert_eq!(p.egress(UNTAGGED), Some(EgressTag::Untagged));
-    }
-
-    fn untagged_frame_at(start: usize) -> Vec<u8> {
-        let mut buf = vec![0u8; start + 64];
-        buf[start..start + 6].copy_from_slice(&[2, 0, 0, 0, 0, 0xb]);
-        buf[start + 6..start + 12].copy_from_slice(&[2, 0, 0, 0, 0, 0xa]);
-        buf[start + 12..start + 14].copy_from_slice(&0x0800u16.to_be_bytes());
-        buf[start + 14] = 0x45;
-        buf
-    }
-
-    #[test]
-    fn push_then_pop_restores_the_frame() {
-        let mut buf = untagged_frame_at(8);
-        let orig = buf[8..72].to_vec();
-        let (s, l) = retag(&mut buf, 8, 64, None, EgressTag::Tagged(100)).unwrap();
-        assert_eq!((s, l), (4, 68));
-        let h = parse_l2(&buf[s..s + l]).unwrap();
-        assert_eq!(h.vlan, Some(100));
-        assert_eq!(h.ethertype, 0x0800);
-        assert_eq!(h.src, [2, 0, 0, 0, 0, 0xa]);
-        assert_eq!(buf[s + 18], 0x45, "payload follows the tag");
-        let (s2, l2) = retag(&mut buf, s, l, Some(100), EgressTag::Untagged).unwrap();
-        assert_eq!((s2, l2), (8, 64));
-        assert_eq!(&buf[8..72], &orig[..]);
-    }
-
-    #[test]
-    fn push_without_headroom_fails() {
-        let mut buf = untagged_frame_at(2);
-        assert_eq!(retag(&mut buf, 2, 64, None, EgressTag::Tagged(1)), None);
-    }
-
-    #[test]
-    fn retag_keeps_priority() {
-        let mut buf = untagged_frame_at(8);
-        let (s, l) = retag(&mut buf, 8, 64, None, EgressTag::Tagged(100)).unwrap();
-        buf[s + 14] |= 0xa0; // PCP 5
-        retag(&mut buf, s, l, Some(100), EgressTag::Tagged(200)).unwrap();
-        let tci = u16::from_be_bytes([buf[s + 14], buf[s + 15]]);
-        assert_eq!(tci >> 13, 5);
-        assert_eq!(tci & 0xfff, 200);
     }
 }

@@ -52,10 +52,6 @@ pub const XDP_USE_NEED_WAKEUP: u16 = 1 << 3;
 /// (sendto for TX, recvfrom/poll for fill) wakes it.
 pub const XDP_RING_NEED_WAKEUP: u32 = 1 << 0;
 
-/// Headroom the kernel leaves in front of a received frame (the RX
-/// descriptor's `addr` points past it, inside the same chunk).
-pub const XDP_PACKET_HEADROOM: u64 = 256;
-
 // Busy-poll socket options (level SOL_SOCKET); libc has none of them for
 // linux-gnu.
 /// Microseconds to busy-poll the device queue in a blocking call.
@@ -76,8 +72,8 @@ pub struct XdpUmemReg {
     pub len: u64,
     /// Bytes per chunk (frame).
     pub chunk_size: u32,
-    /// Headroom the kernel reserves in each chunk on RX (on top of
-    /// [`XDP_PACKET_HEADROOM`]).
+    /// Headroom the kernel reserves in each chunk on RX on top of its
+    /// XDP_PACKET_HEADROOM (`dataplane_common::wire::FRAME_HEADROOM`).
     pub headroom: u32,
     /// `XDP_UMEM_*` flags (unaligned chunks etc.; none used here).
     pub flags: u32,

@@ -3,8 +3,10 @@
 //! slices (no UMEM, no ports), so the fuzz target `offload_segments` runs
 //! it as it is on hostile input.
 
-use dataplane_common::checksum::{self, ETH_P_IP, ETH_P_IPV6};
-use dataplane_common::wire::parse_l2;
+use dataplane_common::checksum;
+use dataplane_common::wire::{
+    parse_l2, parse_l3, FrameBytes, FrameBytesMut, Ipv4Hdr, Ipv6Hdr, TcpHdr, IPPROTO_TCP,
+};
 use thiserror::Error;
 
 /// Size of `struct virtio_net_hdr_v1` (VIRTIO_F_VERSION_1, as tun and
@@ -25,11 +27,6 @@ const GSO_ECN: u8 = 0x80;
 /// minimum MTU) makes 123; a sender asking for thousands of tiny segments
 /// would drain the switch's frames with one write.
 pub const MAX_SEGMENTS: usize = 128;
-
-const IPPROTO_TCP: u8 = 6;
-const TCP_FIN: u8 = 0x01;
-const TCP_PSH: u8 = 0x08;
-const TCP_CWR: u8 = 0x80;
 
 /// The fields of a virtio-net header the switch acts on (little-endian on
 /// the wire: VIRTIO_F_VERSION_1, and tun's default on a little-endian host).
@@ -140,29 +137,16 @@ impl<'a> TcpSegments<'a> {
         };
         let l2 = parse_l2(frame).map_err(|_| Error::NotTcp)?;
         let l3 = l2.header_len;
-        let (l4, ip_len_end) = match (l2.ethertype, v6) {
-            (ETH_P_IP, false) => {
-                let h = frame.get(l3..l3 + 20).ok_or(Error::NotTcp)?;
-                let ihl = (h[0] & 0x0f) as usize * 4;
-                if h[0] >> 4 != 4 || ihl < 20 || h[9] != IPPROTO_TCP {
-                    return Err(Error::NotTcp);
-                }
-                let total = u16::from_be_bytes([h[2], h[3]]) as usize;
-                (l3 + ihl, l3 + total)
-            }
-            (ETH_P_IPV6, true) => {
-                let h = frame.get(l3..l3 + 40).ok_or(Error::NotTcp)?;
-                // Extension headers are not cut through: a stack that
-                // offloads TSO puts TCP right after the fixed header.
-                if h[0] >> 4 != 6 || h[6] != IPPROTO_TCP {
-                    return Err(Error::NotTcp);
-                }
-                let payload = u16::from_be_bytes([h[4], h[5]]) as usize;
-                (l3 + 40, l3 + 40 + payload)
-            }
-            _ => return Err(Error::NotTcp),
-        };
-        let doff = *frame.get(l4 + 12).ok_or(Error::NotTcp)? as usize >> 4;
+        // Extension headers are not cut through (parse_l3 does not follow
+        // them): a stack that offloads TSO puts TCP right after the fixed
+        // IPv6 header.
+        let ip = parse_l3(frame, l3, l2.ethertype).ok_or(Error::NotTcp)?;
+        if ip.v6 != v6 || ip.proto != IPPROTO_TCP || ip.fragment {
+            return Err(Error::NotTcp);
+        }
+        let (l4, ip_len_end) = (ip.l4_offset, ip.l4_offset + ip.l4_len);
+        let tcp: TcpHdr = frame.read(l4).ok_or(Error::NotTcp)?;
+        let doff = tcp.doff() as usize;
         let payload_start = l4 + doff * 4;
         if doff < 5 || payload_start > frame.len() {
             return Err(Error::NotTcp);
@@ -221,61 +205,69 @@ impl<'a> TcpSegments<'a> {
         out[..hlen].copy_from_slice(&self.frame[..hlen]);
         out[hlen..len].copy_from_slice(&payload[self.done..self.done + chunk]);
 
-        let l3 = self.l3;
-        let l4 = self.l4(out);
-        if self.v6 {
-            let plen = (len - l3 - 40) as u16;
-            out[l3 + 4..l3 + 6].copy_from_slice(&plen.to_be_bytes());
-        } else {
-            out[l3 + 2..l3 + 4].copy_from_slice(&((len - l3) as u16).to_be_bytes());
-            let id = u16::from_be_bytes([out[l3 + 4], out[l3 + 5]]).wrapping_add(self.index);
-            out[l3 + 4..l3 + 6].copy_from_slice(&id.to_be_bytes());
-            out[l3 + 10..l3 + 12].fill(0);
-            let ihl = l4 - l3;
-            let check = !checksum::fold_sum(checksum::sum(&out[l3..l3 + ihl]));
-            out[l3 + 10..l3 + 12].copy_from_slice(&check.to_be_bytes());
-        }
-        let seq = u32::from_be_bytes([out[l4 + 4], out[l4 + 5], out[l4 + 6], out[l4 + 7]])
-            .wrapping_add(self.done as u32);
-        out[l4 + 4..l4 + 8].copy_from_slice(&seq.to_be_bytes());
-        if !last {
-            out[l4 + 13] &= !(TCP_FIN | TCP_PSH);
-        }
-        if self.index > 0 {
-            out[l4 + 13] &= !TCP_CWR;
-        }
-        out[l4 + 16..l4 + 18].fill(0);
-        let pseudo = self.pseudo_header_sum(out, len - l4);
-        let check = !checksum::fold_sum(pseudo + checksum::sum(&out[l4..len]));
-        out[l4 + 16..l4 + 18].copy_from_slice(&check.to_be_bytes());
-
+        self.edit_headers(&mut out[..len], last)?;
         self.done += chunk;
         self.index = self.index.wrapping_add(1);
         Some(len)
     }
 
-    /// Where TCP starts (the IP header length was checked in `new`).
-    fn l4(&self, f: &[u8]) -> usize {
-        if self.v6 {
-            self.l3 + 40
+    /// Makes the copied headers of `seg` (one whole segment) its own: IP
+    /// length, IPv4 id and header checksum, TCP sequence number, flags and
+    /// checksum. `None` only if `seg` is shorter than its headers, which
+    /// `new` rules out.
+    fn edit_headers(&self, seg: &mut [u8], last: bool) -> Option<()> {
+        let (l3, len) = (self.l3, seg.len());
+        let (l4, addr_sum) = if self.v6 {
+            let mut ip: Ipv6Hdr = seg.read(l3)?;
+            ip.set_payload_len((len - l3 - Ipv6Hdr::LEN) as u16);
+            seg.write(l3, &ip)?;
+            (
+                l3 + Ipv6Hdr::LEN,
+                checksum::sum(&ip.src_addr) + checksum::sum(&ip.dst_addr),
+            )
         } else {
-            self.l3 + (f[self.l3] & 0x0f) as usize * 4
-        }
-    }
-
-    fn pseudo_header_sum(&self, f: &[u8], l4_len: usize) -> u64 {
-        let addrs = if self.v6 {
-            &f[self.l3 + 8..self.l3 + 40]
-        } else {
-            &f[self.l3 + 12..self.l3 + 20]
+            let mut ip: Ipv4Hdr = seg.read(l3)?;
+            let ihl = ip.ihl() as usize;
+            ip.set_tot_len((len - l3) as u16);
+            ip.set_id(ip.id().wrapping_add(self.index));
+            ip.set_checksum(0);
+            seg.write(l3, &ip)?;
+            let check = !checksum::fold_sum(checksum::sum(seg.get(l3..l3 + ihl)?));
+            ip.set_checksum(check);
+            seg.write(l3, &ip)?;
+            (
+                l3 + ihl,
+                checksum::sum(&ip.src_addr) + checksum::sum(&ip.dst_addr),
+            )
         };
-        checksum::sum(addrs) + IPPROTO_TCP as u64 + l4_len as u64
+        let mut tcp: TcpHdr = seg.read(l4)?;
+        tcp.seq = u32::from_be_bytes(tcp.seq)
+            .wrapping_add(self.done as u32)
+            .to_be_bytes();
+        if !last {
+            tcp.set_fin(0);
+            tcp.set_psh(0);
+        }
+        if self.index > 0 {
+            tcp.set_cwr(0);
+        }
+        tcp.check = [0, 0];
+        seg.write(l4, &tcp)?;
+        let pseudo = addr_sum + IPPROTO_TCP as u64 + (len - l4) as u64;
+        tcp.check = (!checksum::fold_sum(pseudo + checksum::sum(&seg[l4..]))).to_be_bytes();
+        seg.write(l4, &tcp)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // TCP flag bits in byte 13 of the header, written out independently of
+    // the wire layer's accessors.
+    const TCP_FIN: u8 = 0x01;
+    const TCP_PSH: u8 = 0x08;
+    const TCP_CWR: u8 = 0x80;
 
     /// Textbook RFC 1071 checksum, independent of the code under test.
     fn reference(bytes: &[u8]) -> u16 {

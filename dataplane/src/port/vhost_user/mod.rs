@@ -27,6 +27,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use dataplane_common::wire::FRAME_HEADROOM;
 use vhost_user_backend::{VringState, VringT};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_net::{VIRTIO_NET_F_CSUM, VIRTIO_NET_F_MRG_RXBUF};
@@ -40,9 +41,6 @@ use super::{DropReason, Frames, HeldFrames, Port, PortCounters, PortState};
 use crate::xsk::XdpDesc;
 
 pub use self::backend::Error;
-
-/// Where frame data starts in a UMEM chunk (as for TAP and AF_XDP RX).
-const HEADROOM: u64 = 256;
 
 /// An open vhost-user port.
 pub struct VhostUserPort {
@@ -204,7 +202,7 @@ impl Port for VhostUserPort {
         }
         let offloads = self.guest_offloads();
         let mut sink = PortTxSink {
-            frame_room: frames.umem.frame_size() as usize - HEADROOM as usize,
+            frame_room: frames.umem.frame_size() as usize - FRAME_HEADROOM,
             frames,
             out,
             chunk: None,
@@ -418,7 +416,7 @@ impl virtq::TxSink for PortTxSink<'_, '_> {
         let head = unsafe {
             self.frames
                 .umem
-                .frame_mut(chunk + HEADROOM, self.frame_room)
+                .frame_mut(chunk + FRAME_HEADROOM as u64, self.frame_room)
         };
         // A guest that negotiated TSO may send super-frames: their bytes
         // past the UMEM frame go here.
@@ -449,7 +447,7 @@ impl virtq::TxSink for PortTxSink<'_, '_> {
                 let d = offload::deliver(
                     self.frames,
                     chunk,
-                    HEADROOM,
+                    FRAME_HEADROOM as u64,
                     len,
                     &hdr,
                     self.spill,

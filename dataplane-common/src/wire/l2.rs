@@ -1,34 +1,7 @@
-//! Ethernet / 802.1Q parsing over any byte source.
-//!
-//! The XDP program reads packet memory through pointers that the verifier
-//! must see bounds-checked against `data_end`; userspace reads slices. Both
-//! implement [`FrameBytes`], so [`parse_l2`] is one function, tested here on
-//! slices and run in the kernel on packets.
+//! Ethernet and the outer VLAN tag: [`parse_l2`], the one L2 parser the
+//! XDP programs, the tc programs and the userspace switch share.
 
-/// EtherType of an 802.1Q (C-tag) header.
-pub const ETH_P_8021Q: u16 = 0x8100;
-/// EtherType of an 802.1ad (S-tag) header.
-pub const ETH_P_8021AD: u16 = 0x88a8;
-/// Length of an untagged Ethernet header.
-pub const ETH_HLEN: usize = 14;
-/// Length of one VLAN tag (TCI + inner EtherType).
-pub const VLAN_HLEN: usize = 4;
-
-/// Bounds-checked reads of a frame.
-pub trait FrameBytes {
-    /// The `N` bytes at `offset`, or `None` if the frame is shorter than `offset + N`.
-    fn bytes<const N: usize>(&self, offset: usize) -> Option<[u8; N]>;
-}
-
-impl FrameBytes for [u8] {
-    #[inline(always)]
-    fn bytes<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
-        let end = offset.checked_add(N)?;
-        let mut out = [0u8; N];
-        out.copy_from_slice(self.get(offset..end)?);
-        Some(out)
-    }
-}
+use super::{EthHdr, FrameBytes, VlanHdr, ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, VLAN_HLEN};
 
 /// The layer-2 facts steering and switching decide on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,27 +49,24 @@ pub enum ParseError {
 /// Parses the Ethernet header and, if present, the outer VLAN tag.
 #[inline(always)]
 pub fn parse_l2<F: FrameBytes + ?Sized>(frame: &F) -> Result<L2Header, ParseError> {
-    let dst: [u8; 6] = frame.bytes(0).ok_or(ParseError::TruncatedEthernet)?;
-    let src: [u8; 6] = frame.bytes(6).ok_or(ParseError::TruncatedEthernet)?;
-    let ethertype: [u8; 2] = frame.bytes(12).ok_or(ParseError::TruncatedEthernet)?;
-    let ethertype = u16::from_be_bytes(ethertype);
+    let eth: EthHdr = frame.read(0).ok_or(ParseError::TruncatedEthernet)?;
+    let ethertype = u16::from_be(eth.ether_type);
     if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
         return Ok(L2Header {
-            dst,
-            src,
+            dst: eth.dst_addr,
+            src: eth.src_addr,
             vlan: None,
             ethertype,
             header_len: ETH_HLEN,
             s_tag: false,
         });
     }
-    let tag: [u8; 4] = frame.bytes(ETH_HLEN).ok_or(ParseError::TruncatedVlan)?;
-    let tci = u16::from_be_bytes([tag[0], tag[1]]);
+    let tag: VlanHdr = frame.read(ETH_HLEN).ok_or(ParseError::TruncatedVlan)?;
     Ok(L2Header {
-        dst,
-        src,
-        vlan: Some(tci & 0x0fff),
-        ethertype: u16::from_be_bytes([tag[2], tag[3]]),
+        dst: eth.dst_addr,
+        src: eth.src_addr,
+        vlan: Some(tag.vid()),
+        ethertype: u16::from_be(tag.ether_type),
         header_len: ETH_HLEN + VLAN_HLEN,
         s_tag: ethertype == ETH_P_8021AD,
     })
