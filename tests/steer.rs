@@ -6,8 +6,11 @@
 
 mod harness;
 
+use std::time::Duration;
+
 use harness::{
-    mac_of, ping, privileged, test_frame, NetNs, PacketSocket, Topology, TEST_ETHERTYPE,
+    mac_of, ping, privileged, test_frame, test_frame_seq, wait_for, NetNs, PacketSocket, Topology,
+    TEST_ETHERTYPE,
 };
 use serde_json::Value;
 
@@ -623,4 +626,81 @@ fn interface_names_cannot_walk_out_of_bpffs() {
         std::path::Path::new("/sys/fs/bpf").exists(),
         "bpffs is still there"
     );
+}
+
+#[test]
+fn the_benchmark_guest_echo_answers_ipv4_for_its_mac_and_passes_the_rest() {
+    if !privileged("the_benchmark_guest_echo_answers_ipv4_for_its_mac_and_passes_the_rest") {
+        return;
+    }
+    // `dataplane echo` on s0 stands for a container that answers towards
+    // a sink: IPv4 frames for s0's MAC come back out of s0 addressed to
+    // SINK, from s0; ARP and frames for other MACs go to s0's stack.
+    const SINK: [u8; 6] = [0x02, 0, 0, 0, 0, 0x99];
+    let (_topo, a, sw) = two_hosts("echo");
+    // a0 receives the answers as XDP frames, which a veth takes only with
+    // an XDP program of its own: steer, passing everything to the stack.
+    a.dataplane_ok(&["attach", "--iface", "a0", "--policy", "pass"]);
+    let mut echo = std::process::Command::new(harness::dataplane_bin())
+        .args(["--netns", sw.name(), "echo", "--iface", "s0"])
+        .args(["--peer", "02:00:00:00:00:99"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start dataplane echo");
+    let attached = wait_for(Duration::from_secs(10), || sw.xdp_prog_id("s0"));
+    if attached.is_none() {
+        let _ = echo.kill();
+        let out = echo.wait_with_output().unwrap();
+        panic!(
+            "echo never attached: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let s0 = mac_of(&sw, "s0");
+    let a0 = mac_of(&a, "a0");
+    let answers = a.enter(|| {
+        let sock = PacketSocket::open("a0");
+        for seq in 0..20u32 {
+            sock.send(&test_frame(s0, a0, 0x0800, seq, 60));
+            // Not answered: another EtherType, another destination.
+            sock.send(&test_frame(s0, a0, 0x0806, 1000 + seq, 60));
+            sock.send(&test_frame(
+                [0x02, 0, 0, 0, 0, 0x77],
+                a0,
+                0x0800,
+                2000 + seq,
+                60,
+            ));
+        }
+        sock.receive(20, Duration::from_secs(5), |f| f[..6] == SINK)
+    });
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(echo.id() as i32, libc::SIGINT) };
+    let out = echo.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut seqs: Vec<u32> = answers
+        .iter()
+        .map(|f| {
+            assert_eq!(&f[6..12], &s0, "answers come from the guest's MAC");
+            test_frame_seq(f, 0x0800).expect("an IPv4 answer")
+        })
+        .collect();
+    seqs.sort();
+    assert_eq!(
+        seqs,
+        (0..20).collect::<Vec<_>>(),
+        "every IPv4 frame for s0 answered once"
+    );
+    assert!(
+        stdout.contains("answered 20 frames on s0 (0 failed)"),
+        "only the IPv4 frames for s0 are answered: {stdout}"
+    );
+    assert_eq!(sw.xdp_prog_id("s0"), None, "echo detaches on Ctrl-C");
+    a.dataplane_ok(&["detach", "--iface", "a0"]);
 }

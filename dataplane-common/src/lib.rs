@@ -30,6 +30,10 @@ pub const DELIVER_PROGRAM: &str = "deliver";
 /// Name of the redirect-everything XDP program (bare redirect).
 pub const FORWARD_PROGRAM: &str = "forward";
 
+/// Name of the benchmarks' guest echo: `forward` for IPv4 frames addressed
+/// to the guest, after a MAC rewrite towards the sink ([`map_names::ECHO_MACS`]).
+pub const ECHO_PROGRAM: &str = "echo";
+
 /// Name of the generator's program: `forward` that first writes the frame's
 /// headers afresh from [`map_names::GEN_HEADER`].
 pub const GEN_PROGRAM: &str = "gen";
@@ -62,6 +66,9 @@ pub mod map_names {
     pub const EGRESS: &str = "EGRESS";
     /// `Array<u64>` of 64 words: the VLANs a trunk port allows, as a bitmap.
     pub const ALLOWED: &str = "ALLOWED";
+    /// `Array<[u8; 12]>` with one entry: the echo guest's MAC, then the
+    /// MAC its answers go to.
+    pub const ECHO_MACS: &str = "ECHO_MACS";
     /// aya-log's ring buffer.
     pub const LOGS: &str = "AYA_LOGS";
 }

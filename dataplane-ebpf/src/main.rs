@@ -34,8 +34,8 @@ use dataplane_common::{
     },
     policy::{decide, MatchKey, Mode, Policy, Verdict},
     wire::{
-        self, parse_l2, FrameBytes, FrameBytesMut, L2Header, Plain, ETH_HLEN, ETH_P_8021AD,
-        ETH_P_8021Q, VLAN_HLEN,
+        self, parse_l2, EthHdr, FrameBytes, FrameBytesMut, L2Header, Plain, ETH_HLEN, ETH_P_8021AD,
+        ETH_P_8021Q, ETH_P_IP, VLAN_HLEN,
     },
     GEN_HEADER_LEN, MAX_FDB, MAX_MATCHES, MAX_PORTS, MAX_QUEUES,
 };
@@ -73,6 +73,10 @@ static FWD_PORT: DevMap = DevMap::with_max_entries(1, 0);
 /// Frames `forward` handed to the devmap (index 0) or could not (index 1).
 #[map]
 static FWD_COUNT: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
+
+/// `echo`'s guest MAC, then the sink's MAC.
+#[map]
+static ECHO_MACS: Array<[u8; 12]> = Array::with_max_entries(1, 0);
 
 /// The generator's frame headers, written into every frame by `gen`.
 #[map]
@@ -514,6 +518,48 @@ fn redirect_to_fwd_port() -> u32 {
         unsafe { *counter += 1 };
     }
     action
+}
+
+/// The benchmarks' guest that sends traffic back (an L2 forwarder, a
+/// router in a container or VM): an IPv4 frame addressed to the guest's MAC
+/// gets destination = the sink's MAC and source = the guest's, and leaves
+/// through `FWD_PORT`, which the loader sets to the interface the program
+/// is attached to. Anything else (ARP, the guest's own traffic) goes to the
+/// guest's stack. A redirect rather than XDP_TX: on a veth, XDP_TX only
+/// wakes the peer's NAPI if the peer has an XDP program of its own
+/// (veth_xdp_flush), so towards a bridge port with only GRO it stalls after
+/// one ring (256 frames); a redirect goes through ndo_xdp_xmit, which
+/// always does.
+#[xdp]
+pub fn echo(ctx: XdpContext) -> u32 {
+    let Some(macs) = ECHO_MACS.get(0) else {
+        return xdp_action::XDP_PASS;
+    };
+    let mut packet = Packet::of_xdp(&ctx);
+    let Some(eth) = packet.read::<EthHdr>(0) else {
+        return xdp_action::XDP_PASS;
+    };
+    let guest: [u8; 6] = [macs[0], macs[1], macs[2], macs[3], macs[4], macs[5]];
+    let sink: [u8; 6] = [macs[6], macs[7], macs[8], macs[9], macs[10], macs[11]];
+    if !same_mac(&eth.dst_addr, &guest) || eth.ether_type != ETH_P_IP.to_be() {
+        return xdp_action::XDP_PASS;
+    }
+    let answer = EthHdr {
+        dst_addr: sink,
+        src_addr: guest,
+        ether_type: eth.ether_type,
+    };
+    if packet.write(0, &answer).is_none() {
+        return xdp_action::XDP_PASS;
+    }
+    redirect_to_fwd_port()
+}
+
+/// MAC equality without a `bcmp` call, which BPF has no way to make.
+#[inline(always)]
+fn same_mac(a: &[u8; 6], b: &[u8; 6]) -> bool {
+    (a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) | (a[4] ^ b[4]) | (a[5] ^ b[5])
+        == 0
 }
 
 /// `forward` for the generator. BPF_PROG_RUN in live-frame mode recycles its

@@ -1,7 +1,9 @@
 //! The bare in-kernel XDP redirect: `forward` on one interface sends every
 //! frame straight to another through a devmap. No switching at all: the
 //! ceiling of kernel-assisted forwarding that benchmarks compare against.
-//! The generator ([`crate::gen`]) drives the same program with BPF_PROG_RUN.
+//! The generator ([`crate::gen`]) drives the same program with BPF_PROG_RUN,
+//! and the benchmarks' guests run it (`forward` between two "VFs") or its
+//! `echo` variant (a container or VM answering towards the sink).
 
 use std::os::fd::{AsFd, AsRawFd};
 
@@ -30,6 +32,8 @@ pub enum Error {
     Counters(aya::maps::MapError),
     #[error("writing the generator's frame header into GEN_HEADER: {0}")]
     Header(aya::maps::MapError),
+    #[error("writing the echo's MAC addresses into ECHO_MACS: {0}")]
+    Echo(aya::maps::MapError),
     #[error("attaching forward to {ifname}: {source}")]
     Attach {
         ifname: String,
@@ -67,6 +71,24 @@ impl Forward {
         Ok(fwd)
     }
 
+    /// Loads the benchmarks' guest echo for `iface`: IPv4 frames addressed
+    /// to `guest` go back out of `iface` towards `sink` (MACs rewritten),
+    /// the rest to the stack. Attach it to `iface` itself.
+    pub fn load_echo(iface: &str, guest: [u8; 6], sink: [u8; 6]) -> Result<Forward, Error> {
+        let mut fwd = Self::load_program(iface, dataplane_common::ECHO_PROGRAM)?;
+        let mut macs = [0u8; 12];
+        macs[..6].copy_from_slice(&guest);
+        macs[6..].copy_from_slice(&sink);
+        let mut map: Array<&mut MapData, [u8; 12]> = Array::try_from(
+            fwd.ebpf
+                .map_mut(map_names::ECHO_MACS)
+                .expect("object has ECHO_MACS"),
+        )
+        .map_err(Error::Echo)?;
+        map.set(0, macs, 0).map_err(Error::Echo)?;
+        Ok(fwd)
+    }
+
     fn load_program(target: &str, program: &'static str) -> Result<Forward, Error> {
         let ifindex = netdev::ifindex(target)?;
         let mut ebpf = EbpfLoader::new().load(crate::steer::object())?;
@@ -84,10 +106,17 @@ impl Forward {
         Ok(Forward { ebpf, program })
     }
 
-    /// Attaches to `from` in driver mode; detached when `self` is dropped.
-    pub fn attach(&mut self, from: &str) -> Result<(), Error> {
+    /// Attaches to `from` in driver (native) mode, or in skb (generic)
+    /// mode where `generic` says so (a macvlan has no native XDP);
+    /// detached when `self` is dropped.
+    pub fn attach(&mut self, from: &str, generic: bool) -> Result<(), Error> {
+        let mode = if generic {
+            XdpMode::Skb
+        } else {
+            XdpMode::Driver
+        };
         program_mut(&mut self.ebpf, self.program)
-            .attach(from, XdpMode::Driver)
+            .attach(from, mode)
             .map(|_| ())
             .map_err(|source| Error::Attach {
                 ifname: from.to_string(),
@@ -99,7 +128,7 @@ impl Forward {
     pub fn program(&self) -> &Xdp {
         self.ebpf
             .program(self.program)
-            .expect("object has forward and gen")
+            .expect("object has forward, gen and echo")
             .try_into()
             .expect("forward is XDP")
     }
@@ -133,7 +162,7 @@ impl Forward {
 
 fn program_mut<'a>(ebpf: &'a mut Ebpf, program: &str) -> &'a mut Xdp {
     ebpf.program_mut(program)
-        .expect("object has forward and gen")
+        .expect("object has forward, gen and echo")
         .try_into()
         .expect("forward is XDP")
 }

@@ -159,6 +159,30 @@ enum Command {
         /// Interface they are sent out of.
         #[arg(long, value_name = "IF")]
         to: String,
+        /// Attach in skb (generic) mode instead of driver (native) mode, for
+        /// devices without native XDP (macvlan).
+        #[arg(long)]
+        generic: bool,
+    },
+    /// Answer IPv4 frames addressed to this interface's MAC back out of it,
+    /// towards PEER, in XDP (MACs rewritten): the application of the
+    /// benchmarks' container and VM guests (an L2 forwarder or router at
+    /// its cheapest). Everything else goes to the interface's stack.
+    ///
+    /// Runs until Ctrl-C, then detaches and prints how many frames it answered.
+    #[command(
+        after_help = "Example:\n  dataplane -n guest echo --iface c0 --peer 02:00:00:00:00:0b"
+    )]
+    Echo {
+        /// Interface to answer on (the guest's NIC).
+        #[arg(long, value_name = "IF")]
+        iface: String,
+        /// Where answers go: the destination MAC written into them.
+        #[arg(long, value_name = "MAC", value_parser = parse_mac_arg)]
+        peer: [u8; 6],
+        /// Attach in skb (generic) mode instead of driver (native) mode.
+        #[arg(long)]
+        generic: bool,
     },
     /// Add or remove ports of a running switch (through its control socket).
     ///
@@ -494,10 +518,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         },
         Command::Run(args) => run_switch(&root, args, &socket)?,
         Command::Gen(args) => run_gen(args)?,
-        Command::Forward { from, to } => {
+        Command::Forward { from, to, generic } => {
             dataplane::privileges::require_admin()?;
             let mut fwd = dataplane::forward::Forward::load(&to)?;
-            fwd.attach(&from)?;
+            fwd.attach(&from, generic)?;
             let stop = cli_status::ctrl_c_flag()?;
             eprintln!("forwarding {from} -> {to} in XDP; Ctrl-C to stop");
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -505,6 +529,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let (ok, failed) = fwd.counts()?;
             println!("forwarded {ok} frames from {from} to {to} ({failed} failed)");
+        }
+        Command::Echo {
+            iface,
+            peer,
+            generic,
+        } => {
+            dataplane::privileges::require_admin()?;
+            let me = dataplane::netdev::mac(&iface)?;
+            let mut echo = dataplane::forward::Forward::load_echo(&iface, me, peer)?;
+            echo.attach(&iface, generic)?;
+            let stop = cli_status::ctrl_c_flag()?;
+            eprintln!(
+                "echoing IPv4 frames for {iface} back towards the peer in XDP; Ctrl-C to stop"
+            );
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            let (ok, failed) = echo.counts()?;
+            println!("answered {ok} frames on {iface} ({failed} failed)");
         }
         Command::Port(_) | Command::Show(_) | Command::Stats { .. } | Command::Fdb(_) => {
             unreachable!("control commands return above")

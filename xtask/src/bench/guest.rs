@@ -1,221 +1,75 @@
 //! The applications that run inside the "container" and the "VM" of PCP and
-//! PVP, and inside the guest of the VF-style emulations: two XDP programs of
-//! a few instructions, assembled here and attached with a BPF link that this
-//! process holds (nothing is pinned: the link, and the program, go away when
-//! the handle is dropped or the process dies, so a crashed run leaves none).
+//! PVP, and inside the guest of the VF-style emulations. The XDP ones are
+//! the project's own programs, run by the project's own binary in the
+//! guest's namespace (`dataplane echo`, `dataplane forward`: aya loads them
+//! from the same object as the switch's); each is a child process that
+//! detaches its program when interrupted, so a crashed run leaves none.
 //!
 //! - `echo`: what a container or VM that forwards traffic back does (an L2
 //!   forwarder, a router): a frame addressed to the guest's MAC, IPv4, gets
 //!   destination = the sink's MAC and source = the guest's MAC and leaves
-//!   through the interface it came in on (a redirect to itself, XDP_TX in
-//!   effect; see `echo_program` for why not XDP_TX). Anything else (ARP, the
-//!   guest's own traffic) goes to the guest's stack. It is the cheapest
-//!   echo a guest can do, so the numbers measure the switch, not the guest.
+//!   through the interface it came in on. Anything else (ARP, the guest's
+//!   own traffic) goes to the guest's stack. It is the cheapest echo a
+//!   guest can do, so the numbers measure the switch, not the guest.
 //! - `redirect`: every frame from one interface out of another (the guest
 //!   of a VF emulation forwarding between its two "VFs").
-//!
-//! Hand-assembled rather than compiled so the benchmark needs no clang.
+//! - [`TapRelay`]: the VM of the bridge's PVP path, a process on a TAP fd.
 
 use std::os::fd::{FromRawFd, OwnedFd};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
 use super::topology::in_netns;
+use super::traffic::Dataplane;
 
-/// An attached XDP program; detached when dropped.
-pub struct XdpLink {
-    _link: OwnedFd,
+/// Starts `dataplane echo` on `ifname` in `netns`, answering towards
+/// `peer`; returns once its program is attached.
+pub fn echo(dp: &Dataplane, netns: &str, ifname: &str, peer: &str) -> Result<Child> {
+    let child = dp.spawn(netns, &["echo", "--iface", ifname, "--peer", peer])?;
+    attached(netns, ifname, child).with_context(|| format!("echo on {ifname} in {netns}"))
 }
 
-/// Attaches the echo program to `ifname` in `netns`.
-pub fn echo(netns: &str, ifname: &str, me: [u8; 6], peer: [u8; 6]) -> Result<XdpLink> {
-    attach(netns, ifname, |index| Ok(echo_program(me, peer, index)))
-        .with_context(|| format!("echo program on {ifname} in {netns}"))
-}
-
-/// Attaches a program redirecting everything from `from` to `to` (both in
-/// `netns`).
-pub fn redirect(netns: &str, from: &str, to: &str) -> Result<XdpLink> {
-    let target = to.to_string();
-    attach(netns, from, move |_| {
-        Ok(redirect_program(ifindex(&target)?))
-    })
-    .with_context(|| format!("redirect program {from} -> {to} in {netns}"))
-}
-
-fn attach(
-    netns: &str,
-    ifname: &str,
-    program: impl FnOnce(u32) -> Result<Vec<u64>> + Send,
-) -> Result<XdpLink> {
-    let ifname_owned = ifname.to_string();
-    let link = in_netns(netns, move || {
-        let index = ifindex(&ifname_owned)?;
-        let insns = program(index)?;
-        let prog = prog_load(&insns)?;
-        link_create(&prog, index)
-    })?;
-    Ok(XdpLink { _link: link })
-}
-
-fn ifindex(ifname: &str) -> Result<u32> {
-    let c = std::ffi::CString::new(ifname)?;
-    // SAFETY: a NUL-terminated name.
-    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    if i == 0 {
-        bail!("no interface {ifname} here");
+/// Starts `dataplane forward` from `from` to `to` (both in `netns`), in
+/// generic XDP where `generic` says so (macvlan has no native XDP);
+/// returns once its program is attached.
+pub fn redirect(dp: &Dataplane, netns: &str, from: &str, to: &str, generic: bool) -> Result<Child> {
+    let mut args = vec!["forward", "--from", from, "--to", to];
+    if generic {
+        args.push("--generic");
     }
-    Ok(i)
+    let child = dp.spawn(netns, &args)?;
+    attached(netns, from, child).with_context(|| format!("redirect {from} -> {to} in {netns}"))
 }
 
-// BPF instruction encoding (linux/bpf.h): code, dst|src<<4, off, imm.
-fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> u64 {
-    code as u64
-        | ((dst as u64 | (src as u64) << 4) << 8)
-        | ((off as u16 as u64) << 16)
-        | ((imm as u32 as u64) << 32)
-}
-
-const LDX_W: u8 = 0x61; // BPF_LDX | BPF_MEM | BPF_W
-const LDX_H: u8 = 0x69;
-const LDX_B: u8 = 0x71;
-const ST_B: u8 = 0x72; // BPF_ST | BPF_MEM | BPF_B
-const MOV64_X: u8 = 0xbf;
-const MOV64_K: u8 = 0xb7;
-const ADD64_K: u8 = 0x07;
-const JGT_X: u8 = 0x2d;
-const JNE_K: u8 = 0x55;
-const CALL: u8 = 0x85;
-const EXIT: u8 = 0x95;
-const XDP_PASS: i32 = 2;
-const BPF_FUNC_REDIRECT: i32 = 23;
-
-fn echo_program(me: [u8; 6], peer: [u8; 6], own_ifindex: u32) -> Vec<u64> {
-    let mut p = vec![
-        insn(LDX_W, 2, 1, 0, 0),   // r2 = ctx->data
-        insn(LDX_W, 3, 1, 4, 0),   // r3 = ctx->data_end
-        insn(MOV64_X, 4, 2, 0, 0), // r4 = r2
-        insn(ADD64_K, 4, 0, 0, 14),
-    ];
-    // Jumps to the PASS tail, patched once its position is known.
-    let mut to_pass = vec![p.len()];
-    p.push(insn(JGT_X, 4, 3, 0, 0)); // if data + 14 > data_end: pass
-    for (i, b) in me.iter().enumerate() {
-        p.push(insn(LDX_B, 5, 2, i as i16, 0));
-        to_pass.push(p.len());
-        p.push(insn(JNE_K, 5, 0, 0, *b as i32));
-    }
-    // EtherType 0x0800 read as a little-endian u16.
-    p.push(insn(LDX_H, 5, 2, 12, 0));
-    to_pass.push(p.len());
-    p.push(insn(JNE_K, 5, 0, 0, 0x0008));
-    for (i, b) in peer.iter().chain(me.iter()).enumerate() {
-        p.push(insn(ST_B, 2, 0, i as i16, *b as i32));
-    }
-    // Back out of the interface it came in on: XDP_TX in effect, but as a
-    // redirect to the own ifindex. On a veth, XDP_TX only wakes the peer's
-    // NAPI if the peer has an XDP program of its own (veth_xdp_flush), so
-    // towards a bridge port with only GRO it stalls after one ring (256
-    // frames); a redirect goes through ndo_xdp_xmit, which always does.
-    p.extend(redirect_program(own_ifindex));
-    let pass = p.len();
-    p.push(insn(MOV64_K, 0, 0, 0, XDP_PASS));
-    p.push(insn(EXIT, 0, 0, 0, 0));
-    for j in to_pass {
-        let off = (pass - j - 1) as u64;
-        p[j] = (p[j] & !(0xffff << 16)) | (off << 16);
-    }
-    p
-}
-
-fn redirect_program(target_ifindex: u32) -> Vec<u64> {
-    vec![
-        insn(MOV64_K, 1, 0, 0, target_ifindex as i32),
-        insn(MOV64_K, 2, 0, 0, 0),
-        insn(CALL, 0, 0, 0, BPF_FUNC_REDIRECT),
-        insn(EXIT, 0, 0, 0, 0),
-    ]
-}
-
-fn bpf(cmd: i64, attr: &mut [u8; 128]) -> std::io::Result<i32> {
-    // SAFETY: bpf(2) with a zero-initialised attr buffer of the size passed.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            attr.as_mut_ptr(),
-            attr.len() as libc::c_uint,
-        )
-    };
-    if r < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(r as i32)
-    }
-}
-
-fn put_u32(attr: &mut [u8; 128], at: usize, v: u32) {
-    attr[at..at + 4].copy_from_slice(&v.to_ne_bytes());
-}
-
-fn put_u64(attr: &mut [u8; 128], at: usize, v: u64) {
-    attr[at..at + 8].copy_from_slice(&v.to_ne_bytes());
-}
-
-const BPF_PROG_LOAD: i64 = 5;
-const BPF_LINK_CREATE: i64 = 28;
-const BPF_PROG_TYPE_XDP: u32 = 6;
-const BPF_XDP: u32 = 37;
-
-fn prog_load(insns: &[u64]) -> Result<OwnedFd> {
-    let license = c"GPL";
-    let mut log = vec![0u8; 64 * 1024];
-    let mut attr = [0u8; 128];
-    // union bpf_attr, BPF_PROG_LOAD: prog_type, insn_cnt, insns, license,
-    // log_level, log_size, log_buf, kern_version, prog_flags, prog_name[16],
-    // prog_ifindex, expected_attach_type.
-    put_u32(&mut attr, 0, BPF_PROG_TYPE_XDP);
-    put_u32(&mut attr, 4, insns.len() as u32);
-    put_u64(&mut attr, 8, insns.as_ptr() as u64);
-    put_u64(&mut attr, 16, license.as_ptr() as u64);
-    put_u32(&mut attr, 24, 1);
-    put_u32(&mut attr, 28, log.len() as u32);
-    put_u64(&mut attr, 32, log.as_mut_ptr() as u64);
-    attr[48..48 + 12].copy_from_slice(b"dpbench_gst\0");
-    put_u32(&mut attr, 68, BPF_XDP);
-    match bpf(BPF_PROG_LOAD, &mut attr) {
-        // SAFETY: a new fd the kernel returned to us.
-        Ok(fd) => Ok(unsafe { OwnedFd::from_raw_fd(fd) }),
-        Err(e) => {
-            let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
-            bail!(
-                "loading the XDP program: {e}; verifier: {}",
-                String::from_utf8_lossy(&log[..end]).trim()
-            )
-        }
-    }
-}
-
-fn link_create(prog: &OwnedFd, ifindex: u32) -> Result<OwnedFd> {
-    use std::os::fd::AsRawFd;
-    let mut attr = [0u8; 128];
-    // link_create: prog_fd, target_ifindex, attach_type, flags (0: driver
-    // mode where the device has it, generic otherwise, e.g. macvlan).
-    put_u32(&mut attr, 0, prog.as_raw_fd() as u32);
-    put_u32(&mut attr, 4, ifindex);
-    put_u32(&mut attr, 8, BPF_XDP);
-    let fd = bpf(BPF_LINK_CREATE, &mut attr).map_err(|e| {
-        anyhow::anyhow!(
-            "attaching the XDP program (BPF_LINK_CREATE): {e}{}",
-            if e.raw_os_error() == Some(libc::EBUSY) {
-                " (another XDP program is attached to the interface)"
-            } else {
-                ""
+/// Waits until `ifname` in `netns` has an XDP program (the child's), or
+/// fails with what the child said if it exits first.
+fn attached(netns: &str, ifname: &str, mut child: Child) -> Result<Child> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait()? {
+            let mut said = String::new();
+            if let Some(mut err) = child.stderr.take() {
+                use std::io::Read;
+                let _ = err.read_to_string(&mut said);
             }
-        )
-    })?;
-    // SAFETY: a new fd the kernel returned to us.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+            bail!("exited ({status}) before attaching: {}", said.trim());
+        }
+        let out = Command::new("ip")
+            .args(["-n", netns, "-d", "link", "show", "dev", ifname])
+            .output()
+            .context("running ip")?;
+        if String::from_utf8_lossy(&out.stdout).contains("prog/xdp") {
+            return Ok(child);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("no XDP program on {ifname} after 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// The VM of the PVP bridge path: a process holding a TAP's file descriptor
@@ -315,26 +169,6 @@ fn relay(fd: OwnedFd, me: [u8; 6], peer: [u8; 6], stop: &std::sync::atomic::Atom
             // Non-blocking reads until the queue is empty, then poll again.
             // SAFETY: F_SETFL on our own fd.
             unsafe { libc::fcntl(raw, libc::F_SETFL, libc::O_NONBLOCK) };
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn jumps_of_the_echo_program_land_on_the_pass_tail() {
-        let p = echo_program([1; 6], [2; 6], 7);
-        let pass = p.len() - 2;
-        assert_eq!(p[pass] & 0xff, MOV64_K as u64);
-        assert_eq!((p[pass] >> 32) as i32, XDP_PASS);
-        for (i, ins) in p.iter().enumerate() {
-            let code = (ins & 0xff) as u8;
-            if code == JGT_X || code == JNE_K {
-                let off = ((ins >> 16) & 0xffff) as i16 as isize;
-                assert_eq!(i as isize + 1 + off, pass as isize, "jump at {i}");
-            }
         }
     }
 }

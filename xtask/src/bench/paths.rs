@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::ValueEnum;
 
 use super::dpdk::{self, Hugepages, Testpmd};
-use super::guest::{self, XdpLink};
+use super::guest;
 use super::ovs::Ovs;
 use super::topology::{ethtool, ip, mac_of, parse_mac, Topology};
 use super::traffic::Dataplane;
@@ -159,7 +159,6 @@ impl PathKind {
 pub struct RunningPath {
     children: Vec<(String, Child)>,
     ovs: Option<Ovs>,
-    links: Vec<XdpLink>,
     undo: Vec<Vec<String>>,
     hugepages: Option<Hugepages>,
     relay: Option<guest::TapRelay>,
@@ -174,7 +173,6 @@ impl Drop for RunningPath {
         let mut children: Vec<&mut Child> = self.children.iter_mut().map(|(_, c)| c).collect();
         interrupt_and_reap(&mut children, Duration::from_secs(10));
         self.ovs = None;
-        self.links.clear();
         self.relay = None;
         // Whatever a path's process attached through netlink and left
         // behind (a crashed testpmd, OVS) must not meet the next path.
@@ -280,7 +278,6 @@ pub fn start(
     let mut r = RunningPath {
         children: Vec::new(),
         ovs: None,
-        links: Vec::new(),
         undo: Vec::new(),
         hugepages: None,
         relay: None,
@@ -296,8 +293,8 @@ pub fn start(
     // the sink (see guest.rs). The VF emulations replace the container's
     // veth by devices of their own.
     if pcp && !path.is_emulation() {
-        let c0 = parse_mac(topo.c0_mac.as_deref().context("PCP topology without c0")?)?;
-        r.links.push(guest::echo(&g, "c0", c0, b0)?);
+        topo.c0_mac.as_deref().context("PCP topology without c0")?;
+        r.child("guest echo", guest::echo(dp, &g, "c0", &topo.b0_mac)?);
     }
     // Uplink ports, in the order testpmd chains them (sa -> sc -> sb -> sa).
     let ports: Vec<&str> = if pcp {
@@ -380,7 +377,7 @@ pub fn start(
             let c = dp.spawn(&sw, &refs)?;
             r.child("dataplane run", c);
             if matches!(path, DataplaneTap | DataplaneTapBusy) {
-                plug_vm(&mut r, topo, b0)?;
+                plug_vm(&mut r, topo, dp)?;
             }
         }
         XdpRedirect => {
@@ -448,8 +445,8 @@ pub fn start(
                 )?;
                 r.ip(&["-n", &g, "link", "set", p, "up"], None)?;
             }
-            r.links.push(guest::redirect(&g, "sa", "sb")?);
-            r.links.push(guest::redirect(&g, "sb", "sa")?);
+            r.child("guest forward", guest::redirect(dp, &g, "sa", "sb", false)?);
+            r.child("guest forward", guest::redirect(dp, &g, "sb", "sa", false)?);
         }
         VfEmulMacvlan => {
             r.gro(&sw, "sa");
@@ -467,8 +464,14 @@ pub fn start(
                 )?;
                 r.ip(&["-n", &g, "link", "set", vf, "up"], None)?;
             }
-            r.links.push(guest::redirect(&g, "vfa", "vfb")?);
-            r.links.push(guest::redirect(&g, "vfb", "vfa")?);
+            r.child(
+                "guest forward",
+                guest::redirect(dp, &g, "vfa", "vfb", true)?,
+            );
+            r.child(
+                "guest forward",
+                guest::redirect(dp, &g, "vfb", "vfa", true)?,
+            );
         }
         DataplaneVhostUser | TestpmdVhost => start_vhost_user(&mut r, path, &sw, dp, &topo.b0_mac)?,
     }
@@ -584,7 +587,7 @@ fn wait_for_socket(r: &mut RunningPath, path: &str) -> Result<()> {
 /// PVP with dataplane's TAP port: the switch made `vm0`; move its netdev
 /// into the guest namespace (the VM), give it an address, and attach the
 /// VM's echo.
-fn plug_vm(r: &mut RunningPath, topo: &Topology, b0: [u8; 6]) -> Result<()> {
+fn plug_vm(r: &mut RunningPath, topo: &Topology, dp: &Dataplane) -> Result<()> {
     let sw = topo.ns("sw");
     let g = topo.ns("g");
     wait_for_link(r, &sw, "vm0")?;
@@ -592,7 +595,7 @@ fn plug_vm(r: &mut RunningPath, topo: &Topology, b0: [u8; 6]) -> Result<()> {
     ip(&["-n", &g, "addr", "add", "10.200.0.4/24", "dev", "vm0"])?;
     ip(&["-n", &g, "link", "set", "vm0", "up"])?;
     let mac = mac_of(&g, "vm0")?;
-    r.links.push(guest::echo(&g, "vm0", parse_mac(&mac)?, b0)?);
+    r.child("guest echo", guest::echo(dp, &g, "vm0", &topo.b0_mac)?);
     r.target_mac = mac;
     Ok(())
 }
