@@ -136,7 +136,7 @@ fn host_test() {
         return;
     }
     if let Some(why) = missing_prerequisite() {
-        println!("SKIPPED {TEST}: {why}");
+        harness::skipped(TEST, &why);
         return;
     }
     let scratch = Scratch::new();

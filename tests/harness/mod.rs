@@ -15,19 +15,45 @@ use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-/// Returns false (and says so) when the test cannot run without root.
-/// Privileged tests call this first and return early on false, so a
-/// non-root `cargo test` reports them as skipped instead of passing silently.
+/// Returns false (and records the skip) when the test cannot run without
+/// root. Privileged tests call this first and return early on false.
 pub fn privileged(test: &str) -> bool {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
         return true;
     }
-    eprintln!(
-        "SKIPPED {test}: needs root (creates network namespaces, veth pairs and XDP programs); \
-         run `sudo cargo xtask test`"
+    skipped(
+        test,
+        "needs root (creates network namespaces, veth pairs and XDP programs); \
+         run `sudo cargo xtask test`",
     );
     false
+}
+
+/// Environment variable naming the file where skipped tests are recorded.
+/// libtest shows a test that returned early as `ok` and hides its output,
+/// so `cargo xtask test` sets this, then counts the lines: it reports the
+/// skips, and fails a run as root that skipped anything.
+pub const SKIP_LOG_ENV: &str = "DATAPLANE_TEST_SKIP_LOG";
+
+/// Records that `test` did not run, and why: on stderr, and as one line
+/// in the skip log when [`SKIP_LOG_ENV`] names one.
+pub fn skipped(test: &str, why: &str) {
+    eprintln!("SKIPPED {test}: {why}");
+    if let Some(path) = std::env::var_os(SKIP_LOG_ENV) {
+        use std::io::Write;
+        // One short write per line with O_APPEND: lines from parallel test
+        // threads and test binaries do not interleave.
+        let line = format!("{test}: {}\n", why.replace('\n', " "));
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(line.as_bytes()));
+        if let Err(e) = written {
+            panic!("recording the skip of {test} in {path:?}: {e}");
+        }
+    }
 }
 
 /// The bpffs mount the tests use (the default one).
