@@ -111,7 +111,7 @@ fn control_socket_shows_the_switch_and_survives_bad_requests() {
 
     // The configuration reads back as the switch it describes.
     let config = h.sw.dataplane_ok(&["show", "config"]);
-    let parsed = dataplane::config::RunConfig::from_toml(&config, "show config").unwrap();
+    let parsed = dataplane::daemon::config::RunConfig::from_toml(&config, "show config").unwrap();
     let names: Vec<String> = parsed.ports.iter().map(|p| p.name()).collect();
     assert_eq!(names, ["afxdp:sa", "afxdp:sb"]);
 
@@ -665,7 +665,7 @@ fn a_pmd_panic_stops_the_switch_cleanly() {
     let mut sw = RunningSwitch::start_with_env(
         &h.sw,
         &["--port", "afxdp:sa", "--port", "afxdp:sb", "--no-fast-path"],
-        &[(dataplane::engine::PANIC_AFTER_ENV, "50")],
+        &[(dataplane::datapath::engine::PANIC_AFTER_ENV, "50")],
     );
     let sw_ns = h.sw.name().to_string();
     let asker = std::thread::spawn(move || {

@@ -1,27 +1,29 @@
 //! dataplane: a virtual switch on XDP and AF_XDP.
 //!
-//! - [`steer`]: the XDP program that picks the frames the switch wants, and
-//!   its attachments (pinned in bpffs so they outlive the CLI).
+//! Hot path:
+//! - [`datapath`]: the PMD threads and the kernel fast-path mirror.
+//! - [`port`]: the port kinds behind one trait (AF_XDP, container veth,
+//!   TAP, vhost-user) and the offloads they finish in software.
+//! - [`switch`]: FDB, VLANs and forwarding decisions (no I/O).
 //! - [`xsk`]: AF_XDP sockets and the UMEM they share.
-//! - [`netdev`], [`netns`], [`privileges`]: what the kernel says about
-//!   interfaces, namespaces and our rights, turned into errors a user can act on.
-//! - [`run`]: the daemon (`dataplane run`); [`engine`] its PMD threads;
-//!   [`control`] its control socket and metrics.
+//!
+//! Control path:
+//! - [`daemon`]: `dataplane run`, its configuration and its lifecycle.
+//! - [`control`]: the control socket, its protocol, and metrics.
+//! - [`steer`]: the XDP/tc programs' attachments (pinned in bpffs so they
+//!   outlive the CLI).
+//! - [`sys`]: kernel glue (interfaces, namespaces, rights, private sockets).
+//!
+//! And [`traffic`]: the generator and bare redirects of the benchmarks.
 
-pub mod config;
 pub mod control;
-pub mod engine;
-pub mod fastpath;
-pub mod forward;
-pub mod gen;
+pub mod daemon;
+pub mod datapath;
 pub mod logging;
-pub mod netdev;
-pub mod netns;
 pub mod port;
-pub mod private_socket;
-pub mod privileges;
-pub mod run;
 pub mod steer;
 pub mod switch;
 pub mod sync;
+pub mod sys;
+pub mod traffic;
 pub mod xsk;

@@ -1,7 +1,6 @@
 //! The `dataplane` command line.
 
-mod cli_control;
-mod cli_status;
+mod cli;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -340,7 +339,7 @@ struct RunArgs {
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     cores: Vec<usize>,
     /// Frames per receive burst.
-    #[arg(long, default_value_t = dataplane::config::DEFAULT_BURST)]
+    #[arg(long, default_value_t = dataplane::daemon::config::DEFAULT_BURST)]
     burst: usize,
     /// Print port statistics every SECS seconds.
     #[arg(long, value_name = "SECS")]
@@ -452,20 +451,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .unwrap_or_else(|| dataplane::control::default_socket_path(cli.netns.as_deref()));
     // Control clients need neither the namespace nor bpffs.
     match cli.command {
-        Command::Port(PortCommand::Add { spec }) => return cli_control::port_add(&socket, &spec),
-        Command::Port(PortCommand::Del { name }) => return cli_control::port_del(&socket, &name),
+        Command::Port(PortCommand::Add { spec }) => return cli::control::port_add(&socket, &spec),
+        Command::Port(PortCommand::Del { name }) => return cli::control::port_del(&socket, &name),
         Command::Show(ShowCommand::Ports { json }) => {
-            return cli_control::show_ports(&socket, json)
+            return cli::control::show_ports(&socket, json)
         }
-        Command::Show(ShowCommand::Fdb { json }) => return cli_control::show_fdb(&socket, json),
-        Command::Show(ShowCommand::Config) => return cli_control::show_config(&socket),
-        Command::Stats { watch, json } => return cli_control::stats(&socket, watch, json),
-        Command::Fdb(FdbCommand::Flush { port }) => return cli_control::fdb_flush(&socket, port),
+        Command::Show(ShowCommand::Fdb { json }) => return cli::control::show_fdb(&socket, json),
+        Command::Show(ShowCommand::Config) => return cli::control::show_config(&socket),
+        Command::Stats { watch, json } => return cli::control::stats(&socket, watch, json),
+        Command::Fdb(FdbCommand::Flush { port }) => return cli::control::fdb_flush(&socket, port),
         _ => {}
     }
     if let Some(ns) = &cli.netns {
         // Before any thread exists: threads inherit the namespace.
-        dataplane::netns::enter(ns)?;
+        dataplane::sys::netns::enter(ns)?;
     }
     let root = PinRoot::open(&cli.bpffs)?;
     match cli.command {
@@ -513,16 +512,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("detached steer from {iface}");
         }
         Command::Status { watch, json } => match watch {
-            Some(secs) => cli_status::watch(&root, secs)?,
-            None => cli_status::print(&root, json)?,
+            Some(secs) => cli::status::watch(&root, secs)?,
+            None => cli::status::print(&root, json)?,
         },
         Command::Run(args) => run_switch(&root, args, &socket)?,
         Command::Gen(args) => run_gen(args)?,
         Command::Forward { from, to, generic } => {
-            dataplane::privileges::require_admin()?;
-            let mut fwd = dataplane::forward::Forward::load(&to)?;
+            dataplane::sys::privileges::require_admin()?;
+            let mut fwd = dataplane::traffic::forward::Forward::load(&to)?;
             fwd.attach(&from, generic)?;
-            let stop = cli_status::ctrl_c_flag()?;
+            let stop = cli::status::ctrl_c_flag()?;
             eprintln!("forwarding {from} -> {to} in XDP; Ctrl-C to stop");
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 std::thread::sleep(std::time::Duration::from_millis(100));
@@ -535,11 +534,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             peer,
             generic,
         } => {
-            dataplane::privileges::require_admin()?;
-            let me = dataplane::netdev::mac(&iface)?;
-            let mut echo = dataplane::forward::Forward::load_echo(&iface, me, peer)?;
+            dataplane::sys::privileges::require_admin()?;
+            let me = dataplane::sys::netdev::mac(&iface)?;
+            let mut echo = dataplane::traffic::forward::Forward::load_echo(&iface, me, peer)?;
             echo.attach(&iface, generic)?;
-            let stop = cli_status::ctrl_c_flag()?;
+            let stop = cli::status::ctrl_c_flag()?;
             eprintln!(
                 "echoing IPv4 frames for {iface} back towards the peer in XDP; Ctrl-C to stop"
             );
@@ -553,8 +552,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             unreachable!("control commands return above")
         }
         Command::Logs { iface } => {
-            dataplane::netdev::check_name(&iface)?;
-            let stop = cli_status::ctrl_c_flag()?;
+            dataplane::sys::netdev::check_name(&iface)?;
+            let stop = cli::status::ctrl_c_flag()?;
             eprintln!("following eBPF logs of {iface}; Ctrl-C to stop");
             steer::follow_logs(&root, &iface, || {
                 stop.load(std::sync::atomic::Ordering::Relaxed)
@@ -573,18 +572,18 @@ fn describe_policy(p: &PolicySpec) -> String {
 }
 
 fn run_gen(args: GenArgs) -> anyhow::Result<()> {
-    use dataplane::gen::{build_udp_frame, FrameSpec, Generator};
+    use dataplane::traffic::gen::{build_udp_frame, FrameSpec, Generator};
     use std::io::{IsTerminal, Write};
     use std::sync::atomic::Ordering;
 
-    dataplane::privileges::require_admin()?;
+    dataplane::sys::privileges::require_admin()?;
     if let Some(cpu) = args.cpu {
-        dataplane::netdev::pin_thread_to_cpu(cpu)
+        dataplane::sys::netdev::pin_thread_to_cpu(cpu)
             .map_err(|e| anyhow::anyhow!("pinning the generator to CPU {cpu}: {e}"))?;
     }
     let src_mac = match args.src_mac {
         Some(m) => m,
-        None => dataplane::netdev::mac(&args.iface)?,
+        None => dataplane::sys::netdev::mac(&args.iface)?,
     };
     let frame = build_udp_frame(&FrameSpec {
         size: args.size,
@@ -598,7 +597,7 @@ fn run_gen(args: GenArgs) -> anyhow::Result<()> {
         },
     })?;
     let generator = Generator::new(&args.iface, frame)?;
-    let stop = cli_status::ctrl_c_flag()?;
+    let stop = cli::status::ctrl_c_flag()?;
     let tty = std::io::stderr().is_terminal();
     let report = generator.run_for(
         std::time::Duration::from_secs_f64(args.duration),
@@ -659,7 +658,7 @@ fn run_gen(args: GenArgs) -> anyhow::Result<()> {
 }
 
 fn run_switch(root: &PinRoot, args: RunArgs, socket: &std::path::Path) -> anyhow::Result<()> {
-    use dataplane::config::{ForwardingMode, RunConfig};
+    use dataplane::daemon::config::{ForwardingMode, RunConfig};
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Mutex};
     use std::time::{Duration, Instant};
@@ -688,22 +687,24 @@ fn run_switch(root: &PinRoot, args: RunArgs, socket: &std::path::Path) -> anyhow
     if let Some(us) = args.socket_busy_poll {
         config.socket_busy_poll = Some(us);
     }
-    let stop = cli_status::ctrl_c_flag()?;
+    let stop = cli::status::ctrl_c_flag()?;
     let dump = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGUSR1, dump.clone())?;
 
     let mut last: Option<(Instant, Vec<(String, dataplane::port::PortSnapshot)>)> = None;
     let mut next_stats = config.stats_interval.map(|i| Instant::now() + i);
     // Before any thread starts: they inherit it, and a PMD re-pins itself.
-    match dataplane::netdev::keep_off_cpus(&config.cores) {
+    match dataplane::sys::netdev::keep_off_cpus(&config.cores) {
         Ok(Some(left)) => {
             tracing::info!("threads other than the PMDs run on CPU(s) {left:?}, off the PMDs' CPUs")
         }
         Ok(None) => {}
         Err(e) => tracing::warn!("could not keep other threads off the PMDs' CPUs: {e}"),
     }
-    let daemon = Arc::new(Mutex::new(dataplane::run::Daemon::start(&config, root)?));
-    let handler = Arc::new(dataplane::run::ControlHandler(daemon.clone()));
+    let daemon = Arc::new(Mutex::new(dataplane::daemon::run::Daemon::start(
+        &config, root,
+    )?));
+    let handler = Arc::new(dataplane::daemon::run::ControlHandler(daemon.clone()));
     let server = match dataplane::control::Server::start(
         (!args.no_control).then_some(socket),
         args.metrics,
@@ -722,7 +723,7 @@ fn run_switch(root: &PinRoot, args: RunArgs, socket: &std::path::Path) -> anyhow
     if let Some(addr) = args.metrics {
         tracing::info!(%addr, "metrics at http://{addr}/metrics");
     }
-    let summary = dataplane::run::run_until(&daemon, &stop, &mut |d| {
+    let summary = dataplane::daemon::run::run_until(&daemon, &stop, &mut |d| {
         let now = Instant::now();
         let periodic = next_stats.is_some_and(|t| now >= t);
         let on_demand = dump.swap(false, Ordering::Relaxed);
@@ -734,11 +735,11 @@ fn run_switch(root: &PinRoot, args: RunArgs, socket: &std::path::Path) -> anyhow
                 *t = now + i;
             }
         }
-        let snap = dataplane::run::snapshot(d);
+        let snap = dataplane::daemon::run::snapshot(d);
         let prev = last
             .as_ref()
             .map(|(t, p)| (p.as_slice(), now.duration_since(*t).as_secs_f64()));
-        print!("{}", dataplane::run::stats_table(&snap, prev));
+        print!("{}", dataplane::daemon::run::stats_table(&snap, prev));
         if on_demand {
             print_fdb(&d.fdb_rows());
         }
@@ -747,7 +748,10 @@ fn run_switch(root: &PinRoot, args: RunArgs, socket: &std::path::Path) -> anyhow
     drop(server);
     let summary = summary?;
     println!("final port statistics:");
-    print!("{}", dataplane::run::stats_table(&summary.ports, None));
+    print!(
+        "{}",
+        dataplane::daemon::run::stats_table(&summary.ports, None)
+    );
     let polling = (summary.busy_cycles + summary.idle_cycles).max(1);
     println!(
         "PMD: {:.1}% of polling cycles forwarded frames ({} busy, {} idle cycles; time asleep not counted); longest iteration {} us",

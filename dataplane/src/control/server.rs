@@ -17,7 +17,7 @@ use thiserror::Error;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::watch;
 
-use crate::private_socket;
+use crate::sys::private_socket;
 
 use super::protocol::{parse_request, Request, Response, MAX_REQUEST_BYTES};
 

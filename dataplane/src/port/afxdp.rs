@@ -14,11 +14,11 @@ use thiserror::Error;
 
 use super::veth::{punt_mtu, Punt};
 use super::{DropReason, Frames, HeldFrames, Port, PortCounters};
-use crate::netdev;
 use crate::steer::pins::PinRoot;
 use crate::steer::{
     self, policy::PolicySpec, AttachOptions, AttachReport, Attachment, ModeRequest,
 };
+use crate::sys::netdev;
 use crate::xsk::{self, BoundMode, SocketConfig, Umem, XdpDesc, XskSocket};
 
 #[derive(Debug, Error)]
@@ -26,7 +26,7 @@ pub enum Error {
     #[error("AF_XDP port on {ifname}: {source}")]
     Interface {
         ifname: String,
-        source: crate::netdev::Error,
+        source: crate::sys::netdev::Error,
     },
     #[error(
         "AF_XDP port on {ifname}: MTU {mtu} is larger than a {frame_size}-byte UMEM frame allows; \

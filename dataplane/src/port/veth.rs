@@ -31,9 +31,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use thiserror::Error;
 
 use super::afxdp::max_mtu;
-use crate::netdev;
 use crate::steer::pins::PinRoot;
 use crate::steer::{self, policy::PolicySpec, AttachOptions, Attachment, ModeRequest};
+use crate::sys::netdev;
 
 /// The punt device's transmit end (no TSO, no checksum or VLAN offload).
 pub const PUNT_TX: &str = "dp-punt0";

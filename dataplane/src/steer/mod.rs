@@ -21,8 +21,8 @@ use dataplane_common::map_names;
 use dataplane_common::policy::{AttachMode, MatchKey, Mode, Policy};
 use thiserror::Error;
 
-use crate::netdev::{self, AttachedXdp};
-use crate::privileges;
+use crate::sys::netdev::{self, AttachedXdp};
+use crate::sys::privileges;
 use pins::{InterfacePins, PinRoot};
 use policy::PolicySpec;
 

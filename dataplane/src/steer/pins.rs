@@ -51,7 +51,7 @@ impl PinRoot {
                 path: bpffs.display().to_string(),
             });
         }
-        let ns = crate::netns::current_id().map_err(|source| Error::Io {
+        let ns = crate::sys::netns::current_id().map_err(|source| Error::Io {
             action: "reading the network namespace of",
             path: "/proc/thread-self/ns/net".into(),
             source,

@@ -46,7 +46,7 @@ use vmm_sys_util::event::{
 };
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::private_socket;
+use crate::sys::private_socket;
 
 /// Queue 0 is the guest's receive queue, 1 its transmit queue (VIRTIO 1.2,
 /// 5.1.2); one pair.

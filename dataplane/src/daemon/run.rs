@@ -16,11 +16,14 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
-use crate::config::{self, ForwardingMode, PortConfig, PortKind, RunConfig};
 use crate::control::metrics::{self, MetricsSnapshot};
 use crate::control::{FdbRow, Handler, PortStatus, Request, Response, Stats};
-use crate::engine::{self, EngineConfig, EngineShared, FrameAccounting, PmdParts, Running};
-use crate::fastpath::{FastPath, FastPortConfig};
+use crate::daemon::config::{self, ForwardingMode, PortConfig, PortKind, RunConfig};
+use crate::datapath::engine::{
+    self, EngineConfig, EngineShared, FrameAccounting, PmdParts, Running,
+};
+use crate::datapath::fastpath::{FastPath, FastPortConfig};
+use crate::port;
 use crate::port::afxdp::{AfxdpConfig, AfxdpPort, ContainerConfig};
 use crate::port::tap::TapPort;
 use crate::port::veth::{self, Punt};
@@ -30,8 +33,8 @@ use crate::steer::pins::PinRoot;
 use crate::steer::{Attachment, ModeRequest};
 use crate::switch::{Forwarding, Switch, SwitchPort};
 use crate::sync::LockOrRecover;
+use crate::sys::{netdev, privileges};
 use crate::xsk::{self, BusyPoll, FramePool, SocketConfig, Umem, UmemConfig};
-use crate::{netdev, port, privileges};
 
 #[derive(Debug, Error)]
 pub enum Error {
@@ -46,7 +49,7 @@ pub enum Error {
     #[error(transparent)]
     Afxdp(#[from] port::afxdp::Error),
     #[error(transparent)]
-    FastPath(#[from] crate::fastpath::Error),
+    FastPath(#[from] crate::datapath::fastpath::Error),
     #[error(transparent)]
     Tap(#[from] port::tap::Error),
     #[error(transparent)]

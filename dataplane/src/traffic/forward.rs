@@ -1,7 +1,7 @@
 //! The bare in-kernel XDP redirect: `forward` on one interface sends every
 //! frame straight to another through a devmap. No switching at all: the
 //! ceiling of kernel-assisted forwarding that benchmarks compare against.
-//! The generator ([`crate::gen`]) drives the same program with BPF_PROG_RUN,
+//! The generator ([`crate::traffic::gen`]) drives the same program with BPF_PROG_RUN,
 //! and the benchmarks' guests run it (`forward` between two "VFs") or its
 //! `echo` variant (a container or VM answering towards the sink).
 
@@ -13,7 +13,7 @@ use aya::{Ebpf, EbpfLoader};
 use dataplane_common::map_names;
 use thiserror::Error;
 
-use crate::netdev;
+use crate::sys::netdev;
 
 #[derive(Debug, Error)]
 pub enum Error {

@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use dataplane_common::wire::build::{write_udp_ipv4, UdpIpv4};
 use thiserror::Error;
 
-use crate::forward::{self, Forward};
-use crate::netdev;
+use crate::sys::netdev;
+use crate::traffic::forward::{self, Forward};
 
 #[derive(Debug, Error)]
 pub enum Error {

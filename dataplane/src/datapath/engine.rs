@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use crossbeam_queue::ArrayQueue;
 use dataplane_common::wire::{parse_l2, FRAME_HEADROOM};
 
-use crate::fastpath::FastPath;
+use crate::datapath::fastpath::FastPath;
 use crate::port::{DropReason, Frames, Port, PortCounters, PortState};
 use crate::switch::{self, Decision, EgressTag, Switch};
 use crate::sync::{LockOrRecover, RwLockOrRecover};
@@ -560,7 +560,7 @@ impl Engine {
     /// caller closes them after the fast path is off.
     fn run(mut self) -> OwnedPorts {
         if let Some(cpu) = self.config.cpu {
-            if let Err(e) = crate::netdev::pin_thread_to_cpu(cpu) {
+            if let Err(e) = crate::sys::netdev::pin_thread_to_cpu(cpu) {
                 tracing::warn!("could not pin PMD {} to CPU {cpu}: {e}", self.id);
             }
         }

@@ -33,11 +33,11 @@ use dataplane_common::counters::Outcome;
 use dataplane_common::fastpath::{vlan_mode, FDB_REDIRECT, FDB_TAGGED, FDB_TC_ONLY, FDB_VETH_PEER};
 use thiserror::Error;
 
-use crate::forward::Forward;
-use crate::netdev;
 use crate::steer::pins::PinRoot;
 use crate::steer::{self, Attachment};
 use crate::switch::{EgressTag, FdbChange, Switch, VlanMode};
+use crate::sys::netdev;
+use crate::traffic::forward::Forward;
 
 #[derive(Debug, Error)]
 pub enum Error {

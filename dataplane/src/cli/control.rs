@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use dataplane::control::{Client, FdbRow, PortStatus, Request, Stats};
 
-use crate::cli_status::{ctrl_c_flag, sleep_unless};
+use super::status::{ctrl_c_flag, sleep_unless};
 
 /// `dataplane port add SPEC`.
 pub fn port_add(socket: &Path, spec: &str) -> anyhow::Result<()> {

@@ -870,7 +870,7 @@ fn port_target(
 
 /// An interface name the kernel could have (see `netdev::check_name`).
 fn check_ifname(name: &str) -> Result<(), String> {
-    crate::netdev::check_name(name).map_err(|e| e.to_string())
+    crate::sys::netdev::check_name(name).map_err(|e| e.to_string())
 }
 
 /// Where in a config file an error is: table keys, and the index of the
