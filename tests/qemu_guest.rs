@@ -634,12 +634,43 @@ mod guest {
         loop {
             let n = conn.read(&mut buf).map_err(|e| format!("read: {e}"))?;
             if n == 0 {
+                // The last echoed bytes may still sit in the send queue:
+                // powering off now would lose them (seen under load, 192584
+                // of 262144 bytes arrived). A lingering close returns only
+                // once our data and FIN are acknowledged.
+                close_after_ack(conn)?;
                 return Ok(echoed);
             }
             conn.write_all(&buf[..n])
                 .map_err(|e| format!("write: {e}"))?;
             echoed += n;
         }
+    }
+
+    /// Closes `conn` with SO_LINGER on: close(2) blocks until everything
+    /// sent, FIN included, is acknowledged (or 30 s pass).
+    fn close_after_ack(conn: std::net::TcpStream) -> Result<(), String> {
+        use std::os::fd::AsRawFd;
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 30,
+        };
+        // SAFETY: setsockopt on a socket we own, with a pointer to a
+        // `struct linger` and its size.
+        let rc = unsafe {
+            libc::setsockopt(
+                conn.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&linger as *const libc::linger).cast(),
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(format!("SO_LINGER: {}", std::io::Error::last_os_error()));
+        }
+        drop(conn);
+        Ok(())
     }
 
     /// SIOCSIFADDR and SIOCSIFNETMASK on `ifname`.
