@@ -5,6 +5,7 @@ mod cli;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use dataplane::steer::pins::{PinRoot, DEFAULT_BPFFS};
 use dataplane::steer::policy::{MatchArg, ModeArg, PolicySpec};
@@ -168,20 +169,37 @@ enum Command {
     /// benchmarks' container and VM guests (an L2 forwarder or router at
     /// its cheapest). Everything else goes to the interface's stack.
     ///
+    /// With --tap, the same echo as a process on a TAP's file descriptor
+    /// (where QEMU would sit): the VM behind a Linux bridge's TAP port.
+    ///
     /// Runs until Ctrl-C, then detaches and prints how many frames it answered.
-    #[command(
-        after_help = "Example:\n  dataplane -n guest echo --iface c0 --peer 02:00:00:00:00:0b"
-    )]
+    #[command(after_help = "Examples:\n  \
+        dataplane -n guest echo --iface c0 --peer 02:00:00:00:00:0b\n  \
+        dataplane -n sw echo --tap vmtap --mac 02:00:00:00:00:0e --peer 02:00:00:00:00:0b --core 1")]
     Echo {
         /// Interface to answer on (the guest's NIC).
-        #[arg(long, value_name = "IF")]
-        iface: String,
+        #[arg(
+            long,
+            value_name = "IF",
+            required_unless_present = "tap",
+            conflicts_with = "tap"
+        )]
+        iface: Option<String>,
+        /// Create TAP device IF and answer on its file descriptor instead.
+        #[arg(long, value_name = "IF", requires = "mac")]
+        tap: Option<String>,
+        /// With --tap: the guest's MAC (the frames it answers are addressed to it).
+        #[arg(long, value_name = "MAC", value_parser = parse_mac_arg)]
+        mac: Option<[u8; 6]>,
         /// Where answers go: the destination MAC written into them.
         #[arg(long, value_name = "MAC", value_parser = parse_mac_arg)]
         peer: [u8; 6],
         /// Attach in skb (generic) mode instead of driver (native) mode.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "tap")]
         generic: bool,
+        /// With --tap: pin the echo to this CPU.
+        #[arg(long, value_name = "CPU", requires = "tap")]
+        core: Option<usize>,
     },
     /// Add or remove ports of a running switch (through its control socket).
     ///
@@ -531,14 +549,29 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Echo {
             iface,
+            tap,
+            mac,
             peer,
             generic,
+            core,
         } => {
             dataplane::sys::privileges::require_admin()?;
+            let stop = cli::status::ctrl_c_flag()?;
+            if let (Some(tap), Some(guest)) = (tap, mac) {
+                if let Some(cpu) = core {
+                    dataplane::sys::netdev::pin_thread_to_cpu(cpu)
+                        .with_context(|| format!("pinning the echo to CPU {cpu}"))?;
+                }
+                let echo = dataplane::traffic::tap_echo::TapEcho::open(&tap, guest, peer)?;
+                eprintln!("echoing IPv4 frames for the guest on TAP {tap}; Ctrl-C to stop");
+                let answered = echo.run(&stop);
+                println!("answered {answered} frames on TAP {tap}");
+                return Ok(());
+            }
+            let iface = iface.expect("clap requires --iface without --tap");
             let me = dataplane::sys::netdev::mac(&iface)?;
             let mut echo = dataplane::traffic::forward::Forward::load_echo(&iface, me, peer)?;
             echo.attach(&iface, generic)?;
-            let stop = cli::status::ctrl_c_flag()?;
             eprintln!(
                 "echoing IPv4 frames for {iface} back towards the peer in XDP; Ctrl-C to stop"
             );

@@ -14,63 +14,23 @@
 //! system call. Frames written toward the netdev are complete: the header
 //! is all zeroes that way.
 
-use std::ffi::CString;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 
 use dataplane_common::flow;
 use dataplane_common::wire::FRAME_HEADROOM;
 
-use thiserror::Error;
-
 use super::offload::{self, SpillBuffer, VnetHdr, MAX_SUPER_FRAME, VNET_HDR_LEN};
 use super::{DropReason, Frames, HeldFrames, Port, PortCounters};
+use crate::sys::tun;
 use crate::xsk::XdpDesc;
 
-// linux/if_tun.h
-const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
-const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
-const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
-const IFF_TAP: libc::c_short = 0x0002;
-const IFF_NO_PI: libc::c_short = 0x1000;
-const IFF_VNET_HDR: libc::c_short = 0x4000;
-const IFF_MULTI_QUEUE: libc::c_short = 0x0100;
-const TUN_F_CSUM: libc::c_uint = 0x01;
-const TUN_F_TSO4: libc::c_uint = 0x02;
-const TUN_F_TSO6: libc::c_uint = 0x04;
-const TUN_F_TSO_ECN: libc::c_uint = 0x08;
+pub use crate::sys::tun::Error;
+
 /// What the netdev may hand the switch: partial checksums and TCP
 /// super-frames (UDP segmentation is not offered: no stack sends it by
 /// default).
-const OFFLOADS: libc::c_uint = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN;
-
-#[derive(Debug, Error)]
-pub enum Error {
-    #[error("TAP {name:?}: name must be 1-15 bytes without '/' or spaces")]
-    BadName { name: String },
-    #[error("TAP {name}: opening /dev/net/tun: {source} (is the tun module loaded?)")]
-    OpenTun {
-        name: String,
-        source: std::io::Error,
-    },
-    #[error("TAP {name}: {call}: {source}{hint}", hint = tap_hint(source))]
-    Ioctl {
-        name: String,
-        call: &'static str,
-        source: std::io::Error,
-    },
-}
-
-fn tap_hint(e: &std::io::Error) -> &'static str {
-    match e.raw_os_error() {
-        Some(libc::EBUSY) => " (another process has this TAP open)",
-        Some(libc::EINVAL) => {
-            " (a device of that name exists with other flags, e.g. not multi-queue, or is not a TAP)"
-        }
-        Some(libc::EPERM) => " (needs CAP_NET_ADMIN)",
-        _ => "",
-    }
-}
+const OFFLOADS: u32 = tun::TUN_F_CSUM | tun::TUN_F_TSO4 | tun::TUN_F_TSO6 | tun::TUN_F_TSO_ECN;
 
 /// An open TAP port (one fd per queue).
 pub struct TapPort {
@@ -89,14 +49,16 @@ impl TapPort {
     /// Creates the TAP device `name` (or attaches to an existing persistent
     /// one) with `queues` queues, non-blocking, virtio-net header on.
     pub fn open(name: &str, queues: usize, counters: Arc<PortCounters>) -> Result<TapPort, Error> {
-        if name.is_empty() || name.len() > 15 || name.contains(['/', ' ']) {
-            return Err(Error::BadName {
-                name: name.to_string(),
-            });
-        }
+        tun::check_name(name)?;
         let mut fds = Vec::new();
         for _ in 0..queues.max(1) {
-            fds.push(open_queue(name, queues > 1)?);
+            fds.push(tun::open(
+                name,
+                &tun::TapOptions {
+                    multi_queue: queues > 1,
+                    vnet_hdr: Some((VNET_HDR_LEN as i32, OFFLOADS)),
+                },
+            )?);
         }
         let port = TapPort {
             ifname: name.to_string(),
@@ -110,7 +72,7 @@ impl TapPort {
         // device is moved elsewhere, whoever owns that namespace decides.
         // A longer queue toward the switch than tun's 500 absorbs bursts
         // while an adaptive PMD wakes up (the guest cannot tell).
-        configure_netdev(name, TX_QUEUE_LEN);
+        tun::set_queue_len_and_up(name, TX_QUEUE_LEN);
         tracing::info!(
             port = port.name,
             queues = port.queues.len(),
@@ -125,82 +87,8 @@ impl TapPort {
     }
 }
 
-fn open_queue(name: &str, multi_queue: bool) -> Result<OwnedFd, Error> {
-    let path = CString::new("/dev/net/tun").expect("no NUL");
-    // SAFETY: open(2) with a NUL-terminated path; the fd is owned below.
-    let raw = unsafe {
-        libc::open(
-            path.as_ptr(),
-            libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC,
-        )
-    };
-    if raw < 0 {
-        return Err(Error::OpenTun {
-            name: name.to_string(),
-            source: std::io::Error::last_os_error(),
-        });
-    }
-    // SAFETY: raw is a fresh fd nobody else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    // SAFETY: ifreq is plain data; zeroed is a valid start.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (d, s) in req.ifr_name.iter_mut().zip(name.bytes()) {
-        *d = s as libc::c_char;
-    }
-    let mut flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
-    if multi_queue {
-        flags |= IFF_MULTI_QUEUE;
-    }
-    req.ifr_ifru.ifru_flags = flags;
-    let ioctl_err = |call| Error::Ioctl {
-        name: name.to_string(),
-        call,
-        source: std::io::Error::last_os_error(),
-    };
-    // SAFETY: TUNSETIFF reads the ifreq we own.
-    if unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETIFF, &mut req) } != 0 {
-        return Err(ioctl_err("TUNSETIFF"));
-    }
-    let hdr_len = VNET_HDR_LEN as libc::c_int;
-    // SAFETY: TUNSETVNETHDRSZ reads an int we own.
-    if unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETVNETHDRSZ, &hdr_len) } != 0 {
-        return Err(ioctl_err("TUNSETVNETHDRSZ"));
-    }
-    // SAFETY: TUNSETOFFLOAD takes the flags by value.
-    if unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETOFFLOAD, OFFLOADS) } != 0 {
-        return Err(ioctl_err("TUNSETOFFLOAD"));
-    }
-    Ok(fd)
-}
-
 /// Frames the TAP queues toward the switch (tun's default is 500).
-const TX_QUEUE_LEN: libc::c_int = 4096;
-
-/// Sets the device's queue length and IFF_UP in the current namespace
-/// (best effort: a persistent device may be configured by its owner).
-fn configure_netdev(name: &str, tx_queue_len: libc::c_int) {
-    const SIOCSIFTXQLEN: libc::c_ulong = 0x8943;
-    // SAFETY: a datagram socket for the ioctls, closed at the end; ifreq is
-    // plain data we own.
-    unsafe {
-        let s = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-        if s < 0 {
-            return;
-        }
-        let mut req: libc::ifreq = std::mem::zeroed();
-        for (d, c) in req.ifr_name.iter_mut().zip(name.bytes()) {
-            *d = c as libc::c_char;
-        }
-        // ifr_qlen shares the int slot of the union with ifr_ifindex.
-        req.ifr_ifru.ifru_ifindex = tx_queue_len;
-        libc::ioctl(s, SIOCSIFTXQLEN, &mut req);
-        if libc::ioctl(s, libc::SIOCGIFFLAGS, &mut req) == 0 {
-            req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-            libc::ioctl(s, libc::SIOCSIFFLAGS, &mut req);
-        }
-        libc::close(s);
-    }
-}
+const TX_QUEUE_LEN: i32 = 4096;
 
 impl Port for TapPort {
     fn name(&self) -> &str {

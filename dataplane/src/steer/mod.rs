@@ -9,7 +9,7 @@
 pub mod pins;
 pub mod policy;
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 
 use aya::maps::{Array, DevMap, HashMap, Map, MapData, MapError, PerCpuArray, XskMap};
 use aya::programs::links::FdLink;
@@ -21,6 +21,7 @@ use dataplane_common::map_names;
 use dataplane_common::policy::{AttachMode, MatchKey, Mode, Policy};
 use thiserror::Error;
 
+use crate::sys::bpf as sys_bpf;
 use crate::sys::netdev::{self, AttachedXdp};
 use crate::sys::privileges;
 use pins::{InterfacePins, PinRoot};
@@ -219,8 +220,8 @@ pub fn attach(root: &PinRoot, opts: &AttachOptions) -> Result<AttachReport, Erro
     if let Err(e) = deliver {
         // Without it the fast path's hand-offs would reach the stack
         // undelivered: take the XDP half off again.
-        if let Ok(link) = bpf_obj_get(&pins.link()) {
-            let _ = link_detach(link.as_raw_fd());
+        if let Ok(link) = sys_bpf::obj_get(&pins.link()) {
+            let _ = sys_bpf::link_detach(link.as_raw_fd());
         }
         return Err(e);
     }
@@ -244,11 +245,11 @@ pub fn detach(root: &PinRoot, ifname: &str) -> Result<(), Error> {
         });
     }
     for path in [pins.link(), pins.tc_link()] {
-        if let Ok(link) = bpf_obj_get(&path) {
+        if let Ok(link) = sys_bpf::obj_get(&path) {
             // Unpinning alone would leave the program attached while any
             // other process (a running switch) still holds the link open;
             // BPF_LINK_DETACH takes it off the interface for everyone.
-            link_detach(link.as_raw_fd()).map_err(|source| Error::Detach {
+            sys_bpf::link_detach(link.as_raw_fd()).map_err(|source| Error::Detach {
                 ifname: ifname.to_string(),
                 source,
             })?;
@@ -714,9 +715,9 @@ fn remove_foreign_program(ifname: &str, prog: &AttachedXdp) -> Result<(), Error>
                 && l.link_type().ok() == Some(aya::programs::links::LinkType::Xdp)
         });
     if let Some(link) = link {
-        let fd = bpf_link_get_fd_by_id(link.id())
+        let fd = sys_bpf::link_get_fd_by_id(link.id())
             .map_err(|e| failed(format!("opening its bpf_link {}: {e}", link.id())))?;
-        return link_detach(fd.as_raw_fd())
+        return sys_bpf::link_detach(fd.as_raw_fd())
             .map_err(|e| failed(format!("detaching its bpf_link {}: {e}", link.id())));
     }
     let flag = if prog.mode == "skb" {
@@ -962,73 +963,4 @@ fn lease_end() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000
         + ts.tv_nsec as u64
         + dataplane_common::policy::FAST_PATH_LEASE_NS
-}
-
-/// BPF_LINK_DETACH (bpf(2) command 34): force-detaches a link from its hook.
-fn link_detach(link_fd: RawFd) -> std::io::Result<()> {
-    const BPF_LINK_DETACH: libc::c_long = 34;
-    // bpf_attr for LINK_DETACH is { u32 link_fd }, zero-padded; 16 bytes is
-    // more than the kernel reads for this command.
-    let mut attr = [0u32; 4];
-    attr[0] = link_fd as u32;
-    // SAFETY: attr outlives the call and its size is passed with it.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_LINK_DETACH,
-            attr.as_mut_ptr(),
-            std::mem::size_of_val(&attr),
-        )
-    };
-    if ret < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// BPF_OBJ_GET (bpf(2) command 7): opens a pinned object.
-fn bpf_obj_get(path: &std::path::Path) -> std::io::Result<OwnedFd> {
-    use std::os::unix::ffi::OsStrExt;
-    const BPF_OBJ_GET: libc::c_long = 7;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    // bpf_attr for OBJ_GET is { u64 pathname; u32 bpf_fd; u32 file_flags; ... }.
-    let mut attr = [0u64; 4];
-    attr[0] = c.as_ptr() as u64;
-    // SAFETY: attr and the path string outlive the call; size is passed.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET,
-            attr.as_mut_ptr(),
-            std::mem::size_of_val(&attr),
-        )
-    };
-    if ret < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: the kernel returned a new fd that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(ret as RawFd) })
-}
-
-/// BPF_LINK_GET_FD_BY_ID (bpf(2) command 30).
-fn bpf_link_get_fd_by_id(id: u32) -> std::io::Result<OwnedFd> {
-    const BPF_LINK_GET_FD_BY_ID: libc::c_long = 30;
-    // bpf_attr for GET_FD_BY_ID is { u32 id; u32 next_id; u32 open_flags }.
-    let mut attr = [0u32; 4];
-    attr[0] = id;
-    // SAFETY: attr outlives the call and its size is passed.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_LINK_GET_FD_BY_ID,
-            attr.as_mut_ptr(),
-            std::mem::size_of_val(&attr),
-        )
-    };
-    if ret < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: the kernel returned a new fd that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(ret as RawFd) })
 }

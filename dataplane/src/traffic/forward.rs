@@ -5,10 +5,8 @@
 //! and the benchmarks' guests run it (`forward` between two "VFs") or its
 //! `echo` variant (a container or VM answering towards the sink).
 
-use std::os::fd::{AsFd, AsRawFd};
-
 use aya::maps::{Array, DevMap, MapData, PerCpuArray};
-use aya::programs::{Xdp, XdpMode};
+use aya::programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
 use dataplane_common::map_names;
 use thiserror::Error;
@@ -134,15 +132,28 @@ impl Forward {
     }
 
     /// Injects `repeat` copies of `frame` as if received on `ingress_ifindex`
-    /// and runs the program on each (BPF_PROG_RUN, live-frame mode).
+    /// and runs the program on each (BPF_PROG_RUN in live-frame mode, 64
+    /// frames a batch: the frames really leave through the redirect).
     pub fn run_live(&self, frame: &[u8], ingress_ifindex: u32, repeat: u32) -> std::io::Result<()> {
-        let fd = self
-            .program()
-            .fd()
-            .map_err(std::io::Error::other)?
-            .as_fd()
-            .as_raw_fd();
-        prog_run_live(fd, frame, ingress_ifindex, repeat)
+        // struct xdp_md { data, data_end, data_meta, ingress_ifindex,
+        // rx_queue_index, egress_ifindex }: the kernel wants data_end equal to
+        // the frame's length and no metadata; the ingress device must exist in
+        // this network namespace.
+        let ctx: Vec<u8> = [0, frame.len() as u32, 0, ingress_ifindex, 0, 0]
+            .iter()
+            .flat_map(|w| w.to_ne_bytes())
+            .collect();
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            ctx_in: Some(&ctx),
+            repeat,
+            attrs: TestRunAttrs::new().xdp_live_frames(64),
+            ..TestRunOptions::new()
+        };
+        self.program()
+            .test_run(opts)
+            .map(|_| ())
+            .map_err(std::io::Error::other)
     }
 
     /// Frames redirected and frames whose redirect failed, over all CPUs.
@@ -165,67 +176,4 @@ fn program_mut<'a>(ebpf: &'a mut Ebpf, program: &str) -> &'a mut Xdp {
         .expect("object has forward, gen and echo")
         .try_into()
         .expect("forward is XDP")
-}
-
-/// BPF_PROG_TEST_RUN (bpf(2) command 10) with BPF_F_TEST_XDP_LIVE_FRAMES.
-pub(crate) fn prog_run_live(
-    prog_fd: i32,
-    frame: &[u8],
-    ifindex: u32,
-    repeat: u32,
-) -> std::io::Result<()> {
-    const BPF_PROG_TEST_RUN: libc::c_long = 10;
-    const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
-    /// struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
-    #[repr(C)]
-    struct XdpMd([u32; 6]);
-    /// The `test` member of union bpf_attr.
-    #[repr(C)]
-    #[derive(Default)]
-    struct TestRunAttr {
-        prog_fd: u32,
-        retval: u32,
-        data_size_in: u32,
-        data_size_out: u32,
-        data_in: u64,
-        data_out: u64,
-        repeat: u32,
-        duration: u32,
-        ctx_size_in: u32,
-        ctx_size_out: u32,
-        ctx_in: u64,
-        ctx_out: u64,
-        flags: u32,
-        cpu: u32,
-        batch_size: u32,
-        pad: u32,
-    }
-    // The kernel requires data_end == frame length and no metadata; the
-    // ingress device must exist in the caller's network namespace.
-    let ctx = XdpMd([0, frame.len() as u32, 0, ifindex, 0, 0]);
-    let mut attr = TestRunAttr {
-        prog_fd: prog_fd as u32,
-        data_size_in: frame.len() as u32,
-        data_in: frame.as_ptr() as u64,
-        repeat,
-        ctx_size_in: std::mem::size_of::<XdpMd>() as u32,
-        ctx_in: &ctx as *const XdpMd as u64,
-        flags: BPF_F_TEST_XDP_LIVE_FRAMES,
-        batch_size: 64,
-        ..Default::default()
-    };
-    // SAFETY: attr, frame and ctx outlive the call; the size is passed; the
-    // kernel only reads data_in/ctx_in (no outputs in live mode).
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_TEST_RUN,
-            &mut attr as *mut TestRunAttr,
-            std::mem::size_of::<TestRunAttr>(),
-        )
-    };
-    if ret < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
 }

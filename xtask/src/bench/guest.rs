@@ -13,15 +13,14 @@
 //!   guest can do, so the numbers measure the switch, not the guest.
 //! - `redirect`: every frame from one interface out of another (the guest
 //!   of a VF emulation forwarding between its two "VFs").
-//! - [`TapRelay`]: the VM of the bridge's PVP path, a process on a TAP fd.
+//! - `tap_echo`: the VM of the bridge's PVP path, `dataplane echo --tap`,
+//!   a process on a TAP's file descriptor.
 
-use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use super::topology::in_netns;
 use super::traffic::Dataplane;
 
 /// Starts `dataplane echo` on `ifname` in `netns`, answering towards
@@ -72,103 +71,33 @@ fn attached(netns: &str, ifname: &str, mut child: Child) -> Result<Child> {
     }
 }
 
-/// The VM of the PVP bridge path: a process holding a TAP's file descriptor
-/// (where QEMU/vhost-net would sit) whose netdev is a bridge port, echoing
-/// what is addressed to the VM's MAC towards the sink, like `echo` does. One
-/// thread pinned to CPU 1, a read and a write per frame, sleeping in poll(2)
-/// when idle. Stops, and the TAP goes away with its fd, on drop.
-pub struct TapRelay {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl TapRelay {
-    /// Creates TAP `ifname` in `netns` and starts echoing.
-    pub fn start(netns: &str, ifname: &str, me: [u8; 6], peer: [u8; 6]) -> Result<TapRelay> {
-        let name = ifname.to_string();
-        let fd = in_netns(netns, move || open_tap(&name))
-            .with_context(|| format!("creating TAP {ifname} in {netns}"))?;
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::spawn(move || relay(fd, me, peer, &flag));
-        Ok(TapRelay {
-            stop,
-            thread: Some(thread),
-        })
-    }
-}
-
-impl Drop for TapRelay {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+/// Starts the VM of the PVP bridge path: `dataplane echo --tap`, a process
+/// holding TAP `ifname` in `netns` (where QEMU/vhost-net would sit) that
+/// answers what is addressed to `me` towards `peer`, like `echo` does,
+/// pinned to CPU 1; returns once the TAP exists. The TAP goes away with the
+/// process.
+pub fn tap_echo(dp: &Dataplane, netns: &str, ifname: &str, me: &str, peer: &str) -> Result<Child> {
+    let args = [
+        "echo", "--tap", ifname, "--mac", me, "--peer", peer, "--core", "1",
+    ];
+    let mut child = dp.spawn(netns, &args)?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait()? {
+            bail!("echo on TAP {ifname} in {netns} exited ({status}) before creating it");
         }
-    }
-}
-
-fn open_tap(name: &str) -> Result<OwnedFd> {
-    const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
-    const IFF_TAP: libc::c_short = 0x0002;
-    const IFF_NO_PI: libc::c_short = 0x1000;
-    // SAFETY: open(2) of a path literal.
-    let fd = unsafe { libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
-    if fd < 0 {
-        bail!(
-            "opening /dev/net/tun: {} (is the tun module loaded?)",
-            std::io::Error::last_os_error()
-        );
-    }
-    // SAFETY: a new fd we own from here on.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    // struct ifreq: name[16], then ifr_flags.
-    let mut ifr = [0u8; 40];
-    ifr[..name.len()].copy_from_slice(name.as_bytes());
-    ifr[16..18].copy_from_slice(&(IFF_TAP | IFF_NO_PI).to_ne_bytes());
-    use std::os::fd::AsRawFd;
-    // SAFETY: TUNSETIFF reads and writes a struct ifreq, which ifr is.
-    if unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETIFF, ifr.as_mut_ptr()) } != 0 {
-        bail!("TUNSETIFF {name}: {}", std::io::Error::last_os_error());
-    }
-    Ok(fd)
-}
-
-fn relay(fd: OwnedFd, me: [u8; 6], peer: [u8; 6], stop: &std::sync::atomic::AtomicBool) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: a zeroed cpu_set_t with CPU 1 set, for this thread only.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(1, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-    }
-    let raw = fd.as_raw_fd();
-    let mut buf = vec![0u8; 2048];
-    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-        let mut pfd = libc::pollfd {
-            fd: raw,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one pollfd, 100 ms timeout (to see `stop`).
-        if unsafe { libc::poll(&mut pfd, 1, 100) } <= 0 {
-            continue;
+        let out = Command::new("ip")
+            .args(["-n", netns, "link", "show", "dev", ifname])
+            .output()
+            .context("running ip")?;
+        if out.status.success() {
+            return Ok(child);
         }
-        loop {
-            // SAFETY: reading into our buffer of its length.
-            let n = unsafe { libc::read(raw, buf.as_mut_ptr().cast(), buf.len()) };
-            if n <= 0 {
-                break;
-            }
-            let f = &mut buf[..n as usize];
-            if f.len() >= 14 && f[..6] == me && f[12..14] == [0x08, 0x00] {
-                f[..6].copy_from_slice(&peer);
-                f[6..12].copy_from_slice(&me);
-                // SAFETY: writing the frame we just read.
-                unsafe { libc::write(raw, f.as_ptr().cast(), f.len()) };
-            }
-            // Non-blocking reads until the queue is empty, then poll again.
-            // SAFETY: F_SETFL on our own fd.
-            unsafe { libc::fcntl(raw, libc::F_SETFL, libc::O_NONBLOCK) };
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("no TAP {ifname} in {netns} after 10 s");
         }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }

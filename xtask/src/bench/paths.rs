@@ -10,7 +10,7 @@ use clap::ValueEnum;
 use super::dpdk::{self, Hugepages, Testpmd};
 use super::guest;
 use super::ovs::Ovs;
-use super::topology::{ethtool, ip, mac_of, parse_mac, Topology};
+use super::topology::{ethtool, ip, mac_of, Topology};
 use super::traffic::Dataplane;
 use super::Scenario;
 
@@ -161,7 +161,6 @@ pub struct RunningPath {
     ovs: Option<Ovs>,
     undo: Vec<Vec<String>>,
     hugepages: Option<Hugepages>,
-    relay: Option<guest::TapRelay>,
     uses_dpdk: bool,
     sw: String,
     /// Destination MAC of the generator's frames for this path.
@@ -173,7 +172,6 @@ impl Drop for RunningPath {
         let mut children: Vec<&mut Child> = self.children.iter_mut().map(|(_, c)| c).collect();
         interrupt_and_reap(&mut children, Duration::from_secs(10));
         self.ovs = None;
-        self.relay = None;
         // Whatever a path's process attached through netlink and left
         // behind (a crashed testpmd, OVS) must not meet the next path.
         for p in ["sa", "sb", "sc"] {
@@ -280,7 +278,6 @@ pub fn start(
         ovs: None,
         undo: Vec::new(),
         hugepages: None,
-        relay: None,
         uses_dpdk: false,
         sw: sw.clone(),
         target_mac: match &topo.c0_mac {
@@ -288,7 +285,6 @@ pub fn start(
             _ => topo.b0_mac.clone(),
         },
     };
-    let b0 = parse_mac(&topo.b0_mac)?;
     // The container's application: echo what is addressed to it towards
     // the sink (see guest.rs). The VF emulations replace the container's
     // veth by devices of their own.
@@ -305,13 +301,11 @@ pub fn start(
     match path {
         LinuxBridge | LinuxBridgeTap => {
             if path == LinuxBridgeTap {
-                // The VM: a process on the TAP's fd (guest.rs).
-                r.relay = Some(guest::TapRelay::start(
-                    &sw,
-                    "vmtap",
-                    parse_mac(TAP_GUEST_MAC)?,
-                    b0,
-                )?);
+                // The VM: `dataplane echo --tap`, a process on the TAP's fd.
+                r.child(
+                    "TAP guest echo",
+                    guest::tap_echo(dp, &sw, "vmtap", TAP_GUEST_MAC, &topo.b0_mac)?,
+                );
                 r.ip(&["-n", &sw, "link", "set", "vmtap", "up"], None)?;
                 r.target_mac = TAP_GUEST_MAC.into();
             }

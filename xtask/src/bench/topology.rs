@@ -201,16 +201,6 @@ pub fn mac_of(netns: &str, ifname: &str) -> Result<String> {
         .with_context(|| format!("reading the MAC address of {ifname} in {netns}"))
 }
 
-pub fn parse_mac(mac: &str) -> Result<[u8; 6]> {
-    let v: Vec<u8> = mac
-        .split(':')
-        .map(|x| u8::from_str_radix(x, 16))
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("bad MAC {mac}"))?;
-    v.try_into()
-        .map_err(|_| anyhow::anyhow!("bad MAC {mac}: not 6 bytes"))
-}
-
 /// Runs `f` on a thread that has entered network namespace `netns`: sockets
 /// it opens and interface indexes it resolves belong to that namespace. Only
 /// the network namespace changes (unlike `ip netns exec`), so bpffs stays.
