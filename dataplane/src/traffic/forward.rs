@@ -6,7 +6,8 @@
 //! `echo` variant (a container or VM answering towards the sink).
 
 use aya::maps::{Array, DevMap, MapData, PerCpuArray};
-use aya::programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode};
+use aya::programs::{ProgramError, TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode};
+use aya::sys::SyscallError;
 use aya::{Ebpf, EbpfLoader};
 use dataplane_common::map_names;
 use thiserror::Error;
@@ -150,10 +151,15 @@ impl Forward {
             attrs: TestRunAttrs::new().xdp_live_frames(64),
             ..TestRunOptions::new()
         };
+        // The kernel's errno is kept (not wrapped): the generator tells an
+        // interrupted run (EINTR, Ctrl-C) from a failed one by its kind.
         self.program()
             .test_run(opts)
             .map(|_| ())
-            .map_err(std::io::Error::other)
+            .map_err(|e| match e {
+                ProgramError::SyscallError(SyscallError { io_error, .. }) => io_error,
+                other => std::io::Error::other(other),
+            })
     }
 
     /// Frames redirected and frames whose redirect failed, over all CPUs.
