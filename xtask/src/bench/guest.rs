@@ -44,7 +44,19 @@ pub fn redirect(dp: &Dataplane, netns: &str, from: &str, to: &str, generic: bool
 
 /// Waits until `ifname` in `netns` has an XDP program (the child's), or
 /// fails with what the child said if it exits first.
-fn attached(netns: &str, ifname: &str, mut child: Child) -> Result<Child> {
+fn attached(netns: &str, ifname: &str, child: Child) -> Result<Child> {
+    ready(child, &format!("an XDP program on {ifname}"), || {
+        let out = Command::new("ip")
+            .args(["-n", netns, "-d", "link", "show", "dev", ifname])
+            .output()
+            .context("running ip")?;
+        Ok(String::from_utf8_lossy(&out.stdout).contains("prog/xdp"))
+    })
+}
+
+/// Polls `done` until it holds (returns the child) or 10 s pass (kills it);
+/// if the child exits first, fails with what it said on stderr.
+fn ready(mut child: Child, what: &str, done: impl Fn() -> Result<bool>) -> Result<Child> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if let Some(status) = child.try_wait()? {
@@ -53,19 +65,15 @@ fn attached(netns: &str, ifname: &str, mut child: Child) -> Result<Child> {
                 use std::io::Read;
                 let _ = err.read_to_string(&mut said);
             }
-            bail!("exited ({status}) before attaching: {}", said.trim());
+            bail!("exited ({status}) before {what}: {}", said.trim());
         }
-        let out = Command::new("ip")
-            .args(["-n", netns, "-d", "link", "show", "dev", ifname])
-            .output()
-            .context("running ip")?;
-        if String::from_utf8_lossy(&out.stdout).contains("prog/xdp") {
+        if done()? {
             return Ok(child);
         }
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            bail!("no XDP program on {ifname} after 10 s");
+            bail!("no {what} after 10 s");
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -80,24 +88,13 @@ pub fn tap_echo(dp: &Dataplane, netns: &str, ifname: &str, me: &str, peer: &str)
     let args = [
         "echo", "--tap", ifname, "--mac", me, "--peer", peer, "--core", "1",
     ];
-    let mut child = dp.spawn(netns, &args)?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(status) = child.try_wait()? {
-            bail!("echo on TAP {ifname} in {netns} exited ({status}) before creating it");
-        }
+    let child = dp.spawn(netns, &args)?;
+    ready(child, &format!("TAP {ifname}"), || {
         let out = Command::new("ip")
             .args(["-n", netns, "link", "show", "dev", ifname])
             .output()
             .context("running ip")?;
-        if out.status.success() {
-            return Ok(child);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("no TAP {ifname} in {netns} after 10 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        Ok(out.status.success())
+    })
+    .with_context(|| format!("echo on TAP {ifname} in {netns}"))
 }
