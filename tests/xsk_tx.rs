@@ -53,8 +53,8 @@ fn send_and_check() {
     let capacity = umem.frame_count() as usize;
     assert_eq!(pool.len(), capacity);
 
-    // Sockets in creation order: the first registers the UMEM and must be
-    // dropped last.
+    // The UMEM's registration is held by its anchor socket (on lo of a
+    // private namespace), so these may be dropped in any order.
     let mut sockets: Vec<XskSocket> = Vec::new();
     sockets.push(
         XskSocket::new(&umem, "x0", 0, &SocketConfig::default()).expect("AF_XDP socket on x0"),
@@ -62,7 +62,7 @@ fn send_and_check() {
     assert_eq!(
         sockets[0].bound_mode(),
         BoundMode::Copy,
-        "veth has no zero-copy: Auto must fall back to copy mode"
+        "Auto binds in the UMEM's mode, which is copy"
     );
 
     // A second socket on the other veth end shares the UMEM (own fill and
@@ -72,8 +72,8 @@ fn send_and_check() {
         XskSocket::new(&umem, "x1", 0, &SocketConfig::default()).expect("shared-UMEM socket on x1");
     assert_eq!(shared.bound_mode(), BoundMode::Copy);
     sockets.push(shared);
-    // An explicit zero-copy request cannot join a copy-mode UMEM, and the
-    // owner's queue cannot be bound twice: both refused with a clear error.
+    // An explicit zero-copy request cannot join a copy-mode UMEM, and x0's
+    // queue cannot be bound twice: both refused with a clear error.
     let zc = SocketConfig {
         bind: BindMode::ZeroCopy,
         ..SocketConfig::default()
@@ -227,4 +227,56 @@ fn xsk_close_returns_the_frames_the_kernel_held() {
     topo.veth((&ns, "y0"), (&ns, "y1"));
     ns.ip(&["link", "set", "y0", "down"]);
     ns.enter(lent_frames_come_back_on_close);
+}
+
+/// The first port socket made on a UMEM can be closed and its queue bound
+/// again while another socket keeps the UMEM in use (libxdp alone would
+/// keep the first socket bound for the UMEM's life: the anchor socket takes
+/// that role), and a frame sent after the re-bind still arrives.
+fn first_socket_leaves_and_binds_again() {
+    let sink = PacketSocket::open("z1");
+    let umem = Arc::new(Umem::new(UmemConfig::default()).expect("UMEM"));
+    let mut pool = FramePool::new(&umem);
+    let first = XskSocket::new(&umem, "z0", 0, &SocketConfig::default()).expect("socket on z0");
+    let other = XskSocket::new(&umem, "z1", 0, &SocketConfig::default()).expect("socket on z1");
+    pool.free_cold(&first.close());
+    let mut again =
+        XskSocket::new(&umem, "z0", 0, &SocketConfig::default()).expect("z0 queue 0 bound again");
+    // A frame whose start is 4 bytes before its frame's usual start, as a
+    // VLAN push leaves it: it must arrive byte for byte.
+    let addr = pool.alloc().expect("a free frame") + 252;
+    let frame = test_frame(DST, SRC, TEST_ETHERTYPE, 7, FRAME_LEN);
+    // SAFETY: the frame just came off the free list: this test holds it.
+    unsafe { umem.frame_mut(addr, FRAME_LEN) }.copy_from_slice(&frame);
+    let desc = XdpDesc {
+        addr,
+        len: FRAME_LEN as u32,
+        options: 0,
+    };
+    assert_eq!(again.send(&[desc]), 1);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while again.outstanding_tx() > 0 {
+        assert!(Instant::now() < deadline, "the frame never completed");
+        again.kick_tx();
+        again.complete(&mut pool, 64);
+    }
+    let got = sink.receive(1, Duration::from_secs(5), |f| {
+        test_frame_seq(f, TEST_ETHERTYPE).is_some()
+    });
+    assert_eq!(got, vec![frame], "the moved frame arrives intact");
+    pool.free_cold(&again.close());
+    pool.free_cold(&other.close());
+    assert_eq!(pool.len(), pool.capacity(), "every frame back in the pool");
+    assert_eq!(pool.refused_frees(), 0);
+}
+
+#[test]
+fn xsk_first_socket_can_leave_and_its_queue_bind_again() {
+    if !privileged("xsk_first_socket_can_leave_and_its_queue_bind_again") {
+        return;
+    }
+    let mut topo = Topology::new("xskf");
+    let ns = topo.netns("z");
+    topo.veth((&ns, "z0"), (&ns, "z1"));
+    ns.enter(first_socket_leaves_and_binds_again);
 }

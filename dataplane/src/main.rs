@@ -128,6 +128,7 @@ enum Command {
         dataplane -n dp-sw run --config switch.toml\n\n\
         Port specs:\n  \
         afxdp:IFACE[,queues=0+1][,vlan=N | ,trunk=N+M[,native=N]][,bind=auto|copy|zerocopy]\n  \
+          (AF_XDP sockets share their PMD's UMEM in copy mode: bind=zerocopy is refused)\n  \
         veth:IFACE[,vlan=N | ,trunk=N+M[,native=N]]   (host end of a container's veth)\n  \
         tap:NAME[,queues=N][,vlan=N | ,trunk=N+M[,native=N]]   (creates or opens a TAP device)\n  \
         vhost-user:/PATH.sock[,vlan=N | ,trunk=N+M[,native=N]]   (a VM's virtio-net)\n\n\

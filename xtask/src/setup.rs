@@ -23,11 +23,23 @@ pub const BASE_PACKAGES: &[&str] = &[
     "iperf3",          // real TCP/UDP between namespaces (tests/tcp.rs, the demo)
 ];
 
+/// Debian packages the build itself needs: xsk-rs builds libxdp and libbpf
+/// from their C source (bindgen needs libclang, which clang brings).
+pub const BUILD_PACKAGES: &[&str] = &[
+    "clang",
+    "llvm",
+    "m4",
+    "libelf-dev",
+    "zlib1g-dev",
+    "pkg-config",
+];
+
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 pub fn run() -> Result<()> {
     eprintln!("[setup] making this machine ready for dataplane");
+    packages(BUILD_PACKAGES)?;
     packages(BASE_PACKAGES)?;
     rust_src()?;
     bpf_linker()?;

@@ -29,6 +29,8 @@ pub fn run(opts: &TestOptions) -> Result<()> {
         setup::run()?;
     } else {
         eprintln!("[test] not root: skipping machine setup; privileged tests will report themselves skipped");
+        // Without these the build fails deep inside libxdp-sys: say so first.
+        setup::packages(setup::BUILD_PACKAGES)?;
     }
     build::build_ebpf(&build::EbpfOptions::default())?;
     let root = workspace_root();

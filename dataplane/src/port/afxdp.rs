@@ -221,7 +221,7 @@ impl AfxdpPort {
             queues = ?config.queues,
             mode = ?port.bound,
             "AF_XDP port open{}",
-            if port.bound == BoundMode::Copy { " (copy mode: the driver has no zero-copy support)" } else { "" }
+            if port.bound == BoundMode::Copy { " (copy mode: the PMD's UMEM is shared by all its ports in copy mode)" } else { "" }
         );
         Ok(port)
     }

@@ -6,7 +6,7 @@
 //! The UMEM is cut into `frame_count` frames (chunks) of `frame_size` bytes,
 //! named by their offset from the start of the area (the "address"). The
 //! rule that makes the raw accesses sound, and the frame accounting exact:
-//! **every frame is held by exactly one party at a time** — the
+//! **every frame is held by exactly one party at a time**: the
 //! [`FramePool`], a kernel ring (fill, RX, TX, completion) of one socket, or
 //! the code between rings that took it from one of those. Only the holder
 //! reads or writes the frame's bytes; handing a frame on (to a ring, or back
@@ -14,19 +14,17 @@
 //!
 //! # Registration
 //!
-//! The UMEM is registered with the kernel (`XDP_UMEM_REG`) by the first
-//! socket created on it; later sockets bind with `XDP_SHARED_UMEM` naming
-//! the fd of *any* socket still bound to it (the kernel takes the UMEM
-//! from whichever it is given; see [`super::XskSocket::new`]). So sockets
-//! may close in any order: a port removed first does not keep later ports
-//! from joining. Once every socket is closed the kernel lets go of the
-//! UMEM, and the next socket registers it afresh.
+//! xsk-rs maps the area and registers it with the kernel when the UMEM is
+//! made, together with its anchor socket ([`super::anchor`]); every port's
+//! socket then shares it (`XDP_SHARED_UMEM`), in any order.
 
-use std::os::fd::RawFd;
 use std::ptr::NonNull;
 use std::sync::{Mutex, MutexGuard};
 
-use super::socket::BoundMode;
+use dataplane_common::wire::FRAME_HEADROOM;
+use xsk_rs::FrameDesc;
+
+use super::anchor::{self, Anchor};
 use super::Error;
 
 /// Sizes of a UMEM and of the fill/completion rings of each socket on it.
@@ -82,83 +80,109 @@ impl UmemConfig {
     }
 }
 
-/// A socket bound to the UMEM, as later sockets need one: they bind with
-/// `XDP_SHARED_UMEM` + its fd, and inherit the UMEM's mode (the kernel
-/// refuses mode flags on sharing sockets; every member has the same).
-#[derive(Debug, Clone, Copy)]
-pub(super) struct UmemMember {
-    /// Its fd number (borrowed: the socket owns and closes it, and leaves
-    /// the registration first, under its lock).
-    pub fd: RawFd,
-    /// Where it is bound; a second socket on the same interface queue would
-    /// share its rings, which this module does not support.
-    pub ifindex: u32,
-    pub queue: u32,
-    /// Copy or zero-copy: decided for the whole UMEM by this socket.
-    pub mode: BoundMode,
-    /// Whether it bound with `XDP_USE_NEED_WAKEUP` (inherited as well).
-    pub need_wakeup: bool,
+/// What the kernel knows of a UMEM: xsk-rs's handle, the descriptor it made
+/// for each frame, and the anchor. Field order is drop order: the anchor
+/// socket goes before the UMEM it registered.
+pub(super) struct Registered {
+    _anchor: Anchor,
+    /// Frame `i`'s descriptor from `xsk_rs::Umem::new`: its address is
+    /// `i * frame_size + FRAME_HEADROOM`, where copy-mode RX puts a frame.
+    canonical: Vec<FrameDesc>,
+    pub(super) umem: xsk_rs::Umem,
 }
 
-/// Who uses the UMEM in the kernel: guarded by a mutex because sockets are
-/// created and closed rarely, possibly from several threads.
-#[derive(Debug, Default)]
-pub(super) struct Registration {
-    /// The open sockets on this UMEM, in no particular order; empty: the
-    /// next socket registers it.
-    pub members: Vec<UmemMember>,
+impl Registered {
+    /// The canonical descriptor of frame `index`, to give to a fill ring
+    /// (the kernel reads only its address there).
+    #[inline]
+    pub(super) fn fill_descriptor(&self, index: usize) -> FrameDesc {
+        self.canonical[index]
+    }
 }
 
-/// Packet memory shared with the kernel: one anonymous mapping of
-/// `frame_count * frame_size` bytes, registered by the first socket bound
-/// on it. Share it as `Arc<Umem>`; every socket keeps a clone, so the memory
-/// outlives all of them.
+/// Packet memory shared with the kernel: `frame_count * frame_size` bytes
+/// in one mapping. Share it as `Arc<Umem>`; every socket keeps a clone, so
+/// the memory outlives all of them.
 pub struct Umem {
+    /// Start of the area; see [`Umem::new`] for where it comes from.
     area: NonNull<u8>,
     len: usize,
     config: UmemConfig,
-    registration: Mutex<Registration>,
+    /// `None` for test memory ([`Umem::unregistered`]).
+    kernel: Option<Registered>,
+    /// The (ifindex, queue) of each port socket on this UMEM: one socket per
+    /// interface queue (a second would share the first's fill ring, which
+    /// the frame accounting does not support).
+    bound: Mutex<Vec<(u32, u32)>>,
+    /// Backing of test memory.
+    _test_area: Option<Box<[u8]>>,
 }
 
 // SAFETY: the area is plain memory whose frames are accessed according to
 // the ownership rule in the module docs (by whichever thread holds the
-// frame), not according to which thread holds the `Umem`; the registration
-// state is behind a Mutex.
+// frame), not according to which thread holds the `Umem`; xsk-rs's handle
+// is Send + Sync, and the binding list is behind a Mutex.
 unsafe impl Send for Umem {}
 // SAFETY: as above: `&Umem` only gives out frame slices under that rule.
 unsafe impl Sync for Umem {}
 
 impl Umem {
-    /// Validates `config` and maps the area (anonymous, private, pre-faulted
-    /// so the kernel's pinning at registration does not fault it in).
+    /// Validates `config`, maps the area and registers it with the kernel
+    /// through its anchor socket. Needs root (CAP_NET_RAW for AF_XDP,
+    /// CAP_SYS_ADMIN for the anchor's namespace) and RLIMIT_MEMLOCK room for
+    /// the area.
     pub fn new(config: UmemConfig) -> Result<Umem, Error> {
         config.validate()?;
+        let (umem, canonical, anchor) = anchor::register(&config)?;
         let len = config.frame_size as usize * config.frame_count as usize;
-        // SAFETY: asks for a fresh anonymous mapping; touches no existing
-        // memory; the result is checked below.
-        let area = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
-                -1,
-                0,
-            )
-        };
-        if area == libc::MAP_FAILED {
-            return Err(Error::UmemMmap {
-                bytes: len,
-                frame_count: config.frame_count,
-                frame_size: config.frame_size,
-                source: std::io::Error::last_os_error(),
-            });
-        }
+        assert_eq!(
+            canonical.first().map(|d| d.addr()),
+            Some(FRAME_HEADROOM),
+            "xsk-rs puts frame 0's data past the kernel's XDP headroom"
+        );
+        // xsk-rs 0.11 gives no access to its mapping's start, only to each
+        // frame's data from its descriptor on; the switch addresses frames
+        // by offset (RX headroom, a pushed VLAN tag), so the start is taken
+        // back from frame 0's data pointer. xsk-rs maps the area as one
+        // anonymous mapping of exactly `len` bytes (frame_count frames of
+        // frame_size), so every offset below `len` is inside it.
+        let mut frame0 = canonical[0];
+        // SAFETY: nobody holds frame 0 yet (no socket has a frame of this
+        // UMEM); the slice is used only for its address.
+        let data0 = unsafe { umem.data_mut(&mut frame0) }
+            .contents_mut()
+            .as_mut_ptr();
+        let area = NonNull::new(data0.wrapping_sub(FRAME_HEADROOM)).expect("mmap at address 0");
         Ok(Umem {
-            area: NonNull::new(area.cast()).expect("mmap returned NULL"),
+            area,
             len,
             config,
-            registration: Mutex::new(Registration::default()),
+            kernel: Some(Registered {
+                _anchor: anchor,
+                canonical,
+                umem,
+            }),
+            bound: Mutex::new(Vec::new()),
+            _test_area: None,
+        })
+    }
+
+    /// Frame memory with the same layout that the kernel does not know:
+    /// for unit tests of code that only reads and writes frames (no root
+    /// needed). Sockets refuse it.
+    #[cfg(test)]
+    pub fn unregistered(config: UmemConfig) -> Result<Umem, Error> {
+        config.validate()?;
+        let len = config.frame_size as usize * config.frame_count as usize;
+        let mut memory = vec![0u8; len].into_boxed_slice();
+        let area = NonNull::new(memory.as_mut_ptr()).expect("Box is never null");
+        Ok(Umem {
+            area,
+            len,
+            config,
+            kernel: None,
+            bound: Mutex::new(Vec::new()),
+            _test_area: Some(memory),
         })
     }
 
@@ -182,16 +206,15 @@ impl Umem {
         self.len
     }
 
-    /// Start address and length, for `XDP_UMEM_REG`.
-    pub(super) fn area(&self) -> (u64, u64) {
-        (self.area.as_ptr() as u64, self.len as u64)
+    /// xsk-rs's side, `None` for test memory.
+    pub(super) fn kernel(&self) -> Option<&Registered> {
+        self.kernel.as_ref()
     }
 
-    /// The registration state (see the module docs).
-    pub(super) fn registration(&self) -> MutexGuard<'_, Registration> {
-        // A panic while holding it cannot leave it half-updated (each
-        // critical section is a couple of assignments), so poison is moot.
-        self.registration
+    /// The (ifindex, queue) pairs port sockets are bound to.
+    pub(super) fn bound(&self) -> MutexGuard<'_, Vec<(u32, u32)>> {
+        // Each critical section is one push or retain: poison is moot.
+        self.bound
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -232,6 +255,43 @@ impl Umem {
         unsafe { std::slice::from_raw_parts_mut(self.area.as_ptr().add(addr as usize), len) }
     }
 
+    /// Frame `desc`'s xsk-rs descriptor, to hand to a ring: its chunk's
+    /// canonical descriptor with the length set, after moving the frame's
+    /// bytes to the canonical start if a VLAN push or pop moved them.
+    /// `None` if the frame cannot sit at the canonical start (longer than
+    /// the room past the headroom: never for frames within the MTU).
+    ///
+    /// The caller must hold the frame (module docs).
+    #[inline]
+    pub(super) fn descriptor(&self, kernel: &Registered, addr: u64, len: u32) -> Option<FrameDesc> {
+        let chunk = addr & !(u64::from(self.config.frame_size) - 1);
+        let mut desc = *kernel
+            .canonical
+            .get((chunk / u64::from(self.config.frame_size)) as usize)?;
+        let start = desc.addr() as u64;
+        if u64::from(len) > chunk + u64::from(self.config.frame_size) - start {
+            return None;
+        }
+        if addr != start {
+            self.check(addr, len as usize);
+            // SAFETY: both ranges lie inside the one frame the caller holds
+            // (checked above and just before); `copy` allows the overlap.
+            unsafe {
+                std::ptr::copy(
+                    self.area.as_ptr().add(addr as usize),
+                    self.area.as_ptr().add(start as usize),
+                    len as usize,
+                );
+            }
+        }
+        // SAFETY: the caller holds the frame, and no slice of it is alive
+        // (the engine handed it over to be sent).
+        unsafe { kernel.umem.data_mut(&mut desc) }
+            .cursor()
+            .set_pos(len as usize);
+        Some(desc)
+    }
+
     /// Panics unless `[addr, addr + len)` lies inside one frame of the area.
     #[inline]
     fn check(&self, addr: u64, len: usize) {
@@ -242,15 +302,6 @@ impl Umem {
             "UMEM access [{addr:#x}, +{len}) leaves its {frame_size}-byte frame or the {}-byte UMEM",
             self.len
         );
-    }
-}
-
-impl Drop for Umem {
-    fn drop(&mut self) {
-        // SAFETY: area/len are exactly what mmap returned. Every socket that
-        // registered or shared the area holds an Arc<Umem>, so none is left,
-        // and `frame` slices borrow `self`.
-        unsafe { libc::munmap(self.area.as_ptr().cast(), self.len) };
     }
 }
 
@@ -277,8 +328,13 @@ pub struct FramePool {
 impl FramePool {
     /// A pool holding every frame of `umem`.
     pub fn new(umem: &Umem) -> FramePool {
-        let n = umem.config.frame_count as usize;
-        let frame_size = umem.config.frame_size as u64;
+        FramePool::for_config(umem.config())
+    }
+
+    /// A pool holding every frame of a UMEM made with `config`.
+    pub fn for_config(config: &UmemConfig) -> FramePool {
+        let n = config.frame_count as usize;
+        let frame_size = config.frame_size as u64;
         FramePool {
             // Popped from the end: low addresses are handed out first.
             free: (0..n as u64).rev().map(|i| i * frame_size).collect(),
@@ -380,7 +436,7 @@ mod tests {
     use super::*;
 
     fn small() -> Umem {
-        Umem::new(UmemConfig {
+        Umem::unregistered(UmemConfig {
             frame_size: 2048,
             frame_count: 16,
             fill_size: 8,
@@ -557,7 +613,9 @@ mod tests {
             ),
         ];
         for (config, expected) in cases {
-            let err = Umem::new(config).err().expect("invalid config accepted");
+            let err = Umem::unregistered(config)
+                .err()
+                .expect("invalid config accepted");
             assert!(matches!(err, Error::InvalidConfig { .. }), "{err:?}");
             assert!(
                 err.to_string().contains(expected),

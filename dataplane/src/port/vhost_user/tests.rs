@@ -182,7 +182,7 @@ struct Bench {
 
 impl Bench {
     fn new() -> Bench {
-        let umem = Umem::new(UmemConfig {
+        let umem = Umem::unregistered(UmemConfig {
             frame_count: 64,
             ..UmemConfig::default()
         })
