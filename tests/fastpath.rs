@@ -44,7 +44,6 @@ fn send(ns: &NetNs, ifname: &str, src: [u8; 6], dst: [u8; 6], first: u32, n: u32
 }
 
 /// Like [`send`], with an 802.1Q tag.
-#[allow(clippy::too_many_arguments)]
 fn send_tagged(ns: &NetNs, ifname: &str, src: [u8; 6], dst: [u8; 6], vid: u16, first: u32, n: u32) {
     let frames = (first..first + n)
         .map(move |seq| harness::tagged(&test_frame(dst, src, TEST_ETHERTYPE, seq, 64), vid));

@@ -692,7 +692,7 @@ fn run_gen(args: GenArgs) -> anyhow::Result<()> {
 }
 
 fn run_switch(root: &PinRoot, args: RunArgs, socket: &std::path::Path) -> anyhow::Result<()> {
-    use dataplane::daemon::config::{ForwardingMode, RunConfig};
+    use dataplane::daemon::config::{ForwardingMode, RunConfig, RunFlags};
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Mutex};
     use std::time::{Duration, Instant};
@@ -701,21 +701,24 @@ fn run_switch(root: &PinRoot, args: RunArgs, socket: &std::path::Path) -> anyhow
         Some(path) => RunConfig::from_file(path)?,
         None => RunConfig::from_flags(
             &args.ports,
-            if args.xconnect {
-                ForwardingMode::Xconnect
-            } else {
-                ForwardingMode::Switch
+            RunFlags {
+                mode: if args.xconnect {
+                    ForwardingMode::Xconnect
+                } else {
+                    ForwardingMode::Switch
+                },
+                fast_path: !args.no_fast_path,
+                busy_poll: args.busy_poll,
+                cores: match args.core {
+                    Some(c) => vec![c],
+                    None => args.cores.clone(),
+                },
+                burst: args.burst,
+                stats_interval: args
+                    .stats_interval
+                    .filter(|s| *s > 0)
+                    .map(Duration::from_secs),
             },
-            !args.no_fast_path,
-            args.busy_poll,
-            match args.core {
-                Some(c) => vec![c],
-                None => args.cores.clone(),
-            },
-            args.burst,
-            args.stats_interval
-                .filter(|s| *s > 0)
-                .map(Duration::from_secs),
         )?,
     };
     if let Some(us) = args.socket_busy_poll {

@@ -138,9 +138,11 @@ impl Port for TapPort {
             let len = n as usize - VNET_HDR_LEN;
             let d = offload::deliver(
                 frames,
-                chunk,
-                FRAME_HEADROOM as u64,
-                len,
+                offload::Written {
+                    chunk,
+                    headroom: FRAME_HEADROOM as u64,
+                    len,
+                },
                 &VnetHdr::parse(&hdr),
                 &mut self.spill,
                 out,

@@ -57,23 +57,35 @@ pub struct Delivered {
     pub bytes: u64,
 }
 
+/// Where a sender's frame was written: its first bytes in the UMEM frame
+/// `chunk`, from `chunk + headroom` on, `len` bytes in all (those past the
+/// UMEM frame's room in the spill buffer's tail).
+#[derive(Debug, Clone, Copy)]
+pub struct Written {
+    pub chunk: u64,
+    pub headroom: u64,
+    pub len: usize,
+}
+
 /// Hands one frame a sender wrote behind a virtio-net header to the
 /// switch, doing what the header asks: as it is, with its checksum
 /// finished, or cut into segments. The frame's first `room` bytes are in
-/// the UMEM frame `chunk` at `chunk + headroom`, the rest (if any) in
-/// `spill`'s tail, where [`SpillBuffer::tail`] put them. Descriptors go to
-/// `out`; frames that cannot be honoured are dropped and counted.
-#[allow(clippy::too_many_arguments)]
+/// its UMEM frame, the rest (if any) in `spill`'s tail, where
+/// [`SpillBuffer::tail`] put them. Descriptors go to `out`; frames that
+/// cannot be honoured are dropped and counted.
 pub fn deliver(
     frames: &mut Frames<'_>,
-    chunk: u64,
-    headroom: u64,
-    len: usize,
+    written: Written,
     hdr: &VnetHdr,
     spill: &mut SpillBuffer,
     out: &mut Vec<XdpDesc>,
     counters: &PortCounters,
 ) -> Delivered {
+    let Written {
+        chunk,
+        headroom,
+        len,
+    } = written;
     let room = frames.umem.frame_size() as usize - headroom as usize;
     let one = |out: &mut Vec<XdpDesc>| {
         out.push(XdpDesc {

@@ -446,9 +446,11 @@ impl virtq::TxSink for PortTxSink<'_, '_> {
                 }
                 let d = offload::deliver(
                     self.frames,
-                    chunk,
-                    FRAME_HEADROOM as u64,
-                    len,
+                    offload::Written {
+                        chunk,
+                        headroom: FRAME_HEADROOM as u64,
+                        len,
+                    },
                     &hdr,
                     self.spill,
                     self.out,

@@ -1,0 +1,361 @@
+//! One port: its kind, the `--port` form (parsed and printed), its
+//! `[[port]]` table, and the checks every form of a port goes through.
+
+use std::collections::HashSet;
+use std::str::FromStr;
+
+use serde::Deserialize;
+
+use super::Error;
+use crate::switch::{VlanMode, VlanSet};
+use crate::xsk::BindMode;
+
+/// Port kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PortKind {
+    /// AF_XDP sockets on a netdev running steer.
+    Afxdp,
+    /// The host end of a container's veth: steer in generic mode, so the
+    /// container keeps TSO and checksum offload (see `port::veth`).
+    Veth,
+    /// A TAP device (a VM's virtio NIC sits behind it).
+    Tap,
+    /// A vhost-user socket a VM (QEMU) or DPDK's virtio_user connects to.
+    VhostUser,
+}
+
+impl PortKind {
+    /// The prefix of `--port` specs and port names.
+    pub const fn prefix(self) -> &'static str {
+        match self {
+            PortKind::Afxdp => "afxdp",
+            PortKind::Veth => "veth",
+            PortKind::Tap => "tap",
+            PortKind::VhostUser => "vhost-user",
+        }
+    }
+
+    /// Ports on a netdev of this namespace that run `steer` (and so take
+    /// part in the fast path and are watched for link changes).
+    pub const fn runs_steer(self) -> bool {
+        matches!(self, PortKind::Afxdp | PortKind::Veth)
+    }
+}
+
+/// Longest unix socket path (sun_path is 108 bytes with the NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// One port as configured.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PortConfig {
+    pub kind: PortKind,
+    /// The interface; for a vhost-user port, the socket path.
+    pub iface: String,
+    pub queues: Vec<u32>,
+    pub vlan: VlanMode,
+    pub bind: BindMode,
+}
+
+impl PortConfig {
+    /// The `--port` form of this port (what `port add` takes).
+    pub fn spec(&self) -> String {
+        let mut s = self.name();
+        let default_queues = match self.kind {
+            PortKind::Afxdp | PortKind::Veth => self.queues == [0],
+            PortKind::Tap | PortKind::VhostUser => self.queues.len() == 1,
+        };
+        if !default_queues {
+            match self.kind {
+                PortKind::Tap | PortKind::VhostUser => {
+                    s.push_str(&format!(",queues={}", self.queues.len()))
+                }
+                PortKind::Afxdp | PortKind::Veth => {
+                    s.push_str(&format!(",queues={}", join(&self.queues)))
+                }
+            }
+        }
+        match &self.vlan {
+            VlanMode::Access(v) => s.push_str(&format!(",vlan={v}")),
+            VlanMode::Trunk { allowed, native } => {
+                if let Some(set) = allowed {
+                    s.push_str(&format!(",trunk={}", join(&set.iter().collect::<Vec<_>>())));
+                }
+                if *native != crate::switch::vlan::UNTAGGED {
+                    s.push_str(&format!(",native={native}"));
+                }
+            }
+        }
+        if self.bind != BindMode::Auto {
+            s.push_str(&format!(",bind={}", self.bind));
+        }
+        s
+    }
+
+    /// This port as a `[[port]]` table.
+    pub(super) fn to_toml(&self) -> String {
+        let kind = self.kind.prefix();
+        let mut t = match self.kind {
+            PortKind::VhostUser => {
+                format!("[[port]]\nkind = \"{kind}\"\npath = {:?}\n", self.iface)
+            }
+            _ => format!("[[port]]\nkind = \"{kind}\"\niface = {:?}\n", self.iface),
+        };
+        match self.kind {
+            PortKind::Afxdp => t.push_str(&format!("queues = {:?}\n", self.queues)),
+            PortKind::Veth => {}
+            PortKind::Tap => t.push_str(&format!("queues = [{}]\n", self.queues.len())),
+            PortKind::VhostUser => {}
+        }
+        match &self.vlan {
+            VlanMode::Access(v) => t.push_str(&format!("vlan = {v}\n")),
+            VlanMode::Trunk { allowed, native } => {
+                if let Some(set) = allowed {
+                    t.push_str(&format!("trunk = {:?}\n", set.iter().collect::<Vec<_>>()));
+                }
+                if *native != crate::switch::vlan::UNTAGGED {
+                    t.push_str(&format!("native_vlan = {native}\n"));
+                }
+            }
+        }
+        if self.bind != BindMode::Auto {
+            t.push_str(&format!("bind = \"{}\"\n", self.bind));
+        }
+        t
+    }
+
+    /// `kind:iface`, as logs and statistics name the port.
+    pub fn name(&self) -> String {
+        format!("{}:{}", self.kind.prefix(), self.iface)
+    }
+}
+
+pub(super) fn vlan_mode(
+    name: &str,
+    vlan: Option<u16>,
+    trunk: Option<Vec<u16>>,
+    native: Option<u16>,
+) -> Result<VlanMode, Error> {
+    let check = |vid: u16| {
+        if (1..=4094).contains(&vid) {
+            Ok(vid)
+        } else {
+            Err(Error::VlanRange {
+                name: name.to_string(),
+                vid,
+            })
+        }
+    };
+    match (vlan, trunk) {
+        (Some(_), Some(_)) => Err(Error::AccessAndTrunk {
+            name: name.to_string(),
+        }),
+        (Some(v), None) => Ok(VlanMode::Access(check(v)?)),
+        (None, Some(list)) => {
+            for v in &list {
+                check(*v)?;
+            }
+            Ok(VlanMode::Trunk {
+                allowed: Some(VlanSet::new(list)),
+                native: match native {
+                    Some(n) => check(n)?,
+                    None => crate::switch::vlan::UNTAGGED,
+                },
+            })
+        }
+        (None, None) => Ok(match native {
+            Some(n) => VlanMode::Trunk {
+                allowed: None,
+                native: check(n)?,
+            },
+            None => VlanMode::default(),
+        }),
+    }
+}
+
+pub(super) fn parse_bind(s: &str) -> Result<BindMode, String> {
+    match s {
+        "auto" => Ok(BindMode::Auto),
+        "copy" => Ok(BindMode::Copy),
+        "zerocopy" | "zero-copy" => Ok(BindMode::ZeroCopy),
+        _ => Err("expected auto, copy or zerocopy".into()),
+    }
+}
+
+/// Parses `afxdp:veth0,queues=0+1,vlan=10`.
+pub fn parse_port_spec(spec: &str) -> Result<PortConfig, Error> {
+    spec.parse()
+}
+
+impl FromStr for PortConfig {
+    type Err = Error;
+
+    /// The `--port` form: `afxdp:veth0,queues=0+1,vlan=10`.
+    fn from_str(spec: &str) -> Result<PortConfig, Error> {
+        let (kind, rest) = spec.split_once(':').ok_or_else(|| Error::BadPortSpec {
+            spec: spec.to_string(),
+        })?;
+        let kind = match kind {
+            "afxdp" => PortKind::Afxdp,
+            "veth" => PortKind::Veth,
+            "tap" => PortKind::Tap,
+            "vhost-user" => PortKind::VhostUser,
+            other => {
+                return Err(Error::UnknownKind {
+                    spec: spec.to_string(),
+                    kind: other.to_string(),
+                })
+            }
+        };
+        let mut parts = rest.split(',');
+        let iface = parts.next().unwrap_or_default().to_string();
+        let max_len = match kind {
+            PortKind::VhostUser => MAX_SOCKET_PATH,
+            _ => 15,
+        };
+        if iface.is_empty() || iface.len() > max_len {
+            return Err(Error::BadPortSpec {
+                spec: spec.to_string(),
+            });
+        }
+        if kind != PortKind::VhostUser {
+            check_ifname(&iface).map_err(|why| Error::PortField {
+                spec: spec.to_string(),
+                why,
+            })?;
+        }
+        let bad = |key: &str, value: &str, why: &str| Error::BadValue {
+            spec: spec.to_string(),
+            key: key.to_string(),
+            value: value.to_string(),
+            why: why.to_string(),
+        };
+        let list = |key: &str, value: &str| -> Result<Vec<u32>, Error> {
+            value
+                .split('+')
+                .map(|v| {
+                    v.parse::<u32>()
+                        .map_err(|_| bad(key, value, "expected numbers joined by '+'"))
+                })
+                .collect()
+        };
+        let (mut queues, mut vlan, mut trunk, mut native, mut bind) =
+            (vec![0], None, None, None, BindMode::Auto);
+        let mut given = HashSet::new();
+        for part in parts {
+            let (key, value) = part.split_once('=').ok_or_else(|| Error::BadPortSpec {
+                spec: spec.to_string(),
+            })?;
+            if !given.insert(key) {
+                return Err(bad(key, value, "given twice; name it once"));
+            }
+            match key {
+                // AF_XDP: the rx queue ids; TAP: how many queues.
+                "queues" if kind == PortKind::Tap => {
+                    let n = value
+                        .parse::<u32>()
+                        .ok()
+                        .filter(|n| (1..=16).contains(n))
+                        .ok_or_else(|| bad(key, value, "a TAP takes a queue count, 1-16"))?;
+                    queues = (0..n).collect();
+                }
+                "queues" if kind == PortKind::VhostUser => {
+                    return Err(bad(key, value, "a vhost-user port has one queue pair"))
+                }
+                "queues" if kind == PortKind::Veth => {
+                    return Err(bad(
+                        key,
+                        value,
+                        "a veth port receives through the switch's punt device",
+                    ))
+                }
+                "queues" => queues = list(key, value)?,
+                "vlan" => {
+                    vlan = Some(
+                        value
+                            .parse::<u16>()
+                            .map_err(|_| bad(key, value, "expected a VLAN id"))?,
+                    )
+                }
+                "trunk" => {
+                    // Parsed wide and checked before narrowing: 65546 must not
+                    // become VLAN 10.
+                    let vids = list(key, value)?;
+                    if vids.iter().any(|&v| v > 4094) {
+                        return Err(bad(key, value, "VLAN ids are 1-4094"));
+                    }
+                    trunk = Some(vids.into_iter().map(|v| v as u16).collect())
+                }
+                "native" => {
+                    native = Some(
+                        value
+                            .parse::<u16>()
+                            .map_err(|_| bad(key, value, "expected a VLAN id"))?,
+                    )
+                }
+                "bind" => bind = parse_bind(value).map_err(|why| bad(key, value, &why))?,
+                other => {
+                    return Err(Error::UnknownOption {
+                        spec: spec.to_string(),
+                        key: other.to_string(),
+                    })
+                }
+            }
+        }
+        let name = format!("{}:{iface}", kind.prefix());
+        Ok(PortConfig {
+            kind,
+            vlan: vlan_mode(&name, vlan, trunk, native)?,
+            iface,
+            queues,
+            bind,
+        })
+    }
+}
+
+pub(super) fn join<T: std::fmt::Display>(items: &[T]) -> String {
+    items
+        .iter()
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join("+")
+}
+
+/// The interface (or, for vhost-user, the socket path) of a TOML port.
+pub(super) fn port_target(
+    kind: PortKind,
+    iface: Option<String>,
+    path: Option<String>,
+    origin: &str,
+) -> Result<String, Error> {
+    let spec = |what: &str| format!("{origin}: [[port]] kind = \"{}\"{what}", kind.prefix());
+    match (kind, iface, path) {
+        (PortKind::VhostUser, None, Some(p)) if !p.is_empty() && p.len() <= MAX_SOCKET_PATH => {
+            Ok(p)
+        }
+        (PortKind::VhostUser, None, Some(p)) => Err(Error::PortField {
+            spec: spec(&format!(", path = {p:?}")),
+            why: format!("the socket path must be 1-{MAX_SOCKET_PATH} bytes"),
+        }),
+        (PortKind::VhostUser, _, _) => Err(Error::PortField {
+            spec: spec(""),
+            why: "needs `path = \"/run/dataplane/vm0.sock\"` (the socket) and no `iface`".into(),
+        }),
+        (_, Some(i), None) => match check_ifname(&i) {
+            Ok(()) => Ok(i),
+            Err(why) => Err(Error::PortField {
+                spec: spec(&format!(", iface = {:?}", i)),
+                why,
+            }),
+        },
+        (_, _, _) => Err(Error::PortField {
+            spec: spec(""),
+            why: "needs `iface = \"...\"`; `path` is for vhost-user ports only".into(),
+        }),
+    }
+}
+
+/// An interface name the kernel could have (see `netdev::check_name`).
+pub(super) fn check_ifname(name: &str) -> Result<(), String> {
+    crate::sys::netdev::check_name(name).map_err(|e| e.to_string())
+}
