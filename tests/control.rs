@@ -470,13 +470,24 @@ fn memory_stays_flat_over_a_soak() {
     let h = hosts("ctlsoak", 3);
     let (a, b) = (&h.hosts[0], &h.hosts[1]);
     let sw = RunningSwitch::start(&h.sw, &["--port", "afxdp:sa", "--port", "afxdp:sb"]);
-    let rss = || -> u64 {
+    // VmRSS, and its parts (anonymous, file, shared) for the message.
+    let status_kb = |key: &str| -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", sw.pid())).unwrap();
         status
             .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .find_map(|l| l.strip_prefix(key))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .unwrap()
+    };
+    let rss = || status_kb("VmRSS:");
+    let parts = || {
+        format!(
+            "anon {} kB, file {} kB, shmem {} kB, threads {}",
+            status_kb("RssAnon:"),
+            status_kb("RssFile:"),
+            status_kb("RssShmem:"),
+            status_kb("Threads:")
+        )
     };
     let dst = mac_of(b, "b0");
     // Warm up every path once (first port add, first scrape, first stream).
@@ -484,6 +495,7 @@ fn memory_stays_flat_over_a_soak() {
     h.sw.dataplane_ok(&["port", "add", "afxdp:sc"]);
     h.sw.dataplane_ok(&["port", "del", "afxdp:sc"]);
     let before = rss();
+    let before_parts = parts();
     let start = Instant::now();
     let mut rounds = 0;
     while start.elapsed() < Duration::from_secs(15) {
@@ -495,13 +507,14 @@ fn memory_stays_flat_over_a_soak() {
         rounds += 1;
     }
     let after = rss();
+    let after_parts = parts();
     eprintln!(
-        "soak: {rounds} rounds of 20000 frames + port add/del in {:?}; RSS {before} kB before, {after} kB after",
+        "soak: {rounds} rounds of 20000 frames + port add/del in {:?}; RSS {before} kB before ({before_parts}), {after} kB after ({after_parts})",
         start.elapsed()
     );
     assert!(
         after <= before + 2048,
-        "RSS grew from {before} kB to {after} kB over {rounds} rounds"
+        "RSS grew from {before} kB ({before_parts}) to {after} kB ({after_parts}) over {rounds} rounds"
     );
     let out = assert_clean_exit(sw);
     assert!(out.contains("afxdp:sa"));
@@ -665,7 +678,7 @@ fn a_pmd_panic_stops_the_switch_cleanly() {
     let mut sw = RunningSwitch::start_with_env(
         &h.sw,
         &["--port", "afxdp:sa", "--port", "afxdp:sb", "--no-fast-path"],
-        &[(dataplane::datapath::engine::PANIC_AFTER_ENV, "50")],
+        &[(dataplane::datapath::pmds::PANIC_AFTER_ENV, "50")],
     );
     let sw_ns = h.sw.name().to_string();
     let asker = std::thread::spawn(move || {

@@ -19,10 +19,11 @@ use thiserror::Error;
 use crate::control::metrics::{self, MetricsSnapshot};
 use crate::control::{FdbRow, Handler, PortStatus, Request, Response, Stats};
 use crate::daemon::config::{self, ForwardingMode, PortConfig, PortKind, RunConfig};
-use crate::datapath::engine::{
-    self, EngineConfig, EngineShared, FrameAccounting, PmdParts, Running,
-};
+use crate::datapath::engine;
 use crate::datapath::fastpath::{FastPath, FastPortConfig};
+use crate::datapath::pmds::{
+    self, EngineConfig, EngineShared, FrameAccounting, PmdParts, Running, SharedSwitch,
+};
 use crate::port;
 use crate::port::afxdp::{AfxdpConfig, AfxdpPort, ContainerConfig};
 use crate::port::tap::TapPort;
@@ -55,7 +56,7 @@ pub enum Error {
     #[error(transparent)]
     Config(#[from] config::Error),
     #[error(transparent)]
-    PortChange(#[from] engine::PortChangeError),
+    PortChange(#[from] pmds::PortChangeError),
     #[error(transparent)]
     VhostUser(#[from] port::vhost_user::Error),
     #[error(transparent)]
@@ -199,7 +200,7 @@ impl Daemon {
         } else {
             None
         };
-        let running = engine::start(
+        let running = pmds::start(
             EngineConfig {
                 burst: config.burst,
                 busy_poll: config.busy_poll,
@@ -322,7 +323,7 @@ impl Daemon {
         let fast = fast_path_wanted(&self.config, &slot.config)
             .then(|| FastPath::prepare_port(&self.pins, &fast_port(id, &slot.config)));
         let mut shared = running.switch().lock_or_recover();
-        let engine::SharedSwitch { switch, fast_path } = &mut *shared;
+        let SharedSwitch { switch, fast_path } = &mut *shared;
         switch.add_port(
             id,
             SwitchPort {
