@@ -1,7 +1,7 @@
 //! The hot path: the PMD threads that move frames between ports
 //! ([`engine`]: one PMD's loop; [`pmds`]: starting them, handing them
-//! ports; what crosses between them in [`inbox`]; how long their
-//! iterations take in [`iteration_time`]) and the mirror of learned unicast into the kernel's fast
+//! ports; what crosses between them in `inbox`; how long their
+//! iterations take in `iteration_time`) and the mirror of learned unicast into the kernel's fast
 //! path ([`fastpath`]). The ports themselves are in [`crate::port`], the
 //! forwarding decisions in [`crate::switch`], AF_XDP in [`crate::xsk`].
 

@@ -108,7 +108,7 @@ pub struct Umem {
     area: NonNull<u8>,
     len: usize,
     config: UmemConfig,
-    /// `None` for test memory ([`Umem::unregistered`]).
+    /// `None` for test memory (`Umem::unregistered`, tests only).
     kernel: Option<Registered>,
     /// The (ifindex, queue) of each port socket on this UMEM: one socket per
     /// interface queue (a second would share the first's fill ring, which

@@ -9,7 +9,7 @@
 //! it. A fresh daemon per connection gives every frontend a clean device
 //! (the daemon keeps "owner claimed" and ring state across a disconnect).
 //! The protocol thread accepts the frontend itself and joins it to the
-//! daemon, which listens on a private socket, through [`super::relay`].
+//! daemon, which listens on a private socket, through `super::relay`.
 //!
 //! Kicks: the daemon's worker thread reads (consumes) the kick eventfds in
 //! its epoll loop, and passes a transmit kick on to the PMD through an
