@@ -56,7 +56,7 @@ pub fn run_switch(root: &PinRoot, args: RunArgs, socket: &std::path::Path) -> an
     let daemon = Arc::new(Mutex::new(dataplane::daemon::run::Daemon::start(
         &config, root,
     )?));
-    let handler = Arc::new(dataplane::daemon::run::ControlHandler(daemon.clone()));
+    let handler = Arc::new(dataplane::daemon::ControlHandler(daemon.clone()));
     let server = match dataplane::control::Server::start(
         (!args.no_control).then_some(socket),
         args.metrics,
@@ -87,11 +87,11 @@ pub fn run_switch(root: &PinRoot, args: RunArgs, socket: &std::path::Path) -> an
                 *t = now + i;
             }
         }
-        let snap = dataplane::daemon::run::snapshot(d);
+        let snap = dataplane::daemon::snapshot(d);
         let prev = last
             .as_ref()
             .map(|(t, p)| (p.as_slice(), now.duration_since(*t).as_secs_f64()));
-        print!("{}", dataplane::daemon::run::stats_table(&snap, prev));
+        print!("{}", dataplane::daemon::stats_table(&snap, prev));
         if on_demand {
             print_fdb(&d.fdb_rows());
         }
@@ -100,10 +100,7 @@ pub fn run_switch(root: &PinRoot, args: RunArgs, socket: &std::path::Path) -> an
     drop(server);
     let summary = summary?;
     println!("final port statistics:");
-    print!(
-        "{}",
-        dataplane::daemon::run::stats_table(&summary.ports, None)
-    );
+    print!("{}", dataplane::daemon::stats_table(&summary.ports, None));
     let polling = (summary.busy_cycles + summary.idle_cycles).max(1);
     println!(
         "PMD: {:.1}% of polling cycles forwarded frames ({} busy, {} idle cycles; time asleep not counted); longest iteration {} us",
