@@ -21,7 +21,7 @@ use std::num::NonZeroU32;
 use xsk_rs::config::{BindFlags, FrameSize, Interface, LibxdpFlags, QueueSize, SocketConfig};
 use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue};
 
-use super::umem::UmemConfig;
+use super::config::UmemConfig;
 use super::Error;
 use crate::sys::netns;
 

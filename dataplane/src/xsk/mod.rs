@@ -1,13 +1,14 @@
 //! AF_XDP sockets and the UMEM they share, on xsk-rs (libxdp's rings and
 //! socket setup), with the frame accounting the switch needs around it.
 //!
-//! - [`umem`]: the packet memory ([`Umem`]), made by xsk-rs, and its free
-//!   list ([`FramePool`]), which is ours;
+//! - [`umem`]: the packet memory ([`Umem`]), made by xsk-rs;
+//! - [`pool`]: its free list ([`FramePool`]), which is ours;
+//! - [`config`]: the sizes and modes a UMEM and a socket are made with;
 //! - [`anchor`]: the socket that holds a UMEM's registration, bound to `lo`
 //!   in a network namespace of its own (why: see below);
 //! - [`socket`]: [`XskSocket`], one port's socket on (interface, queue):
-//!   xsk-rs's four rings plus the bookkeeping of which frames the kernel
-//!   holds through it.
+//!   xsk-rs's four rings plus the record of which frames the kernel holds
+//!   through it (`lent.rs`).
 //!
 //! # What xsk-rs does and what stays here
 //!
@@ -57,6 +58,9 @@
 //! ```
 
 pub mod anchor;
+pub mod config;
+mod lent;
+pub mod pool;
 pub mod socket;
 pub mod umem;
 
@@ -64,8 +68,10 @@ use std::io;
 
 use thiserror::Error;
 
-pub use socket::{BindMode, BoundMode, BusyPoll, SocketConfig, XskSocket};
-pub use umem::{FramePool, Umem, UmemConfig};
+pub use config::{BindMode, BoundMode, BusyPoll, SocketConfig, UmemConfig};
+pub use pool::FramePool;
+pub use socket::XskSocket;
+pub use umem::Umem;
 
 /// One frame as the switch passes it around: the layout of the kernel's
 /// `struct xdp_desc`.

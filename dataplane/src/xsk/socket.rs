@@ -8,7 +8,6 @@
 //! wakeups ([`kick_tx`](XskSocket::kick_tx), [`wakeup_rx`](XskSocket::wakeup_rx)),
 //! and only when the kernel needs them.
 
-use std::fmt;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
@@ -18,108 +17,12 @@ use xsk_rs::config::{Interface, LibxdpFlags, QueueSize};
 use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue};
 
 use super::anchor::os_error;
-use super::umem::{FramePool, Registered, Umem};
+use super::config::{BindMode, BoundMode, BusyPoll, SocketConfig};
+use super::lent::LentFrames;
+use super::pool::FramePool;
+use super::umem::{Registered, Umem};
 use super::{Error, XdpDesc, XdpStatistics};
 use crate::sys::netdev;
-
-/// How to bind a socket: the requested mode.
-///
-/// Every socket on a UMEM has the mode of the UMEM's first socket, which
-/// here is its anchor, bound in copy mode (see [`super::anchor`]): `Auto`
-/// and `Copy` bind in copy mode, `ZeroCopy` is refused. Zero-copy would need
-/// a UMEM per zero-copy queue, a copy between UMEMs for every frame crossing
-/// them, and a NIC to test it on (veth and TAP have none).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum BindMode {
-    /// The best the UMEM offers: copy mode.
-    #[default]
-    Auto,
-    /// Copy mode: works on every driver (veth included).
-    Copy,
-    /// Zero-copy only: refused (the UMEM is bound in copy mode).
-    ZeroCopy,
-}
-
-/// How the kernel actually bound a socket.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BoundMode {
-    /// The kernel copies frames between skbs/driver buffers and the UMEM.
-    Copy,
-    /// The driver DMAs straight to and from the UMEM.
-    ZeroCopy,
-}
-
-impl fmt::Display for BindMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            BindMode::Auto => "auto",
-            BindMode::Copy => "copy",
-            BindMode::ZeroCopy => "zero-copy",
-        })
-    }
-}
-
-impl fmt::Display for BoundMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            BoundMode::Copy => "copy",
-            BoundMode::ZeroCopy => "zero-copy",
-        })
-    }
-}
-
-/// Busy-poll socket options: `SO_PREFER_BUSY_POLL` = 1, plus these two.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BusyPoll {
-    /// `SO_BUSY_POLL`: microseconds to busy-poll the device queue.
-    pub usecs: u32,
-    /// `SO_BUSY_POLL_BUDGET`: packets per busy-poll round.
-    pub budget: u32,
-}
-
-/// Settings of one socket.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SocketConfig {
-    /// RX ring entries: a power of two (default 2048).
-    pub rx_size: u32,
-    /// TX ring entries: a power of two (default 2048).
-    pub tx_size: u32,
-    /// Copy / zero-copy: every socket is in the mode of the UMEM's anchor
-    /// (copy), so `ZeroCopy` is refused (see [`BindMode`]).
-    pub bind: BindMode,
-    /// Busy-poll options, if any (default none).
-    pub busy_poll: Option<BusyPoll>,
-}
-
-impl Default for SocketConfig {
-    fn default() -> Self {
-        SocketConfig {
-            rx_size: 2048,
-            tx_size: 2048,
-            bind: BindMode::Auto,
-            busy_poll: None,
-        }
-    }
-}
-
-impl SocketConfig {
-    /// Refuses ring sizes the kernel would refuse, naming the bad value.
-    pub fn validate(&self) -> Result<(), Error> {
-        for (field, value) in [
-            ("socket rx_size", self.rx_size),
-            ("socket tx_size", self.tx_size),
-        ] {
-            if !value.is_power_of_two() {
-                return Err(Error::InvalidConfig {
-                    field,
-                    value,
-                    expected: "a power of two",
-                });
-            }
-        }
-        Ok(())
-    }
-}
 
 /// A bound AF_XDP socket.
 ///
@@ -152,67 +55,6 @@ pub struct XskSocket {
     lent: LentFrames,
     /// Unexpected kick failures (logged once).
     kick_errors: u64,
-}
-
-/// One bit per UMEM frame: set while the frame is lent to the kernel
-/// through this socket. Kept per socket (not in the pool) because only the
-/// socket knows which frames its rings hold, including the ones the kernel
-/// consumed from the fill ring and keeps (copy mode caches them; a
-/// zero-copy driver posts them to the NIC) and which no ring shows.
-struct LentFrames {
-    bits: Vec<u64>,
-    /// log2 of the frame size: address -> frame index.
-    shift: u32,
-    count: u32,
-}
-
-impl LentFrames {
-    fn new(umem: &Umem) -> LentFrames {
-        let frames = umem.frame_count() as usize;
-        LentFrames {
-            bits: vec![0; frames.div_ceil(64)],
-            shift: umem.frame_size().trailing_zeros(),
-            count: 0,
-        }
-    }
-
-    /// Marks the frame holding `addr` lent. Addresses come from the pool or
-    /// the kernel's rings, which only name frames of this UMEM; an address
-    /// past it is ignored (the ring code refuses such descriptors anyway).
-    #[inline]
-    fn lend(&mut self, addr: u64) {
-        let i = (addr >> self.shift) as usize;
-        if let Some(word) = self.bits.get_mut(i / 64) {
-            let bit = 1u64 << (i % 64);
-            self.count += u32::from(*word & bit == 0);
-            *word |= bit;
-        }
-    }
-
-    /// The kernel gave the frame holding `addr` back.
-    #[inline]
-    fn take_back(&mut self, addr: u64) {
-        let i = (addr >> self.shift) as usize;
-        if let Some(word) = self.bits.get_mut(i / 64) {
-            let bit = 1u64 << (i % 64);
-            self.count -= u32::from(*word & bit != 0);
-            *word &= !bit;
-        }
-    }
-
-    /// Base addresses of the lent frames, lowest first.
-    fn addresses(&self) -> Vec<u64> {
-        let mut out = Vec::with_capacity(self.count as usize);
-        for (w, &word) in self.bits.iter().enumerate() {
-            let mut word = word;
-            while word != 0 {
-                let bit = word.trailing_zeros() as usize;
-                out.push(((w * 64 + bit) as u64) << self.shift);
-                word &= word - 1;
-            }
-        }
-        out
-    }
 }
 
 /// A socket closed a moment ago keeps its queue until a kernel work item
