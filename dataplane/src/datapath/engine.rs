@@ -16,6 +16,10 @@
 //! Adaptive polling (default): after [`IDLE_SPINS`] empty iterations a PMD
 //! sleeps in poll(2) on its ports and its handoff eventfd, so an idle switch
 //! costs nearly nothing; `busy_poll` spins forever (benchmarks).
+//!
+//! One file of about 600 lines on purpose: the loop and every per-frame
+//! step it calls (receive, decide, retag, copy, emit, flush) read top to
+//! bottom as one iteration runs; what is not per iteration lives next door.
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -4,6 +4,9 @@
 //! All sockets of all AF_XDP ports share the PMD thread's UMEM, so a frame
 //! received here and sent out of another AF_XDP port is never copied in
 //! userspace: only its descriptor moves from our RX ring to their TX ring.
+//!
+//! One file of about 600 lines: opening the port (steer, sockets), its
+//! per-burst calls and its closing all keep the same frame accounting.
 
 use std::os::fd::RawFd;
 use std::sync::Arc;

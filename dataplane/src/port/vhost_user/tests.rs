@@ -1,7 +1,8 @@
 //! The whole port, without root: a vhost-user frontend (rust-vmm's
 //! `Frontend`, as QEMU would speak) connects over the socket and shares a
 //! memfd as guest memory; the test writes the guest's rings by hand and
-//! drives the port's `rx_burst`/`tx_burst` as the engine would.
+//! drives the port's `rx_burst`/`tx_burst` as the engine would. (One file:
+//! the cases share that bench.)
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
