@@ -105,9 +105,7 @@ fn learned_unicast_fast(tag: &str, gro: bool, branch: &str) {
     );
     assert_eq!(slow, 0);
     // The run reports fast-path frames per port too.
-    let (ok, out) = sw.stop();
-    assert!(ok, "{out}");
-    assert!(out.contains(" 0 unaccounted, 0 refused frees"), "{out}");
+    sw.stop_accounted();
     assert_eq!(h.sw.xdp_prog_id("sa"), None, "steer detached at exit");
 }
 
@@ -199,9 +197,7 @@ fn compare_paths(tag: &str, ports: &[&str], b_tag: Option<u16>) -> Deliveries {
             .iter()
             .map(|i| fast_frames(&h.sw, i))
             .sum();
-        let (ok, out) = sw.stop();
-        assert!(ok, "{out}");
-        assert!(out.contains(" 0 unaccounted, 0 refused frees"), "{out}");
+        sw.stop_accounted();
         if fast {
             assert!(
                 fast_frames >= 400,
@@ -599,11 +595,7 @@ fn vlan_push_pop(tag: &str, kind: &str) {
         at_a.join().unwrap().is_empty(),
         "VLAN 20 leaked to an access port of VLAN 10"
     );
-    let (ok, out) = sw.stop();
-    assert!(
-        ok && out.contains(" 0 unaccounted, 0 refused frees"),
-        "{out}"
-    );
+    sw.stop_accounted();
 }
 
 #[test]

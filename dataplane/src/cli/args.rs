@@ -365,6 +365,11 @@ pub struct RunArgs {
     /// Do not serve the control socket.
     #[arg(long)]
     pub no_control: bool,
+    /// At a clean exit, write the final frame accounting and every port's
+    /// counters to FILE as JSON: the numbers of the last lines printed, for
+    /// scripts and tests.
+    #[arg(long, value_name = "FILE")]
+    pub summary_json: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]

@@ -1,6 +1,7 @@
 //! `dataplane run`: start the switch from flags or a file, report while it
 //! runs, stop it cleanly and print the final frame accounting.
 
+use anyhow::Context;
 use dataplane::steer::pins::PinRoot;
 use dataplane::sync::LockOrRecover;
 
@@ -119,7 +120,45 @@ pub fn run_switch(root: &PinRoot, args: RunArgs, socket: &std::path::Path) -> an
         a.unaccounted(),
         a.refused_frees
     );
+    if let Some(path) = &args.summary_json {
+        write_summary(path, &summary)?;
+    }
     Ok(())
+}
+
+/// `--summary-json`: the run's final accounting and port counters.
+fn write_summary(
+    path: &std::path::Path,
+    summary: &dataplane::daemon::run::RunSummary,
+) -> anyhow::Result<()> {
+    let a = &summary.accounting;
+    let ports: Vec<serde_json::Value> = summary
+        .ports
+        .iter()
+        .map(|(name, p)| {
+            serde_json::json!({
+                "name": name,
+                "rx_packets": p.rx_packets,
+                "tx_packets": p.tx_packets,
+                "fast_path": p.fast_path,
+                "drops": p.total_drops(),
+            })
+        })
+        .collect();
+    let json = serde_json::json!({
+        "frames": {
+            "total": a.total,
+            "free": a.free,
+            "in_rx_rings": a.in_rx_rings,
+            "in_tx_rings": a.in_tx_rings,
+            "unaccounted": a.unaccounted(),
+            "refused_frees": a.refused_frees,
+        },
+        "longest_iteration_ns": summary.longest_iteration_ns,
+        "ports": ports,
+    });
+    std::fs::write(path, format!("{json:#}\n"))
+        .with_context(|| format!("writing the run summary to {}", path.display()))
 }
 
 /// The FDB, as SIGUSR1 prints it.

@@ -182,8 +182,7 @@ pub fn run(opts: &BenchOptions) -> Result<()> {
         .iter()
         .flat_map(|&s| {
             PathKind::for_scenario(s)
-                .iter()
-                .copied()
+                .into_iter()
                 .filter(|p| opts.paths.is_empty() || opts.paths.contains(p))
                 .map(move |p| (s, p))
         })

@@ -56,43 +56,231 @@ pub enum PathKind {
     TestpmdVhost,
 }
 
+/// One row per path: its name, the scenarios it is measured in (in report
+/// order within each), what the report says it is, and how it starts (it
+/// stops when its [`RunningPath`] drops). Adding a path is a variant of
+/// [`PathKind`] and a row here.
+pub struct PathSpec {
+    pub kind: PathKind,
+    pub name: &'static str,
+    scenarios: &'static [Scenario],
+    /// Stands in for hardware this machine does not have.
+    emulation: bool,
+    /// The report's description, given the uplink ports and whether the
+    /// scenario chains through a container (PCP).
+    describe: fn(ports: &str, pcp: bool) -> String,
+    start: fn(&mut RunningPath, &Setup) -> Result<()>,
+}
+
+/// What a path's start function works with.
+pub struct Setup<'a> {
+    pub kind: PathKind,
+    /// The PCP scenario: a container (c0) between the uplinks.
+    pub pcp: bool,
+    /// Uplink ports, in the order testpmd chains them (sa -> sc -> sb -> sa).
+    pub ports: Vec<&'static str>,
+    /// The switch and guest namespaces.
+    pub sw: String,
+    pub g: String,
+    pub topo: &'a Topology,
+    pub dp: &'a Dataplane,
+}
+
+use PathKind::*;
+use Scenario::{P2p, Pcp, Pvp};
+
+/// Every path, in report order.
+pub const PATHS: &[PathSpec] = &[
+    PathSpec {
+        kind: LinuxBridge,
+        name: "linux-bridge",
+        scenarios: &[P2p, Pcp],
+        emulation: false,
+        describe: |ports, _| {
+            format!("Linux bridge br0 ({ports}), GRO on the ports that receive XDP-redirected frames, br_netfilter off")
+        },
+        start: start_linux_bridge,
+    },
+    PathSpec {
+        kind: DataplaneFastpath,
+        name: "dataplane-fastpath",
+        scenarios: &[P2p, Pcp],
+        emulation: false,
+        describe: |ports, _| {
+            format!("dataplane run, learning switch on {ports}, learned unicast redirected in XDP (fast path), PMD on CPU 1")
+        },
+        start: start_dataplane,
+    },
+    PathSpec {
+        kind: Dataplane,
+        name: "dataplane",
+        scenarios: &[P2p, Pcp],
+        emulation: false,
+        describe: |ports, _| {
+            format!("dataplane run --no-fast-path on {ports}: every frame through AF_XDP (copy mode: veth has no zero-copy) and the userspace switch, adaptive polling, PMD on CPU 1")
+        },
+        start: start_dataplane,
+    },
+    PathSpec {
+        kind: DataplaneBusy,
+        name: "dataplane-busy",
+        scenarios: &[P2p, Pcp],
+        emulation: false,
+        describe: |_, _| "as `dataplane`, with --busy-poll".into(),
+        start: start_dataplane,
+    },
+    PathSpec {
+        kind: DataplaneXconnect,
+        name: "dataplane-xconnect",
+        scenarios: &[P2p],
+        emulation: false,
+        describe: |_, _| {
+            "dataplane run --xconnect (io-fwd, no switching), busy polling, PMD on CPU 1".into()
+        },
+        start: start_dataplane,
+    },
+    PathSpec {
+        kind: TestpmdAfXdp,
+        name: "testpmd-af_xdp",
+        scenarios: &[P2p, Pcp],
+        emulation: false,
+        describe: |ports, pcp| {
+            format!(
+                "DPDK 22.11 dpdk-testpmd io-fwd, net_af_xdp on {ports}{}, fwd lcore on CPU 1",
+                if pcp {
+                    " (chained: sa->sc->sb->sa)"
+                } else {
+                    ""
+                }
+            )
+        },
+        start: start_testpmd,
+    },
+    PathSpec {
+        kind: TestpmdAfPacket,
+        name: "testpmd-af_packet",
+        scenarios: &[P2p, Pcp],
+        emulation: false,
+        describe: |ports, pcp| {
+            format!(
+                "DPDK 22.11 dpdk-testpmd io-fwd, net_af_packet on {ports}{}, fwd lcore on CPU 1",
+                if pcp { " (chained)" } else { "" }
+            )
+        },
+        start: start_testpmd,
+    },
+    PathSpec {
+        kind: OvsAfxdp,
+        name: "ovs-afxdp",
+        scenarios: &[P2p, Pcp],
+        emulation: false,
+        describe: |ports, _| {
+            format!("Open vSwitch 3.1 userspace datapath (netdev bridge), afxdp ports in native XDP mode on {ports}, in_port->output flows, PMD on CPU 1")
+        },
+        start: start_ovs,
+    },
+    PathSpec {
+        kind: XdpRedirect,
+        name: "xdp-redirect",
+        scenarios: &[P2p, Pcp],
+        emulation: false,
+        describe: |_, pcp| {
+            if pcp {
+                "dataplane forward sa->sc and sc->sb: bare XDP redirects, no switching".into()
+            } else {
+                "dataplane forward sa->sb: a bare XDP redirect, no switching (the ceiling)".into()
+            }
+        },
+        start: start_xdp_redirect,
+    },
+    PathSpec {
+        kind: VfEmulVeth,
+        name: "vf-emul-veth",
+        scenarios: &[Pcp],
+        emulation: true,
+        describe: |_, _| {
+            "EMULATION of direct assignment: the uplink veths sa and sb are moved into the guest namespace, whose application (an XDP redirect sa->sb) owns them; no switch at all: the ceiling of device assignment".into()
+        },
+        start: start_vf_emul_veth,
+    },
+    PathSpec {
+        kind: VfEmulMacvlan,
+        name: "vf-emul-macvlan",
+        scenarios: &[Pcp],
+        emulation: true,
+        describe: |_, _| {
+            "EMULATION of SR-IOV VFs: a macvlan in passthru mode on each uplink (sa, sb), standing in for the NIC's PF/VF demux, owned by the guest namespace, whose application redirects between them (generic XDP: macvlan has no native XDP)".into()
+        },
+        start: start_vf_emul_macvlan,
+    },
+    PathSpec {
+        kind: LinuxBridgeTap,
+        name: "linux-bridge-tap",
+        scenarios: &[Pvp],
+        emulation: false,
+        describe: |_, _| {
+            "Linux bridge br0 (sa, sb, TAP vmtap); the VM is a process holding the TAP's fd (where QEMU/vhost-net would be) that echoes frames addressed to it towards b0 (MAC rewrite, read+write per frame, on CPU 1); static FDB entry for the VM's MAC".into()
+        },
+        start: start_linux_bridge,
+    },
+    PathSpec {
+        kind: DataplaneTap,
+        name: "dataplane-tap",
+        scenarios: &[Pvp],
+        emulation: false,
+        describe: |_, _| {
+            "dataplane run with afxdp:sa, afxdp:sb and tap:vm0 (the switch holds the TAP's fd, as vhost-net would); the VM is the TAP netdev in the guest namespace, whose echo is an XDP program (MAC rewrite, back out of vm0 to the switch); PMD on CPU 1, adaptive polling".into()
+        },
+        start: start_dataplane,
+    },
+    PathSpec {
+        kind: DataplaneTapBusy,
+        name: "dataplane-tap-busy",
+        scenarios: &[Pvp],
+        emulation: false,
+        describe: |_, _| "as `dataplane-tap`, with --busy-poll".into(),
+        start: start_dataplane,
+    },
+    PathSpec {
+        kind: DataplaneVhostUser,
+        name: "dataplane-vhost-user",
+        scenarios: &[Pvp],
+        emulation: false,
+        describe: |_, _| {
+            "dataplane run with afxdp:sa, afxdp:sb and a vhost-user port, PMD on CPU 1; the VM is dpdk-testpmd virtio_user in mac-fwd (rewrite toward b0) on CPU 0, sharing it with the generator (2 cores)".into()
+        },
+        start: start_vhost_user,
+    },
+    PathSpec {
+        kind: TestpmdVhost,
+        name: "testpmd-vhost",
+        scenarios: &[Pvp],
+        emulation: false,
+        describe: |_, _| {
+            "dpdk-testpmd io-fwd chained sa -> net_vhost -> sb, fwd lcore on CPU 1; the same VM"
+                .into()
+        },
+        start: start_vhost_user,
+    },
+];
+
 impl PathKind {
-    pub fn for_scenario(s: Scenario) -> &'static [PathKind] {
-        use PathKind::*;
-        match s {
-            Scenario::P2p => &[
-                LinuxBridge,
-                DataplaneFastpath,
-                Dataplane,
-                DataplaneBusy,
-                DataplaneXconnect,
-                TestpmdAfXdp,
-                TestpmdAfPacket,
-                OvsAfxdp,
-                XdpRedirect,
-            ],
-            Scenario::Pcp => &[
-                LinuxBridge,
-                DataplaneFastpath,
-                Dataplane,
-                DataplaneBusy,
-                TestpmdAfXdp,
-                TestpmdAfPacket,
-                OvsAfxdp,
-                XdpRedirect,
-                VfEmulVeth,
-                VfEmulMacvlan,
-            ],
-            Scenario::Pvp => &[
-                LinuxBridgeTap,
-                DataplaneTap,
-                DataplaneTapBusy,
-                DataplaneVhostUser,
-                TestpmdVhost,
-            ],
-            // Measured with iperf3 and sockperf, not the generator (tcp.rs).
-            Scenario::Tcp => &[],
-        }
+    /// Its row in [`PATHS`].
+    pub fn spec(self) -> &'static PathSpec {
+        PATHS
+            .iter()
+            .find(|p| p.kind == self)
+            .expect("every PathKind has a row in PATHS")
+    }
+
+    /// The paths measured in scenario `s`, in report order. (The TCP
+    /// scenario has paths of its own: tcp.rs.)
+    pub fn for_scenario(s: Scenario) -> Vec<PathKind> {
+        PATHS
+            .iter()
+            .filter(|p| p.scenarios.contains(&s))
+            .map(|p| p.kind)
+            .collect()
     }
 
     /// The path every other one is given as a ratio of.
@@ -104,54 +292,18 @@ impl PathKind {
     }
 
     pub fn name(self) -> &'static str {
-        use PathKind::*;
-        match self {
-            LinuxBridge => "linux-bridge",
-            DataplaneFastpath => "dataplane-fastpath",
-            Dataplane => "dataplane",
-            DataplaneBusy => "dataplane-busy",
-            DataplaneXconnect => "dataplane-xconnect",
-            TestpmdAfXdp => "testpmd-af_xdp",
-            TestpmdAfPacket => "testpmd-af_packet",
-            OvsAfxdp => "ovs-afxdp",
-            XdpRedirect => "xdp-redirect",
-            VfEmulVeth => "vf-emul-veth",
-            VfEmulMacvlan => "vf-emul-macvlan",
-            LinuxBridgeTap => "linux-bridge-tap",
-            DataplaneTap => "dataplane-tap",
-            DataplaneTapBusy => "dataplane-tap-busy",
-            DataplaneVhostUser => "dataplane-vhost-user",
-            TestpmdVhost => "testpmd-vhost",
-        }
+        self.spec().name
     }
 
     /// Emulations stand in for hardware this machine does not have.
     pub fn is_emulation(self) -> bool {
-        matches!(self, PathKind::VfEmulVeth | PathKind::VfEmulMacvlan)
+        self.spec().emulation
     }
 
     pub fn describe(self, s: Scenario) -> String {
-        use PathKind::*;
         let pcp = s == Scenario::Pcp;
         let ports = if pcp { "sa, sb and sc" } else { "sa and sb" };
-        match self {
-            LinuxBridge => format!("Linux bridge br0 ({ports}), GRO on the ports that receive XDP-redirected frames, br_netfilter off"),
-            DataplaneFastpath => format!("dataplane run, learning switch on {ports}, learned unicast redirected in XDP (fast path), PMD on CPU 1"),
-            Dataplane => format!("dataplane run --no-fast-path on {ports}: every frame through AF_XDP (copy mode: veth has no zero-copy) and the userspace switch, adaptive polling, PMD on CPU 1"),
-            DataplaneBusy => "as `dataplane`, with --busy-poll".into(),
-            DataplaneXconnect => "dataplane run --xconnect (io-fwd, no switching), busy polling, PMD on CPU 1".into(),
-            TestpmdAfXdp => format!("DPDK 22.11 dpdk-testpmd io-fwd, net_af_xdp on {ports}{}, fwd lcore on CPU 1", if pcp { " (chained: sa->sc->sb->sa)" } else { "" }),
-            TestpmdAfPacket => format!("DPDK 22.11 dpdk-testpmd io-fwd, net_af_packet on {ports}{}, fwd lcore on CPU 1", if pcp { " (chained)" } else { "" }),
-            OvsAfxdp => format!("Open vSwitch 3.1 userspace datapath (netdev bridge), afxdp ports in native XDP mode on {ports}, in_port->output flows, PMD on CPU 1"),
-            XdpRedirect => if pcp { "dataplane forward sa->sc and sc->sb: bare XDP redirects, no switching".into() } else { "dataplane forward sa->sb: a bare XDP redirect, no switching (the ceiling)".into() },
-            VfEmulVeth => "EMULATION of direct assignment: the uplink veths sa and sb are moved into the guest namespace, whose application (an XDP redirect sa->sb) owns them; no switch at all: the ceiling of device assignment".into(),
-            VfEmulMacvlan => "EMULATION of SR-IOV VFs: a macvlan in passthru mode on each uplink (sa, sb), standing in for the NIC's PF/VF demux, owned by the guest namespace, whose application redirects between them (generic XDP: macvlan has no native XDP)".into(),
-            LinuxBridgeTap => "Linux bridge br0 (sa, sb, TAP vmtap); the VM is a process holding the TAP's fd (where QEMU/vhost-net would be) that echoes frames addressed to it towards b0 (MAC rewrite, read+write per frame, on CPU 1); static FDB entry for the VM's MAC".into(),
-            DataplaneTap => "dataplane run with afxdp:sa, afxdp:sb and tap:vm0 (the switch holds the TAP's fd, as vhost-net would); the VM is the TAP netdev in the guest namespace, whose echo is an XDP program (MAC rewrite, back out of vm0 to the switch); PMD on CPU 1, adaptive polling".into(),
-            DataplaneTapBusy => "as `dataplane-tap`, with --busy-poll".into(),
-            DataplaneVhostUser => "dataplane run with afxdp:sa, afxdp:sb and a vhost-user port, PMD on CPU 1; the VM is dpdk-testpmd virtio_user in mac-fwd (rewrite toward b0) on CPU 0, sharing it with the generator (2 cores)".into(),
-            TestpmdVhost => "dpdk-testpmd io-fwd chained sa -> net_vhost -> sb, fwd lcore on CPU 1; the same VM".into(),
-        }
+        (self.spec().describe)(ports, pcp)
     }
 }
 
@@ -269,7 +421,6 @@ pub fn start(
     topo: &Topology,
     dp: &Dataplane,
 ) -> Result<RunningPath> {
-    use PathKind::*;
     let sw = topo.ns("sw");
     let g = topo.ns("g");
     let pcp = scenario == Scenario::Pcp;
@@ -293,182 +444,21 @@ pub fn start(
         r.child("guest echo", guest::echo(dp, &g, "c0", &topo.b0_mac)?);
     }
     // Uplink ports, in the order testpmd chains them (sa -> sc -> sb -> sa).
-    let ports: Vec<&str> = if pcp {
+    let ports: Vec<&'static str> = if pcp {
         vec!["sa", "sc", "sb"]
     } else {
         vec!["sa", "sb"]
     };
-    match path {
-        LinuxBridge | LinuxBridgeTap => {
-            if path == LinuxBridgeTap {
-                // The VM: `dataplane echo --tap`, a process on the TAP's fd.
-                r.child(
-                    "TAP guest echo",
-                    guest::tap_echo(dp, &sw, "vmtap", TAP_GUEST_MAC, &topo.b0_mac)?,
-                );
-                r.ip(&["-n", &sw, "link", "set", "vmtap", "up"], None)?;
-                r.target_mac = TAP_GUEST_MAC.into();
-            }
-            r.ip(
-                &["-n", &sw, "link", "add", "br0", "type", "bridge"],
-                Some(&["-n", &sw, "link", "del", "br0"]),
-            )?;
-            let mut members = ports.clone();
-            if path == LinuxBridgeTap {
-                members.push("vmtap");
-            }
-            for p in &members {
-                r.ip(&["-n", &sw, "link", "set", p, "master", "br0"], None)?;
-            }
-            r.ip(&["-n", &sw, "link", "set", "br0", "up"], None)?;
-            r.gro(&sw, "sa");
-            if pcp {
-                r.gro(&sw, "sc");
-            }
-            if path == LinuxBridgeTap {
-                // The VM never speaks first: tell the bridge where the VM
-                // is, or every frame would be flooded to the sink as well.
-                let st = Command::new("bridge")
-                    .args([
-                        "-n",
-                        &sw,
-                        "fdb",
-                        "add",
-                        TAP_GUEST_MAC,
-                        "dev",
-                        "vmtap",
-                        "master",
-                        "static",
-                    ])
-                    .status()?;
-                if !st.success() {
-                    bail!("bridge fdb add {TAP_GUEST_MAC} dev vmtap failed");
-                }
-            }
-            bridge_netfilter_off(&sw);
-        }
-        DataplaneFastpath | Dataplane | DataplaneBusy | DataplaneXconnect | DataplaneTap
-        | DataplaneTapBusy => {
-            let mut args: Vec<String> = Vec::new();
-            for p in &ports {
-                args.push("--port".into());
-                args.push(format!("afxdp:{p}"));
-            }
-            if matches!(path, DataplaneTap | DataplaneTapBusy) {
-                args.extend(["--port".into(), "tap:vm0".into()]);
-            }
-            args.extend(["--core".into(), "1".into()]);
-            match path {
-                Dataplane => args.push("--no-fast-path".into()),
-                DataplaneBusy => args.extend(["--no-fast-path".into(), "--busy-poll".into()]),
-                DataplaneXconnect => args.extend(["--xconnect".into(), "--busy-poll".into()]),
-                DataplaneTapBusy => args.push("--busy-poll".into()),
-                _ => {}
-            }
-            let mut full = vec!["run".to_string()];
-            full.extend(args);
-            let refs: Vec<&str> = full.iter().map(String::as_str).collect();
-            let c = dp.spawn(&sw, &refs)?;
-            r.child("dataplane run", c);
-            if matches!(path, DataplaneTap | DataplaneTapBusy) {
-                plug_vm(&mut r, topo, dp)?;
-            }
-        }
-        XdpRedirect => {
-            let mut hops: Vec<(&str, &str)> = ports.windows(2).map(|w| (w[0], w[1])).collect();
-            // The way back, for the latency replies from b0.
-            hops.push(("sb", "sa"));
-            for (from, to) in hops {
-                let c = dp.spawn(&sw, &["forward", "--from", from, "--to", to])?;
-                r.child("dataplane forward", c);
-            }
-        }
-        TestpmdAfXdp | TestpmdAfPacket => {
-            r.uses_dpdk = true;
-            let af_xdp = path == TestpmdAfXdp;
-            if !af_xdp {
-                r.gro(&sw, "sa");
-                if pcp {
-                    r.gro(&sw, "sc");
-                }
-            }
-            let vdevs = ports
-                .iter()
-                .enumerate()
-                .map(|(i, p)| {
-                    if af_xdp {
-                        format!("net_af_xdp{i},iface={p}")
-                    } else {
-                        format!("net_af_packet{i},iface={p},qpairs=1")
-                    }
-                })
-                .collect();
-            let mut app_args = vec!["--forward-mode=io".to_string()];
-            if pcp {
-                app_args.push("--port-topology=chained".into());
-            }
-            let c = Testpmd {
-                netns: &sw,
-                vdevs,
-                app_args,
-                huge: false,
-                prefix: dpdk::FILE_PREFIX,
-                lcores: "0,1",
-            }
-            .spawn()?;
-            r.child("dpdk-testpmd", c);
-        }
-        OvsAfxdp => {
-            let mut flows: Vec<(&str, &str)> = ports.windows(2).map(|w| (w[0], w[1])).collect();
-            flows.push(("sb", "sa"));
-            r.ovs = Some(Ovs::start(&sw, &ports, &flows)?);
-        }
-        VfEmulVeth => {
-            for p in ["sa", "sb"] {
-                // Moving a device brings it down: up again once back (undo
-                // runs in reverse, so this comes after the move back).
-                r.undo.push(
-                    ["ip", "-n", &sw, "link", "set", p, "up"]
-                        .iter()
-                        .map(|s| s.to_string())
-                        .collect(),
-                );
-                r.ip(
-                    &["-n", &sw, "link", "set", p, "netns", &g],
-                    Some(&["-n", &g, "link", "set", p, "netns", &sw]),
-                )?;
-                r.ip(&["-n", &g, "link", "set", p, "up"], None)?;
-            }
-            r.child("guest forward", guest::redirect(dp, &g, "sa", "sb", false)?);
-            r.child("guest forward", guest::redirect(dp, &g, "sb", "sa", false)?);
-        }
-        VfEmulMacvlan => {
-            r.gro(&sw, "sa");
-            for (lower, vf) in [("sa", "vfa"), ("sb", "vfb")] {
-                r.ip(
-                    &[
-                        "-n", &sw, "link", "add", vf, "link", lower, "type", "macvlan", "mode",
-                        "passthru",
-                    ],
-                    None,
-                )?;
-                r.ip(
-                    &["-n", &sw, "link", "set", vf, "netns", &g],
-                    Some(&["-n", &g, "link", "del", vf]),
-                )?;
-                r.ip(&["-n", &g, "link", "set", vf, "up"], None)?;
-            }
-            r.child(
-                "guest forward",
-                guest::redirect(dp, &g, "vfa", "vfb", true)?,
-            );
-            r.child(
-                "guest forward",
-                guest::redirect(dp, &g, "vfb", "vfa", true)?,
-            );
-        }
-        DataplaneVhostUser | TestpmdVhost => start_vhost_user(&mut r, path, &sw, dp, &topo.b0_mac)?,
-    }
+    let setup = Setup {
+        kind: path,
+        pcp,
+        ports,
+        sw: sw.clone(),
+        g: g.clone(),
+        topo,
+        dp,
+    };
+    (path.spec().start)(&mut r, &setup)?;
     // Let the path settle (attach, bind) before measuring.
     std::thread::sleep(Duration::from_secs(2));
     learn(topo, pcp && !path.is_emulation());
@@ -489,6 +479,209 @@ pub fn start(
     Ok(r)
 }
 
+/// The Linux bridge, with the TAP "VM" for the PVP scenario.
+fn start_linux_bridge(r: &mut RunningPath, s: &Setup) -> Result<()> {
+    let (sw, path, pcp) = (s.sw.clone(), s.kind, s.pcp);
+    if path == LinuxBridgeTap {
+        // The VM: `dataplane echo --tap`, a process on the TAP's fd.
+        r.child(
+            "TAP guest echo",
+            guest::tap_echo(s.dp, &sw, "vmtap", TAP_GUEST_MAC, &s.topo.b0_mac)?,
+        );
+        r.ip(&["-n", &sw, "link", "set", "vmtap", "up"], None)?;
+        r.target_mac = TAP_GUEST_MAC.into();
+    }
+    r.ip(
+        &["-n", &sw, "link", "add", "br0", "type", "bridge"],
+        Some(&["-n", &sw, "link", "del", "br0"]),
+    )?;
+    let mut members = s.ports.clone();
+    if path == LinuxBridgeTap {
+        members.push("vmtap");
+    }
+    for p in &members {
+        r.ip(&["-n", &sw, "link", "set", p, "master", "br0"], None)?;
+    }
+    r.ip(&["-n", &sw, "link", "set", "br0", "up"], None)?;
+    r.gro(&sw, "sa");
+    if pcp {
+        r.gro(&sw, "sc");
+    }
+    if path == LinuxBridgeTap {
+        // The VM never speaks first: tell the bridge where the VM
+        // is, or every frame would be flooded to the sink as well.
+        let st = Command::new("bridge")
+            .args([
+                "-n",
+                &sw,
+                "fdb",
+                "add",
+                TAP_GUEST_MAC,
+                "dev",
+                "vmtap",
+                "master",
+                "static",
+            ])
+            .status()?;
+        if !st.success() {
+            bail!("bridge fdb add {TAP_GUEST_MAC} dev vmtap failed");
+        }
+    }
+    bridge_netfilter_off(&sw);
+    Ok(())
+}
+
+/// `dataplane run` on the uplinks (and a TAP port for PVP), with the
+/// options of the path.
+fn start_dataplane(r: &mut RunningPath, s: &Setup) -> Result<()> {
+    let path = s.kind;
+    let tap = matches!(path, DataplaneTap | DataplaneTapBusy);
+    let mut args: Vec<String> = vec!["run".into()];
+    for p in &s.ports {
+        args.push("--port".into());
+        args.push(format!("afxdp:{p}"));
+    }
+    if tap {
+        args.extend(["--port".into(), "tap:vm0".into()]);
+    }
+    args.extend(["--core".into(), "1".into()]);
+    let options: &[&str] = match path {
+        Dataplane => &["--no-fast-path"],
+        DataplaneBusy => &["--no-fast-path", "--busy-poll"],
+        DataplaneXconnect => &["--xconnect", "--busy-poll"],
+        DataplaneTapBusy => &["--busy-poll"],
+        _ => &[],
+    };
+    args.extend(options.iter().map(|o| o.to_string()));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let c = s.dp.spawn(&s.sw, &refs)?;
+    r.child("dataplane run", c);
+    if tap {
+        plug_vm(r, s.topo, s.dp)?;
+    }
+    Ok(())
+}
+
+/// Bare XDP redirects between the uplinks (and back, for the latency
+/// replies from b0).
+fn start_xdp_redirect(r: &mut RunningPath, s: &Setup) -> Result<()> {
+    let mut hops: Vec<(&str, &str)> = s.ports.windows(2).map(|w| (w[0], w[1])).collect();
+    hops.push(("sb", "sa"));
+    for (from, to) in hops {
+        let c =
+            s.dp.spawn(&s.sw, &["forward", "--from", from, "--to", to])?;
+        r.child("dataplane forward", c);
+    }
+    Ok(())
+}
+
+/// dpdk-testpmd io-fwd with net_af_xdp or net_af_packet vdevs.
+fn start_testpmd(r: &mut RunningPath, s: &Setup) -> Result<()> {
+    r.uses_dpdk = true;
+    let af_xdp = s.kind == TestpmdAfXdp;
+    if !af_xdp {
+        r.gro(&s.sw, "sa");
+        if s.pcp {
+            r.gro(&s.sw, "sc");
+        }
+    }
+    let vdevs = s
+        .ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            if af_xdp {
+                format!("net_af_xdp{i},iface={p}")
+            } else {
+                format!("net_af_packet{i},iface={p},qpairs=1")
+            }
+        })
+        .collect();
+    let mut app_args = vec!["--forward-mode=io".to_string()];
+    if s.pcp {
+        app_args.push("--port-topology=chained".into());
+    }
+    let c = Testpmd {
+        netns: &s.sw,
+        vdevs,
+        app_args,
+        huge: false,
+        prefix: dpdk::FILE_PREFIX,
+        lcores: "0,1",
+    }
+    .spawn()?;
+    r.child("dpdk-testpmd", c);
+    Ok(())
+}
+
+/// Open vSwitch's userspace datapath with afxdp ports and port-to-port
+/// flows.
+fn start_ovs(r: &mut RunningPath, s: &Setup) -> Result<()> {
+    let mut flows: Vec<(&str, &str)> = s.ports.windows(2).map(|w| (w[0], w[1])).collect();
+    flows.push(("sb", "sa"));
+    r.ovs = Some(Ovs::start(&s.sw, &s.ports, &flows)?);
+    Ok(())
+}
+
+/// Direct assignment, emulated: the uplinks move into the guest, whose
+/// application redirects between them.
+fn start_vf_emul_veth(r: &mut RunningPath, s: &Setup) -> Result<()> {
+    let (sw, g) = (&s.sw, &s.g);
+    for p in ["sa", "sb"] {
+        // Moving a device brings it down: up again once back (undo
+        // runs in reverse, so this comes after the move back).
+        r.undo.push(
+            ["ip", "-n", sw, "link", "set", p, "up"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        );
+        r.ip(
+            &["-n", sw, "link", "set", p, "netns", g],
+            Some(&["-n", g, "link", "set", p, "netns", sw]),
+        )?;
+        r.ip(&["-n", g, "link", "set", p, "up"], None)?;
+    }
+    r.child(
+        "guest forward",
+        guest::redirect(s.dp, g, "sa", "sb", false)?,
+    );
+    r.child(
+        "guest forward",
+        guest::redirect(s.dp, g, "sb", "sa", false)?,
+    );
+    Ok(())
+}
+
+/// SR-IOV VFs, emulated: a passthru macvlan on each uplink, owned by the
+/// guest, whose application redirects between them.
+fn start_vf_emul_macvlan(r: &mut RunningPath, s: &Setup) -> Result<()> {
+    let (sw, g) = (&s.sw, &s.g);
+    r.gro(sw, "sa");
+    for (lower, vf) in [("sa", "vfa"), ("sb", "vfb")] {
+        r.ip(
+            &[
+                "-n", sw, "link", "add", vf, "link", lower, "type", "macvlan", "mode", "passthru",
+            ],
+            None,
+        )?;
+        r.ip(
+            &["-n", sw, "link", "set", vf, "netns", g],
+            Some(&["-n", g, "link", "del", vf]),
+        )?;
+        r.ip(&["-n", g, "link", "set", vf, "up"], None)?;
+    }
+    r.child(
+        "guest forward",
+        guest::redirect(s.dp, g, "vfa", "vfb", true)?,
+    );
+    r.child(
+        "guest forward",
+        guest::redirect(s.dp, g, "vfb", "vfa", true)?,
+    );
+    Ok(())
+}
+
 /// The vhost-user socket of the PVP paths (the switch, or testpmd's
 /// net_vhost, serves it; the VM connects).
 const VHOST_SOCKET: &str = "/run/dpbench-vhost.sock";
@@ -502,13 +695,8 @@ const VHOST_HUGEPAGES: u64 = 600;
 /// frames back out of the same port). Only two CPUs: the switch side keeps
 /// CPU 1 as on every other path, the VM shares CPU 0 with the generator
 /// (its offered load is reported next to every result).
-fn start_vhost_user(
-    r: &mut RunningPath,
-    path: PathKind,
-    sw: &str,
-    dp: &Dataplane,
-    b0: &str,
-) -> Result<()> {
+fn start_vhost_user(r: &mut RunningPath, s: &Setup) -> Result<()> {
+    let (path, sw, dp, b0) = (s.kind, s.sw.as_str(), s.dp, s.topo.b0_mac.as_str());
     r.hugepages = Some(Hugepages::reserve(VHOST_HUGEPAGES)?);
     r.uses_dpdk = true;
     let _ = std::fs::remove_file(VHOST_SOCKET);
@@ -674,7 +862,25 @@ mod tests {
         names.dedup();
         assert_eq!(names.len(), n);
         for s in Scenario::ALL {
+            if s == Scenario::Tcp {
+                assert!(PathKind::for_scenario(s).is_empty(), "tcp.rs has its own paths");
+                continue;
+            }
             assert_eq!(PathKind::for_scenario(s)[0], PathKind::baseline(s));
+        }
+    }
+
+    #[test]
+    fn every_path_has_exactly_one_row_and_a_scenario() {
+        for kind in PathKind::value_variants() {
+            let rows = PATHS.iter().filter(|p| p.kind == *kind).count();
+            assert_eq!(rows, 1, "{kind:?} has {rows} rows in PATHS");
+            assert!(!kind.spec().scenarios.is_empty(), "{kind:?} is measured nowhere");
+        }
+        // The command line's name for a path is the report's.
+        for p in PATHS {
+            let cli = p.kind.to_possible_value().expect("no skipped variant");
+            assert_eq!(cli.get_name(), p.name, "{:?}", p.kind);
         }
     }
 }
