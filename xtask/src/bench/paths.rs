@@ -863,7 +863,10 @@ mod tests {
         assert_eq!(names.len(), n);
         for s in Scenario::ALL {
             if s == Scenario::Tcp {
-                assert!(PathKind::for_scenario(s).is_empty(), "tcp.rs has its own paths");
+                assert!(
+                    PathKind::for_scenario(s).is_empty(),
+                    "tcp.rs has its own paths"
+                );
                 continue;
             }
             assert_eq!(PathKind::for_scenario(s)[0], PathKind::baseline(s));
@@ -875,7 +878,10 @@ mod tests {
         for kind in PathKind::value_variants() {
             let rows = PATHS.iter().filter(|p| p.kind == *kind).count();
             assert_eq!(rows, 1, "{kind:?} has {rows} rows in PATHS");
-            assert!(!kind.spec().scenarios.is_empty(), "{kind:?} is measured nowhere");
+            assert!(
+                !kind.spec().scenarios.is_empty(),
+                "{kind:?} is measured nowhere"
+            );
         }
         // The command line's name for a path is the report's.
         for p in PATHS {

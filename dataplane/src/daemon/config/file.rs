@@ -1,10 +1,14 @@
 //! The TOML form of the configuration (see the example in [`super`]): its
-//! tables as serde reads them, and how they become a [`RunConfig`], each
-//! error with the key it is about.
+//! tables as serde reads and writes them, how they become a [`RunConfig`]
+//! (each error with the key it is about), and how a [`RunConfig`] becomes
+//! them again (`show config`).
 
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+
+use crate::switch::vlan::UNTAGGED;
+use crate::switch::VlanMode;
 
 use super::port::{parse_bind, port_target, vlan_mode, PortConfig, PortKind};
 use super::toml_location::KeyPath;
@@ -14,18 +18,24 @@ use super::{
 };
 use crate::xsk::BindMode;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct FileConfig {
     #[serde(default)]
     mode: ForwardingMode,
+    #[serde(skip_serializing_if = "Option::is_none")]
     fast_path: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     socket_busy_poll: Option<u32>,
     #[serde(default)]
     busy_poll: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
     core: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     cores: Option<Vec<usize>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     burst: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     stats_interval: Option<u64>,
     #[serde(default)]
     umem: UmemSection,
@@ -35,35 +45,46 @@ pub(super) struct FileConfig {
     ports: Vec<PortSection>,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields)]
 struct UmemSection {
+    #[serde(skip_serializing_if = "Option::is_none")]
     frame_size: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     frames: Option<u32>,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields)]
 struct FdbSection {
+    #[serde(skip_serializing_if = "Option::is_none")]
     max_entries: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     max_age: Option<u64>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct PortSection {
     kind: PortKind,
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     iface: Option<String>,
     /// vhost-user: the socket path.
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     path: Option<String>,
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     queues: Option<Vec<u32>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     vlan: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     trunk: Option<Vec<u16>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     native_vlan: Option<u16>,
     #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     bind: Option<String>,
 }
 
@@ -209,5 +230,63 @@ impl RunConfig {
             (e, key)
         })?;
         Ok(config)
+    }
+}
+
+impl From<&RunConfig> for FileConfig {
+    /// The tables that read back as `config` (every value spelled out, so
+    /// the file does not depend on the defaults of a later version).
+    fn from(config: &RunConfig) -> FileConfig {
+        FileConfig {
+            mode: config.mode,
+            fast_path: Some(config.fast_path),
+            socket_busy_poll: config.socket_busy_poll,
+            busy_poll: config.busy_poll,
+            core: None,
+            cores: Some(config.cores.clone()),
+            burst: Some(config.burst),
+            stats_interval: config.stats_interval.map(|i| i.as_secs()),
+            umem: UmemSection {
+                frame_size: Some(config.frame_size),
+                frames: Some(config.frames),
+            },
+            fdb: FdbSection {
+                max_entries: Some(config.fdb.max_entries),
+                max_age: Some(config.fdb.max_age.as_secs()),
+            },
+            ports: config.ports.iter().map(PortSection::from).collect(),
+        }
+    }
+}
+
+impl From<&PortConfig> for PortSection {
+    fn from(p: &PortConfig) -> PortSection {
+        let (vlan, trunk, native_vlan) = match &p.vlan {
+            VlanMode::Access(v) => (Some(*v), None, None),
+            VlanMode::Trunk { allowed, native } => (
+                None,
+                allowed.as_ref().map(|set| set.iter().collect()),
+                (*native != UNTAGGED).then_some(*native),
+            ),
+        };
+        let (iface, path) = match p.kind {
+            PortKind::VhostUser => (None, Some(p.iface.clone())),
+            _ => (Some(p.iface.clone()), None),
+        };
+        PortSection {
+            kind: p.kind,
+            iface,
+            path,
+            queues: match p.kind {
+                PortKind::Afxdp => Some(p.queues.clone()),
+                // A TAP's `queues` is a count, as in `--port tap:NAME,queues=N`.
+                PortKind::Tap => Some(vec![p.queues.len() as u32]),
+                PortKind::Veth | PortKind::VhostUser => None,
+            },
+            vlan,
+            trunk,
+            native_vlan,
+            bind: (p.bind != BindMode::Auto).then(|| p.bind.to_string()),
+        }
     }
 }

@@ -43,7 +43,7 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::switch::FdbConfig;
@@ -108,7 +108,7 @@ pub enum Error {
 }
 
 /// How frames are forwarded between ports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum ForwardingMode {
     /// L2 learning switch.
@@ -336,34 +336,11 @@ impl RunConfig {
 
     /// The configuration as a TOML file that `run --config` reads back to
     /// the same switch (`show config` prints it, ports added at runtime
-    /// included).
+    /// included): the tables [`from_toml`](Self::from_toml) reads, written
+    /// by serde.
     pub fn to_toml(&self) -> String {
-        let mode = match self.mode {
-            ForwardingMode::Switch => "switch",
-            ForwardingMode::Xconnect => "xconnect",
-        };
-        let mut t = format!(
-            "mode = \"{mode}\"\nfast_path = {}\nbusy_poll = {}\ncores = {:?}\nburst = {}\n",
-            self.fast_path, self.busy_poll, self.cores, self.burst
-        );
-        if let Some(i) = self.stats_interval {
-            t.push_str(&format!("stats_interval = {}\n", i.as_secs()));
-        }
-        if let Some(us) = self.socket_busy_poll {
-            t.push_str(&format!("socket_busy_poll = {us}\n"));
-        }
-        t.push_str(&format!(
-            "\n[umem]\nframe_size = {}\nframes = {}\n\n[fdb]\nmax_entries = {}\nmax_age = {}\n",
-            self.frame_size,
-            self.frames,
-            self.fdb.max_entries,
-            self.fdb.max_age.as_secs()
-        ));
-        for p in &self.ports {
-            t.push('\n');
-            t.push_str(&p.to_toml());
-        }
-        t
+        toml::to_string(&FileConfig::from(self))
+            .expect("the configuration's tables hold only TOML-representable values")
     }
 
     /// Cross-connect peers: 0<->1, 2<->3, ...

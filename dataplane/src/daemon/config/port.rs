@@ -4,14 +4,14 @@
 use std::collections::HashSet;
 use std::str::FromStr;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::Error;
 use crate::switch::{VlanMode, VlanSet};
 use crate::xsk::BindMode;
 
 /// Port kinds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum PortKind {
     /// AF_XDP sockets on a netdev running steer.
@@ -90,38 +90,6 @@ impl PortConfig {
             s.push_str(&format!(",bind={}", self.bind));
         }
         s
-    }
-
-    /// This port as a `[[port]]` table.
-    pub(super) fn to_toml(&self) -> String {
-        let kind = self.kind.prefix();
-        let mut t = match self.kind {
-            PortKind::VhostUser => {
-                format!("[[port]]\nkind = \"{kind}\"\npath = {:?}\n", self.iface)
-            }
-            _ => format!("[[port]]\nkind = \"{kind}\"\niface = {:?}\n", self.iface),
-        };
-        match self.kind {
-            PortKind::Afxdp => t.push_str(&format!("queues = {:?}\n", self.queues)),
-            PortKind::Veth => {}
-            PortKind::Tap => t.push_str(&format!("queues = [{}]\n", self.queues.len())),
-            PortKind::VhostUser => {}
-        }
-        match &self.vlan {
-            VlanMode::Access(v) => t.push_str(&format!("vlan = {v}\n")),
-            VlanMode::Trunk { allowed, native } => {
-                if let Some(set) = allowed {
-                    t.push_str(&format!("trunk = {:?}\n", set.iter().collect::<Vec<_>>()));
-                }
-                if *native != crate::switch::vlan::UNTAGGED {
-                    t.push_str(&format!("native_vlan = {native}\n"));
-                }
-            }
-        }
-        if self.bind != BindMode::Auto {
-            t.push_str(&format!("bind = \"{}\"\n", self.bind));
-        }
-        t
     }
 
     /// `kind:iface`, as logs and statistics name the port.

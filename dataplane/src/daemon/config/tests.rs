@@ -14,8 +14,26 @@ fn to_toml_reads_back_to_the_same_config() {
         [[port]]\nkind = \"tap\"\niface = \"vm0\"\nqueues = [2]\n\
         [[port]]\nkind = \"vhost-user\"\npath = \"/run/dataplane/vm1.sock\"\nvlan = 4\n";
     let c = RunConfig::from_toml(text, "t").unwrap();
-    let again = RunConfig::from_toml(&c.to_toml(), "again").unwrap();
-    assert_eq!(c, again);
+    let written = c.to_toml();
+    let again = RunConfig::from_toml(&written, "again").unwrap();
+    assert_eq!(c, again, "{written}");
+    // Every value spelled out, each key once, in the file's own tables.
+    let doc: toml::Table = written.parse().unwrap();
+    assert_eq!(doc["umem"]["frames"].as_integer(), Some(1024), "{written}");
+    assert_eq!(
+        doc["fdb"]["max_entries"].as_integer(),
+        Some(8192),
+        "{written}"
+    );
+    assert_eq!(doc["port"].as_array().map(Vec::len), Some(5), "{written}");
+    assert!(!doc.contains_key("core"), "cores only: {written}");
+    let tap = &doc["port"][3];
+    assert_eq!(tap["queues"].as_array().map(Vec::len), Some(1), "{written}");
+    assert_eq!(
+        doc["port"][4].get("iface"),
+        None,
+        "vhost-user has a path: {written}"
+    );
 }
 
 #[test]
