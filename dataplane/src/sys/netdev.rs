@@ -168,29 +168,7 @@ fn mode_name(mode: u64) -> &'static str {
 /// the current network namespace (/sys/class/net shows the namespace /sys
 /// was mounted in, which `--netns` does not change).
 pub fn mac(ifname: &str) -> Result<[u8; 6], Error> {
-    ifindex(ifname)?;
-    let query_err = |detail: String| Error::Query {
-        ifname: ifname.to_string(),
-        detail,
-    };
-    // SAFETY: ifreq is plain data; zeroed is a valid start.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, src) in req.ifr_name.iter_mut().zip(ifname.bytes()) {
-        *dst = src as libc::c_char;
-    }
-    // SAFETY: plain socket(2); closed below.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(query_err(std::io::Error::last_os_error().to_string()));
-    }
-    // SAFETY: SIOCGIFHWADDR reads ifr_name and writes ifr_hwaddr of req.
-    let rc = unsafe { libc::ioctl(fd, libc::SIOCGIFHWADDR, &mut req) };
-    let err = std::io::Error::last_os_error();
-    // SAFETY: fd is ours.
-    unsafe { libc::close(fd) };
-    if rc != 0 {
-        return Err(query_err(format!("SIOCGIFHWADDR: {err}")));
-    }
+    let req = ifreq_ioctl(ifname, libc::SIOCGIFHWADDR, "SIOCGIFHWADDR")?;
     // SAFETY: the kernel filled ifr_hwaddr for a successful SIOCGIFHWADDR.
     let data = unsafe { req.ifr_ifru.ifru_hwaddr.sa_data };
     let mut out = [0u8; 6];
@@ -261,13 +239,7 @@ pub fn ethtool_stats(ifname: &str) -> Result<Vec<(String, u64)>, Error> {
         detail: format!("{what}: {}", std::io::Error::last_os_error()),
     };
     ifindex(ifname)?;
-    // SAFETY: plain socket(2), closed by OwnedFd.
-    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if raw < 0 {
-        return Err(fail("socket"));
-    }
-    // SAFETY: raw is a fresh fd we own.
-    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+    let fd = ioctl_socket().map_err(|_| fail("socket"))?;
     let ioctl = |data: *mut u8| -> bool {
         // SAFETY: ifreq is plain data; ifr_data points at a buffer laid out
         // for the command in its first u32, valid for the whole call.
@@ -430,6 +402,18 @@ mod tests {
     }
 }
 
+/// A datagram socket of the current network namespace: what interface
+/// ioctls are issued on (it is never bound and carries nothing).
+fn ioctl_socket() -> std::io::Result<std::os::fd::OwnedFd> {
+    // SAFETY: plain socket(2); the result is checked and owned right away.
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: raw is a fresh fd nothing else owns.
+    Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) })
+}
+
 /// Runs one `SIOC*` ioctl on `ifname` through a socket of the current
 /// network namespace; returns the filled request.
 fn ifreq_ioctl(ifname: &str, request: libc::c_ulong, what: &str) -> Result<libc::ifreq, Error> {
@@ -438,13 +422,7 @@ fn ifreq_ioctl(ifname: &str, request: libc::c_ulong, what: &str) -> Result<libc:
         ifname: ifname.to_string(),
         detail: format!("{what}: {detail}"),
     };
-    // SAFETY: plain socket(2); the fd is owned (and closed) by OwnedFd.
-    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if raw < 0 {
-        return Err(fail(std::io::Error::last_os_error().to_string()));
-    }
-    // SAFETY: raw is a fresh fd we own.
-    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+    let fd = ioctl_socket().map_err(|e| fail(e.to_string()))?;
     // SAFETY: ifreq is plain data; zeroed is a valid start.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     for (dst, src) in req.ifr_name.iter_mut().zip(ifname.bytes()) {
@@ -502,13 +480,9 @@ pub fn rx_queue_count(ifname: &str) -> Result<Option<u32>, Error> {
     // max_combined, rx_count, tx_count, other_count, combined_count.
     let mut channels = [0u32; 9];
     channels[0] = ETHTOOL_GCHANNELS;
-    // SAFETY: plain socket(2); the fd is owned (and closed) by OwnedFd.
-    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if raw < 0 {
+    let Ok(fd) = ioctl_socket() else {
         return Ok(None);
-    }
-    // SAFETY: raw is a fresh fd we own.
-    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+    };
     // SAFETY: ifreq is plain data; ifr_data points at `channels`, laid out
     // as struct ethtool_channels and valid for the whole call.
     let ok = unsafe {
