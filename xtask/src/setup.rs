@@ -1,7 +1,7 @@
 //! `cargo xtask setup`: make a fresh machine ready, idempotently.
 //!
 //! Each step checks first and only acts when something is missing, printing
-//! what it found and what it did (see ../shared/TOOLCHAIN.md for the recipe).
+//! what it found and what it did (the facts it relies on are in docs/DESIGN-NOTES.md).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

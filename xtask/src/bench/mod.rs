@@ -18,7 +18,7 @@
 //! - Latency: a UDP ping-pong at low rate through the path (`latency.rs`).
 //! - Report: JSON, Markdown and PNG under target/bench/ (`report.rs`).
 //!
-//! veth facts that shape the numbers (see ../shared/TOOLCHAIN.md): the
+//! veth facts that shape the numbers (docs/DESIGN-NOTES.md, kernel facts): the
 //! receive work of a veth (NAPI, XDP, the bridge) runs on the CPU of the
 //! sender, so for the bridge and the XDP redirect the forwarding itself runs
 //! on the generator's CPU 0, while AF_XDP forwarders do their work on CPU 1.

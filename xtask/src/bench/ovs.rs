@@ -103,7 +103,8 @@ impl Ovs {
     }
 
     /// Adding an afxdp port right after another AF_XDP user exited sometimes
-    /// fails with EINVAL (TOOLCHAIN.md): retry a few times.
+    /// fails with EINVAL (the kernel releases the queue in deferred work):
+    /// retry a few times.
     fn add_afxdp_port(&self, port: &str) -> Result<()> {
         let mut last = String::new();
         for _ in 0..4 {

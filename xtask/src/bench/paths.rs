@@ -347,7 +347,7 @@ impl Drop for RunningPath {
         }
         self.hugepages = None;
         // AF_XDP users that just exited can make the next bind fail
-        // (TOOLCHAIN.md): give the kernel a moment.
+        // (the kernel releases a queue in deferred work): give it a moment.
         std::thread::sleep(Duration::from_millis(500));
     }
 }
