@@ -50,6 +50,15 @@ pub struct Fdb {
     entries: HashMap<(u16, [u8; 6]), FdbEntry>,
     max_entries: usize,
     max_age: Duration,
+    /// No entry can expire before this (the oldest entry's last sighting
+    /// plus the ageing time, as of the last scan; `None`: not known). Both
+    /// hold it as a lower bound, since entries are only added as seen now
+    /// and sightings only move forward. With it, a full table under a MAC
+    /// flood answers "full" without scanning, and so does the periodic
+    /// expiry while nothing can be old enough.
+    no_expiry_before: Option<Instant>,
+    /// Full scans for expired entries so far (for tests and statistics).
+    scans: u64,
     /// Changes since the last [`Fdb::take_changes`], when someone mirrors us.
     journal: Option<Vec<FdbChange>>,
 }
@@ -61,6 +70,8 @@ impl Fdb {
             entries: HashMap::with_capacity(max_entries.min(4096)),
             max_entries,
             max_age,
+            no_expiry_before: None,
+            scans: 0,
             journal: None,
         }
     }
@@ -143,10 +154,27 @@ impl Fdb {
         (now.saturating_duration_since(e.last_seen) < self.max_age).then_some(e.port)
     }
 
-    /// Removes entries older than the ageing time; returns how many.
+    /// Removes entries older than the ageing time; returns how many. Scans
+    /// the table only once an entry can have aged out (O(1) before that).
     pub fn expire(&mut self, now: Instant) -> usize {
+        if self.no_expiry_before.is_some_and(|t| now < t) {
+            return 0;
+        }
+        self.scans += 1;
         let max_age = self.max_age;
-        self.remove_where(|e| now.saturating_duration_since(e.last_seen) >= max_age)
+        let removed = self.remove_where(|e| now.saturating_duration_since(e.last_seen) >= max_age);
+        self.no_expiry_before = self
+            .entries
+            .values()
+            .map(|e| e.last_seen)
+            .min()
+            .map(|oldest| oldest + max_age);
+        removed
+    }
+
+    /// Full scans for expired entries so far.
+    pub fn expiry_scans(&self) -> u64 {
+        self.scans
     }
 
     /// Forgets everything learned on `port` (port removed or down).
@@ -250,6 +278,51 @@ mod tests {
         assert_eq!(fdb.lookup(1, B, t0), None);
         assert_eq!(fdb.learn(1, B, 1, t0 + age), Learned::New);
         assert_eq!(fdb.len(), 1);
+    }
+
+    #[test]
+    fn a_full_table_under_a_mac_flood_is_not_scanned_per_frame() {
+        let t0 = Instant::now();
+        let age = Duration::from_secs(5);
+        let mut fdb = Fdb::new(4, age);
+        for i in 0..4u8 {
+            assert_eq!(fdb.learn(1, [2, 0, 0, 0, 0, i], 1, t0), Learned::New);
+        }
+        // A flood of new sources while nothing can have aged out: each is
+        // refused, and the table is scanned once at most.
+        for i in 0..10_000u32 {
+            let mac = [2, 1, (i >> 16) as u8, (i >> 8) as u8, i as u8, 0];
+            let now = t0 + Duration::from_millis(u64::from(i % 4000));
+            assert_eq!(fdb.learn(1, mac, 2, now), Learned::TableFull);
+        }
+        assert!(fdb.expiry_scans() <= 1, "{} scans", fdb.expiry_scans());
+        // The periodic expiry costs nothing either until then.
+        assert_eq!(fdb.expire(t0 + Duration::from_secs(4)), 0);
+        assert!(fdb.expiry_scans() <= 1);
+        // Once the first entries are old enough, one scan frees them and a
+        // new source is learned.
+        assert_eq!(fdb.learn(1, B, 2, t0 + age), Learned::New);
+        assert_eq!(fdb.expiry_scans(), 2);
+        assert_eq!(fdb.len(), 1);
+    }
+
+    #[test]
+    fn refreshed_entries_are_not_expired_by_a_stale_bound() {
+        let t0 = Instant::now();
+        let age = Duration::from_secs(5);
+        let mut fdb = Fdb::new(2, age);
+        fdb.learn(1, A, 1, t0);
+        fdb.learn(1, B, 1, t0 + Duration::from_secs(1));
+        assert_eq!(fdb.expire(t0 + Duration::from_secs(2)), 0);
+        // A is seen again: the bound (t0 + 5 s) is now early, which only
+        // costs a scan that finds nothing.
+        fdb.learn(1, A, 1, t0 + Duration::from_secs(4));
+        assert_eq!(fdb.expire(t0 + age), 0);
+        assert_eq!(fdb.lookup(1, A, t0 + age), Some(1));
+        // B ages out at t0 + 6 s, A at t0 + 9 s.
+        assert_eq!(fdb.expire(t0 + Duration::from_secs(6)), 1);
+        assert_eq!(fdb.expire(t0 + Duration::from_secs(9)), 1);
+        assert!(fdb.is_empty());
     }
 
     #[test]
