@@ -111,6 +111,7 @@ impl Daemon {
     pub fn start(config: &RunConfig, pins: &PinRoot) -> Result<Daemon, Error> {
         privileges::require_admin()?;
         raise_fd_limit();
+        crate::sys::memory::keep_large_allocations_apart();
         // One PMD per listed core (one unpinned PMD if none); port i runs on
         // PMD i mod n, each PMD with a UMEM of its own.
         let n_pmds = config.cores.len().max(1);

@@ -230,6 +230,7 @@ fn load_object() -> Result<Ebpf, Error> {
     classifier(&mut ebpf, dataplane_common::STEER_TC_PROGRAM)
         .load()
         .map_err(Error::Verify)?;
+    crate::sys::memory::release_freed_memory();
     Ok(ebpf)
 }
 

@@ -18,11 +18,14 @@
 //!   -d link` (iproute2 is a dependency anyway), read at attach and open,
 //!   not per frame (`netdev.rs`).
 //! - setns/unshare: two calls, on a thread the caller chose (`netns.rs`).
+//! - `malloc_trim` after eBPF loads: aya's loader parses the kernel's BTF
+//!   each time, and glibc would keep that memory per thread (`memory.rs`).
 //! - A unix socket that is owner-only from its first moment (bound in a
 //!   0700 directory, then renamed): std has no way to bind with a mode
 //!   (`private_socket.rs`).
 
 pub mod bpf;
+pub mod memory;
 pub mod netdev;
 pub mod netns;
 pub mod private_socket;

@@ -92,6 +92,8 @@ impl Forward {
         let ifindex = netdev::ifindex(target)?;
         let mut ebpf = EbpfLoader::new().load(crate::steer::object())?;
         program_mut(&mut ebpf, program).load()?;
+        // The loader's parse of the kernel's BTF (see sys::memory).
+        crate::sys::memory::release_freed_memory();
         let mut port: DevMap<&mut MapData> = DevMap::try_from(
             ebpf.map_mut(map_names::FWD_PORT)
                 .expect("object has FWD_PORT"),
