@@ -430,3 +430,58 @@ fn a_killed_switch_whose_interface_was_recreated_comes_back_working() {
         assert!(ok, "{out}");
     }
 }
+
+/// Port security: a port with `max_macs=3` that sends from 50 source
+/// addresses has at most 3 of them learned, its frames are still
+/// forwarded, and the other port learns as usual.
+#[test]
+fn a_port_with_max_macs_learns_no_more_than_its_limit() {
+    if !privileged("a_port_with_max_macs_learns_no_more_than_its_limit") {
+        return;
+    }
+    let h = hosts("maclim", 2);
+    let (a, b) = (&h.hosts[0], &h.hosts[1]);
+    let sw = RunningSwitch::start(
+        &h.sw,
+        &["--port", "afxdp:sa,max_macs=3", "--port", "afxdp:sb"],
+    );
+    let dst = mac_of(b, "b0");
+    const N: u32 = 50;
+    let (rx, ready) = collect_test_frames(b, "b0", N as usize, Duration::from_secs(10));
+    ready.recv().unwrap();
+    let frames = (0..N).map(move |seq| {
+        let src = [2, 0x55, 0, 0, 0, seq as u8];
+        harness::test_frame(dst, src, harness::TEST_ETHERTYPE, seq, 64)
+    });
+    harness::send_paced(a, "a0", frames);
+    let got = distinct(rx.join().unwrap());
+    assert_eq!(
+        got.len(),
+        N as usize,
+        "frames from unlearned sources still forwarded"
+    );
+    assert!(
+        ping(b, "10.77.1.1", 3),
+        "b -> a still works (flooded if need be)"
+    );
+
+    let fdb: serde_json::Value =
+        serde_json::from_str(&h.sw.dataplane_ok(&["show", "fdb", "--json"])).unwrap();
+    let on = |port: &str| {
+        fdb.as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["port"].as_str() == Some(port))
+            .count()
+    };
+    assert!(
+        (1..=3).contains(&on("afxdp:sa")),
+        "afxdp:sa learned {} addresses with max_macs=3: {fdb}",
+        on("afxdp:sa")
+    );
+    assert_eq!(on("afxdp:sb"), 1, "b0 learned on sb: {fdb}");
+    let config = h.sw.dataplane_ok(&["show", "config"]);
+    let parsed = dataplane::daemon::config::RunConfig::from_toml(&config, "show config").unwrap();
+    assert_eq!(parsed.ports[0].max_macs, Some(3), "{config}");
+    assert_clean_shutdown(&h, sw, &["sa", "sb"]);
+}

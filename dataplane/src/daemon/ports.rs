@@ -98,6 +98,7 @@ impl Daemon {
                 name: slot.config.name(),
                 vlan: slot.config.vlan.clone(),
                 up: true,
+                max_macs: slot.config.max_macs.map(|n| n as usize),
             },
         );
         if let (Some(fp), Some(prepared)) = (fast_path.as_mut(), fast) {

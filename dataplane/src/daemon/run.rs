@@ -173,6 +173,7 @@ impl Daemon {
                 name: p.name(),
                 vlan: p.vlan.clone(),
                 up: true,
+                max_macs: p.max_macs.map(|n| n as usize),
             })
             .collect();
         let forwarding = match config.mode {

@@ -27,6 +27,9 @@ pub enum Learned {
     Moved { from: PortId },
     /// Not learned: the table is full (after evicting expired entries).
     TableFull,
+    /// Not learned (nor moved): the port has as many addresses as its
+    /// limit allows (port security: one port cannot fill the table).
+    PortLimit,
     /// Not learned: a group (multicast/broadcast) source address is invalid.
     Ignored,
 }
@@ -59,6 +62,10 @@ pub struct Fdb {
     no_expiry_before: Option<Instant>,
     /// Full scans for expired entries so far (for tests and statistics).
     scans: u64,
+    /// Entries per port, by port id.
+    per_port: Vec<usize>,
+    /// Most entries each port may have, by port id (`None`: no limit).
+    port_limits: Vec<Option<usize>>,
     /// Changes since the last [`Fdb::take_changes`], when someone mirrors us.
     journal: Option<Vec<FdbChange>>,
 }
@@ -72,6 +79,8 @@ impl Fdb {
             max_age,
             no_expiry_before: None,
             scans: 0,
+            per_port: Vec::new(),
+            port_limits: Vec::new(),
             journal: None,
         }
     }
@@ -111,6 +120,37 @@ impl Fdb {
         }
     }
 
+    /// Sets the most addresses `port` may have learned at once (`None`: no
+    /// limit). Entries it has already are kept.
+    pub fn set_port_limit(&mut self, port: PortId, limit: Option<usize>) {
+        if self.port_limits.len() <= port {
+            self.port_limits.resize(port + 1, None);
+        }
+        self.port_limits[port] = limit;
+    }
+
+    /// Addresses learned on `port` now.
+    pub fn port_entries(&self, port: PortId) -> usize {
+        self.per_port.get(port).copied().unwrap_or(0)
+    }
+
+    /// True if `port` may not learn one more address.
+    fn port_at_limit(&self, port: PortId) -> bool {
+        self.port_limits
+            .get(port)
+            .copied()
+            .flatten()
+            .is_some_and(|limit| self.port_entries(port) >= limit)
+    }
+
+    fn count(&mut self, port: PortId, delta: isize) {
+        if self.per_port.len() <= port {
+            self.per_port.resize(port + 1, 0);
+        }
+        let n = &mut self.per_port[port];
+        *n = n.saturating_add_signed(delta);
+    }
+
     /// The ageing time.
     pub fn max_age(&self) -> Duration {
         self.max_age
@@ -121,15 +161,23 @@ impl Fdb {
         if mac[0] & 1 == 1 {
             return Learned::Ignored;
         }
-        if let Some(e) = self.entries.get_mut(&(vlan, mac)) {
-            let from = e.port;
+        if let Some(&FdbEntry { port: from, .. }) = self.entries.get(&(vlan, mac)) {
+            if from != port && self.port_at_limit(port) {
+                return Learned::PortLimit;
+            }
+            let e = self.entries.get_mut(&(vlan, mac)).expect("just found");
             e.last_seen = now;
             e.port = port;
             if from == port {
                 return Learned::Refreshed;
             }
+            self.count(from, -1);
+            self.count(port, 1);
             self.record(FdbChange::Upsert { vlan, mac, port });
             return Learned::Moved { from };
+        }
+        if self.port_at_limit(port) {
+            return Learned::PortLimit;
         }
         if self.entries.len() >= self.max_entries {
             self.expire(now);
@@ -144,6 +192,7 @@ impl Fdb {
                 last_seen: now,
             },
         );
+        self.count(port, 1);
         self.record(FdbChange::Upsert { vlan, mac, port });
         Learned::New
     }
@@ -189,10 +238,14 @@ impl Fdb {
 
     fn remove_where(&mut self, gone: impl Fn(&FdbEntry) -> bool) -> usize {
         let mut removed = Vec::new();
+        let per_port = &mut self.per_port;
         self.entries.retain(|k, e| {
             let drop = gone(e);
             if drop {
                 removed.push(*k);
+                if let Some(n) = per_port.get_mut(e.port) {
+                    *n = n.saturating_sub(1);
+                }
             }
             !drop
         });
@@ -323,6 +376,37 @@ mod tests {
         assert_eq!(fdb.expire(t0 + Duration::from_secs(6)), 1);
         assert_eq!(fdb.expire(t0 + Duration::from_secs(9)), 1);
         assert!(fdb.is_empty());
+    }
+
+    #[test]
+    fn a_port_at_its_limit_learns_and_takes_nothing_more() {
+        let t0 = Instant::now();
+        let age = Duration::from_secs(5);
+        let mut fdb = Fdb::new(100, age);
+        fdb.set_port_limit(1, Some(2));
+        assert_eq!(fdb.learn(1, A, 1, t0), Learned::New);
+        assert_eq!(fdb.learn(1, B, 1, t0), Learned::New);
+        // A flood of sources on port 1: refused, counted, the table stays
+        // open to the other ports.
+        for i in 0..50u8 {
+            assert_eq!(fdb.learn(1, [2, 9, 0, 0, 0, i], 1, t0), Learned::PortLimit);
+        }
+        assert_eq!(fdb.learn(1, [2, 8, 0, 0, 0, 1], 2, t0), Learned::New);
+        // Known addresses still refresh; an address moving onto the full
+        // port does not move.
+        assert_eq!(fdb.learn(1, A, 1, t0), Learned::Refreshed);
+        assert_eq!(fdb.learn(1, [2, 8, 0, 0, 0, 1], 1, t0), Learned::PortLimit);
+        assert_eq!(fdb.lookup(1, [2, 8, 0, 0, 0, 1], t0), Some(2));
+        assert_eq!((fdb.port_entries(1), fdb.port_entries(2)), (2, 1));
+        // Moving away, ageing and flushing all give room back.
+        assert!(matches!(fdb.learn(1, A, 2, t0), Learned::Moved { from: 1 }));
+        assert_eq!(fdb.port_entries(1), 1);
+        assert_eq!(fdb.learn(1, [2, 9, 0, 0, 0, 0], 1, t0), Learned::New);
+        assert_eq!(fdb.expire(t0 + age), 4);
+        assert_eq!((fdb.port_entries(1), fdb.port_entries(2)), (0, 0));
+        fdb.learn(1, B, 1, t0 + age);
+        fdb.flush_port(1);
+        assert_eq!(fdb.port_entries(1), 0);
     }
 
     #[test]

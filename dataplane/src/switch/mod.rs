@@ -69,6 +69,8 @@ pub struct SwitchPort {
     pub vlan: VlanMode,
     /// A port that is down is neither a flood target nor a unicast egress.
     pub up: bool,
+    /// Most addresses it may have in the FDB at once (`None`: no limit).
+    pub max_macs: Option<usize>,
 }
 
 impl SwitchPort {
@@ -78,6 +80,7 @@ impl SwitchPort {
             name: String::new(),
             vlan: VlanMode::default(),
             up: false,
+            max_macs: None,
         }
     }
 
@@ -112,6 +115,8 @@ pub struct LearningStats {
     pub learned: u64,
     pub moved: u64,
     pub table_full: u64,
+    /// Sources not learned because their port was at its `max_macs`.
+    pub port_limit: u64,
 }
 
 /// The switch: ports, FDB and forwarding mode.
@@ -126,9 +131,13 @@ pub struct Switch {
 impl Switch {
     /// A switch over `ports` (their indices are the [`PortId`]s).
     pub fn new(ports: Vec<SwitchPort>, forwarding: Forwarding, fdb: FdbConfig) -> Switch {
+        let mut fdb = Fdb::new(fdb.max_entries, fdb.max_age);
+        for (id, p) in ports.iter().enumerate() {
+            fdb.set_port_limit(id, p.max_macs);
+        }
         Switch {
             ports,
-            fdb: Fdb::new(fdb.max_entries, fdb.max_age),
+            fdb,
             forwarding,
             learning: LearningStats::default(),
         }
@@ -145,6 +154,7 @@ impl Switch {
         if self.ports.len() <= id {
             self.ports.resize_with(id + 1, SwitchPort::absent);
         }
+        self.fdb.set_port_limit(id, port.max_macs);
         self.ports[id] = port;
     }
 
@@ -155,6 +165,7 @@ impl Switch {
         if let Some(p) = self.ports.get_mut(id) {
             *p = SwitchPort::absent();
             self.fdb.flush_port(id);
+            self.fdb.set_port_limit(id, None);
         }
     }
 
@@ -233,6 +244,7 @@ impl Switch {
             Learned::New => self.learning.learned += 1,
             Learned::Moved { .. } => self.learning.moved += 1,
             Learned::TableFull => self.learning.table_full += 1,
+            Learned::PortLimit => self.learning.port_limit += 1,
             Learned::Refreshed | Learned::Ignored => {}
         }
         if header.is_multicast() {
@@ -272,6 +284,7 @@ mod tests {
 
     const A: [u8; 6] = [2, 0, 0, 0, 0, 0xa];
     const B: [u8; 6] = [2, 0, 0, 0, 0, 0xb];
+    const C: [u8; 6] = [2, 0, 0, 0, 0, 0xc];
     const BCAST: [u8; 6] = [0xff; 6];
 
     fn port(name: &str, vlan: VlanMode) -> SwitchPort {
@@ -279,6 +292,7 @@ mod tests {
             name: name.into(),
             vlan,
             up: true,
+            max_macs: None,
         }
     }
 
@@ -360,6 +374,41 @@ mod tests {
             Decision::Drop(DropReason::NoIngress)
         );
         assert_eq!(sw.fdb().len(), 0, "nothing learned from them");
+    }
+
+    #[test]
+    fn a_port_at_its_mac_limit_still_forwards_but_learns_no_more() {
+        let mut limited = port("p0", VlanMode::default());
+        limited.max_macs = Some(1);
+        let mut sw = Switch::new(
+            vec![limited, port("p1", VlanMode::default())],
+            Forwarding::Learning,
+            FdbConfig::default(),
+        );
+        let now = Instant::now();
+        sw.decide(0, &hdr(A, B, None), now);
+        // A second source on p0 is forwarded (flooded) but not learned.
+        assert_eq!(
+            sw.decide(0, &hdr(C, B, None), now),
+            Decision::Flood { vlan: 0 }
+        );
+        let stats = sw.learning_stats();
+        assert_eq!((stats.learned, stats.port_limit), (1, 1));
+        // So a reply to it floods, while A is known.
+        assert_eq!(
+            sw.decide(1, &hdr(B, C, None), now),
+            Decision::Flood { vlan: 0 }
+        );
+        assert!(matches!(
+            sw.decide(1, &hdr(B, A, None), now),
+            Decision::Forward { out: 0, .. }
+        ));
+        // A port added in its place later has its own limit (none here).
+        sw.remove_port(0);
+        sw.add_port(0, port("p0", VlanMode::default()));
+        sw.decide(0, &hdr(A, B, None), now);
+        sw.decide(0, &hdr(C, B, None), now);
+        assert_eq!(sw.learning_stats().port_limit, 1);
     }
 
     #[test]

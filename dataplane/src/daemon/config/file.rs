@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::switch::vlan::UNTAGGED;
 use crate::switch::VlanMode;
 
-use super::port::{parse_bind, port_target, vlan_mode, PortConfig, PortKind};
+use super::port::{parse_bind, parse_max_macs, port_target, vlan_mode, PortConfig, PortKind};
 use super::toml_location::KeyPath;
 use super::{
     Error, FdbSettings, ForwardingMode, RunConfig, DEFAULT_BURST, DEFAULT_FRAMES,
@@ -86,6 +86,10 @@ struct PortSection {
     #[serde(default)]
     #[serde(skip_serializing_if = "Option::is_none")]
     bind: Option<String>,
+    /// Port security: most MAC addresses learned on the port at once.
+    #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_macs: Option<u32>,
 }
 
 impl RunConfig {
@@ -177,12 +181,27 @@ impl RunConfig {
                 (_, Some(q)) => q,
                 (_, None) => vec![0],
             };
+            let max_macs = match p.max_macs {
+                Some(n) => Some(parse_max_macs(&n.to_string()).map_err(|why| {
+                    (
+                        Error::BadValue {
+                            spec: name.clone(),
+                            key: "max_macs".into(),
+                            value: n.to_string(),
+                            why,
+                        },
+                        at("max_macs"),
+                    )
+                })?),
+                None => None,
+            };
             ports.push(PortConfig {
                 kind: p.kind,
                 iface,
                 queues,
                 vlan,
                 bind,
+                max_macs,
             });
         }
         let cores_key = if file.cores.is_some() {
@@ -287,6 +306,7 @@ impl From<&PortConfig> for PortSection {
             trunk,
             native_vlan,
             bind: (p.bind != BindMode::Auto).then(|| p.bind.to_string()),
+            max_macs: p.max_macs,
         }
     }
 }

@@ -55,6 +55,22 @@ pub struct PortConfig {
     pub queues: Vec<u32>,
     pub vlan: VlanMode,
     pub bind: BindMode,
+    /// Most MAC addresses the switch learns on this port at once (port
+    /// security: a flood of source addresses cannot fill the FDB for the
+    /// other ports). `None`: no limit but the FDB's size.
+    pub max_macs: Option<u32>,
+}
+
+/// The largest `max_macs` (the FDB holds at most this many entries anyway).
+pub const MAX_MACS_LIMIT: u32 = 1 << 20;
+
+/// `max_macs` as given: 1 to [`MAX_MACS_LIMIT`].
+pub(super) fn parse_max_macs(value: &str) -> Result<u32, String> {
+    value
+        .parse::<u32>()
+        .ok()
+        .filter(|n| (1..=MAX_MACS_LIMIT).contains(n))
+        .ok_or_else(|| format!("expected 1-{MAX_MACS_LIMIT} addresses"))
 }
 
 impl PortConfig {
@@ -88,6 +104,9 @@ impl PortConfig {
         }
         if self.bind != BindMode::Auto {
             s.push_str(&format!(",bind={}", self.bind));
+        }
+        if let Some(n) = self.max_macs {
+            s.push_str(&format!(",max_macs={n}"));
         }
         s
     }
@@ -209,6 +228,7 @@ impl FromStr for PortConfig {
         };
         let (mut queues, mut vlan, mut trunk, mut native, mut bind) =
             (vec![0], None, None, None, BindMode::Auto);
+        let mut max_macs = None;
         let mut given = HashSet::new();
         for part in parts {
             let (key, value) = part.split_once('=').ok_or_else(|| Error::BadPortSpec {
@@ -262,6 +282,9 @@ impl FromStr for PortConfig {
                     )
                 }
                 "bind" => bind = parse_bind(value).map_err(|why| bad(key, value, &why))?,
+                "max_macs" => {
+                    max_macs = Some(parse_max_macs(value).map_err(|why| bad(key, value, &why))?)
+                }
                 other => {
                     return Err(Error::UnknownOption {
                         spec: spec.to_string(),
@@ -277,6 +300,7 @@ impl FromStr for PortConfig {
             iface,
             queues,
             bind,
+            max_macs,
         })
     }
 }

@@ -10,7 +10,7 @@ fn to_toml_reads_back_to_the_same_config() {
         [umem]\nframe_size = 2048\nframes = 1024\n[fdb]\nmax_age = 30\n\
         [[port]]\nkind = \"afxdp\"\niface = \"v0\"\nqueues = [0, 1]\nvlan = 10\n\
         [[port]]\nkind = \"afxdp\"\niface = \"v1\"\ntrunk = [10, 20]\nnative_vlan = 5\nbind = \"copy\"\n\
-        [[port]]\nkind = \"veth\"\niface = \"c0\"\ntrunk = [10]\n\
+        [[port]]\nkind = \"veth\"\niface = \"c0\"\ntrunk = [10]\nmax_macs = 16\n\
         [[port]]\nkind = \"tap\"\niface = \"vm0\"\nqueues = [2]\n\
         [[port]]\nkind = \"vhost-user\"\npath = \"/run/dataplane/vm1.sock\"\nvlan = 4\n";
     let c = RunConfig::from_toml(text, "t").unwrap();
@@ -45,6 +45,7 @@ fn spec_parses_back_to_the_same_port() {
         "afxdp:v3,native=7",
         "veth:c0",
         "veth:c1,vlan=10",
+        "veth:c2,max_macs=4",
         "tap:vm0,queues=2,vlan=3",
         "vhost-user:/run/dataplane/vm1.sock,vlan=4",
     ] {
@@ -85,6 +86,8 @@ fn every_number_a_user_gives_is_range_checked() {
     assert!(flag("afxdp:v0,vlan=4095").contains("4095"));
     assert!(flag("afxdp:v0,native=0").contains('0'));
     assert!(flag("tap:vm0,queues=17").contains("1-16"));
+    assert!(flag("veth:c0,max_macs=0").contains("max_macs"));
+    assert!(flag("veth:c0,max_macs=1048577").contains("1-1048576"));
     assert!(
         flag("afxdp:a\u{1b}[2J").contains("is invalid"),
         "control characters"
@@ -115,6 +118,7 @@ fn every_number_a_user_gives_is_range_checked() {
     );
     assert!(toml(&format!("socket_busy_poll = 4294967295\n{port}")).contains("socket_busy_poll"));
     assert!(toml(&format!("{port}trunk = [65546]\n")).contains("line 4, column 10"));
+    assert!(toml(&format!("{port}max_macs = 0\n")).contains("line 4, column 12"));
 }
 
 #[test]
