@@ -480,6 +480,10 @@ fn a_port_with_max_macs_learns_no_more_than_its_limit() {
         on("afxdp:sa")
     );
     assert_eq!(on("afxdp:sb"), 1, "b0 learned on sb: {fdb}");
+    let stats: serde_json::Value =
+        serde_json::from_str(&h.sw.dataplane_ok(&["stats", "--json"])).unwrap();
+    let refused = stats["learning"]["port_limit"].as_u64().unwrap_or(0);
+    assert!(refused >= 47, "sources over the limit are counted: {stats}");
     let config = h.sw.dataplane_ok(&["show", "config"]);
     let parsed = dataplane::daemon::config::RunConfig::from_toml(&config, "show config").unwrap();
     assert_eq!(parsed.ports[0].max_macs, Some(3), "{config}");

@@ -17,6 +17,7 @@ pub struct MetricsSnapshot {
     /// The same without the kernel's transmit calls, in microseconds.
     pub longest_own_iteration_us: f64,
     pub fdb_entries: usize,
+    pub learning: crate::switch::LearningStats,
     pub uptime: f64,
 }
 
@@ -164,6 +165,32 @@ pub fn render(m: &MetricsSnapshot) -> String {
         "gauge",
     );
     let _ = writeln!(out, "dataplane_fdb_entries {}", m.fdb_entries);
+    let l = &m.learning;
+    for (name, help, value) in [
+        (
+            "dataplane_fdb_learned_total",
+            "Source addresses learned.",
+            l.learned,
+        ),
+        (
+            "dataplane_fdb_moved_total",
+            "Learned addresses seen again on another port.",
+            l.moved,
+        ),
+        (
+            "dataplane_fdb_table_full_total",
+            "Source addresses not learned: the learning table was full.",
+            l.table_full,
+        ),
+        (
+            "dataplane_fdb_port_limit_total",
+            "Source addresses not learned: their port was at its max_macs.",
+            l.port_limit,
+        ),
+    ] {
+        header(&mut out, name, help, "counter");
+        let _ = writeln!(out, "{name} {value}");
+    }
     header(
         &mut out,
         "dataplane_uptime_seconds",
@@ -219,8 +246,16 @@ mod tests {
             longest_iteration_us: 250.0,
             longest_own_iteration_us: 100.0,
             fdb_entries: 3,
+            learning: crate::switch::LearningStats {
+                port_limit: 7,
+                ..Default::default()
+            },
             uptime: 1.5,
         });
+        assert!(
+            text.contains("dataplane_fdb_port_limit_total 7\n"),
+            "{text}"
+        );
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let (series, value) = line.rsplit_once(' ').unwrap();
             assert!(value.parse::<f64>().is_ok(), "{line}");

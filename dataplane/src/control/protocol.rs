@@ -129,6 +129,10 @@ pub struct Stats {
     /// receiving stack, inside them): the PMD's own work.
     #[serde(default)]
     pub longest_own_iteration_us: f64,
+    /// Learning counters: learned, moved, refused because the table was
+    /// full or the port at its `max_macs`.
+    #[serde(default)]
+    pub learning: crate::switch::LearningStats,
 }
 
 /// One learned address.

@@ -76,6 +76,11 @@ impl Daemon {
             idle_cycles: idle,
             longest_iteration_us: longest as f64 / 1e3,
             longest_own_iteration_us: own as f64 / 1e3,
+            learning: self
+                .running
+                .as_ref()
+                .map(|r| r.switch().lock_or_recover().switch.learning_stats())
+                .unwrap_or_default(),
         }
     }
 
@@ -136,6 +141,7 @@ impl Daemon {
             longest_iteration_us: stats.longest_iteration_us,
             longest_own_iteration_us: stats.longest_own_iteration_us,
             fdb_entries,
+            learning: stats.learning,
             uptime: stats.uptime,
         }
     }

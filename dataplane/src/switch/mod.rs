@@ -109,8 +109,10 @@ impl Default for FdbConfig {
     }
 }
 
-/// Counters the switch keeps about learning.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// Counters the switch keeps about learning (in `stats --json` and the
+/// metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct LearningStats {
     pub learned: u64,
     pub moved: u64,
