@@ -187,6 +187,11 @@ pub fn render(m: &MetricsSnapshot) -> String {
             "Source addresses not learned: their port was at its max_macs.",
             l.port_limit,
         ),
+        (
+            "dataplane_fdb_rate_limited_total",
+            "Source addresses not learned: their port exceeded fdb.learn_rate.",
+            l.rate_limited,
+        ),
     ] {
         header(&mut out, name, help, "counter");
         let _ = writeln!(out, "{name} {value}");

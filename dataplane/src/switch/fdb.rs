@@ -30,6 +30,9 @@ pub enum Learned {
     /// Not learned (nor moved): the port has as many addresses as its
     /// limit allows (port security: one port cannot fill the table).
     PortLimit,
+    /// Not learned: the port learned as many new addresses this second as
+    /// the learning rate allows.
+    RateLimited,
     /// Not learned: a group (multicast/broadcast) source address is invalid.
     Ignored,
 }
@@ -66,6 +69,11 @@ pub struct Fdb {
     per_port: Vec<usize>,
     /// Most entries each port may have, by port id (`None`: no limit).
     port_limits: Vec<Option<usize>>,
+    /// Most new addresses a port may add per second (`None`: no limit).
+    learn_rate: Option<u32>,
+    /// Per port: the start of its current one-second window and how many
+    /// addresses it added in it.
+    rate_windows: Vec<(Instant, u32)>,
     /// Changes since the last [`Fdb::take_changes`], when someone mirrors us.
     journal: Option<Vec<FdbChange>>,
 }
@@ -81,6 +89,8 @@ impl Fdb {
             scans: 0,
             per_port: Vec::new(),
             port_limits: Vec::new(),
+            learn_rate: None,
+            rate_windows: Vec::new(),
             journal: None,
         }
     }
@@ -127,6 +137,34 @@ impl Fdb {
             self.port_limits.resize(port + 1, None);
         }
         self.port_limits[port] = limit;
+    }
+
+    /// Sets the most new addresses each port may add per second (`None`:
+    /// no limit), so a flood of sources from one port cannot churn the
+    /// table (and the kernel's mirror of it) at line rate.
+    pub fn set_learn_rate(&mut self, rate: Option<u32>) {
+        self.learn_rate = rate;
+    }
+
+    /// True if `port` may add one more address at `now`; counts it if so.
+    /// Fixed one-second windows per port: O(1), and exact enough for a
+    /// limit meant to stop floods, not to shape traffic.
+    fn rate_allows(&mut self, port: PortId, now: Instant) -> bool {
+        let Some(rate) = self.learn_rate else {
+            return true;
+        };
+        if self.rate_windows.len() <= port {
+            self.rate_windows.resize(port + 1, (now, 0));
+        }
+        let (start, count) = &mut self.rate_windows[port];
+        if now.saturating_duration_since(*start) >= Duration::from_secs(1) {
+            (*start, *count) = (now, 0);
+        }
+        if *count >= rate {
+            return false;
+        }
+        *count += 1;
+        true
     }
 
     /// Addresses learned on `port` now.
@@ -184,6 +222,9 @@ impl Fdb {
             if self.entries.len() >= self.max_entries {
                 return Learned::TableFull;
             }
+        }
+        if !self.rate_allows(port, now) {
+            return Learned::RateLimited;
         }
         self.entries.insert(
             (vlan, mac),
@@ -407,6 +448,27 @@ mod tests {
         fdb.learn(1, B, 1, t0 + age);
         fdb.flush_port(1);
         assert_eq!(fdb.port_entries(1), 0);
+    }
+
+    #[test]
+    fn a_port_learns_at_most_its_rate_of_new_addresses_per_second() {
+        let t0 = Instant::now();
+        let mut fdb = Fdb::new(1000, Duration::from_secs(300));
+        fdb.set_learn_rate(Some(5));
+        let mac = |i: u8| [2, 7, 0, 0, 0, i];
+        let learned = (0..20u8)
+            .filter(|&i| fdb.learn(1, mac(i), 1, t0) == Learned::New)
+            .count();
+        assert_eq!(learned, 5, "5 per second on port 1");
+        assert_eq!(fdb.learn(1, mac(50), 1, t0), Learned::RateLimited);
+        // Other ports have their own budget; known addresses still refresh.
+        assert_eq!(fdb.learn(1, mac(100), 2, t0), Learned::New);
+        assert_eq!(fdb.learn(1, mac(0), 1, t0), Learned::Refreshed);
+        // The next second brings a new budget.
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!(fdb.learn(1, mac(50), 1, t1), Learned::New);
+        fdb.set_learn_rate(None);
+        assert!((60..80u8).all(|i| fdb.learn(1, mac(i), 1, t1) == Learned::New));
     }
 
     #[test]

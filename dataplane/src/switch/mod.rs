@@ -97,6 +97,8 @@ pub struct FdbConfig {
     pub max_entries: usize,
     /// Ageing time.
     pub max_age: Duration,
+    /// Most new addresses one port may add per second (`None`: no limit).
+    pub learn_rate: Option<u32>,
 }
 
 impl Default for FdbConfig {
@@ -105,6 +107,7 @@ impl Default for FdbConfig {
         FdbConfig {
             max_entries: 8192,
             max_age: Duration::from_secs(300),
+            learn_rate: None,
         }
     }
 }
@@ -119,6 +122,8 @@ pub struct LearningStats {
     pub table_full: u64,
     /// Sources not learned because their port was at its `max_macs`.
     pub port_limit: u64,
+    /// Sources not learned because their port exceeded `fdb.learn_rate`.
+    pub rate_limited: u64,
 }
 
 /// The switch: ports, FDB and forwarding mode.
@@ -133,7 +138,9 @@ pub struct Switch {
 impl Switch {
     /// A switch over `ports` (their indices are the [`PortId`]s).
     pub fn new(ports: Vec<SwitchPort>, forwarding: Forwarding, fdb: FdbConfig) -> Switch {
+        let learn_rate = fdb.learn_rate;
         let mut fdb = Fdb::new(fdb.max_entries, fdb.max_age);
+        fdb.set_learn_rate(learn_rate);
         for (id, p) in ports.iter().enumerate() {
             fdb.set_port_limit(id, p.max_macs);
         }
@@ -247,6 +254,7 @@ impl Switch {
             Learned::Moved { .. } => self.learning.moved += 1,
             Learned::TableFull => self.learning.table_full += 1,
             Learned::PortLimit => self.learning.port_limit += 1,
+            Learned::RateLimited => self.learning.rate_limited += 1,
             Learned::Refreshed | Learned::Ignored => {}
         }
         if header.is_multicast() {

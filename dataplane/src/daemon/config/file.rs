@@ -61,6 +61,8 @@ struct FdbSection {
     max_entries: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     max_age: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    learn_rate: Option<u32>,
 }
 
 #[derive(Deserialize, Serialize)]
@@ -229,6 +231,7 @@ impl RunConfig {
             fdb: FdbSettings {
                 max_entries: file.fdb.max_entries.unwrap_or(8192),
                 max_age: Duration::from_secs(file.fdb.max_age.unwrap_or(300)),
+                learn_rate: file.fdb.learn_rate,
             },
             ports,
         };
@@ -272,6 +275,7 @@ impl From<&RunConfig> for FileConfig {
             fdb: FdbSection {
                 max_entries: Some(config.fdb.max_entries),
                 max_age: Some(config.fdb.max_age.as_secs()),
+                learn_rate: config.fdb.learn_rate,
             },
             ports: config.ports.iter().map(PortSection::from).collect(),
         }

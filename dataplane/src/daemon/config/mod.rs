@@ -17,6 +17,7 @@
 //! [fdb]
 //! max_entries = 8192
 //! max_age = 300            # seconds
+//! learn_rate = 1000        # new addresses per port per second (optional)
 //!
 //! [[port]]
 //! kind = "afxdp"
@@ -143,6 +144,8 @@ pub struct RunConfig {
 pub struct FdbSettings {
     pub max_entries: usize,
     pub max_age: Duration,
+    /// `[fdb] learn_rate`: new addresses per port per second (`None`: no limit).
+    pub learn_rate: Option<u32>,
 }
 
 impl From<FdbSettings> for FdbConfig {
@@ -150,6 +153,7 @@ impl From<FdbSettings> for FdbConfig {
         FdbConfig {
             max_entries: s.max_entries,
             max_age: s.max_age,
+            learn_rate: s.learn_rate,
         }
     }
 }
@@ -242,6 +246,7 @@ impl RunConfig {
             fdb: FdbSettings {
                 max_entries: 8192,
                 max_age: Duration::from_secs(300),
+                learn_rate: None,
             },
             ports,
         };
@@ -301,6 +306,15 @@ impl RunConfig {
                 value: self.fdb.max_entries.to_string(),
                 why: "must be 1..=1048576".into(),
             });
+        }
+        if let Some(rate) = self.fdb.learn_rate {
+            if !(1..=1_000_000).contains(&rate) {
+                return Err(Error::Invalid {
+                    field: "fdb.learn_rate",
+                    value: rate.to_string(),
+                    why: "must be 1..=1000000 new addresses per port per second".into(),
+                });
+            }
         }
         let max_age = self.fdb.max_age.as_secs();
         if max_age == 0 || max_age > 86_400 * 365 {

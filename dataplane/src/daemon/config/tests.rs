@@ -7,7 +7,7 @@ use crate::xsk::BindMode;
 #[test]
 fn to_toml_reads_back_to_the_same_config() {
     let text = "mode = \"switch\"\nfast_path = false\ncores = [1]\nstats_interval = 5\n\
-        [umem]\nframe_size = 2048\nframes = 1024\n[fdb]\nmax_age = 30\n\
+        [umem]\nframe_size = 2048\nframes = 1024\n[fdb]\nmax_age = 30\nlearn_rate = 500\n\
         [[port]]\nkind = \"afxdp\"\niface = \"v0\"\nqueues = [0, 1]\nvlan = 10\n\
         [[port]]\nkind = \"afxdp\"\niface = \"v1\"\ntrunk = [10, 20]\nnative_vlan = 5\nbind = \"copy\"\n\
         [[port]]\nkind = \"veth\"\niface = \"c0\"\ntrunk = [10]\nmax_macs = 16\n\
@@ -113,6 +113,8 @@ fn every_number_a_user_gives_is_range_checked() {
     assert!(toml(&format!("cores = [5000]\n{port}")).contains("cores"));
     assert!(toml(&format!("[fdb]\nmax_entries = 0\n{port}")).contains("fdb.max_entries"));
     assert!(toml(&format!("[fdb]\nmax_age = 0\n{port}")).contains("fdb.max_age"));
+    assert!(toml(&format!("[fdb]\nlearn_rate = 0\n{port}")).contains("fdb.learn_rate"));
+    assert!(toml(&format!("[fdb]\nlearn_rate = 1000001\n{port}")).contains("line 2"));
     assert!(
         toml(&format!("stats_interval = 9223372036854775807\n{port}")).contains("stats_interval")
     );
