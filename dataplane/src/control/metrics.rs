@@ -192,6 +192,11 @@ pub fn render(m: &MetricsSnapshot) -> String {
             "Source addresses not learned: their port exceeded fdb.learn_rate.",
             l.rate_limited,
         ),
+        (
+            "dataplane_fdb_queue_full_total",
+            "Sightings of source addresses a PMD could not hand to the slow path (its queue was full).",
+            l.queue_full,
+        ),
     ] {
         header(&mut out, name, help, "counter");
         let _ = writeln!(out, "{name} {value}");

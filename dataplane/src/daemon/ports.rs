@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use super::run::{Daemon, Error, Slot};
 use crate::daemon::config::{self, ForwardingMode, PortConfig, PortKind, RunConfig};
-use crate::datapath::engine;
 use crate::datapath::fastpath::{FastPath, FastPortConfig};
 use crate::datapath::pmds::SharedSwitch;
 use crate::port::afxdp::{AfxdpConfig, AfxdpPort, ContainerConfig};
@@ -86,12 +85,14 @@ impl Daemon {
         slot.open = true;
         slot.counters.set_state(PortState::Up);
         // The slow part of joining the fast path (a program load, a probe
-        // frame) happens before taking the switch lock: the PMDs take it
-        // for every burst, and a stall overflows their rings.
+        // frame) happens before taking the switch lock: the slow path
+        // learns under it, and sightings wait while it is held.
         let fast = fast_path_wanted(&self.config, &slot.config)
             .then(|| FastPath::prepare_port(&self.pins, &fast_port(id, &slot.config)));
         let mut shared = running.switch().lock_or_recover();
-        let SharedSwitch { switch, fast_path } = &mut *shared;
+        let SharedSwitch {
+            switch, fast_path, ..
+        } = &mut *shared;
         switch.add_port(
             id,
             SwitchPort {
@@ -110,6 +111,7 @@ impl Daemon {
                 );
             }
         }
+        shared.publish();
         Ok(())
     }
 
@@ -127,7 +129,7 @@ impl Daemon {
             } else {
                 shared.switch.remove_port(id);
             }
-            engine::mirror_fdb(&mut shared);
+            shared.publish();
             if let Some(fp) = shared.fast_path.as_mut() {
                 fp.remove_port(id);
             }
@@ -152,7 +154,7 @@ impl Daemon {
             let running = self.running()?;
             let mut shared = running.switch().lock_or_recover();
             shared.switch.remove_port(id);
-            engine::mirror_fdb(&mut shared);
+            shared.publish();
         }
         self.running()?.forget_port(id);
         let slot = self.slots[id].take().expect("found above");
@@ -173,7 +175,7 @@ impl Daemon {
                 n
             }
         };
-        engine::mirror_fdb(&mut shared);
+        shared.publish();
         Ok(removed)
     }
 
@@ -239,7 +241,7 @@ impl Daemon {
                 if let Some(running) = self.running.as_ref() {
                     let mut shared = running.switch().lock_or_recover();
                     shared.switch.set_port_up(id, carries);
-                    engine::mirror_fdb(&mut shared);
+                    shared.publish();
                 }
             }
         }

@@ -79,7 +79,7 @@ impl Daemon {
             learning: self
                 .running
                 .as_ref()
-                .map(|r| r.switch().lock_or_recover().switch.learning_stats())
+                .map(|r| r.learning_stats())
                 .unwrap_or_default(),
         }
     }

@@ -1,12 +1,16 @@
 //! The poll-mode forwarding threads: one PMD's loop. Starting and stopping
 //! them, and handing them ports, is [`super::pmds`].
 //!
-//! Each PMD thread owns a UMEM, its free list and a set of ports; the switch
-//! (FDB, VLANs, fast-path mirror) is shared and locked once per received
-//! burst, never per frame. Each iteration runs to completion: take frames
-//! handed over by other PMDs, receive a burst from each own port, decide per
-//! frame, transmit per egress port, let the ports reclaim and refill.
-//! Nothing on this path allocates or logs per frame.
+//! Each PMD thread owns a UMEM, its free list, a set of ports and its own
+//! view of the switch ([`SwitchView`]: the port table and a copy of the
+//! FDB), so it decides without any lock; what it learns goes to the slow
+//! path as sightings, and the slow path's changes come back through the
+//! inbox (`super::slow_path`). Each iteration runs to completion: apply
+//! commands and view updates, take frames handed over by other PMDs,
+//! receive a burst from each own port, decide per frame, transmit per
+//! egress port, let the ports reclaim and refill. Nothing on this path
+//! allocates, logs or makes a syscall per frame, and no FDB upkeep,
+//! interface polling or fast-path work runs here.
 //!
 //! Frames between ports of one PMD move by descriptor (one UMEM, no copy).
 //! A frame whose egress port belongs to another PMD is copied into that
@@ -24,7 +28,7 @@
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dataplane_common::wire::{parse_l2, FRAME_HEADROOM};
@@ -32,11 +36,12 @@ use dataplane_common::wire::{parse_l2, FRAME_HEADROOM};
 use super::inbox::{Handoff, Inbox, PmdCommand, HANDOFF_MAX};
 use super::iteration_time::{cycles, IterationPhases, LongestIteration};
 use super::pmds::{
-    EngineConfig, EngineShared, FrameAccounting, OwnedPorts, PmdParts, SharedSwitch, MAX_PORTS,
-    NO_OWNER, PANIC_AFTER_ENV,
+    EngineConfig, EngineShared, FrameAccounting, OwnedPorts, PmdParts, MAX_PORTS, NO_OWNER,
+    PANIC_AFTER_ENV,
 };
+use super::slow_path::SlowPathLink;
 use crate::port::{DropReason, Frames, Port, PortState};
-use crate::switch::{self, Decision, EgressTag, Switch};
+use crate::switch::{self, Decision, EgressTag, SwitchView};
 use crate::sync::{LockOrRecover, RwLockOrRecover};
 use crate::xsk::{FramePool, Umem, XdpDesc};
 
@@ -60,7 +65,10 @@ pub struct Engine {
     /// PMD serving each port slot ([`NO_OWNER`] if none); a PMD sets its
     /// own entries as it attaches and detaches ports.
     owner: Arc<Vec<AtomicUsize>>,
-    switch: Arc<Mutex<SharedSwitch>>,
+    /// What this PMD decides with (its own: no lock).
+    view: SwitchView,
+    /// Where what it learns goes.
+    slow_path: Arc<SlowPathLink>,
     inboxes: Arc<Vec<Inbox>>,
     shared: Arc<EngineShared>,
     /// Per-egress-port transmit batches (own ports), reused every iteration.
@@ -71,11 +79,8 @@ pub struct Engine {
     /// Per-port drop counts gathered during one iteration.
     drops: Vec<[u64; DropReason::ALL.len()]>,
     /// Fault injection for the tests of a PMD panic (see [`PANIC_AFTER_ENV`]):
-    /// frames left before this PMD panics while holding the switch lock.
+    /// frames left before this PMD panics.
     panic_after: Option<u64>,
-    /// Cycles the current iteration waited for the switch lock (held by
-    /// another PMD or by a control operation).
-    lock_wait: u64,
     /// Cycles the current iteration spent handing frames to the ports
     /// (for AF_XDP in copy mode the kernel transmits, and often delivers
     /// into the receiver's stack, inside that call).
@@ -86,7 +91,9 @@ pub struct Engine {
 pub(super) struct EngineLinks {
     /// PMD serving each port slot.
     pub owner: Arc<Vec<AtomicUsize>>,
-    pub switch: Arc<Mutex<SharedSwitch>>,
+    /// This PMD's view of the switch as it starts.
+    pub view: SwitchView,
+    pub slow_path: Arc<SlowPathLink>,
     /// Every PMD's inbox, by PMD id.
     pub inboxes: Arc<Vec<Inbox>>,
     pub shared: Arc<EngineShared>,
@@ -116,7 +123,8 @@ impl Engine {
             ports,
             own,
             owner: links.owner,
-            switch: links.switch,
+            view: links.view,
+            slow_path: links.slow_path,
             inboxes: links.inboxes,
             shared: links.shared,
             tx: (0..n_ports)
@@ -128,7 +136,6 @@ impl Engine {
             panic_after: (id == 0)
                 .then(|| std::env::var(PANIC_AFTER_ENV).ok()?.parse().ok())
                 .flatten(),
-            lock_wait: 0,
             transmit: 0,
         }
     }
@@ -143,9 +150,6 @@ impl Engine {
         }
         // Prime the fill rings before the first frame arrives.
         self.maintain_ports();
-        // One handle for the loop: cloning the Arc per iteration would
-        // bounce its reference count between the PMDs' cores.
-        let switch = self.switch.clone();
         let mut idle_spins = 0u32;
         let mut next_housekeeping = Instant::now();
         let mut busy = 0u64;
@@ -158,9 +162,8 @@ impl Engine {
                 self.run_commands();
             }
             let start = cycles();
-            self.lock_wait = 0;
             self.transmit = 0;
-            let moved = self.iteration(&switch);
+            let moved = self.iteration();
             let maintaining = cycles();
             self.maintain_ports();
             self.transmit += cycles().wrapping_sub(maintaining);
@@ -172,7 +175,6 @@ impl Engine {
             let mut phases = IterationPhases {
                 commands: start.wrapping_sub(top),
                 ports: spent,
-                lock_wait: self.lock_wait,
                 transmit: self.transmit,
                 housekeeping: 0,
             };
@@ -198,7 +200,7 @@ impl Engine {
                 if now >= next_housekeeping {
                     next_housekeeping = now + Duration::from_millis(500);
                     let hk = cycles();
-                    self.housekeeping(now, &mut busy, &mut idle);
+                    self.housekeeping(&mut busy, &mut idle);
                     phases.housekeeping = cycles().wrapping_sub(hk);
                     worked += phases.housekeeping;
                     longest.note(worked, phases);
@@ -218,7 +220,7 @@ impl Engine {
             self.maintain_ports();
             std::thread::sleep(Duration::from_millis(1));
         }
-        self.housekeeping(Instant::now(), &mut busy, &mut idle);
+        self.housekeeping(&mut busy, &mut idle);
         let own = std::mem::take(&mut self.own);
         own.into_iter()
             .filter_map(|id| self.ports[id].take().map(|p| (id, p)))
@@ -269,13 +271,19 @@ impl Engine {
                     self.pool.free_cold(&frames);
                     let _ = done.send(());
                 }
+                PmdCommand::View { ports, fdb } => {
+                    if let Some(ports) = ports {
+                        self.view.set_ports(ports);
+                    }
+                    self.view.apply(&fdb, Instant::now());
+                }
             }
         }
     }
 
     /// One pass: frames handed over by other PMDs, then every own port;
     /// returns frames received.
-    fn iteration(&mut self, switch: &Mutex<SharedSwitch>) -> usize {
+    fn iteration(&mut self) -> usize {
         let mut moved = self.take_handoffs();
         // Read lazily: only when a burst arrived (FDB timestamps).
         let mut now: Option<Instant> = None;
@@ -294,21 +302,13 @@ impl Engine {
             }
             moved += n;
             let now = *now.get_or_insert_with(Instant::now);
-            {
-                // One lock per burst; nothing below blocks or makes syscalls
-                // except the rare fast-path mirror of what was learned.
-                let asked = cycles();
-                let mut shared = switch.lock_or_recover();
-                self.lock_wait += cycles().wrapping_sub(asked);
-                if let Some(left) = self.panic_after.as_mut() {
-                    *left = left.saturating_sub(n as u64);
-                    assert!(*left > 0, "{PANIC_AFTER_ENV}: injected PMD panic");
-                }
-                for i in 0..n {
-                    let desc = self.rx[i];
-                    self.switch_frame(&mut shared.switch, in_port, desc, now);
-                }
-                mirror_fdb(&mut shared);
+            if let Some(left) = self.panic_after.as_mut() {
+                *left = left.saturating_sub(n as u64);
+                assert!(*left > 0, "{PANIC_AFTER_ENV}: injected PMD panic");
+            }
+            for i in 0..n {
+                let desc = self.rx[i];
+                self.switch_frame(in_port, desc, now);
             }
             // Transmit after each ingress burst so TX rings drain steadily.
             let sending = cycles();
@@ -390,13 +390,17 @@ impl Engine {
         self.pool.free(desc.addr);
     }
 
-    fn switch_frame(&mut self, sw: &mut Switch, in_port: usize, desc: XdpDesc, now: Instant) {
+    fn switch_frame(&mut self, in_port: usize, desc: XdpDesc, now: Instant) {
         let data = self.umem.frame(desc.addr, desc.len as usize);
         let header = match parse_l2(data) {
             Ok(h) => h,
             Err(_) => return self.drop_frame(in_port, desc, DropReason::Malformed),
         };
-        match sw.decide(in_port, &header, now) {
+        let (decision, seen) = self.view.decide(in_port, &header, now);
+        if let Some(seen) = seen {
+            self.slow_path.report(self.id, seen);
+        }
+        match decision {
             Decision::Drop(_) => self.drop_frame(in_port, desc, DropReason::Policy),
             Decision::Pass { out } => self.emit(out, desc),
             Decision::Forward { out, tag, .. } => match self.retag(desc, header.vlan, tag) {
@@ -405,7 +409,7 @@ impl Engine {
             },
             Decision::Flood { vlan } => {
                 self.targets.clear();
-                self.targets.extend(sw.flood_targets(in_port, vlan));
+                self.targets.extend(self.view.flood_targets(in_port, vlan));
                 let Some((&(last, last_tag), rest)) = self.targets.split_last() else {
                     return self.drop_frame(in_port, desc, DropReason::Policy);
                 };
@@ -560,12 +564,9 @@ impl Engine {
         inbox.clear_wake();
     }
 
-    /// Once or twice a second: kernel statistics and accounting of own
-    /// ports; PMD 0 also does the switch's ageing and shared copies.
-    fn housekeeping(&mut self, now: Instant, busy: &mut u64, idle: &mut u64) {
-        if self.id == 0 {
-            self.switch_housekeeping(now);
-        }
+    /// Twice a second: the counters and frame accounting of own ports
+    /// (the switch's upkeep is the slow path's).
+    fn housekeeping(&mut self, busy: &mut u64, idle: &mut u64) {
         for port in self.ports.iter_mut().flatten() {
             port.refresh_counters();
         }
@@ -587,34 +588,5 @@ impl Engine {
             in_tx_rings,
             refused_frees: self.pool.refused_frees(),
         };
-    }
-
-    fn switch_housekeeping(&mut self, now: Instant) {
-        let mut shared = self.switch.lock_or_recover();
-        let SharedSwitch { switch, fast_path } = &mut *shared;
-        if let Some(fp) = fast_path.as_mut() {
-            fp.keep_alive();
-            fp.refresh_ageing(switch, now);
-            fp.check_egress(switch);
-            let ports = self.shared.ports.read_or_recover();
-            for (port, n) in fp.forwarded().into_iter().enumerate() {
-                if let (Some(n), Some(Some(p))) = (n, ports.get(port)) {
-                    p.counters.set_fast_path(n);
-                }
-            }
-        }
-        switch.expire(now);
-        mirror_fdb(&mut shared);
-        *self.shared.learning.lock_or_recover() = shared.switch.learning_stats();
-    }
-}
-
-/// Applies what the switch learned to the in-kernel fast path.
-pub fn mirror_fdb(shared: &mut SharedSwitch) {
-    if let Some(fp) = shared.fast_path.as_mut() {
-        if shared.switch.fdb().has_changes() {
-            let changes = shared.switch.fdb_mut().take_changes();
-            fp.apply(&changes, &shared.switch);
-        }
     }
 }

@@ -1,15 +1,17 @@
 //! What crosses into one PMD thread from outside it: frames handed over
 //! by other PMDs (a bounded queue of copies: each UMEM has one owner
-//! thread), port changes from the control side, and an eventfd that wakes
-//! the PMD when it sleeps in poll(2).
+//! thread), port changes from the control side, changes to its view of
+//! the switch from whoever publishes them, and an eventfd that wakes the
+//! PMD when it sleeps in poll(2).
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 
 use crossbeam_queue::ArrayQueue;
 
 use crate::port::Port;
+use crate::switch::{FdbChange, PortTable};
 use crate::sync::LockOrRecover;
 
 /// Largest frame that can cross between PMD threads (standard MTU frames
@@ -36,6 +38,12 @@ pub(super) enum PmdCommand {
     Reclaim {
         frames: Vec<u64>,
         done: mpsc::Sender<()>,
+    },
+    /// The switch changed: a new port table (if it changed) and the FDB
+    /// changes since the last update, in order. Every PMD gets every one.
+    View {
+        ports: Option<Arc<PortTable>>,
+        fdb: Arc<[FdbChange]>,
     },
 }
 
@@ -87,6 +95,14 @@ impl Inbox {
         self.commands.lock_or_recover().push(command);
         self.has_commands.store(true, Ordering::SeqCst);
         self.wake();
+    }
+
+    /// Queues a command for the owner without waking it: a sleeping PMD
+    /// has nothing to forward, and applies it when it wakes (at the latest
+    /// after its poll timeout).
+    pub(super) fn post(&self, command: PmdCommand) {
+        self.commands.lock_or_recover().push(command);
+        self.has_commands.store(true, Ordering::SeqCst);
     }
 
     pub(super) fn clear_wake(&self) {

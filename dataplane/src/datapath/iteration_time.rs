@@ -7,15 +7,13 @@ use std::time::{Duration, Instant};
 /// Where one PMD iteration spent its cycles.
 #[derive(Debug, Clone, Copy, Default)]
 pub(super) struct IterationPhases {
-    /// Port attach/detach commands from the control thread.
+    /// Port attach/detach commands and view updates.
     pub(super) commands: u64,
     /// Receiving, switching and sending...
     pub(super) ports: u64,
-    /// ... of which waiting for the switch lock ...
-    pub(super) lock_wait: u64,
-    /// ... and handing frames to the ports, kicks and refills included.
+    /// ... of which handing frames to the ports, kicks and refills.
     pub(super) transmit: u64,
-    /// Counters, FDB ageing, the fast-path lease (every 500 ms).
+    /// Port counters and frame accounting (every 500 ms).
     pub(super) housekeeping: u64,
 }
 
@@ -104,11 +102,10 @@ impl LongestIteration {
             let ms = |c: u64| to_ns(c) as f64 / 1e6;
             tracing::warn!(
                 pmd,
-                "slow PMD iteration: {:.1} ms (commands {:.1} ms, ports {:.1} ms of which {:.1} ms waiting for the switch lock and {:.1} ms transmitting and refilling, housekeeping {:.1} ms); its ports waited that long; the kernel preempted this PMD {preemptions} times in the last 0.5 s (other work on its CPU: give it a CPU of its own with --core; time in transmit calls includes the kernel delivering frames into receivers on this CPU)",
+                "slow PMD iteration: {:.1} ms (commands {:.1} ms, ports {:.1} ms of which {:.1} ms transmitting and refilling, housekeeping {:.1} ms); its ports waited that long; the kernel preempted this PMD {preemptions} times in the last 0.5 s (other work on its CPU: give it a CPU of its own with --core; time in transmit calls includes the kernel delivering frames into receivers on this CPU)",
                 longest as f64 / 1e6,
                 ms(self.phases.commands),
                 ms(self.phases.ports),
-                ms(self.phases.lock_wait),
                 ms(self.phases.transmit),
                 ms(self.phases.housekeeping),
             );

@@ -9,8 +9,9 @@ use std::time::Duration;
 use super::engine::{Engine, EngineLinks};
 use super::fastpath::FastPath;
 use super::inbox::{Inbox, PmdCommand};
+use super::slow_path::{self, SlowPathLink};
 use crate::port::{Port, PortCounters};
-use crate::switch::{self, Switch};
+use crate::switch::{self, PortTable, Switch};
 use crate::sync::{LockOrRecover, RwLockOrRecover};
 use crate::xsk::{FramePool, Umem};
 
@@ -32,11 +33,45 @@ pub enum PortChangeError {
     NoAnswer(usize),
 }
 
-/// The switch and its in-kernel mirror, shared by the PMD threads.
+/// The switch and its mirrors: the in-kernel fast path and the PMDs'
+/// views. The slow path and the control side change it under its lock and
+/// then [`SharedSwitch::publish`]; the PMDs never lock it.
 pub struct SharedSwitch {
     pub switch: Switch,
     /// Taken out (and so turned off) before any port closes.
     pub fast_path: Option<FastPath>,
+    /// Every PMD's inbox, where view updates go.
+    inboxes: Arc<Vec<Inbox>>,
+    /// The port table the PMDs were last given.
+    published: Arc<PortTable>,
+}
+
+impl SharedSwitch {
+    /// Sends what changed since the last call to the fast path's maps and
+    /// to every PMD's view. Call after every change, before unlocking.
+    pub fn publish(&mut self) {
+        let changes = self.switch.fdb_mut().take_changes();
+        if !changes.is_empty() {
+            if let Some(fp) = self.fast_path.as_mut() {
+                fp.apply(&changes, &self.switch);
+            }
+        }
+        let ports = (!Arc::ptr_eq(self.switch.port_table(), &self.published))
+            .then(|| self.switch.port_table().clone());
+        if changes.is_empty() && ports.is_none() {
+            return;
+        }
+        if let Some(p) = &ports {
+            self.published = p.clone();
+        }
+        let fdb: Arc<[switch::FdbChange]> = changes.into();
+        for inbox in self.inboxes.iter() {
+            inbox.post(PmdCommand::View {
+                ports: ports.clone(),
+                fdb: fdb.clone(),
+            });
+        }
+    }
 }
 
 /// How the PMD thread runs.
@@ -103,8 +138,6 @@ pub struct EngineShared {
     pub(super) accounting: Mutex<Vec<FrameAccounting>>,
     /// The ports, by switch port id (slot); `None` for a free slot.
     pub(super) ports: RwLock<Vec<Option<PortEntry>>>,
-    /// Learning counters (learned, moved, table full).
-    pub learning: Mutex<switch::LearningStats>,
 }
 
 /// A port as the outside world sees it.
@@ -153,8 +186,8 @@ impl EngineShared {
     }
 }
 
-/// Environment variable for a test: PMD 0 panics, holding the switch lock,
-/// once it has switched this many frames. It exists so that the suite can
+/// Environment variable for a test: PMD 0 panics once it has switched
+/// this many frames. It exists so that the suite can
 /// check that a PMD panic stops the whole switch cleanly (ports closed,
 /// steer detached, an error naming the cause); nothing else reads it.
 pub const PANIC_AFTER_ENV: &str = "DATAPLANE_TEST_PMD_PANIC_AFTER";
@@ -181,6 +214,8 @@ pub struct Running {
     pub shared: Arc<EngineShared>,
     switch: Arc<Mutex<SharedSwitch>>,
     threads: Vec<std::thread::JoinHandle<OwnedPorts>>,
+    slow_path: std::thread::JoinHandle<()>,
+    slow_link: Arc<SlowPathLink>,
     inboxes: Arc<Vec<Inbox>>,
     owner: Arc<Vec<AtomicUsize>>,
     /// Each PMD's UMEM: ports added at runtime are opened on it.
@@ -190,12 +225,20 @@ pub struct Running {
 impl Running {
     /// True once any PMD thread has ended (it only ends when asked, or on a panic).
     pub fn any_finished(&self) -> bool {
-        self.threads.iter().any(|t| t.is_finished())
+        self.threads.iter().any(|t| t.is_finished()) || self.slow_path.is_finished()
     }
 
-    /// The switch and its fast path, shared with the PMDs.
+    /// The switch and its fast path, written by the slow path and the
+    /// control side (publish after a change).
     pub fn switch(&self) -> &Arc<Mutex<SharedSwitch>> {
         &self.switch
+    }
+
+    /// Learning counters, with the sightings the PMDs could not hand over.
+    pub fn learning_stats(&self) -> switch::LearningStats {
+        let mut stats = self.switch.lock_or_recover().switch.learning_stats();
+        stats.queue_full = self.slow_link.queue_full();
+        stats
     }
 
     /// Number of PMD threads.
@@ -302,6 +345,10 @@ impl Running {
                 Err(_) => panicked = true,
             }
         }
+        self.slow_link.wake();
+        if self.slow_path.join().is_err() {
+            panicked = true;
+        }
         let accounting = self.shared.accounting();
         drop(self.switch.lock().map(|mut s| s.fast_path.take()));
         ports.sort_by_key(|(id, _)| *id);
@@ -320,13 +367,10 @@ impl Running {
 pub fn start(
     config: EngineConfig,
     pmds: Vec<PmdParts>,
-    mut switch: Switch,
+    switch: Switch,
     fast_path: Option<FastPath>,
 ) -> std::io::Result<Running> {
     let n_ports = MAX_PORTS;
-    if fast_path.is_some() {
-        switch.fdb_mut().record_changes();
-    }
     let shared = Arc::new(EngineShared {
         stop: AtomicBool::new(false),
         busy_cycles: AtomicU64::new(0),
@@ -335,7 +379,6 @@ pub fn start(
         longest_own_iteration_ns: AtomicU64::new(0),
         accounting: Mutex::new(vec![FrameAccounting::default(); pmds.len()]),
         ports: RwLock::new(vec![None; n_ports]),
-        learning: Mutex::new(Default::default()),
     });
     let owner: Arc<Vec<AtomicUsize>> =
         Arc::new((0..n_ports).map(|_| AtomicUsize::new(NO_OWNER)).collect());
@@ -353,14 +396,22 @@ pub fn start(
         }
     }
     let umems: Vec<Arc<Umem>> = pmds.iter().map(|p| p.umem.clone()).collect();
-    let switch = Arc::new(Mutex::new(SharedSwitch { switch, fast_path }));
     let inboxes = Arc::new(
         (0..pmds.len())
             .map(|_| Inbox::new())
             .collect::<std::io::Result<Vec<_>>>()?,
     );
+    let views: Vec<_> = pmds.iter().map(|_| switch.view()).collect();
+    let switch = Arc::new(Mutex::new(SharedSwitch {
+        published: switch.port_table().clone(),
+        switch,
+        fast_path,
+        inboxes: inboxes.clone(),
+    }));
+    let slow_link = Arc::new(SlowPathLink::new(pmds.len()));
+    let slow_path = slow_path::start(slow_link.clone(), switch.clone(), shared.clone())?;
     let mut threads = Vec::new();
-    for (id, parts) in pmds.into_iter().enumerate() {
+    for ((id, parts), view) in pmds.into_iter().enumerate().zip(views) {
         let engine = Engine::new(
             id,
             EngineConfig {
@@ -370,7 +421,8 @@ pub fn start(
             parts,
             EngineLinks {
                 owner: owner.clone(),
-                switch: switch.clone(),
+                view,
+                slow_path: slow_link.clone(),
                 inboxes: inboxes.clone(),
                 shared: shared.clone(),
             },
@@ -390,6 +442,8 @@ pub fn start(
         shared,
         switch,
         threads,
+        slow_path,
+        slow_link,
         inboxes,
         owner,
         umems,

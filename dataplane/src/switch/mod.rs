@@ -1,17 +1,21 @@
 //! The switching decision: which ports a frame leaves on, with which tag.
 //!
-//! Pure logic over parsed headers, no I/O: the engine hands it a frame's L2
-//! header and the port it came from, and executes the [`Decision`]. That keeps
-//! learning, flooding and VLAN rules testable without root.
+//! Pure logic over parsed headers, no I/O, in two halves: a PMD decides
+//! with its [`SwitchView`] (read-only, no lock) and executes the
+//! [`Decision`]; the slow path owns the [`Switch`] (the ports, the FDB and
+//! its rules: limits, rates, ageing) and learns from the PMDs'
+//! [`Sighting`]s. The FDB's journal carries every change to the views.
+//! Learning, flooding and VLAN rules stay testable without root.
 
 pub mod fdb;
+pub mod view;
 pub mod vlan;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dataplane_common::wire::L2Header;
-
 pub use fdb::{Fdb, FdbChange, Learned, PortId};
+pub use view::{PortTable, Sighting, SwitchView};
 pub use vlan::{EgressTag, VlanMode, VlanSet};
 
 /// How frames are forwarded.
@@ -124,14 +128,20 @@ pub struct LearningStats {
     pub port_limit: u64,
     /// Sources not learned because their port exceeded `fdb.learn_rate`.
     pub rate_limited: u64,
+    /// Sightings a PMD could not hand to the slow path (its queue was
+    /// full, as under a MAC flood): learned on a later frame, or not.
+    pub queue_full: u64,
 }
 
-/// The switch: ports, FDB and forwarding mode.
+/// The switch as the slow path owns it: ports, FDB and forwarding mode.
+/// Every FDB change is journaled ([`Fdb::take_changes`]) for the mirrors:
+/// the PMDs' views and the fast path.
 #[derive(Debug)]
 pub struct Switch {
-    ports: Vec<SwitchPort>,
+    /// Copied on write: the PMDs' views hold the previous table until
+    /// they take the new one.
+    table: Arc<PortTable>,
     fdb: Fdb,
-    forwarding: Forwarding,
     learning: LearningStats,
 }
 
@@ -141,37 +151,64 @@ impl Switch {
         let learn_rate = fdb.learn_rate;
         let mut fdb = Fdb::new(fdb.max_entries, fdb.max_age);
         fdb.set_learn_rate(learn_rate);
+        fdb.record_changes();
         for (id, p) in ports.iter().enumerate() {
             fdb.set_port_limit(id, p.max_macs);
         }
         Switch {
-            ports,
+            table: Arc::new(PortTable { ports, forwarding }),
             fdb,
-            forwarding,
             learning: LearningStats::default(),
         }
     }
 
     /// The ports, by id.
     pub fn ports(&self) -> &[SwitchPort] {
-        &self.ports
+        &self.table.ports
+    }
+
+    /// The port table as the PMDs read it (a new `Arc` after each change).
+    pub fn port_table(&self) -> &Arc<PortTable> {
+        &self.table
+    }
+
+    /// A view for a PMD: the current ports and every learned address.
+    pub fn view(&self) -> SwitchView {
+        let mut view = SwitchView::new(self.table.clone());
+        let now = Instant::now();
+        let known: Vec<FdbChange> = self
+            .fdb
+            .entries()
+            .into_iter()
+            .map(|(vlan, mac, e)| FdbChange::Upsert {
+                vlan,
+                mac,
+                port: e.port,
+            })
+            .collect();
+        view.apply(&known, now);
+        view
     }
 
     /// Puts `port` in slot `id` (a port added at runtime); the slot must be
     /// free. Slots beyond the current table are created absent.
     pub fn add_port(&mut self, id: PortId, port: SwitchPort) {
-        if self.ports.len() <= id {
-            self.ports.resize_with(id + 1, SwitchPort::absent);
+        let ports = &mut Arc::make_mut(&mut self.table).ports;
+        if ports.len() <= id {
+            ports.resize_with(id + 1, SwitchPort::absent);
         }
         self.fdb.set_port_limit(id, port.max_macs);
-        self.ports[id] = port;
+        ports[id] = port;
     }
 
     /// Empties slot `id`: the port is no longer a flood target or egress
     /// and its addresses are forgotten (recorded in the FDB journal, so
     /// the fast path forgets them too).
     pub fn remove_port(&mut self, id: PortId) {
-        if let Some(p) = self.ports.get_mut(id) {
+        if id >= self.table.ports.len() {
+            return;
+        }
+        if let Some(p) = Arc::make_mut(&mut self.table).ports.get_mut(id) {
             *p = SwitchPort::absent();
             self.fdb.flush_port(id);
             self.fdb.set_port_limit(id, None);
@@ -187,7 +224,10 @@ impl Switch {
 
     /// Marks a port up or down; a port going down forgets its addresses.
     pub fn set_port_up(&mut self, port: PortId, up: bool) {
-        if let Some(p) = self.ports.get_mut(port) {
+        if self.table.ports.get(port).is_none_or(|p| p.up == up) {
+            return;
+        }
+        if let Some(p) = Arc::make_mut(&mut self.table).ports.get_mut(port) {
             p.up = up;
             if !up {
                 self.fdb.flush_port(port);
@@ -197,7 +237,7 @@ impl Switch {
 
     /// True if `port` exists and is up.
     pub fn is_up(&self, port: PortId) -> bool {
-        self.ports.get(port).is_some_and(|p| p.up)
+        self.table.is_up(port)
     }
 
     /// The learning table.
@@ -217,7 +257,7 @@ impl Switch {
 
     /// True when the switch learns (not cross-connect).
     pub fn is_learning(&self) -> bool {
-        self.forwarding == Forwarding::Learning
+        self.table.forwarding == Forwarding::Learning
     }
 
     /// Learning counters.
@@ -230,26 +270,19 @@ impl Switch {
         self.fdb.expire(now)
     }
 
-    /// Decides what happens to a frame with `header` received on `in_port`.
-    pub fn decide(&mut self, in_port: PortId, header: &L2Header, now: Instant) -> Decision {
-        if let Forwarding::CrossConnect { peer } = &self.forwarding {
-            return match peer.get(in_port).copied().flatten() {
-                Some(out) if self.is_up(out) => Decision::Pass { out },
-                _ => Decision::Drop(DropReason::NoEgress),
-            };
+    /// Learns (or refreshes) what a PMD saw; counts the outcome.
+    pub fn learn(&mut self, seen: &Sighting) -> Learned {
+        if !self
+            .table
+            .ports
+            .get(seen.port)
+            .is_some_and(|p| p.is_present())
+        {
+            // Removed since the PMD saw it: nothing to learn on.
+            return Learned::Ignored;
         }
-        let Some(port) = self.ports.get(in_port).filter(|p| p.is_present()) else {
-            return Decision::Drop(DropReason::NoIngress);
-        };
-        // An 802.1Q switch: 802.1ad S-tags and priority tags over another
-        // tag (a VLAN hop) are refused on every port (docs/DESIGN-NOTES.md).
-        if header.s_tag || header.is_priority_tag_over_a_tag() {
-            return Decision::Drop(DropReason::VlanPolicy);
-        }
-        let Some(vlan) = port.vlan.ingress(header.vlan) else {
-            return Decision::Drop(DropReason::VlanPolicy);
-        };
-        match self.fdb.learn(vlan, header.src, in_port, now) {
+        let learned = self.fdb.learn(seen.vlan, seen.mac, seen.port, seen.at);
+        match learned {
             Learned::New => self.learning.learned += 1,
             Learned::Moved { .. } => self.learning.moved += 1,
             Learned::TableFull => self.learning.table_full += 1,
@@ -257,40 +290,14 @@ impl Switch {
             Learned::RateLimited => self.learning.rate_limited += 1,
             Learned::Refreshed | Learned::Ignored => {}
         }
-        if header.is_multicast() {
-            return Decision::Flood { vlan };
-        }
-        match self.fdb.lookup(vlan, header.dst, now) {
-            None => Decision::Flood { vlan },
-            Some(out) if out == in_port => Decision::Drop(DropReason::SameSegment),
-            Some(out) => match self.ports.get(out).filter(|p| p.up) {
-                Some(p) => match p.vlan.egress(vlan) {
-                    Some(tag) => Decision::Forward { out, vlan, tag },
-                    None => Decision::Drop(DropReason::NoEgress),
-                },
-                None => Decision::Drop(DropReason::NoEgress),
-            },
-        }
-    }
-
-    /// The ports a frame of `vlan` from `in_port` is flooded to, with their tags.
-    pub fn flood_targets(
-        &self,
-        in_port: PortId,
-        vlan: u16,
-    ) -> impl Iterator<Item = (PortId, EgressTag)> + '_ {
-        self.ports
-            .iter()
-            .enumerate()
-            .filter(move |(id, p)| *id != in_port && p.up)
-            .filter_map(move |(id, p)| p.vlan.egress(vlan).map(|tag| (id, tag)))
+        learned
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use dataplane_common::wire::ETH_HLEN;
+    use dataplane_common::wire::{L2Header, ETH_HLEN};
 
     const A: [u8; 6] = [2, 0, 0, 0, 0, 0xa];
     const B: [u8; 6] = [2, 0, 0, 0, 0, 0xb];
@@ -317,8 +324,67 @@ mod tests {
         }
     }
 
-    fn three_ports() -> Switch {
-        Switch::new(
+    /// A switch and one PMD's view of it, kept in step as the daemon does:
+    /// the view decides, the switch learns what it reports, and the
+    /// journal and port table go back to the view.
+    struct Both {
+        switch: Switch,
+        view: SwitchView,
+        /// The port table the view has.
+        published: Arc<PortTable>,
+    }
+
+    impl Both {
+        fn new(ports: Vec<SwitchPort>, forwarding: Forwarding, fdb: FdbConfig) -> Both {
+            let switch = Switch::new(ports, forwarding, fdb);
+            let view = switch.view();
+            let published = switch.port_table().clone();
+            Both {
+                switch,
+                view,
+                published,
+            }
+        }
+
+        fn sync(&mut self, now: Instant) {
+            if !Arc::ptr_eq(self.switch.port_table(), &self.published) {
+                self.published = self.switch.port_table().clone();
+                self.view.set_ports(self.published.clone());
+            }
+            let changes = self.switch.fdb_mut().take_changes();
+            self.view.apply(&changes, now);
+        }
+
+        fn decide(&mut self, in_port: PortId, header: &L2Header, now: Instant) -> Decision {
+            self.sync(now);
+            let (decision, seen) = self.view.decide(in_port, header, now);
+            if let Some(seen) = seen {
+                self.switch.learn(&seen);
+            }
+            self.sync(now);
+            decision
+        }
+
+        fn flood_targets(&self, in_port: PortId, vlan: u16) -> Vec<(PortId, EgressTag)> {
+            self.view.flood_targets(in_port, vlan).collect()
+        }
+    }
+
+    impl std::ops::Deref for Both {
+        type Target = Switch;
+        fn deref(&self) -> &Switch {
+            &self.switch
+        }
+    }
+
+    impl std::ops::DerefMut for Both {
+        fn deref_mut(&mut self) -> &mut Switch {
+            &mut self.switch
+        }
+    }
+
+    fn three_ports() -> Both {
+        Both::new(
             vec![
                 port("p0", VlanMode::default()),
                 port("p1", VlanMode::default()),
@@ -331,7 +397,7 @@ mod tests {
 
     #[test]
     fn no_vlan_hop_through_a_priority_tag_and_no_s_tags() {
-        let mut sw = Switch::new(
+        let mut sw = Both::new(
             vec![
                 port("access10", VlanMode::Access(10)),
                 port(
@@ -390,7 +456,7 @@ mod tests {
     fn a_port_at_its_mac_limit_still_forwards_but_learns_no_more() {
         let mut limited = port("p0", VlanMode::default());
         limited.max_macs = Some(1);
-        let mut sw = Switch::new(
+        let mut sw = Both::new(
             vec![limited, port("p1", VlanMode::default())],
             Forwarding::Learning,
             FdbConfig::default(),
@@ -430,7 +496,7 @@ mod tests {
             sw.decide(0, &hdr(A, B, None), now),
             Decision::Flood { vlan: 0 }
         );
-        let targets: Vec<_> = sw.flood_targets(0, 0).map(|(p, _)| p).collect();
+        let targets: Vec<_> = sw.flood_targets(0, 0).into_iter().map(|(p, _)| p).collect();
         assert_eq!(targets, vec![1, 2]);
         // B answers from p1: A is known on p0.
         assert_eq!(
@@ -486,7 +552,7 @@ mod tests {
 
     #[test]
     fn vlans_isolate_and_tags_follow_port_modes() {
-        let mut sw = Switch::new(
+        let mut sw = Both::new(
             vec![
                 port("access10", VlanMode::Access(10)),
                 port("access20", VlanMode::Access(20)),
@@ -507,7 +573,7 @@ mod tests {
             sw.decide(0, &hdr(A, BCAST, None), now),
             Decision::Flood { vlan: 10 }
         );
-        let targets: Vec<_> = sw.flood_targets(0, 10).collect();
+        let targets = sw.flood_targets(0, 10);
         assert_eq!(
             targets,
             vec![(2, EgressTag::Tagged(10)), (3, EgressTag::Untagged)]
@@ -539,13 +605,13 @@ mod tests {
             sw.decide(0, &hdr(A, B, None), now),
             Decision::Flood { vlan: 0 }
         );
-        let targets: Vec<_> = sw.flood_targets(0, 0).map(|(p, _)| p).collect();
+        let targets: Vec<_> = sw.flood_targets(0, 0).into_iter().map(|(p, _)| p).collect();
         assert_eq!(targets, vec![2]);
     }
 
     #[test]
     fn cross_connect_ignores_addresses() {
-        let mut sw = Switch::new(
+        let mut sw = Both::new(
             vec![
                 port("a", VlanMode::default()),
                 port("b", VlanMode::default()),
