@@ -1,11 +1,11 @@
 //! Locks that outlive a panicking holder.
 //!
-//! A PMD thread that panics while it holds the switch lock poisons it. The
-//! daemon then stops: the supervisor sees the thread end within 50 ms. But
-//! stopping takes the same locks (to turn the fast path off, read the last
-//! counters, answer a control request that is waiting, close the ports),
-//! and `lock().unwrap()` would turn one PMD's panic into a panic of every
-//! thread, with nothing cleaned up. So the daemon's locks are taken through
+//! A thread that panics while it holds a lock (the slow path under the
+//! switch lock, say) poisons it. The daemon then stops: the supervisor sees
+//! the thread end within 50 ms. But stopping takes the same locks (to turn
+//! the fast path off, read the last counters, answer a control request
+//! that is waiting, close the ports), and `lock().unwrap()` would turn one
+//! thread's panic into a panic of every thread, with nothing cleaned up. So the daemon's locks are taken through
 //! [`LockOrRecover`], which hands over the guard of a poisoned lock.
 //!
 //! The data may be half-updated by the thread that panicked. That is
