@@ -489,3 +489,78 @@ fn a_port_with_max_macs_learns_no_more_than_its_limit() {
     assert_eq!(parsed.ports[0].max_macs, Some(3), "{config}");
     assert_clean_shutdown(&h, sw, &["sa", "sb"]);
 }
+
+/// `dataplane gen --flows N --vary src`: N source addresses, one frame
+/// each, learned by the switch's slow path from the PMD's sightings, all
+/// on the port they came from.
+#[test]
+fn a_generator_with_many_flows_is_learned_source_by_source() {
+    if !privileged("a_generator_with_many_flows_is_learned_source_by_source") {
+        return;
+    }
+    let h = hosts("flows", 2);
+    let (a, b) = (&h.hosts[0], &h.hosts[1]);
+    let sw = RunningSwitch::start(&h.sw, &["--port", "afxdp:sa", "--port", "afxdp:sb"]);
+    let dst = mac_of(b, "b0")
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect::<Vec<_>>()
+        .join(":");
+    const N: usize = 500;
+    let out = a.dataplane_ok(&[
+        "gen",
+        "--iface",
+        "a0",
+        "--src-mac",
+        "02:66:00:00:00:00",
+        "--dst-mac",
+        &dst,
+        "--flows",
+        &N.to_string(),
+        "--vary",
+        "src",
+        "--count",
+        &N.to_string(),
+        "--rate",
+        "20000",
+        "--json",
+    ]);
+    let gen: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(gen["flows"].as_u64(), Some(N as u64), "{gen}");
+    assert_eq!(gen["sent"].as_u64(), Some(N as u64), "{gen}");
+    // Learning is the slow path's: wait for it rather than assume a time.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let learned = loop {
+        let fdb: serde_json::Value =
+            serde_json::from_str(&h.sw.dataplane_ok(&["show", "fdb", "--json"])).unwrap();
+        let ours: Vec<String> = fdb
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["mac"].as_str().is_some_and(|m| m.starts_with("02:66:")))
+            .map(|r| {
+                assert_eq!(r["port"].as_str(), Some("afxdp:sa"), "{r}");
+                r["mac"].as_str().unwrap().to_string()
+            })
+            .collect();
+        if ours.len() >= N || std::time::Instant::now() > deadline {
+            break ours;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(learned.len(), N, "every generated source learned");
+    assert!(learned.contains(&"02:66:00:00:00:00".to_string()));
+    assert!(learned.contains(&format!(
+        "02:66:00:00:{:02x}:{:02x}",
+        (N - 1) >> 8,
+        (N - 1) & 0xff
+    )));
+    let stats: serde_json::Value =
+        serde_json::from_str(&h.sw.dataplane_ok(&["stats", "--json"])).unwrap();
+    assert!(
+        stats["learning"]["learned"].as_u64().unwrap_or(0) >= N as u64,
+        "{stats}"
+    );
+    assert_eq!(stats["learning"]["queue_full"].as_u64(), Some(0), "{stats}");
+    assert_clean_shutdown(&h, sw, &["sa", "sb"]);
+}

@@ -35,7 +35,7 @@ pub const FORWARD_PROGRAM: &str = "forward";
 pub const ECHO_PROGRAM: &str = "echo";
 
 /// Name of the generator's program: `forward` that first writes the frame's
-/// headers afresh from [`map_names::GEN_HEADER`].
+/// headers afresh from [`map_names::GEN_HEADER`], one flow after the other.
 pub const GEN_PROGRAM: &str = "gen";
 
 /// Bytes of every generated frame `gen` rewrites: Ethernet + IPv4 + UDP.
@@ -55,8 +55,11 @@ pub mod map_names {
     pub const FWD_PORT: &str = "FWD_PORT";
     /// `PerCpuArray<u64>`: frames forwarded (0) and failed (1).
     pub const FWD_COUNT: &str = "FWD_COUNT";
-    /// `Array<[u8; GEN_HEADER_LEN]>` with one entry: the generator's headers.
+    /// `Array<[u8; GEN_HEADER_LEN]>`, one entry per flow: the generator's
+    /// headers (sized at load).
     pub const GEN_HEADER: &str = "GEN_HEADER";
+    /// `Array<u32>` with one entry: how many flows `GEN_HEADER` holds.
+    pub const GEN_FLOWS: &str = "GEN_FLOWS";
     /// `HashMap<FdbKey, FdbValue>`: learned addresses for the fast path.
     pub const FDB: &str = "FDB";
     /// `DevMap`: switch port id -> egress device, for XDP redirects.

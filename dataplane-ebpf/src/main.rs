@@ -78,9 +78,18 @@ static FWD_COUNT: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
 #[map]
 static ECHO_MACS: Array<[u8; 12]> = Array::with_max_entries(1, 0);
 
-/// The generator's frame headers, written into every frame by `gen`.
+/// The generator's frame headers, one entry per flow, written into every
+/// frame by `gen` round robin (the loader sets the number of entries).
 #[map]
 static GEN_HEADER: Array<[u8; GEN_HEADER_LEN]> = Array::with_max_entries(1, 0);
+
+/// How many entries of `GEN_HEADER` are flows (one entry).
+#[map]
+static GEN_FLOWS: Array<u32> = Array::with_max_entries(1, 0);
+
+/// The flow the next frame of this CPU takes.
+#[map]
+static GEN_NEXT: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
 /// Packet memory `[start, end)` of an XDP or tc context as [`FrameBytes`]:
 /// every read is checked against `end` in a form the verifier can follow.
@@ -567,9 +576,19 @@ fn same_mac(a: &[u8; 6], b: &[u8; 6]) -> bool {
 /// travel by reference: whatever a hop downstream wrote into a frame (a
 /// guest's MAC rewrite, a VLAN push) would come back in later frames sent
 /// from the same page. So the headers are written afresh every time.
+/// With several flows, frame k of a CPU takes flow k mod flows.
 #[xdp]
 pub fn gen(ctx: XdpContext) -> u32 {
-    if let Some(header) = GEN_HEADER.get(0) {
+    let flows = GEN_FLOWS.get(0).copied().unwrap_or(1);
+    let mut flow = 0;
+    if let Some(next) = GEN_NEXT.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot; XDP programs are not preempted on their CPU.
+        unsafe {
+            flow = if *next >= flows { 0 } else { *next };
+            *next = flow + 1;
+        }
+    }
+    if let Some(header) = GEN_HEADER.get(flow) {
         // A frame shorter than the headers is sent as it is.
         let _ = Packet::of_xdp(&ctx).write(0, header);
     }

@@ -393,6 +393,15 @@ pub struct GenArgs {
     /// Frame size in bytes including the FCS (64..=1518).
     #[arg(long, default_value_t = 64)]
     pub size: usize,
+    /// Send N flows, round robin: flow i comes from the source MAC plus i
+    /// and goes to the destination MAC plus i (see --vary; a broadcast
+    /// destination stays broadcast). Up to 1048576.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub flows: u32,
+    /// Which MACs change from one flow to the next: both (N hosts to N
+    /// hosts), src (N hosts to one: with many flows, a MAC flood) or dst.
+    #[arg(long, value_enum, default_value_t = dataplane::traffic::gen::Vary::Both)]
+    pub vary: dataplane::traffic::gen::Vary,
     /// How long to send, in seconds.
     #[arg(long, default_value_t = 10.0, value_parser = parse_duration_secs)]
     pub duration: f64,

@@ -3,7 +3,7 @@
 use super::args::GenArgs;
 
 pub fn run_gen(args: GenArgs) -> anyhow::Result<()> {
-    use dataplane::traffic::gen::{build_udp_frame, FrameSpec, Generator};
+    use dataplane::traffic::gen::{build_udp_frame, flow_headers, FrameSpec, Generator};
     use std::io::{IsTerminal, Write};
     use std::sync::atomic::Ordering;
 
@@ -16,7 +16,7 @@ pub fn run_gen(args: GenArgs) -> anyhow::Result<()> {
         Some(m) => m,
         None => dataplane::sys::netdev::mac(&args.iface)?,
     };
-    let frame = build_udp_frame(&FrameSpec {
+    let spec = FrameSpec {
         size: args.size,
         headers: dataplane_common::wire::build::UdpIpv4 {
             src_mac,
@@ -26,8 +26,10 @@ pub fn run_gen(args: GenArgs) -> anyhow::Result<()> {
             src_port: 9,
             dst_port: 9,
         },
-    })?;
-    let generator = Generator::new(&args.iface, frame)?;
+    };
+    let frame = build_udp_frame(&spec)?;
+    let headers = flow_headers(&spec, args.flows, args.vary)?;
+    let generator = Generator::new(&args.iface, frame, &headers)?;
     let stop = super::status::ctrl_c_flag()?;
     let tty = std::io::stderr().is_terminal();
     let report = generator.run_for(
@@ -61,6 +63,7 @@ pub fn run_gen(args: GenArgs) -> anyhow::Result<()> {
             serde_json::json!({
                 "interface": args.iface,
                 "size": args.size,
+                "flows": args.flows,
                 "sent": report.sent,
                 "failed": report.failed,
                 "seconds": report.elapsed.as_secs_f64(),

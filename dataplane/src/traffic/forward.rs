@@ -9,7 +9,7 @@ use aya::maps::{Array, DevMap, MapData, PerCpuArray};
 use aya::programs::{ProgramError, TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode};
 use aya::sys::SyscallError;
 use aya::{Ebpf, EbpfLoader};
-use dataplane_common::map_names;
+use dataplane_common::{map_names, GEN_HEADER_LEN};
 use thiserror::Error;
 
 use crate::sys::netdev;
@@ -29,8 +29,10 @@ pub enum Error {
     },
     #[error("reading forward counters: {0}")]
     Counters(aya::maps::MapError),
-    #[error("writing the generator's frame header into GEN_HEADER: {0}")]
+    #[error("writing the generator's frame headers into GEN_HEADER: {0}")]
     Header(aya::maps::MapError),
+    #[error("more generator flows than a BPF array holds (2^32)")]
+    TooManyFlows,
     #[error("writing the echo's MAC addresses into ECHO_MACS: {0}")]
     Echo(aya::maps::MapError),
     #[error("attaching forward to {ifname}: {source}")]
@@ -53,20 +55,32 @@ impl Forward {
         Self::load_program(target, dataplane_common::FORWARD_PROGRAM)
     }
 
-    /// Loads the generator's variant, which writes `header` (the frame's
-    /// first GEN_HEADER_LEN bytes) into every frame before redirecting it.
-    pub fn load_gen(target: &str, header: &[u8]) -> Result<Forward, Error> {
-        let mut fwd = Self::load_program(target, dataplane_common::GEN_PROGRAM)?;
-        let mut value = [0u8; dataplane_common::GEN_HEADER_LEN];
-        let n = header.len().min(value.len());
-        value[..n].copy_from_slice(&header[..n]);
-        let mut map: Array<&mut MapData, [u8; dataplane_common::GEN_HEADER_LEN]> = Array::try_from(
+    /// Loads the generator's variant, which writes one of `headers` (a
+    /// frame's first GEN_HEADER_LEN bytes, one per flow, taken in turn)
+    /// into every frame before redirecting it.
+    pub fn load_gen(target: &str, headers: &[[u8; GEN_HEADER_LEN]]) -> Result<Forward, Error> {
+        let flows = u32::try_from(headers.len().max(1)).map_err(|_| Error::TooManyFlows)?;
+        let mut fwd = Self::load_program_sized(
+            target,
+            dataplane_common::GEN_PROGRAM,
+            &[(map_names::GEN_HEADER, flows)],
+        )?;
+        let mut map: Array<&mut MapData, [u8; GEN_HEADER_LEN]> = Array::try_from(
             fwd.ebpf
                 .map_mut(map_names::GEN_HEADER)
                 .expect("object has GEN_HEADER"),
         )
         .map_err(Error::Header)?;
-        map.set(0, value, 0).map_err(Error::Header)?;
+        for (i, header) in headers.iter().enumerate() {
+            map.set(i as u32, *header, 0).map_err(Error::Header)?;
+        }
+        let mut count: Array<&mut MapData, u32> = Array::try_from(
+            fwd.ebpf
+                .map_mut(map_names::GEN_FLOWS)
+                .expect("object has GEN_FLOWS"),
+        )
+        .map_err(Error::Header)?;
+        count.set(0, flows, 0).map_err(Error::Header)?;
         Ok(fwd)
     }
 
@@ -89,8 +103,21 @@ impl Forward {
     }
 
     fn load_program(target: &str, program: &'static str) -> Result<Forward, Error> {
+        Self::load_program_sized(target, program, &[])
+    }
+
+    /// Loads `program` with the maps named in `sizes` resized (entries).
+    fn load_program_sized(
+        target: &str,
+        program: &'static str,
+        sizes: &[(&str, u32)],
+    ) -> Result<Forward, Error> {
         let ifindex = netdev::ifindex(target)?;
-        let mut ebpf = EbpfLoader::new().load(crate::steer::object())?;
+        let mut loader = EbpfLoader::new();
+        for (map, entries) in sizes {
+            loader.map_max_entries(map, *entries);
+        }
+        let mut ebpf = loader.load(crate::steer::object())?;
         program_mut(&mut ebpf, program).load()?;
         // The loader's parse of the kernel's BTF (see sys::memory).
         crate::sys::memory::release_freed_memory();

@@ -16,6 +16,7 @@
 use std::time::{Duration, Instant};
 
 use dataplane_common::wire::build::{write_udp_ipv4, UdpIpv4};
+use dataplane_common::GEN_HEADER_LEN;
 use thiserror::Error;
 
 use crate::sys::netdev;
@@ -37,6 +38,63 @@ pub enum Error {
     },
     #[error("frame size {0} is out of range: 64..=1518 bytes (including the 4-byte FCS)")]
     FrameSize(usize),
+    #[error("{0} flows is out of range: 1..={MAX_FLOWS}")]
+    Flows(u32),
+}
+
+/// Most flows one generator sends (a map of 42 bytes a flow: 42 MiB).
+pub const MAX_FLOWS: u32 = 1 << 20;
+
+/// Which addresses change from one flow to the next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Vary {
+    /// Source and destination MAC: N hosts talking to N hosts.
+    #[default]
+    Both,
+    /// Source MAC only: N hosts talking to one (a MAC flood, with many).
+    Src,
+    /// Destination MAC only: one host talking to N.
+    Dst,
+}
+
+/// `mac` plus `i`, counted in its last five bytes (the first, with the
+/// group and locally-administered bits, is kept); a group address (a
+/// broadcast destination) is returned as it is.
+pub fn mac_plus(mac: [u8; 6], i: u32) -> [u8; 6] {
+    if mac[0] & 1 == 1 {
+        return mac;
+    }
+    let low = u64::from_be_bytes([0, 0, 0, mac[1], mac[2], mac[3], mac[4], mac[5]]);
+    let [_, _, _, b1, b2, b3, b4, b5] = (low.wrapping_add(i as u64) & 0xff_ffff_ffff).to_be_bytes();
+    [mac[0], b1, b2, b3, b4, b5]
+}
+
+/// The headers of `flows` flows of frames like `spec`'s (flow 0 is
+/// `spec` itself), for [`Generator::new`].
+pub fn flow_headers(
+    spec: &FrameSpec,
+    flows: u32,
+    vary: Vary,
+) -> Result<Vec<[u8; GEN_HEADER_LEN]>, Error> {
+    if !(1..=MAX_FLOWS).contains(&flows) {
+        return Err(Error::Flows(flows));
+    }
+    let mut frame = build_udp_frame(spec)?;
+    (0..flows)
+        .map(|i| {
+            let mut h = spec.headers;
+            if vary != Vary::Dst {
+                h.src_mac = mac_plus(h.src_mac, i);
+            }
+            if vary != Vary::Src {
+                h.dst_mac = mac_plus(h.dst_mac, i);
+            }
+            write_udp_ipv4(&mut frame, &h).ok_or(Error::FrameSize(spec.size))?;
+            let mut header = [0u8; GEN_HEADER_LEN];
+            header.copy_from_slice(&frame[..GEN_HEADER_LEN]);
+            Ok(header)
+        })
+        .collect()
 }
 
 /// What one generated frame looks like.
@@ -88,10 +146,15 @@ impl GenReport {
 }
 
 impl Generator {
-    /// Loads `gen` (`forward` that rewrites the headers of every frame) with
-    /// `ifname` as its target and prepares `frame`.
-    pub fn new(ifname: &str, frame: Vec<u8>) -> Result<Generator, Error> {
-        let forward = Forward::load_gen(ifname, &frame)?;
+    /// Loads `gen` (`forward` that rewrites the headers of every frame,
+    /// taking `headers` in turn) with `ifname` as its target and prepares
+    /// `frame`.
+    pub fn new(
+        ifname: &str,
+        frame: Vec<u8>,
+        headers: &[[u8; GEN_HEADER_LEN]],
+    ) -> Result<Generator, Error> {
+        let forward = Forward::load_gen(ifname, headers)?;
         Ok(Generator {
             ifname: ifname.to_string(),
             ifindex: netdev::ifindex(ifname)?,
@@ -209,6 +272,43 @@ mod tests {
         assert_eq!(u16::from_be_bytes([f[38], f[39]]), 26, "UDP length");
         let big = build_udp_frame(&spec(1518)).unwrap();
         assert_eq!(big.len(), 1514);
+    }
+
+    #[test]
+    fn flows_step_the_chosen_addresses_and_keep_the_rest() {
+        let s = spec(128);
+        let both = flow_headers(&s, 3, Vary::Both).unwrap();
+        assert_eq!(both.len(), 3);
+        assert_eq!(
+            &both[0][..],
+            &build_udp_frame(&s).unwrap()[..GEN_HEADER_LEN]
+        );
+        assert_eq!(&both[2][0..6], &[2, 0, 0, 0, 0, 4], "dst + 2");
+        assert_eq!(&both[2][6..12], &[2, 0, 0, 0, 0, 3], "src + 2");
+        assert_eq!(&both[2][12..], &both[0][12..], "IP and UDP as flow 0");
+        let src = flow_headers(&s, 2, Vary::Src).unwrap();
+        assert_eq!(
+            (&src[1][0..6], &src[1][6..12]),
+            (&[2, 0, 0, 0, 0, 2][..], &[2, 0, 0, 0, 0, 2][..])
+        );
+        assert!(matches!(
+            flow_headers(&s, 0, Vary::Both),
+            Err(Error::Flows(0))
+        ));
+        assert!(matches!(
+            flow_headers(&s, MAX_FLOWS + 1, Vary::Both),
+            Err(Error::Flows(_))
+        ));
+    }
+
+    #[test]
+    fn mac_steps_carry_and_keep_the_first_byte() {
+        assert_eq!(mac_plus([2, 0, 0, 0, 0, 0xff], 1), [2, 0, 0, 0, 1, 0]);
+        assert_eq!(
+            mac_plus([2, 0xff, 0xff, 0xff, 0xff, 0xff], 1),
+            [2, 0, 0, 0, 0, 0]
+        );
+        assert_eq!(mac_plus([0xff; 6], 7), [0xff; 6], "broadcast stays");
     }
 
     #[test]
