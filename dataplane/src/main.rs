@@ -64,6 +64,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 mode: mode.into(),
                 policy: policy.clone(),
                 force,
+                fdb_entries: dataplane_common::MAX_FDB,
             };
             match steer::attach(&root, &opts)? {
                 AttachReport::Attached {

@@ -328,7 +328,7 @@ pub enum FdbCommand {
 #[derive(clap::Args)]
 pub struct RunArgs {
     /// TOML configuration (see the README); excludes the port flags.
-    #[arg(long, short = 'c', value_name = "FILE", conflicts_with_all = ["ports", "xconnect", "no_fast_path", "core", "cores"])]
+    #[arg(long, short = 'c', value_name = "FILE", conflicts_with_all = ["ports", "xconnect", "no_fast_path", "core", "cores", "fdb_max_entries"])]
     pub config: Option<PathBuf>,
     /// A port: KIND:IFACE[,options] (repeatable).
     #[arg(long = "port", short = 'p', value_name = "SPEC")]
@@ -357,6 +357,10 @@ pub struct RunArgs {
     /// Frames per receive burst.
     #[arg(long, default_value_t = dataplane::daemon::config::DEFAULT_BURST)]
     pub burst: usize,
+    /// Most addresses the switch learns (the FDB, and each port's fast-path
+    /// map in the kernel, are sized from it); 1 to 1048576.
+    #[arg(long, value_name = "N", default_value_t = dataplane::daemon::config::DEFAULT_FDB_ENTRIES)]
+    pub fdb_max_entries: usize,
     /// Print port statistics every SECS seconds.
     #[arg(long, value_name = "SECS")]
     pub stats_interval: Option<u64>,

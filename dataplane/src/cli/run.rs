@@ -30,6 +30,7 @@ pub fn run_switch(root: &PinRoot, args: RunArgs, socket: &std::path::Path) -> an
                     None => args.cores.clone(),
                 },
                 burst: args.burst,
+                fdb_max_entries: args.fdb_max_entries,
                 stats_interval: args
                     .stats_interval
                     .filter(|s| *s > 0)

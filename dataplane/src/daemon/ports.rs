@@ -324,6 +324,8 @@ pub(super) fn open_port(
             .map(|usecs| BusyPoll { usecs, budget: 64 }),
         ..SocketConfig::default()
     };
+    // validate() keeps it at most 2^20.
+    let fdb_entries = config.fdb.max_entries as u32;
     Ok(match p.kind {
         PortKind::Veth => {
             let punt = veth::punt_for(punt, pins, config.frame_size)?;
@@ -333,6 +335,7 @@ pub(super) fn open_port(
                     slot: id as u32,
                     socket,
                     fill_frames,
+                    fdb_entries,
                 },
                 umem,
                 pins,
@@ -347,6 +350,7 @@ pub(super) fn open_port(
                 socket,
                 fill_frames,
                 attach_mode: ModeRequest::Auto,
+                fdb_entries,
             },
             umem,
             pins,

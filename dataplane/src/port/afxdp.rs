@@ -77,6 +77,8 @@ pub struct AfxdpConfig {
     pub fill_frames: u32,
     /// XDP attach mode if steer has to be attached.
     pub attach_mode: ModeRequest,
+    /// Entries of steer's fast-path FDB map if steer has to be attached.
+    pub fdb_entries: u32,
 }
 
 /// How to open a container port (see [`super::veth`]).
@@ -90,6 +92,8 @@ pub struct ContainerConfig {
     pub socket: SocketConfig,
     /// How many frames to keep in the receive socket's fill ring.
     pub fill_frames: u32,
+    /// Entries of steer's fast-path FDB map if steer has to be attached.
+    pub fdb_entries: u32,
 }
 
 /// Bytes of a frame beyond the MTU: Ethernet header and one 802.1Q tag the
@@ -187,7 +191,8 @@ impl AfxdpPort {
     ) -> Result<AfxdpPort, Error> {
         let ifname = config.ifname.clone();
         check_interface(&ifname, &config.queues, umem.frame_size())?;
-        let (attachment, attached_here) = attach_steer(pins, &ifname, config.attach_mode)?;
+        let (attachment, attached_here) =
+            attach_steer(pins, &ifname, config.attach_mode, config.fdb_entries)?;
         if attached_here && netdev::is_veth_to_other_netns(&ifname).unwrap_or(false) {
             // The kernel's rule for veth, undone when steer is detached.
             tracing::info!(
@@ -243,7 +248,8 @@ impl AfxdpPort {
         let ifname = config.ifname.clone();
         let frame_size = umem.frame_size();
         check_interface_mtu(&ifname, &[0], frame_size, punt_mtu(frame_size))?;
-        let (attachment, attached_here) = attach_steer(pins, &ifname, ModeRequest::Tc)?;
+        let (attachment, attached_here) =
+            attach_steer(pins, &ifname, ModeRequest::Tc, config.fdb_entries)?;
         let mut port = AfxdpPort {
             name: format!("veth:{ifname}"),
             ifname: ifname.clone(),
@@ -553,6 +559,7 @@ fn attach_steer(
     pins: &PinRoot,
     ifname: &str,
     mode: ModeRequest,
+    fdb_entries: u32,
 ) -> Result<(Attachment, bool), Error> {
     let steer_err = |source| Error::Steer {
         ifname: ifname.to_string(),
@@ -571,6 +578,7 @@ fn attach_steer(
                 mode,
                 policy: PolicySpec::redirect_all(),
                 force: false,
+                fdb_entries,
             },
         )
         .map_err(steer_err)?;

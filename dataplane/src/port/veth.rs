@@ -149,6 +149,8 @@ impl Punt {
                 mode: ModeRequest::Driver,
                 policy: PolicySpec::redirect_all(),
                 force: false,
+                // The punt device's steer only hands frames to sockets.
+                fdb_entries: 1,
             },
         )
         .map_err(steer_err)?;

@@ -41,6 +41,10 @@ pub struct AttachOptions {
     pub policy: PolicySpec,
     /// Replace another XDP program found on the interface.
     pub force: bool,
+    /// Entries of the fast-path FDB map (the switch's FDB size). The
+    /// kernel preallocates it: about 88 bytes an entry (5.5 MiB at 65536)
+    /// per port.
+    pub fdb_entries: u32,
 }
 
 /// What `attach` did.
@@ -87,7 +91,7 @@ pub fn attach(root: &PinRoot, opts: &AttachOptions) -> Result<AttachReport, Erro
         privileges::require_xdp_sockets()?;
     }
 
-    let mut ebpf = load_object()?;
+    let mut ebpf = load_object(opts.fdb_entries)?;
     write_policy(&mut ebpf, ifname, &opts.policy)?;
 
     pins.create()?;
@@ -221,9 +225,10 @@ fn remove_foreign_program(ifname: &str, prog: &AttachedXdp) -> Result<(), Error>
 }
 
 /// Loads the object and the program into the kernel (the verifier runs here).
-fn load_object() -> Result<Ebpf, Error> {
+fn load_object(fdb_entries: u32) -> Result<Ebpf, Error> {
     let mut ebpf = EbpfLoader::new()
         .override_global(aya_log::LEVEL, &ebpf_log_level(), false)
+        .map_max_entries(dataplane_common::map_names::FDB, fdb_entries.max(1))
         .load(object())?;
     steer_program(&mut ebpf).load().map_err(Error::Verify)?;
     deliver_program(&mut ebpf).load().map_err(Error::Verify)?;

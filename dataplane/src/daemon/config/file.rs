@@ -229,7 +229,7 @@ impl RunConfig {
             frame_size: file.umem.frame_size.unwrap_or(DEFAULT_FRAME_SIZE),
             frames: file.umem.frames.unwrap_or(DEFAULT_FRAMES),
             fdb: FdbSettings {
-                max_entries: file.fdb.max_entries.unwrap_or(8192),
+                max_entries: file.fdb.max_entries.unwrap_or(super::DEFAULT_FDB_ENTRIES),
                 max_age: Duration::from_secs(file.fdb.max_age.unwrap_or(300)),
                 learn_rate: file.fdb.learn_rate,
             },

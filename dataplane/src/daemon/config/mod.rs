@@ -168,6 +168,8 @@ pub struct RunFlags {
     /// CPUs of the PMD threads (empty: one unpinned PMD).
     pub cores: Vec<usize>,
     pub burst: usize,
+    /// The FDB's size (`[fdb] max_entries`).
+    pub fdb_max_entries: usize,
     pub stats_interval: Option<Duration>,
 }
 
@@ -179,6 +181,7 @@ impl Default for RunFlags {
             busy_poll: false,
             cores: Vec::new(),
             burst: DEFAULT_BURST,
+            fdb_max_entries: DEFAULT_FDB_ENTRIES,
             stats_interval: None,
         }
     }
@@ -188,6 +191,9 @@ impl Default for RunFlags {
 pub const DEFAULT_FRAME_SIZE: u32 = 4096;
 pub const DEFAULT_FRAMES: u32 = 8192;
 pub const DEFAULT_BURST: usize = 64;
+/// FDB entries unless configured (the Linux bridge has no limit; OVS's
+/// default mac-table-size is 2048).
+pub const DEFAULT_FDB_ENTRIES: usize = 8192;
 
 impl RunConfig {
     /// Reads and validates a TOML file. Syntax errors carry line and column.
@@ -227,6 +233,7 @@ impl RunConfig {
             busy_poll,
             cores,
             burst,
+            fdb_max_entries,
             stats_interval,
         } = flags;
         let ports = specs
@@ -244,7 +251,7 @@ impl RunConfig {
             frame_size: DEFAULT_FRAME_SIZE,
             frames: DEFAULT_FRAMES,
             fdb: FdbSettings {
-                max_entries: 8192,
+                max_entries: fdb_max_entries,
                 max_age: Duration::from_secs(300),
                 learn_rate: None,
             },

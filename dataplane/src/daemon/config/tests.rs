@@ -224,6 +224,29 @@ fn bad_flags_name_the_problem() {
         },
     );
     assert_eq!(odd, Err(Error::OddCrossConnect(1)));
+    let fdb = |n| {
+        RunConfig::from_flags(
+            &["afxdp:v0".into()],
+            RunFlags {
+                fdb_max_entries: n,
+                ..RunFlags::default()
+            },
+        )
+    };
+    assert_eq!(fdb(65536).unwrap().fdb.max_entries, 65536);
+    for bad in [0, (1 << 20) + 1] {
+        assert!(
+            matches!(
+                fdb(bad),
+                Err(Error::Invalid {
+                    field: "fdb.max_entries",
+                    ..
+                })
+            ),
+            "{bad}: {:?}",
+            fdb(bad)
+        );
+    }
 }
 
 #[test]
