@@ -490,6 +490,51 @@ fn a_port_with_max_macs_learns_no_more_than_its_limit() {
     assert_clean_shutdown(&h, sw, &["sa", "sb"]);
 }
 
+/// `n` frames from `n` source MACs counting up from `src` to b0 (its MAC
+/// `dst`), out of a0 at a paced rate (`dataplane gen --flows --vary src`).
+fn send_from_many_sources(a: &NetNs, src: &str, dst: [u8; 6], n: usize) {
+    let dst = dst
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect::<Vec<_>>()
+        .join(":");
+    let out = a.dataplane_ok(&[
+        "gen",
+        "--iface",
+        "a0",
+        "--src-mac",
+        src,
+        "--dst-mac",
+        &dst,
+        "--flows",
+        &n.to_string(),
+        "--vary",
+        "src",
+        "--count",
+        &n.to_string(),
+        "--rate",
+        "20000",
+        "--json",
+    ]);
+    let gen: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(gen["flows"].as_u64(), Some(n as u64), "{gen}");
+    assert_eq!(gen["sent"].as_u64(), Some(n as u64), "{gen}");
+}
+
+/// `stats --json` once its `learning` counters satisfy `done`, or after
+/// 10 s (learning is the slow path's: wait for it, do not assume a time).
+fn learning_once(sw: &NetNs, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let stats: serde_json::Value =
+            serde_json::from_str(&sw.dataplane_ok(&["stats", "--json"])).unwrap();
+        if done(&stats["learning"]) || std::time::Instant::now() > deadline {
+            return stats;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// `dataplane gen --flows N --vary src`: N source addresses, one frame
 /// each, learned by the switch's slow path from the PMD's sightings, all
 /// on the port they came from.
@@ -501,53 +546,22 @@ fn a_generator_with_many_flows_is_learned_source_by_source() {
     let h = hosts("flows", 2);
     let (a, b) = (&h.hosts[0], &h.hosts[1]);
     let sw = RunningSwitch::start(&h.sw, &["--port", "afxdp:sa", "--port", "afxdp:sb"]);
-    let dst = mac_of(b, "b0")
-        .iter()
-        .map(|x| format!("{x:02x}"))
-        .collect::<Vec<_>>()
-        .join(":");
     const N: usize = 500;
-    let out = a.dataplane_ok(&[
-        "gen",
-        "--iface",
-        "a0",
-        "--src-mac",
-        "02:66:00:00:00:00",
-        "--dst-mac",
-        &dst,
-        "--flows",
-        &N.to_string(),
-        "--vary",
-        "src",
-        "--count",
-        &N.to_string(),
-        "--rate",
-        "20000",
-        "--json",
-    ]);
-    let gen: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
-    assert_eq!(gen["flows"].as_u64(), Some(N as u64), "{gen}");
-    assert_eq!(gen["sent"].as_u64(), Some(N as u64), "{gen}");
-    // Learning is the slow path's: wait for it rather than assume a time.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let learned = loop {
-        let fdb: serde_json::Value =
-            serde_json::from_str(&h.sw.dataplane_ok(&["show", "fdb", "--json"])).unwrap();
-        let ours: Vec<String> = fdb
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|r| r["mac"].as_str().is_some_and(|m| m.starts_with("02:66:")))
-            .map(|r| {
-                assert_eq!(r["port"].as_str(), Some("afxdp:sa"), "{r}");
-                r["mac"].as_str().unwrap().to_string()
-            })
-            .collect();
-        if ours.len() >= N || std::time::Instant::now() > deadline {
-            break ours;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    send_from_many_sources(a, "02:66:00:00:00:00", mac_of(b, "b0"), N);
+    let stats = learning_once(&h.sw, |l| l["learned"].as_u64() >= Some(N as u64));
+    assert_eq!(stats["learning"]["queue_full"].as_u64(), Some(0), "{stats}");
+    let fdb: serde_json::Value =
+        serde_json::from_str(&h.sw.dataplane_ok(&["show", "fdb", "--json"])).unwrap();
+    let learned: Vec<String> = fdb
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["mac"].as_str().is_some_and(|m| m.starts_with("02:66:")))
+        .map(|r| {
+            assert_eq!(r["port"].as_str(), Some("afxdp:sa"), "{r}");
+            r["mac"].as_str().unwrap().to_string()
+        })
+        .collect();
     assert_eq!(learned.len(), N, "every generated source learned");
     assert!(learned.contains(&"02:66:00:00:00:00".to_string()));
     assert!(learned.contains(&format!(
@@ -555,12 +569,96 @@ fn a_generator_with_many_flows_is_learned_source_by_source() {
         (N - 1) >> 8,
         (N - 1) & 0xff
     )));
+    assert_clean_shutdown(&h, sw, &["sa", "sb"]);
+}
+
+/// A full table is a counted event: with room for 10 addresses, 2000 new
+/// sources leave 10 learned, the rest counted as table_full (most by the
+/// PMD, which stops reporting new addresses while the table is full), and
+/// the frames still forwarded.
+#[test]
+fn a_full_table_counts_the_sources_it_cannot_learn() {
+    if !privileged("a_full_table_counts_the_sources_it_cannot_learn") {
+        return;
+    }
+    let h = hosts("full", 2);
+    let (a, b) = (&h.hosts[0], &h.hosts[1]);
+    let sw = RunningSwitch::start(
+        &h.sw,
+        &[
+            "--port",
+            "afxdp:sa",
+            "--port",
+            "afxdp:sb",
+            "--fdb-max-entries",
+            "10",
+        ],
+    );
+    const N: usize = 2000;
+    let (rx, ready) = collect_test_frames(b, "b0", 1, Duration::from_secs(5));
+    ready.recv().unwrap();
+    send_from_many_sources(a, "02:67:00:00:00:00", [0xff; 6], N);
+    let stats = learning_once(&h.sw, |l| {
+        l["learned"].as_u64().unwrap_or(0) + l["table_full"].as_u64().unwrap_or(0) >= N as u64
+    });
+    let l = &stats["learning"];
+    assert_eq!(l["learned"].as_u64(), Some(10), "{stats}");
+    assert_eq!(l["table_full"].as_u64(), Some(N as u64 - 10), "{stats}");
+    assert_eq!(l["queue_full"].as_u64(), Some(0), "{stats}");
+    let rows = h.sw.dataplane_ok(&["show", "fdb", "--json"]);
+    let fdb: serde_json::Value = serde_json::from_str(&rows).unwrap();
+    assert_eq!(fdb.as_array().unwrap().len(), 10, "{rows}");
+    drop(rx);
+    let at_b: serde_json::Value = stats["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "afxdp:sb")
+        .cloned()
+        .unwrap();
+    assert!(
+        at_b["tx_packets"].as_u64().unwrap_or(0) >= N as u64,
+        "every frame flooded on, learned or not: {at_b}"
+    );
+    assert_clean_shutdown(&h, sw, &["sa", "sb"]);
+}
+
+/// Frames larger than the 2 KiB a cross-PMD hand-off once held: with an
+/// MTU of 3000 (what this test is about, so the veths are set to it) a
+/// 3000-byte frame from a port of PMD 0 reaches a port of PMD 1, both ways.
+#[test]
+fn jumbo_frames_cross_between_pmds() {
+    if !privileged("jumbo_frames_cross_between_pmds") {
+        return;
+    }
+    let h = hosts("jumbo", 2);
+    let (a, b) = (&h.hosts[0], &h.hosts[1]);
+    for (ns, dev) in [(a, "a0"), (&h.sw, "sa"), (&h.sw, "sb"), (b, "b0")] {
+        ns.ip(&["link", "set", "dev", dev, "mtu", "3000"]);
+    }
+    let sw = RunningSwitch::start(
+        &h.sw,
+        &["--cores", "0,1", "--port", "afxdp:sa", "--port", "afxdp:sb"],
+    );
+    assert!(sw.output().contains("pmds=2"), "{}", sw.output());
+    // Each side speaks once, so the frames below are unicast.
+    assert!(ping(a, "10.77.1.2", 1), "a <-> b");
+    const N: u32 = 300;
+    const LEN: usize = 3000;
+    for (from, dev, to, to_dev) in [(a, "a0", b, "b0"), (b, "b0", a, "a0")] {
+        let (rx, ready) = collect_test_frames(to, to_dev, N as usize, Duration::from_secs(10));
+        ready.recv().unwrap();
+        harness::send_test_stream(from, dev, mac_of(to, to_dev), N, LEN);
+        assert_eq!(
+            distinct(rx.join().unwrap()).len(),
+            N as usize,
+            "{LEN}-byte frames {dev} -> {to_dev} across PMDs"
+        );
+    }
     let stats: serde_json::Value =
         serde_json::from_str(&h.sw.dataplane_ok(&["stats", "--json"])).unwrap();
-    assert!(
-        stats["learning"]["learned"].as_u64().unwrap_or(0) >= N as u64,
-        "{stats}"
-    );
-    assert_eq!(stats["learning"]["queue_full"].as_u64(), Some(0), "{stats}");
+    for port in stats["ports"].as_array().unwrap() {
+        assert_eq!(port["drops"]["policy"].as_u64(), Some(0), "{port}");
+    }
     assert_clean_shutdown(&h, sw, &["sa", "sb"]);
 }

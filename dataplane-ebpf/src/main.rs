@@ -87,9 +87,12 @@ static GEN_HEADER: Array<[u8; GEN_HEADER_LEN]> = Array::with_max_entries(1, 0);
 #[map]
 static GEN_FLOWS: Array<u32> = Array::with_max_entries(1, 0);
 
-/// The flow the next frame of this CPU takes.
+/// The flow the next frame takes. One counter, not one per CPU: a
+/// generator's successive BPF_PROG_RUN calls may run on different CPUs and
+/// must go on where the last one stopped; its calls never overlap (one
+/// thread), so a plain read and write suffice.
 #[map]
-static GEN_NEXT: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+static GEN_NEXT: Array<u32> = Array::with_max_entries(1, 0);
 
 /// Packet memory `[start, end)` of an XDP or tc context as [`FrameBytes`]:
 /// every read is checked against `end` in a form the verifier can follow.
@@ -576,13 +579,14 @@ fn same_mac(a: &[u8; 6], b: &[u8; 6]) -> bool {
 /// travel by reference: whatever a hop downstream wrote into a frame (a
 /// guest's MAC rewrite, a VLAN push) would come back in later frames sent
 /// from the same page. So the headers are written afresh every time.
-/// With several flows, frame k of a CPU takes flow k mod flows.
+/// With several flows, frame k of the generator takes flow k mod flows.
 #[xdp]
 pub fn gen(ctx: XdpContext) -> u32 {
     let flows = GEN_FLOWS.get(0).copied().unwrap_or(1);
     let mut flow = 0;
     if let Some(next) = GEN_NEXT.get_ptr_mut(0) {
-        // SAFETY: per-CPU slot; XDP programs are not preempted on their CPU.
+        // SAFETY: a valid map value pointer; only one generator call runs
+        // the program at a time (see GEN_NEXT), so nothing races on it.
         unsafe {
             flow = if *next >= flows { 0 } else { *next };
             *next = flow + 1;

@@ -77,6 +77,7 @@ fn learned_switch() -> Switch {
             mac: mac(h),
             port: h % 2,
             at,
+            new: true,
         });
     }
     switch.fdb_mut().take_changes();

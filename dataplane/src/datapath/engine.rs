@@ -13,9 +13,10 @@
 //! interface polling or fast-path work runs here.
 //!
 //! Frames between ports of one PMD move by descriptor (one UMEM, no copy).
-//! A frame whose egress port belongs to another PMD is copied into that
-//! PMD's bounded handoff queue, and from there into its UMEM: each UMEM has
-//! exactly one owner thread, which keeps the frame accounting exact.
+//! A frame whose egress port belongs to another PMD is copied into one of
+//! that PMD's handoff slots, and from there into its UMEM (`super::inbox`):
+//! each UMEM has exactly one owner thread, which keeps the frame
+//! accounting exact.
 //!
 //! Adaptive polling (default): after [`IDLE_SPINS`] empty iterations a PMD
 //! sleeps in poll(2) on its ports and its handoff eventfd, so an idle switch
@@ -33,15 +34,15 @@ use std::time::{Duration, Instant};
 
 use dataplane_common::wire::{parse_l2, FRAME_HEADROOM};
 
-use super::inbox::{Handoff, Inbox, PmdCommand, HANDOFF_MAX};
+use super::inbox::{Handoff, Inbox, PmdCommand};
 use super::iteration_time::{cycles, IterationPhases, LongestIteration};
 use super::pmds::{
     EngineConfig, EngineShared, FrameAccounting, OwnedPorts, PmdParts, MAX_PORTS, NO_OWNER,
     PANIC_AFTER_ENV,
 };
-use super::slow_path::SlowPathLink;
+use super::slow_path::{SlowPathLink, NEW_WHILE_FULL_EVERY};
 use crate::port::{DropReason, Frames, Port, PortState};
-use crate::switch::{self, Decision, EgressTag, SwitchView};
+use crate::switch::{self, Decision, EgressTag, Sighting, SwitchView};
 use crate::sync::{LockOrRecover, RwLockOrRecover};
 use crate::xsk::{FramePool, Umem, XdpDesc};
 
@@ -81,6 +82,10 @@ pub struct Engine {
     /// Fault injection for the tests of a PMD panic (see [`PANIC_AFTER_ENV`]):
     /// frames left before this PMD panics.
     panic_after: Option<u64>,
+    /// While the FDB is full: when the next new address may be reported,
+    /// and how many were not (see [`NEW_WHILE_FULL_EVERY`]).
+    next_new_while_full: Instant,
+    not_reported: u64,
     /// Cycles the current iteration spent handing frames to the ports
     /// (for AF_XDP in copy mode the kernel transmits, and often delivers
     /// into the receiver's stack, inside that call).
@@ -137,6 +142,8 @@ impl Engine {
                 .then(|| std::env::var(PANIC_AFTER_ENV).ok()?.parse().ok())
                 .flatten(),
             transmit: 0,
+            next_new_while_full: Instant::now(),
+            not_reported: 0,
         }
     }
 
@@ -329,22 +336,29 @@ impl Engine {
             let Some(h) = inbox.queue.pop() else { break };
             n += 1;
             let out = h.port as usize;
-            if self.ports[out].is_none() {
-                // Detached while the frame was on its way.
+            let len = h.len as usize;
+            let frame_size = self.umem.frame_size() as usize;
+            if self.ports[out].is_none() || len > frame_size {
+                // Detached while the frame was on its way (or a frame no
+                // port of this switch could have received).
+                inbox.slots.give_back(h.slot);
                 self.drops[out][DropReason::Policy as usize] += 1;
                 continue;
             }
             let Some(chunk) = self.pool.alloc() else {
+                inbox.slots.give_back(h.slot);
                 self.drops[out][DropReason::NoFreeFrame as usize] += 1;
                 continue;
             };
-            let len = h.len as usize;
+            // The usual headroom, less for a frame that grew into it (a
+            // pushed tag): it must end inside its chunk.
+            let offset = FRAME_HEADROOM.min(frame_size - len) as u64;
             // SAFETY: `chunk` was just taken off the free list: this PMD is
             // its only holder until it is queued for TX.
-            unsafe { self.umem.frame_mut(chunk + FRAME_HEADROOM as u64, len) }
-                .copy_from_slice(&h.data[..len]);
+            let into = unsafe { self.umem.frame_mut(chunk + offset, len) };
+            inbox.slots.drain(h.slot, len, into);
             self.tx[out].push(XdpDesc {
-                addr: chunk + FRAME_HEADROOM as u64,
+                addr: chunk + offset,
                 len: len as u32,
                 options: 0,
             });
@@ -370,22 +384,27 @@ impl Engine {
             return self.drop_frame(out, desc, DropReason::Policy);
         }
         let len = desc.len as usize;
-        if len > HANDOFF_MAX {
-            // Beyond standard MTU frames: the PMDs do not share memory.
-            self.drops[out][DropReason::Policy as usize] += 1;
-        } else {
-            let mut h = Handoff {
-                port: out as u16,
-                len: len as u16,
-                data: [0; HANDOFF_MAX],
-            };
-            h.data[..len].copy_from_slice(self.umem.frame(desc.addr, len));
-            let inbox = &self.inboxes[owner];
-            if inbox.queue.push(h).is_err() {
-                self.drops[out][DropReason::TxRingFull as usize] += 1;
-            } else if inbox.sleeping.load(Ordering::SeqCst) {
-                inbox.wake();
+        let inbox = &self.inboxes[owner];
+        match inbox.slots.fill(self.umem.frame(desc.addr, len)) {
+            Some(slot) => {
+                let h = Handoff {
+                    port: out as u16,
+                    len: len as u16,
+                    slot,
+                };
+                if let Err(h) = inbox.queue.push(h) {
+                    inbox.slots.give_back(h.slot);
+                    self.drops[out][DropReason::TxRingFull as usize] += 1;
+                } else if inbox.sleeping.load(Ordering::SeqCst) {
+                    inbox.wake();
+                }
             }
+            // Larger than a UMEM frame: no port could have received it.
+            None if len > inbox.slots.slot_size() => {
+                self.drops[out][DropReason::Policy as usize] += 1
+            }
+            // Every slot in flight: the receiver is behind, as with a full ring.
+            None => self.drops[out][DropReason::TxRingFull as usize] += 1,
         }
         self.pool.free(desc.addr);
     }
@@ -398,7 +417,7 @@ impl Engine {
         };
         let (decision, seen) = self.view.decide(in_port, &header, now);
         if let Some(seen) = seen {
-            self.slow_path.report(self.id, seen);
+            self.report(seen, now);
         }
         match decision {
             Decision::Drop(_) => self.drop_frame(in_port, desc, DropReason::Policy),
@@ -431,6 +450,19 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// Hands a sighting to the slow path; while the FDB is full, only a
+    /// few new addresses go (the rest could not be learned anyway).
+    fn report(&mut self, seen: Sighting, now: Instant) {
+        if seen.new && self.slow_path.table_full() {
+            if now < self.next_new_while_full {
+                self.not_reported += 1;
+                return;
+            }
+            self.next_new_while_full = now + NEW_WHILE_FULL_EVERY;
+        }
+        self.slow_path.report(self.id, seen);
     }
 
     /// Rewrites the frame's tag for its egress port; `None` if a tag cannot
@@ -567,6 +599,8 @@ impl Engine {
     /// Twice a second: the counters and frame accounting of own ports
     /// (the switch's upkeep is the slow path's).
     fn housekeeping(&mut self, busy: &mut u64, idle: &mut u64) {
+        self.slow_path
+            .count_not_reported(std::mem::take(&mut self.not_reported));
         for port in self.ports.iter_mut().flatten() {
             port.refresh_counters();
         }

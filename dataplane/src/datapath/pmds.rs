@@ -238,6 +238,7 @@ impl Running {
     pub fn learning_stats(&self) -> switch::LearningStats {
         let mut stats = self.switch.lock_or_recover().switch.learning_stats();
         stats.queue_full = self.slow_link.queue_full();
+        stats.table_full += self.slow_link.not_reported();
         stats
     }
 
@@ -397,8 +398,8 @@ pub fn start(
     }
     let umems: Vec<Arc<Umem>> = pmds.iter().map(|p| p.umem.clone()).collect();
     let inboxes = Arc::new(
-        (0..pmds.len())
-            .map(|_| Inbox::new())
+        pmds.iter()
+            .map(|p| Inbox::new(p.umem.frame_size() as usize))
             .collect::<std::io::Result<Vec<_>>>()?,
     );
     let views: Vec<_> = pmds.iter().map(|_| switch.view()).collect();

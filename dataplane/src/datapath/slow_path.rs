@@ -32,6 +32,11 @@ const HOUSEKEEPING_EVERY: Duration = Duration::from_millis(500);
 /// before the next one, so that a PMD wakes it (a futex call) at most a
 /// few thousand times a second whatever the rate of new addresses.
 const MIN_ROUND: Duration = Duration::from_micros(200);
+/// While the FDB is full, each PMD reports at most one new address this
+/// often (enough to learn one as soon as an entry expires), and counts the
+/// rest as `table_full` itself: a MAC flood then costs the slow path next
+/// to nothing, and it shares a CPU with other work.
+pub(super) const NEW_WHILE_FULL_EVERY: Duration = Duration::from_millis(1);
 
 /// How the PMDs reach the slow path.
 pub(super) struct SlowPathLink {
@@ -44,6 +49,10 @@ pub(super) struct SlowPathLink {
     thread: OnceLock<Thread>,
     /// Sightings refused by a full queue, over all PMDs.
     queue_full: AtomicU64,
+    /// The FDB is full (set by the slow path after each round).
+    table_full: AtomicBool,
+    /// New addresses the PMDs did not report while the table was full.
+    not_reported: AtomicU64,
 }
 
 impl SlowPathLink {
@@ -55,7 +64,24 @@ impl SlowPathLink {
             pending: AtomicBool::new(false),
             thread: OnceLock::new(),
             queue_full: AtomicU64::new(0),
+            table_full: AtomicBool::new(false),
+            not_reported: AtomicU64::new(0),
         }
+    }
+
+    /// True while the FDB is full.
+    pub(super) fn table_full(&self) -> bool {
+        self.table_full.load(Ordering::Relaxed)
+    }
+
+    /// A PMD did not report `n` new addresses while the table was full.
+    pub(super) fn count_not_reported(&self, n: u64) {
+        self.not_reported.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// New addresses not reported while the table was full, so far.
+    pub(super) fn not_reported(&self) -> u64 {
+        self.not_reported.load(Ordering::Relaxed)
     }
 
     /// Hands PMD `pmd`'s sighting to the slow path; never blocks.
@@ -128,6 +154,8 @@ fn run(link: &SlowPathLink, switch: &Mutex<SharedSwitch>, shared: &EngineShared)
                 housekeeping(&mut guard, now, shared);
             }
             guard.publish();
+            link.table_full
+                .store(guard.switch.fdb_is_full(), Ordering::Relaxed);
         }
         if more {
             continue;

@@ -299,6 +299,11 @@ impl Fdb {
         removed.len()
     }
 
+    /// True when the table holds `max_entries` (expired ones included).
+    pub fn is_full(&self) -> bool {
+        self.entries.len() >= self.max_entries
+    }
+
     /// Number of entries (expired ones included until [`Fdb::expire`] runs).
     pub fn len(&self) -> usize {
         self.entries.len()

@@ -123,6 +123,8 @@ impl Default for FdbConfig {
 pub struct LearningStats {
     pub learned: u64,
     pub moved: u64,
+    /// Sources not learned because the table was full (with those the
+    /// PMDs did not report while it was: see `datapath::slow_path`).
     pub table_full: u64,
     /// Sources not learned because their port was at its `max_macs`.
     pub port_limit: u64,
@@ -175,6 +177,10 @@ impl Switch {
     /// A view for a PMD: the current ports and every learned address.
     pub fn view(&self) -> SwitchView {
         let mut view = SwitchView::new(self.table.clone());
+        // Ageing needs a sighting now and then, not every second.
+        view.set_refresh(
+            (self.fdb.max_age() / 10).clamp(Duration::from_secs(1), Duration::from_secs(30)),
+        );
         let now = Instant::now();
         let known: Vec<FdbChange> = self
             .fdb
@@ -268,6 +274,12 @@ impl Switch {
     /// Drops expired FDB entries (call now and then, not per frame).
     pub fn expire(&mut self, now: Instant) -> usize {
         self.fdb.expire(now)
+    }
+
+    /// True when the FDB holds as many addresses as it may: a new one is
+    /// learned only after another expires.
+    pub fn fdb_is_full(&self) -> bool {
+        self.fdb.is_full()
     }
 
     /// Learns (or refreshes) what a PMD saw; counts the outcome.

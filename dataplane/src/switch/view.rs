@@ -9,14 +9,15 @@
 //! kernel's fast-path map. This is the split OVS makes between its PMDs and
 //! its revalidators; docs/DESIGN-NOTES.md ("Who writes the FDB") says why.
 //!
-//! A PMD reports a known source at most once a second (the slow path needs
-//! it only for ageing), and an unknown one at most once a second per
-//! (address, port) while the slow path has not answered, so a flood of
-//! frames from one new host costs one report, not one per frame.
+//! A PMD reports a known source only every tenth of the ageing time (at
+//! most every 30 s, at least every second: the slow path needs it only for
+//! ageing), and an unknown one at most once a second per (address, port)
+//! while the slow path has not answered, so a flood of frames from one new
+//! host costs one report, not one per frame.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use dataplane_common::wire::L2Header;
 
@@ -60,6 +61,8 @@ pub struct Sighting {
     pub mac: [u8; 6],
     pub port: PortId,
     pub at: Instant,
+    /// The view knew nothing of the address (a full table cannot take it).
+    pub new: bool,
 }
 
 /// One learned address in a PMD's copy.
@@ -90,6 +93,8 @@ pub struct SwitchView {
     fdb: HashMap<(u16, [u8; 6]), Known>,
     asked: Box<[Option<Asked>; ASKED_SLOTS]>,
     epoch: Instant,
+    /// Seconds between two reports of a known source.
+    refresh_secs: u64,
 }
 
 impl SwitchView {
@@ -100,7 +105,14 @@ impl SwitchView {
             fdb: HashMap::new(),
             asked: Box::new([None; ASKED_SLOTS]),
             epoch: Instant::now(),
+            refresh_secs: 1,
         }
+    }
+
+    /// Reports known sources every `every` (whole seconds, at least 1)
+    /// instead of every second.
+    pub fn set_refresh(&mut self, every: Duration) {
+        self.refresh_secs = every.as_secs().max(1);
     }
 
     /// The port table this view decides with.
@@ -216,9 +228,11 @@ impl SwitchView {
             return None;
         }
         let second = self.second(now);
-        match self.fdb.get_mut(&(vlan, mac)) {
+        let known = self.fdb.get_mut(&(vlan, mac));
+        let new = known.is_none();
+        match known {
             Some(known) if known.port == port => {
-                if known.reported == second {
+                if second.saturating_sub(known.reported) < self.refresh_secs {
                     return None;
                 }
                 known.reported = second;
@@ -238,6 +252,7 @@ impl SwitchView {
             mac,
             port,
             at: now,
+            new,
         })
     }
 
@@ -330,6 +345,28 @@ mod tests {
         assert_eq!(view.decide(0, &hdr(A, B), t1).1, None);
         // Seen on another port: a move, reported at once.
         assert!(view.decide(1, &hdr(A, B), t1).1.is_some());
+    }
+
+    #[test]
+    fn a_known_source_is_reported_once_per_refresh_period() {
+        let mut view = SwitchView::new(table(1));
+        view.set_refresh(Duration::from_secs(30));
+        let t0 = view.epoch;
+        view.apply(
+            &[FdbChange::Upsert {
+                vlan: 0,
+                mac: A,
+                port: 0,
+            }],
+            t0,
+        );
+        let at = |s| t0 + Duration::from_secs(s);
+        assert_eq!(view.decide(0, &hdr(A, B), at(29)).1, None);
+        let seen = view.decide(0, &hdr(A, B), at(30)).1.expect("due");
+        assert!(!seen.new, "a refresh, not a new address");
+        assert_eq!(view.decide(0, &hdr(A, B), at(59)).1, None);
+        assert!(view.decide(0, &hdr(A, B), at(60)).1.is_some());
+        assert!(view.decide(0, &hdr(B, A), at(60)).1.is_some_and(|s| s.new));
     }
 
     #[test]

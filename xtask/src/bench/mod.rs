@@ -1,6 +1,8 @@
-//! `cargo xtask bench [p2p|pcp|pvp|tcp]`: every forwarding path side by
-//! side on the same veths, generator, sink, frame sizes and duration; and
-//! (`tcp`, `tcp.rs`) TCP and UDP between two containers at their defaults.
+//! `cargo xtask bench [p2p|pcp|pvp|tcp|scale]`: every forwarding path side
+//! by side on the same veths, generator, sink, frame sizes and duration;
+//! (`tcp`, `tcp.rs`) TCP and UDP between two containers at their defaults;
+//! (`scale`, `scale.rs`) how the cost grows with MACs, ports and a MAC
+//! flood. `scale` runs only when asked for by name.
 //!
 //! ```text
 //!  P2P  gen ns: a0 ── sa [sw ns: path] sb ── b0 :sink ns
@@ -30,6 +32,7 @@ mod latency;
 mod ovs;
 mod paths;
 mod report;
+mod scale;
 mod tcp;
 pub mod topology;
 mod traffic;
@@ -99,6 +102,10 @@ pub enum Scenario {
     /// TCP and UDP between two containers at their defaults (iperf3,
     /// sockperf), Gbit/s and transactions/s.
     Tcp,
+    /// How cost grows: Mpps against the number of MACs (2 to 65536),
+    /// flooding against the number of ports (2 to 16), and an established
+    /// flow during a MAC flood (scale.rs).
+    Scale,
 }
 
 impl Scenario {
@@ -111,6 +118,7 @@ impl Scenario {
             Scenario::Pcp => "pcp",
             Scenario::Pvp => "pvp",
             Scenario::Tcp => "tcp",
+            Scenario::Scale => "scale",
         }
     }
 
@@ -120,6 +128,7 @@ impl Scenario {
             Scenario::Pcp => "PCP: host A -> switch -> container (echo) -> switch -> host B",
             Scenario::Pvp => "PVP: host A -> switch -> VM (echo) -> switch -> host B",
             Scenario::Tcp => "TCP: container A <-> switch <-> container B (iperf3, sockperf)",
+            Scenario::Scale => "Scale: MACs, ports and a MAC flood",
         }
     }
 }
@@ -167,6 +176,13 @@ pub fn run(opts: &BenchOptions) -> Result<()> {
 
     let _libxdp_dir = LibxdpDir::note();
     let dp = Dataplane { bin };
+    if opts.scenario == Some(Scenario::Scale) {
+        scale::run(opts, &dp, &stop)?;
+        if stop.load(Ordering::Relaxed) {
+            bail!("interrupted (everything the run created has been removed)");
+        }
+        return Ok(());
+    }
     if opts.scenario == Some(Scenario::Tcp) {
         tcp::run(opts, &dp, &stop)?;
         if stop.load(Ordering::Relaxed) {

@@ -24,8 +24,10 @@ pub struct Ovs {
 
 impl Ovs {
     /// Starts OVS in `netns` with `ports` (afxdp, native XDP) on bridge br0
-    /// and the flows `(in, out)`, PMD on CPU 1.
-    pub fn start(netns: &str, ports: &[&str], flows: &[(&str, &str)]) -> Result<Ovs> {
+    /// and the flows `(in, out)`, PMD on CPU 1; without flows, one flow
+    /// `actions=NORMAL` (MAC learning, with a table of
+    /// [`super::paths::SCALE_TABLE`] addresses).
+    pub fn start(netns: &str, ports: &[&str], flows: Option<&[(&str, &str)]>) -> Result<Ovs> {
         remove_leftovers();
         if !Path::new(VSWITCHD).exists() {
             bail!("{VSWITCHD} not found: install openvswitch-switch (`cargo xtask bench` does)");
@@ -89,7 +91,17 @@ impl Ovs {
             ovs.add_afxdp_port(port)?;
         }
         ovs.cmd("ovs-ofctl", &["del-flows", "br0"])?;
-        for (from, to) in flows {
+        let Some(flows) = flows else {
+            ovs.vsctl(&[
+                "set",
+                "bridge",
+                "br0",
+                &format!("other_config:mac-table-size={}", super::paths::SCALE_TABLE),
+            ])?;
+            ovs.cmd("ovs-ofctl", &["add-flow", "br0", "actions=NORMAL"])?;
+            return Ok(ovs);
+        };
+        for (from, to) in flows.iter() {
             ovs.cmd(
                 "ovs-ofctl",
                 &[
@@ -136,6 +148,18 @@ impl Ovs {
             "OVS could not open afxdp port {port}: {} (see {}/log/ovs-vswitchd.log while it runs)",
             last.trim(),
             ROOT
+        )
+    }
+
+    /// `ovs-appctl fdb/show br0`: the MACs the NORMAL action learned.
+    pub fn fdb_show(&self) -> Result<String> {
+        let ctl = self.root.join(format!(
+            "run/ovs-vswitchd.{}.ctl",
+            read_pid(&self.pidfile("ovs-vswitchd")).unwrap_or(0)
+        ));
+        self.cmd(
+            "ovs-appctl",
+            &["-t", &ctl.to_string_lossy(), "fdb/show", "br0"],
         )
     }
 

@@ -78,7 +78,10 @@ pub struct Setup<'a> {
     /// The PCP scenario: a container (c0) between the uplinks.
     pub pcp: bool,
     /// Uplink ports, in the order testpmd chains them (sa -> sc -> sb -> sa).
-    pub ports: Vec<&'static str>,
+    pub ports: Vec<String>,
+    /// The scenario (the scale scenario learns: OVS runs NORMAL, tables
+    /// are sized for its largest point).
+    pub scenario: Scenario,
     /// The switch and guest namespaces.
     pub sw: String,
     pub g: String,
@@ -87,14 +90,18 @@ pub struct Setup<'a> {
 }
 
 use PathKind::*;
-use Scenario::{P2p, Pcp, Pvp};
+use Scenario::{P2p, Pcp, Pvp, Scale};
+
+/// FDB size of every learning path in the scale scenario: its largest
+/// point (65536 MACs) fits, a MAC flood of a million sources does not.
+pub const SCALE_TABLE: usize = 131072;
 
 /// Every path, in report order.
 pub const PATHS: &[PathSpec] = &[
     PathSpec {
         kind: LinuxBridge,
         name: "linux-bridge",
-        scenarios: &[P2p, Pcp],
+        scenarios: &[P2p, Pcp, Scale],
         emulation: false,
         describe: |ports, _| {
             format!("Linux bridge br0 ({ports}), GRO on the ports that receive XDP-redirected frames, br_netfilter off")
@@ -104,7 +111,7 @@ pub const PATHS: &[PathSpec] = &[
     PathSpec {
         kind: DataplaneFastpath,
         name: "dataplane-fastpath",
-        scenarios: &[P2p, Pcp],
+        scenarios: &[P2p, Pcp, Scale],
         emulation: false,
         describe: |ports, _| {
             format!("dataplane run, learning switch on {ports}, learned unicast redirected in XDP (fast path), PMD on CPU 1")
@@ -114,7 +121,7 @@ pub const PATHS: &[PathSpec] = &[
     PathSpec {
         kind: Dataplane,
         name: "dataplane",
-        scenarios: &[P2p, Pcp],
+        scenarios: &[P2p, Pcp, Scale],
         emulation: false,
         describe: |ports, _| {
             format!("dataplane run --no-fast-path on {ports}: every frame through AF_XDP (copy mode: veth has no zero-copy) and the userspace switch, adaptive polling, PMD on CPU 1")
@@ -172,10 +179,10 @@ pub const PATHS: &[PathSpec] = &[
     PathSpec {
         kind: OvsAfxdp,
         name: "ovs-afxdp",
-        scenarios: &[P2p, Pcp],
+        scenarios: &[P2p, Pcp, Scale],
         emulation: false,
         describe: |ports, _| {
-            format!("Open vSwitch 3.1 userspace datapath (netdev bridge), afxdp ports in native XDP mode on {ports}, in_port->output flows, PMD on CPU 1")
+            format!("Open vSwitch 3.1 userspace datapath (netdev bridge), afxdp ports in native XDP mode on {ports}, in_port->output flows (scale: actions=NORMAL, MAC learning), PMD on CPU 1")
         },
         start: start_ovs,
     },
@@ -315,6 +322,9 @@ pub struct RunningPath {
     hugepages: Option<Hugepages>,
     uses_dpdk: bool,
     sw: String,
+    kind: PathKind,
+    /// The switch namespace's ports the path used.
+    ports: Vec<String>,
     /// Destination MAC of the generator's frames for this path.
     pub target_mac: String,
 }
@@ -326,13 +336,23 @@ impl Drop for RunningPath {
         self.ovs = None;
         // Whatever a path's process attached through netlink and left
         // behind (a crashed testpmd, OVS) must not meet the next path.
-        for p in ["sa", "sb", "sc"] {
+        for p in &self.ports {
             self.undo.insert(
                 0,
-                ["ip", "-n", &self.sw, "link", "set", "dev", p, "xdp", "off"]
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect(),
+                [
+                    "ip",
+                    "-n",
+                    &self.sw,
+                    "link",
+                    "set",
+                    "dev",
+                    p.as_str(),
+                    "xdp",
+                    "off",
+                ]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
             );
         }
         for cmd in self.undo.iter().rev() {
@@ -380,6 +400,21 @@ impl RunningPath {
     fn child(&mut self, what: &str, c: Child) {
         self.children.push((what.to_string(), c));
     }
+
+    /// The learning table of a switching path, one address a line, as
+    /// its own tool prints it (`None` for paths that do not learn).
+    pub fn fdb_dump(&self, dp: &Dataplane) -> Option<String> {
+        match self.kind {
+            LinuxBridge => Command::new("bridge")
+                .args(["-n", &self.sw, "fdb", "show", "br", "br0"])
+                .output()
+                .ok()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned()),
+            Dataplane | DataplaneFastpath | DataplaneBusy => dp.ok(&self.sw, &["show", "fdb"]).ok(),
+            OvsAfxdp => self.ovs.as_ref()?.fdb_show().ok(),
+            _ => None,
+        }
+    }
 }
 
 /// Bridged IPv4 must not detour through netfilter in `netns`, as on a host
@@ -415,11 +450,35 @@ pub fn interrupt_and_reap(children: &mut [&mut Child], grace: Duration) {
     }
 }
 
+/// Starts `path` on the scenario's uplinks (sa, sb; sa, sc, sb for PCP).
 pub fn start(
     path: PathKind,
     scenario: Scenario,
     topo: &Topology,
     dp: &Dataplane,
+) -> Result<RunningPath> {
+    // Uplink ports, in the order testpmd chains them (sa -> sc -> sb -> sa).
+    let ports = if scenario == Scenario::Pcp {
+        vec!["sa", "sc", "sb"]
+    } else {
+        vec!["sa", "sb"]
+    };
+    start_on(
+        path,
+        scenario,
+        topo,
+        dp,
+        ports.into_iter().map(String::from).collect(),
+    )
+}
+
+/// Starts `path` on the switch namespace's `ports`.
+pub fn start_on(
+    path: PathKind,
+    scenario: Scenario,
+    topo: &Topology,
+    dp: &Dataplane,
+    ports: Vec<String>,
 ) -> Result<RunningPath> {
     let sw = topo.ns("sw");
     let g = topo.ns("g");
@@ -431,6 +490,8 @@ pub fn start(
         hugepages: None,
         uses_dpdk: false,
         sw: sw.clone(),
+        kind: path,
+        ports: ports.clone(),
         target_mac: match &topo.c0_mac {
             Some(c0) if pcp && !path.is_emulation() => c0.clone(),
             _ => topo.b0_mac.clone(),
@@ -443,16 +504,11 @@ pub fn start(
         topo.c0_mac.as_deref().context("PCP topology without c0")?;
         r.child("guest echo", guest::echo(dp, &g, "c0", &topo.b0_mac)?);
     }
-    // Uplink ports, in the order testpmd chains them (sa -> sc -> sb -> sa).
-    let ports: Vec<&'static str> = if pcp {
-        vec!["sa", "sc", "sb"]
-    } else {
-        vec!["sa", "sb"]
-    };
     let setup = Setup {
         kind: path,
         pcp,
         ports,
+        scenario,
         sw: sw.clone(),
         g: g.clone(),
         topo,
@@ -497,15 +553,42 @@ fn start_linux_bridge(r: &mut RunningPath, s: &Setup) -> Result<()> {
     )?;
     let mut members = s.ports.clone();
     if path == LinuxBridgeTap {
-        members.push("vmtap");
+        members.push("vmtap".into());
     }
     for p in &members {
         r.ip(&["-n", &sw, "link", "set", p, "master", "br0"], None)?;
     }
     r.ip(&["-n", &sw, "link", "set", "br0", "up"], None)?;
-    r.gro(&sw, "sa");
-    if pcp {
-        r.gro(&sw, "sc");
+    if s.scenario == Scale {
+        // Generators send into every port of the scale scenario; its
+        // table is as large as the others' (fdb_max_learned: Linux 6.8+).
+        for p in &s.ports {
+            r.gro(&sw, p);
+        }
+        let limit = SCALE_TABLE.to_string();
+        let limited = ip(&[
+            "-n",
+            &sw,
+            "link",
+            "set",
+            "br0",
+            "type",
+            "bridge",
+            "fdb_max_learned",
+            &limit,
+        ]);
+        static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        if limited.is_err() && !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            // iproute2 before 6.8 has no such option (nor does sysfs).
+            eprintln!(
+                "\n[bench] the Linux bridge keeps no FDB limit: this iproute2 cannot set fdb_max_learned"
+            );
+        }
+    } else {
+        r.gro(&sw, "sa");
+        if pcp {
+            r.gro(&sw, "sc");
+        }
     }
     if path == LinuxBridgeTap {
         // The VM never speaks first: tell the bridge where the VM
@@ -544,6 +627,9 @@ fn start_dataplane(r: &mut RunningPath, s: &Setup) -> Result<()> {
     if tap {
         args.extend(["--port".into(), "tap:vm0".into()]);
     }
+    if s.scenario == Scale {
+        args.extend(["--fdb-max-entries".into(), SCALE_TABLE.to_string()]);
+    }
     args.extend(["--core".into(), "1".into()]);
     let options: &[&str] = match path {
         Dataplane => &["--no-fast-path"],
@@ -565,7 +651,11 @@ fn start_dataplane(r: &mut RunningPath, s: &Setup) -> Result<()> {
 /// Bare XDP redirects between the uplinks (and back, for the latency
 /// replies from b0).
 fn start_xdp_redirect(r: &mut RunningPath, s: &Setup) -> Result<()> {
-    let mut hops: Vec<(&str, &str)> = s.ports.windows(2).map(|w| (w[0], w[1])).collect();
+    let mut hops: Vec<(&str, &str)> = s
+        .ports
+        .windows(2)
+        .map(|w| (w[0].as_str(), w[1].as_str()))
+        .collect();
     hops.push(("sb", "sa"));
     for (from, to) in hops {
         let c =
@@ -617,9 +707,14 @@ fn start_testpmd(r: &mut RunningPath, s: &Setup) -> Result<()> {
 /// Open vSwitch's userspace datapath with afxdp ports and port-to-port
 /// flows.
 fn start_ovs(r: &mut RunningPath, s: &Setup) -> Result<()> {
-    let mut flows: Vec<(&str, &str)> = s.ports.windows(2).map(|w| (w[0], w[1])).collect();
+    let ports: Vec<&str> = s.ports.iter().map(String::as_str).collect();
+    if s.scenario == Scale {
+        r.ovs = Some(Ovs::start(&s.sw, &ports, None)?);
+        return Ok(());
+    }
+    let mut flows: Vec<(&str, &str)> = ports.windows(2).map(|w| (w[0], w[1])).collect();
     flows.push(("sb", "sa"));
-    r.ovs = Some(Ovs::start(&s.sw, &s.ports, &flows)?);
+    r.ovs = Some(Ovs::start(&s.sw, &ports, Some(&flows))?);
     Ok(())
 }
 

@@ -6,6 +6,7 @@
 //!  dpbench-a: a0 10.200.0.1 ── sa  dpbench-sw  sb ── b0 10.200.0.2 :dpbench-b
 //!  PCP only:                   sc ── c0 10.200.0.3 :dpbench-g (container)
 //!  PVP: dpbench-g is the VM; its NIC is made by the path (a TAP).
+//!  Scale: sc ── c0 as PCP, and sf1..sf14 ── f1..f14 :dpbench-b (sinks)
 //! ```
 
 use std::process::{Command, Stdio};
@@ -15,6 +16,9 @@ use anyhow::{bail, Context, Result};
 use super::Scenario;
 
 pub const PREFIX: &str = "dpbench";
+/// Extra switch ports of the scale scenario (sf1.. in the switch
+/// namespace, f1.. in the sink's), for flooding to up to 16 ports.
+pub const FLOOD_PORTS: usize = 14;
 /// Short names of every namespace the benchmark may create.
 const NAMESPACES: [&str; 4] = ["a", "sw", "b", "g"];
 
@@ -40,9 +44,14 @@ impl Topology {
             veth(("b", "b0"), ("sw", "sb"))?;
             ip(&["-n", &ns("a"), "addr", "add", "10.200.0.1/24", "dev", "a0"])?;
             ip(&["-n", &ns("b"), "addr", "add", "10.200.0.2/24", "dev", "b0"])?;
-            if scenario == Scenario::Pcp {
+            if matches!(scenario, Scenario::Pcp | Scenario::Scale) {
                 veth(("g", "c0"), ("sw", "sc"))?;
                 ip(&["-n", &ns("g"), "addr", "add", "10.200.0.3/24", "dev", "c0"])?;
+            }
+            if scenario == Scenario::Scale {
+                for i in 1..=FLOOD_PORTS {
+                    veth(("b", &format!("f{i}")), ("sw", &format!("sf{i}")))?;
+                }
             }
             if scenario == Scenario::Tcp {
                 // Two containers at the kernel's defaults: nothing tuned.
@@ -70,7 +79,7 @@ impl Topology {
         )?;
         let a0_mac = mac_of(&ns("a"), "a0")?;
         topo.b0_mac = mac_of(&ns("b"), "b0")?;
-        if scenario == Scenario::Pcp {
+        if matches!(scenario, Scenario::Pcp | Scenario::Scale) {
             topo.c0_mac = Some(mac_of(&ns("g"), "c0")?);
         }
         if scenario == Scenario::Tcp {

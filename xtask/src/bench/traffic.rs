@@ -62,6 +62,93 @@ impl Dataplane {
     }
 }
 
+/// What a generator sends: `flows` flows from `src_mac` (default: the
+/// interface's) to `dst_mac`, stepping the MACs `vary` says
+/// (`dataplane gen --flows --vary`).
+#[derive(Clone, Copy, Debug)]
+pub struct Flows<'a> {
+    pub src_mac: Option<&'a str>,
+    pub dst_mac: &'a str,
+    pub flows: u32,
+    pub vary: &'a str,
+}
+
+impl<'a> Flows<'a> {
+    /// One flow from the interface's MAC to `dst_mac`.
+    pub fn one(dst_mac: &'a str) -> Flows<'a> {
+        Flows {
+            src_mac: None,
+            dst_mac,
+            flows: 1,
+            vary: "both",
+        }
+    }
+
+    /// `dataplane gen` arguments for these flows out of `iface`.
+    fn gen_args(&self, iface: &str, size: usize) -> Vec<String> {
+        let mut args: Vec<String> = [
+            "gen",
+            "--iface",
+            iface,
+            "--dst-mac",
+            self.dst_mac,
+            "--size",
+            &size.to_string(),
+            "--flows",
+            &self.flows.to_string(),
+            "--vary",
+            self.vary,
+            "--cpu",
+            "0",
+            "--json",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        if let Some(src) = self.src_mac {
+            args.extend(["--src-mac".into(), src.into()]);
+        }
+        args
+    }
+}
+
+/// Sends `count` frames of `flows` out of `iface` in namespace `ns` at
+/// `rate` pps and waits for the generator to finish.
+pub fn send_count(
+    dp: &Dataplane,
+    ns: &str,
+    iface: &str,
+    flows: &Flows,
+    count: u64,
+    rate: u64,
+) -> Result<()> {
+    let mut args = flows.gen_args(iface, 64);
+    args.extend([
+        "--count".into(),
+        count.to_string(),
+        "--rate".into(),
+        rate.to_string(),
+    ]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    dp.ok(ns, &refs).map(drop)
+}
+
+/// Starts a generator of `flows` out of `iface` in `ns` for `seconds`,
+/// in the background.
+pub fn spawn_gen(
+    dp: &Dataplane,
+    ns: &str,
+    iface: &str,
+    flows: &Flows,
+    size: usize,
+    seconds: f64,
+) -> Result<Child> {
+    let mut args = flows.gen_args(iface, size);
+    args.extend(["--duration".into(), seconds.to_string()]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    dp.spawn(ns, &refs)
+}
+
 /// Runs the generator for `seconds` towards `dst_mac` and reads the sink
 /// and CPU counters around it.
 pub fn measure(
@@ -71,25 +158,24 @@ pub fn measure(
     size: usize,
     seconds: f64,
 ) -> Result<Sample> {
+    measure_flows(topo, dp, &Flows::one(dst_mac), size, seconds)
+}
+
+/// Runs the generator on a0 for `seconds` with `flows` and reads the sink
+/// and CPU counters around it.
+pub fn measure_flows(
+    topo: &Topology,
+    dp: &Dataplane,
+    flows: &Flows,
+    size: usize,
+    seconds: f64,
+) -> Result<Sample> {
     let before = sink_count(topo, dp)?;
     let cpu_before = cpu_times()?;
-    let out = dp.ok(
-        &topo.ns("a"),
-        &[
-            "gen",
-            "--iface",
-            "a0",
-            "--dst-mac",
-            dst_mac,
-            "--size",
-            &size.to_string(),
-            "--duration",
-            &seconds.to_string(),
-            "--cpu",
-            "0",
-            "--json",
-        ],
-    )?;
+    let mut args = flows.gen_args("a0", size);
+    args.extend(["--duration".into(), seconds.to_string()]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = dp.ok(&topo.ns("a"), &refs)?;
     let cpu_after = cpu_times()?;
     // Frames still in flight (queues of a userspace forwarder) land within
     // a few milliseconds; count them with the run that sent them.
