@@ -358,6 +358,41 @@ fn two_pmd_threads_switch_between_their_ports() {
         "a -> b across PMDs without loss"
     );
 
+    // `show pmd` says which PMD polls which port, and where the work went
+    // (the PMDs publish their cycles twice a second).
+    std::thread::sleep(Duration::from_millis(1100));
+    let pmds: serde_json::Value =
+        serde_json::from_str(&h.sw.dataplane_ok(&["show", "pmd", "--json"])).unwrap();
+    let polled = |pmd: usize| -> Vec<String> {
+        pmds[pmd]["rxqs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|q| q["port"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(polled(0), ["afxdp:sa", "afxdp:sc"], "{pmds}");
+    assert_eq!(polled(1), ["afxdp:sb"], "{pmds}");
+    assert_eq!(
+        (pmds[0]["cpu"].as_u64(), pmds[1]["cpu"].as_u64()),
+        (Some(0), Some(1))
+    );
+    let sa = &pmds[0]["rxqs"][0];
+    assert_eq!(sa["queues"], serde_json::json!([0]), "{pmds}");
+    assert!(
+        sa["busy_cycles"].as_u64() > Some(0),
+        "a's frames came in on sa: {pmds}"
+    );
+    assert!(
+        pmds[0]["rxqs"][0]["usage"].as_f64() > pmds[0]["rxqs"][1]["usage"].as_f64(),
+        "sa carried the stream, sc only pings: {pmds}"
+    );
+    let text = h.sw.dataplane_ok(&["show", "pmd"]);
+    assert!(
+        text.contains("PMD 1 (CPU 1)") && text.contains("afxdp:sb"),
+        "{text}"
+    );
+
     // A broadcast from b (PMD 1) reaches both hosts on PMD 0.
     let (at_a, ra) = collect_test_frames(a, "a0", 20, Duration::from_secs(3));
     let (at_c, rc) = collect_test_frames(c, "c0", 20, Duration::from_secs(3));
@@ -661,4 +696,162 @@ fn jumbo_frames_cross_between_pmds() {
         assert_eq!(port["drops"]["policy"].as_u64(), Some(0), "{port}");
     }
     assert_clean_shutdown(&h, sw, &["sa", "sb"]);
+}
+
+/// Frames `dev` has received, from the kernel's own counters.
+fn rx_packets(ns: &NetNs, dev: &str) -> u64 {
+    let v: serde_json::Value =
+        serde_json::from_str(&ns.ip(&["-j", "-s", "link", "show", dev])).unwrap();
+    v[0]["stats64"]["rx"]["packets"].as_u64().unwrap()
+}
+
+/// `n` frames to `dst` out of a1 from CPU 0, then `n` from CPU 1 (so into
+/// its peer's receive queue 0, then queue 1).
+fn send_from_each_cpu(a: &NetNs, dst: &str, n: u64) {
+    for cpu in ["0", "1"] {
+        a.dataplane_ok(&[
+            "gen",
+            "--iface",
+            "a1",
+            "--dst-mac",
+            dst,
+            "--count",
+            &n.to_string(),
+            "--rate",
+            "20000",
+            "--cpu",
+            cpu,
+        ]);
+    }
+}
+
+/// Waits (5 s at most) until b0 has received `total` frames in all.
+fn wait_for_rx(b: &NetNs, total: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while rx_packets(b, "b0") < total && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let got = rx_packets(b, "b0");
+    assert!(
+        got >= total,
+        "every frame from both queues reached b0: {got} of {total}"
+    );
+}
+
+/// A port's receive queues are the unit of work: `afxdp:s1,queues=0+1` on
+/// a switch with two PMDs has queue 0 polled by PMD 0 and queue 1 by PMD 1
+/// (`show pmd`). A veth hands an XDP frame to the receive queue of the CPU
+/// that sends it, so the generator pinned to CPU 0, then to CPU 1, feeds
+/// one queue, then the other: every frame reaches b0 either way, and each
+/// PMD's part of the port did work.
+#[test]
+fn a_ports_receive_queues_are_spread_over_pmds() {
+    if !privileged("a_ports_receive_queues_are_spread_over_pmds") {
+        return;
+    }
+    let h = hosts("rxq", 2);
+    let (a, b) = (&h.hosts[0], &h.hosts[1]);
+    a.ip(&[
+        "link",
+        "add",
+        "a1",
+        "numtxqueues",
+        "2",
+        "numrxqueues",
+        "2",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "s1",
+        "numtxqueues",
+        "2",
+        "numrxqueues",
+        "2",
+        "netns",
+        h.sw.name(),
+    ]);
+    a.ip(&["link", "set", "a1", "up"]);
+    h.sw.ip(&["link", "set", "s1", "up"]);
+    let sw = RunningSwitch::start(
+        &h.sw,
+        &[
+            "--cores",
+            "0,1",
+            "--port",
+            "afxdp:s1,queues=0+1",
+            "--port",
+            "afxdp:sb",
+        ],
+    );
+    let pmds: serde_json::Value =
+        serde_json::from_str(&h.sw.dataplane_ok(&["show", "pmd", "--json"])).unwrap();
+    let rxqs = |pmds: &serde_json::Value, pmd: usize| -> Vec<(String, serde_json::Value)> {
+        pmds[pmd]["rxqs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|q| (q["port"].as_str().unwrap().to_string(), q["queues"].clone()))
+            .collect()
+    };
+    assert_eq!(
+        rxqs(&pmds, 0),
+        [("afxdp:s1".into(), serde_json::json!([0]))],
+        "{pmds}"
+    );
+    assert_eq!(
+        rxqs(&pmds, 1),
+        [
+            ("afxdp:s1".into(), serde_json::json!([1])),
+            ("afxdp:sb".into(), serde_json::json!([0]))
+        ],
+        "{pmds}"
+    );
+    let dst = mac_of(b, "b0")
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect::<Vec<_>>()
+        .join(":");
+    let before = rx_packets(b, "b0");
+    const N: u64 = 500;
+    send_from_each_cpu(a, &dst, N);
+    wait_for_rx(b, before + 2 * N);
+    // The PMDs publish their cycles twice a second.
+    std::thread::sleep(Duration::from_millis(1100));
+    let pmds: serde_json::Value =
+        serde_json::from_str(&h.sw.dataplane_ok(&["show", "pmd", "--json"])).unwrap();
+    for pmd in [0, 1] {
+        assert!(
+            pmds[pmd]["rxqs"][0]["busy_cycles"].as_u64() > Some(0),
+            "PMD {pmd} polled its queue of s1 and found frames: {pmds}"
+        );
+    }
+    // Taken away part by part, and closed: nothing of s1 stays.
+    h.sw.dataplane_ok(&["port", "del", "afxdp:s1"]);
+    assert_eq!(h.sw.xdp_prog_id("s1"), None, "steer detached from s1");
+    let pmds: serde_json::Value =
+        serde_json::from_str(&h.sw.dataplane_ok(&["show", "pmd", "--json"])).unwrap();
+    assert_eq!(rxqs(&pmds, 0), [], "{pmds}");
+    assert_eq!(
+        rxqs(&pmds, 1),
+        [("afxdp:sb".into(), serde_json::json!([0]))]
+    );
+    // Back again, pinned the other way round (`pmds=`, as OVS's
+    // pmd-rxq-affinity): queue 0 on PMD 1, queue 1 on PMD 0.
+    h.sw.dataplane_ok(&["port", "add", "afxdp:s1,queues=0+1,pmds=1+0"]);
+    let pmds: serde_json::Value =
+        serde_json::from_str(&h.sw.dataplane_ok(&["show", "pmd", "--json"])).unwrap();
+    assert_eq!(
+        rxqs(&pmds, 0),
+        [("afxdp:s1".into(), serde_json::json!([1]))],
+        "{pmds}"
+    );
+    assert!(
+        rxqs(&pmds, 1).contains(&("afxdp:s1".into(), serde_json::json!([0]))),
+        "{pmds}"
+    );
+    send_from_each_cpu(a, &dst, N);
+    wait_for_rx(b, before + 4 * N);
+    let out = assert_clean_shutdown(&h, sw, &["s1", "sb"]);
+    assert!(out.contains("0 unaccounted"), "{out}");
 }

@@ -40,6 +40,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             return cli::control::show_ports(&socket, json)
         }
         Command::Show(ShowCommand::Fdb { json }) => return cli::control::show_fdb(&socket, json),
+        Command::Show(ShowCommand::Pmd { json }) => return cli::control::show_pmd(&socket, json),
         Command::Show(ShowCommand::Config) => return cli::control::show_config(&socket),
         Command::Stats { watch, json } => return cli::control::stats(&socket, watch, json),
         Command::Fdb(FdbCommand::Flush { port }) => return cli::control::fdb_flush(&socket, port),

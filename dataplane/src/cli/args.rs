@@ -300,6 +300,16 @@ pub enum ShowCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The PMD threads: CPU, busy share, and which ports and receive
+    /// queues each polls with its part of the PMD's work ("usage").
+    ///
+    /// Busy share: cycles in iterations that moved frames over all polling
+    /// cycles since the start (time asleep in poll(2) is not counted).
+    #[command(after_help = "Example:\n  dataplane -n sw show pmd")]
+    Pmd {
+        #[arg(long)]
+        json: bool,
+    },
     /// The running configuration as a TOML file (`run --config` reads it).
     ///
     /// Ports added at runtime are included, removed ones are not.

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use dataplane::control::{Client, FdbRow, PortStatus, Request, Stats};
+use dataplane::control::{Client, FdbRow, PmdStatus, PortStatus, Request, Stats};
 
 use super::status::{ctrl_c_flag, sleep_unless};
 
@@ -81,6 +81,33 @@ pub fn show_fdb(socket: &Path, json: bool) -> anyhow::Result<()> {
         println!("{:>5}  {:<17}  {}", r.vlan, r.mac, r.port);
     }
     println!("({} entries)", rows.len());
+    Ok(())
+}
+
+/// `dataplane show pmd`.
+pub fn show_pmd(socket: &Path, json: bool) -> anyhow::Result<()> {
+    let pmds: Vec<PmdStatus> = Client::connect(socket)?.call(&Request::ShowPmd)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&pmds)?);
+        return Ok(());
+    }
+    for p in &pmds {
+        let cpu = p.cpu.map_or("unpinned".to_string(), |c| format!("CPU {c}"));
+        println!(
+            "PMD {} ({cpu}): busy {:.1}% of its polling cycles",
+            p.pmd,
+            100.0 * p.busy_share
+        );
+        for q in &p.rxqs {
+            let queues: Vec<String> = q.queues.iter().map(u32::to_string).collect();
+            println!(
+                "  {:<24} queues {:<8} usage {:>5.1}%",
+                q.port,
+                queues.join("+"),
+                100.0 * q.usage
+            );
+        }
+    }
     Ok(())
 }
 

@@ -7,5 +7,5 @@ pub mod protocol;
 pub mod server;
 
 pub use client::{default_socket_path, Client};
-pub use protocol::{FdbRow, PortStatus, Request, Response, Stats};
+pub use protocol::{FdbRow, PmdStatus, PortStatus, Request, Response, RxqStatus, Stats};
 pub use server::{Handler, Server};

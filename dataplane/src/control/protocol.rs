@@ -26,6 +26,9 @@ pub enum Request {
     ShowConfig,
     /// Counters for a live view: ports, PMD cycles, a timestamp.
     Stats,
+    /// Each PMD thread: its CPU, busy share and the ports (with their
+    /// receive queues) it polls, each with its part of the PMD's work.
+    ShowPmd,
     /// Forget learned addresses: all, or those of one port.
     FdbFlush {
         #[serde(default)]
@@ -109,6 +112,33 @@ pub struct PortStatus {
     /// (e.g. native XDP on a veth turns the container's TSO off).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer_effect: Option<String>,
+}
+
+/// One PMD thread in `show-pmd`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PmdStatus {
+    pub pmd: usize,
+    /// The CPU it is pinned to, if any.
+    pub cpu: Option<usize>,
+    /// Cycles in iterations that moved frames, and that did not (time
+    /// asleep in poll(2) is neither).
+    pub busy_cycles: u64,
+    pub idle_cycles: u64,
+    /// busy / (busy + idle), 0..=1.
+    pub busy_share: f64,
+    /// The ports it polls.
+    pub rxqs: Vec<RxqStatus>,
+}
+
+/// One port's receive queues as a PMD polls them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RxqStatus {
+    pub port: String,
+    pub queues: Vec<u32>,
+    /// Cycles the PMD spent on this port's bursts.
+    pub busy_cycles: u64,
+    /// Its part of the PMD's busy cycles, 0..=1 (OVS's "pmd usage").
+    pub usage: f64,
 }
 
 /// The `stats` answer.

@@ -41,26 +41,20 @@ impl Daemon {
         if self.find(&p.name()).is_ok() {
             return Err(config::Error::DuplicatePort { name: p.name() }.into());
         }
-        // The field, not `self.running()`: `self.punt` is borrowed below.
-        let running = self.running.as_ref().ok_or(Error::Stopping)?;
+        let running = self.running()?;
+        let n_pmds = running.pmd_count();
+        if let Some(bad) = p.pmds.iter().flatten().find(|&&i| i >= n_pmds) {
+            return Err(config::Error::Invalid {
+                field: "pmds",
+                value: format!("{bad} (port {})", p.name()),
+                why: format!("this switch runs {n_pmds} PMD thread(s), 0-{}", n_pmds - 1),
+            }
+            .into());
+        }
         let id = running.free_slot()?;
-        let pmd = running.least_loaded_pmd();
-        let sharing = 1 + self
-            .slots
-            .iter()
-            .flatten()
-            .filter(|s| s.open)
-            .map(|s| s.config.queues.len())
-            .sum::<usize>()
-            / running.pmd_count();
+        let placement = place_queues(&p, running.least_loaded_pmd(), n_pmds);
         let counters = Arc::new(PortCounters::default());
-        let at = PortPlace {
-            id,
-            sharing,
-            umem: running.umem(pmd),
-            punt: &mut self.punt,
-        };
-        let port = open_port(&self.config, &p, &self.pins, at, counters.clone())?;
+        let parts = self.open_parts(id, &p, &placement, &counters)?;
         self.slots
             .resize_with(self.slots.len().max(id + 1), || None);
         self.slots[id] = Some(Slot {
@@ -70,17 +64,55 @@ impl Daemon {
             counters,
             open: false,
             link_up: true,
+            placement: placement.clone(),
         });
-        self.plug(id, pmd, port)?;
-        tracing::info!(port = spec, id, pmd, "port added");
+        self.plug(id, parts)?;
+        tracing::info!(port = spec, id, placement = ?placement, "port added");
         Ok(id)
     }
 
-    /// Hands an opened port to PMD `pmd`, then lets the switch and the fast
-    /// path use it.
-    fn plug(&mut self, id: usize, pmd: usize, port: Box<dyn Port>) -> Result<(), Error> {
+    /// Opens port `id` as `placement` says: one part per PMD, on its UMEM,
+    /// with its queues. On an error, what was opened is closed again.
+    fn open_parts(
+        &mut self,
+        id: usize,
+        p: &PortConfig,
+        placement: &[(usize, Vec<u32>)],
+        counters: &Arc<PortCounters>,
+    ) -> Result<Vec<OpenPart>, Error> {
+        // The field, not `self.running()`: `self.punt` is borrowed below.
         let running = self.running.as_ref().ok_or(Error::Stopping)?;
-        running.attach_port(pmd, id, port)?;
+        let mut parts: Vec<OpenPart> = Vec::new();
+        for (k, (pmd, queues)) in placement.iter().enumerate() {
+            let at = PortPlace {
+                id,
+                sharing: 1 + running.queues_polled_by(*pmd),
+                umem: running.umem(*pmd),
+                punt: &mut self.punt,
+                queues: queues.clone(),
+                join: k > 0,
+            };
+            match open_port(&self.config, p, &self.pins, at, counters.clone()) {
+                Ok(port) => parts.push((*pmd, port, queues.clone())),
+                Err(e) => {
+                    // The parts that joined the first one's steer go first.
+                    while let Some(part) = parts.pop() {
+                        drop(part);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(parts)
+    }
+
+    /// Hands each opened part to its PMD, then lets the switch and the fast
+    /// path use the port.
+    fn plug(&mut self, id: usize, parts: Vec<OpenPart>) -> Result<(), Error> {
+        let running = self.running.as_ref().ok_or(Error::Stopping)?;
+        for (pmd, port, queues) in parts {
+            running.attach_port(pmd, id, port, queues)?;
+        }
         let slot = self.slots[id].as_mut().expect("slot filled by the caller");
         slot.open = true;
         slot.counters.set_state(PortState::Up);
@@ -249,29 +281,18 @@ impl Daemon {
 
     /// Opens a port whose interface came back, on the PMD it had.
     fn reopen(&mut self, id: usize) {
-        let Some(running) = self.running.as_ref() else {
-            return;
-        };
         let slot = self.slots[id].as_ref().expect("caller checked");
-        let pmd = running.shared.port(id).map_or(0, |p| p.pmd);
-        let at = PortPlace {
-            id,
-            sharing: 1 + running.shared.ports().len() / running.pmd_count(),
-            umem: running.umem(pmd),
-            punt: &mut self.punt,
-        };
-        let opened = open_port(
-            &self.config,
-            &slot.config,
-            &self.pins,
-            at,
+        let (config, placement, counters) = (
+            slot.config.clone(),
+            slot.placement.clone(),
             slot.counters.clone(),
         );
-        let name = slot.config.name();
+        let opened = self.open_parts(id, &config, &placement, &counters);
+        let name = config.name();
         match opened {
-            Ok(port) => {
-                let ifindex = interface_index(&slot.config);
-                if let Err(e) = self.plug(id, pmd, port) {
+            Ok(parts) => {
+                let ifindex = interface_index(&config);
+                if let Err(e) = self.plug(id, parts) {
                     tracing::warn!(port = name, "reopening: {e}");
                     return;
                 }
@@ -287,6 +308,32 @@ impl Daemon {
     }
 }
 
+/// One opened part of a port: its PMD, the port, its receive queues.
+type OpenPart = (usize, Box<dyn Port>, Vec<u32>);
+
+/// Which PMD polls which of `p`'s receive queues: as its `pmds` option
+/// says, else round robin from PMD `first`. Only an AF_XDP port is split:
+/// a TAP, vhost-user or container port is polled whole by `first`. One
+/// entry per PMD, in the order of the port's first queue on each (the
+/// first entry is the primary part).
+pub(super) fn place_queues(p: &PortConfig, first: usize, n_pmds: usize) -> Vec<(usize, Vec<u32>)> {
+    if p.kind != PortKind::Afxdp {
+        return vec![(first, p.queues.clone())];
+    }
+    let mut parts: Vec<(usize, Vec<u32>)> = Vec::new();
+    for (i, &queue) in p.queues.iter().enumerate() {
+        let pmd = match &p.pmds {
+            Some(pmds) => pmds[i],
+            None => (first + i) % n_pmds.max(1),
+        };
+        match parts.iter_mut().find(|(p, _)| *p == pmd) {
+            Some((_, queues)) => queues.push(queue),
+            None => parts.push((pmd, vec![queue])),
+        }
+    }
+    parts
+}
+
 /// Where a port is opened.
 pub(super) struct PortPlace<'a> {
     /// Its switch slot.
@@ -298,6 +345,10 @@ pub(super) struct PortPlace<'a> {
     pub(super) umem: &'a Arc<Umem>,
     /// The punt device of container ports (made with the first one).
     pub(super) punt: &'a mut Option<Arc<Punt>>,
+    /// The receive queues of this part of the port.
+    pub(super) queues: Vec<u32>,
+    /// Not the port's first part: steer is attached already.
+    pub(super) join: bool,
 }
 
 /// Opens one port.
@@ -313,6 +364,8 @@ pub(super) fn open_port(
         sharing,
         umem,
         punt,
+        queues,
+        join,
     } = at;
     // Keep a quarter of a PMD's frames for flooding copies and TX in
     // flight; spread the rest over its fill rings.
@@ -346,11 +399,12 @@ pub(super) fn open_port(
         PortKind::Afxdp => Box::new(AfxdpPort::open(
             &AfxdpConfig {
                 ifname: p.iface.clone(),
-                queues: p.queues.clone(),
+                queues,
                 socket,
                 fill_frames,
                 attach_mode: ModeRequest::Auto,
                 fdb_entries,
+                join,
             },
             umem,
             pins,
@@ -412,5 +466,29 @@ pub(super) fn interface_index(p: &PortConfig) -> Option<u32> {
     match p.kind {
         PortKind::Afxdp | PortKind::Veth => netdev::ifindex(&p.iface).ok(),
         PortKind::Tap | PortKind::VhostUser => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queues_go_round_robin_from_the_first_pmd_or_where_pinned() {
+        let p = config::parse_port_spec("afxdp:v0,queues=0+1+2+3").unwrap();
+        assert_eq!(
+            place_queues(&p, 1, 2),
+            vec![(1, vec![0, 2]), (0, vec![1, 3])],
+            "primary first: the PMD of queue 0"
+        );
+        assert_eq!(place_queues(&p, 0, 1), vec![(0, vec![0, 1, 2, 3])]);
+        let pinned = config::parse_port_spec("afxdp:v0,queues=4+5,pmds=1+1").unwrap();
+        assert_eq!(place_queues(&pinned, 0, 2), vec![(1, vec![4, 5])]);
+        let tap = config::parse_port_spec("tap:vm0,queues=2").unwrap();
+        assert_eq!(
+            place_queues(&tap, 1, 2),
+            vec![(1, vec![0, 1])],
+            "a TAP is not split"
+        );
     }
 }

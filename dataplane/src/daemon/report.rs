@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use super::run::Daemon;
 use crate::control::metrics::{self, MetricsSnapshot};
-use crate::control::{FdbRow, Handler, PortStatus, Request, Response, Stats};
+use crate::control::{FdbRow, Handler, PmdStatus, PortStatus, Request, Response, RxqStatus, Stats};
 use crate::port::{DropReason, PortSnapshot};
 use crate::steer::Attachment;
 use crate::sync::LockOrRecover;
@@ -50,6 +50,60 @@ impl Daemon {
                         .map(|r| (r.name().to_string(), snap.drops(*r)))
                         .collect(),
                     peer_effect: s.peer_effect.map(str::to_string),
+                }
+            })
+            .collect()
+    }
+
+    /// Each PMD with the ports it polls (`show pmd`).
+    pub fn pmd_status(&self) -> Vec<PmdStatus> {
+        let Some(running) = self.running.as_ref() else {
+            return Vec::new();
+        };
+        let ports = running.shared.ports();
+        running
+            .shared
+            .pmds
+            .iter()
+            .enumerate()
+            .map(|(pmd, c)| {
+                let busy = c.busy.load(Ordering::Relaxed);
+                let idle = c.idle.load(Ordering::Relaxed);
+                let rxqs = ports
+                    .iter()
+                    .flat_map(|(id, e)| {
+                        e.parts
+                            .iter()
+                            .filter(|(p, _)| *p == pmd)
+                            .map(move |(_, queues)| (*id, e, queues))
+                    })
+                    .map(|(id, e, queues)| {
+                        let spent = running.shared.rxq_cycles[pmd]
+                            .get(id)
+                            .map_or(0, |c| c.load(Ordering::Relaxed));
+                        RxqStatus {
+                            port: e.name.clone(),
+                            queues: queues.clone(),
+                            busy_cycles: spent,
+                            usage: if busy > 0 {
+                                (spent as f64 / busy as f64).min(1.0)
+                            } else {
+                                0.0
+                            },
+                        }
+                    })
+                    .collect();
+                PmdStatus {
+                    pmd,
+                    cpu: c.cpu,
+                    busy_cycles: busy,
+                    idle_cycles: idle,
+                    busy_share: if busy + idle > 0 {
+                        busy as f64 / (busy + idle) as f64
+                    } else {
+                        0.0
+                    },
+                    rxqs,
                 }
             })
             .collect()
@@ -156,6 +210,7 @@ impl Handler for ControlHandler {
         match request {
             Request::ShowPorts => Response::ok(d.port_status()),
             Request::ShowFdb => Response::ok(d.fdb_rows()),
+            Request::ShowPmd => Response::ok(d.pmd_status()),
             Request::ShowConfig => Response::ok(d.current_config().to_toml()),
             Request::Stats => Response::ok(d.stats()),
             Request::FdbFlush { port } => match d.flush_fdb(port.as_deref()) {

@@ -17,10 +17,12 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
-use super::ports::{fast_port, interface_index, open_port, peer_effect, PortPlace};
+use super::ports::{fast_port, interface_index, open_port, peer_effect, place_queues, PortPlace};
 use crate::daemon::config::{self, ForwardingMode, PortConfig, RunConfig};
 use crate::datapath::fastpath::{FastPath, FastPortConfig};
-use crate::datapath::pmds::{self, EngineConfig, EngineShared, FrameAccounting, PmdParts, Running};
+use crate::datapath::pmds::{
+    self, EngineConfig, EngineShared, FrameAccounting, PmdParts, PortPart, Running,
+};
 use crate::port;
 use crate::port::veth::Punt;
 use crate::port::{PortCounters, PortSnapshot};
@@ -91,6 +93,9 @@ pub(super) struct Slot {
     pub(super) link_up: bool,
     /// What the port does to the other end of its interface (`show ports`).
     pub(super) peer_effect: Option<&'static str>,
+    /// Which PMD polls which of its receive queues (kept when it closes,
+    /// so that it reopens the same way).
+    pub(super) placement: Vec<(usize, Vec<u32>)>,
 }
 
 /// The running switch and everything needed to change it.
@@ -112,8 +117,9 @@ impl Daemon {
         privileges::require_admin()?;
         raise_fd_limit();
         crate::sys::memory::keep_large_allocations_apart();
-        // One PMD per listed core (one unpinned PMD if none); port i runs on
-        // PMD i mod n, each PMD with a UMEM of its own.
+        // One PMD per listed core (one unpinned PMD if none), each with a
+        // UMEM of its own; port i's first queue is polled by PMD i mod n,
+        // its other queues by the next PMDs in turn (or as `pmds=` says).
         let n_pmds = config.cores.len().max(1);
         let mut pmds: Vec<PmdParts> = Vec::new();
         for pmd in 0..n_pmds {
@@ -136,27 +142,38 @@ impl Daemon {
                 ports: Vec::new(),
             });
         }
+        let placements: Vec<Vec<(usize, Vec<u32>)>> = config
+            .ports
+            .iter()
+            .enumerate()
+            .map(|(id, p)| place_queues(p, id % n_pmds, n_pmds))
+            .collect();
+        // Receive queues per PMD: each gets a fair part of its UMEM.
+        let mut sharing = vec![0usize; n_pmds];
+        for (pmd, queues) in placements.iter().flatten() {
+            sharing[*pmd] += queues.len();
+        }
         let mut slots = Vec::new();
         let mut punt = None;
-        for (id, p) in config.ports.iter().enumerate() {
-            let pmd = id % n_pmds;
-            let sharing = config
-                .ports
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| i % n_pmds == pmd)
-                .map(|(_, p)| p.queues.len())
-                .sum();
+        for ((id, p), placement) in config.ports.iter().enumerate().zip(placements) {
             let counters = Arc::new(PortCounters::default());
-            let umem = pmds[pmd].umem.clone();
-            let at = PortPlace {
-                id,
-                sharing,
-                umem: &umem,
-                punt: &mut punt,
-            };
-            let port = open_port(config, p, pins, at, counters.clone())?;
-            pmds[pmd].ports.push((id, port));
+            for (k, (pmd, queues)) in placement.iter().enumerate() {
+                let umem = pmds[*pmd].umem.clone();
+                let at = PortPlace {
+                    id,
+                    sharing: sharing[*pmd],
+                    umem: &umem,
+                    punt: &mut punt,
+                    queues: queues.clone(),
+                    join: k > 0,
+                };
+                let port = open_port(config, p, pins, at, counters.clone())?;
+                pmds[*pmd].ports.push(PortPart {
+                    id,
+                    port,
+                    queues: queues.clone(),
+                });
+            }
             slots.push(Some(Slot {
                 config: p.clone(),
                 counters,
@@ -164,6 +181,7 @@ impl Daemon {
                 ifindex: interface_index(p),
                 link_up: true,
                 peer_effect: peer_effect(p),
+                placement,
             }));
         }
         let switch_ports = config

@@ -79,6 +79,8 @@ pub struct Engine {
     targets: Vec<(usize, EgressTag)>,
     /// Per-port drop counts gathered during one iteration.
     drops: Vec<[u64; DropReason::ALL.len()]>,
+    /// Per own port: cycles spent on its bursts since the last housekeeping.
+    port_cycles: Vec<u64>,
     /// Fault injection for the tests of a PMD panic (see [`PANIC_AFTER_ENV`]):
     /// frames left before this PMD panics.
     panic_after: Option<u64>,
@@ -116,9 +118,9 @@ impl Engine {
         let n_ports = MAX_PORTS;
         let burst = config.burst;
         let mut ports: Vec<Option<Box<dyn Port>>> = (0..n_ports).map(|_| None).collect();
-        let own: Vec<usize> = parts.ports.iter().map(|(i, _)| *i).collect();
-        for (i, p) in parts.ports {
-            ports[i] = Some(p);
+        let own: Vec<usize> = parts.ports.iter().map(|p| p.id).collect();
+        for part in parts.ports {
+            ports[part.id] = Some(part.port);
         }
         Engine {
             id,
@@ -138,6 +140,7 @@ impl Engine {
             rx: Vec::with_capacity(burst),
             targets: Vec::with_capacity(n_ports),
             drops: vec![[0; DropReason::ALL.len()]; n_ports],
+            port_cycles: vec![0; n_ports],
             panic_after: (id == 0)
                 .then(|| std::env::var(PANIC_AFTER_ENV).ok()?.parse().ok())
                 .flatten(),
@@ -242,7 +245,12 @@ impl Engine {
         let commands = std::mem::take(&mut *inbox.commands.lock_or_recover());
         for command in commands {
             match command {
-                PmdCommand::Attach { id, mut port, done } => {
+                PmdCommand::Attach {
+                    id,
+                    mut port,
+                    primary,
+                    done,
+                } => {
                     let mut frames = Frames {
                         umem: &self.umem,
                         pool: &mut self.pool,
@@ -251,12 +259,21 @@ impl Engine {
                     port.maintain(&mut frames);
                     self.ports[id] = Some(port);
                     self.own.push(id);
-                    self.owner[id].store(self.id, Ordering::SeqCst);
+                    if primary {
+                        self.owner[id].store(self.id, Ordering::SeqCst);
+                    }
                     let _ = done.send(());
                 }
                 PmdCommand::Detach { id, done } => {
-                    self.owner[id].store(NO_OWNER, Ordering::SeqCst);
+                    // Only the primary part's PMD is the port's owner.
+                    let _ = self.owner[id].compare_exchange(
+                        self.id,
+                        NO_OWNER,
+                        Ordering::SeqCst,
+                        Ordering::SeqCst,
+                    );
                     self.own.retain(|&p| p != id);
+                    self.port_cycles[id] = 0;
                     for d in std::mem::take(&mut self.tx[id]) {
                         self.pool.free(d.addr);
                     }
@@ -297,6 +314,7 @@ impl Engine {
         let burst = self.config.burst;
         for k in 0..self.own.len() {
             let in_port = self.own[k];
+            let polled = cycles();
             self.rx.clear();
             let mut frames = Frames {
                 umem: &self.umem,
@@ -320,7 +338,9 @@ impl Engine {
             // Transmit after each ingress burst so TX rings drain steadily.
             let sending = cycles();
             self.flush_tx();
-            self.transmit += cycles().wrapping_sub(sending);
+            let done = cycles();
+            self.transmit += done.wrapping_sub(sending);
+            self.port_cycles[in_port] += done.wrapping_sub(polled);
         }
         if moved > 0 {
             self.publish_drops();
@@ -371,14 +391,15 @@ impl Engine {
         n
     }
 
-    /// Queues a frame for `out`: on its TX batch if this PMD owns the port,
-    /// else copied into the owner's handoff queue (and freed here).
+    /// Queues a frame for `out`: on its TX batch if this PMD serves (a
+    /// part of) the port, else copied into the owner's handoff queue (and
+    /// freed here).
     fn emit(&mut self, out: usize, desc: XdpDesc) {
-        let owner = self.owner[out].load(Ordering::Relaxed);
-        if owner == self.id {
+        if self.ports[out].is_some() {
             self.tx[out].push(desc);
             return;
         }
+        let owner = self.owner[out].load(Ordering::Relaxed);
         if owner == NO_OWNER {
             // Being removed: the switch will stop choosing it shortly.
             return self.drop_frame(out, desc, DropReason::Policy);
@@ -604,12 +625,16 @@ impl Engine {
         for port in self.ports.iter_mut().flatten() {
             port.refresh_counters();
         }
-        self.shared
-            .busy_cycles
-            .fetch_add(std::mem::take(busy), Ordering::Relaxed);
-        self.shared
-            .idle_cycles
-            .fetch_add(std::mem::take(idle), Ordering::Relaxed);
+        let (busy, idle) = (std::mem::take(busy), std::mem::take(idle));
+        self.shared.busy_cycles.fetch_add(busy, Ordering::Relaxed);
+        self.shared.idle_cycles.fetch_add(idle, Ordering::Relaxed);
+        let mine = &self.shared.pmds[self.id];
+        mine.busy.fetch_add(busy, Ordering::Relaxed);
+        mine.idle.fetch_add(idle, Ordering::Relaxed);
+        for &id in &self.own {
+            let spent = std::mem::take(&mut self.port_cycles[id]);
+            self.shared.rxq_cycles[self.id][id].fetch_add(spent, Ordering::Relaxed);
+        }
         let (mut in_rx_rings, mut in_tx_rings) = (0, 0);
         for held in self.ports.iter().flatten().map(|p| p.frames_held()) {
             in_rx_rings += held.rx_side;

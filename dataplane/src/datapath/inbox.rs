@@ -28,10 +28,13 @@ const HANDOFF_QUEUE: usize = 1024;
 
 /// A change to a PMD's set of ports, applied between two iterations.
 pub(super) enum PmdCommand {
-    /// Start serving `port` as switch port `id`.
+    /// Start serving `port` (all of switch port `id`, or the part of it
+    /// on some of its receive queues). The PMD of the primary part is the
+    /// one other PMDs hand frames for the port to.
     Attach {
         id: usize,
         port: Box<dyn Port>,
+        primary: bool,
         done: mpsc::Sender<()>,
     },
     /// Stop serving port `id`: the frames the kernel returned go back to

@@ -138,6 +138,19 @@ pub struct EngineShared {
     pub(super) accounting: Mutex<Vec<FrameAccounting>>,
     /// The ports, by switch port id (slot); `None` for a free slot.
     pub(super) ports: RwLock<Vec<Option<PortEntry>>>,
+    /// Per PMD thread: its CPU and its own busy and idle cycles (the sums
+    /// are `busy_cycles` and `idle_cycles`).
+    pub pmds: Vec<PmdCycles>,
+    /// Per PMD thread, per port id: cycles spent on the bursts it received
+    /// from its part of that port (receiving, deciding, transmitting).
+    pub rxq_cycles: Vec<Vec<AtomicU64>>,
+}
+
+/// One PMD thread's CPU and cycles.
+pub struct PmdCycles {
+    pub cpu: Option<usize>,
+    pub busy: AtomicU64,
+    pub idle: AtomicU64,
 }
 
 /// A port as the outside world sees it.
@@ -145,8 +158,21 @@ pub struct EngineShared {
 pub struct PortEntry {
     pub name: String,
     pub counters: Arc<PortCounters>,
-    /// The PMD thread serving it.
+    /// The PMD thread of its primary part: frames other PMDs send to the
+    /// port go through it.
     pub pmd: usize,
+    /// (PMD, receive queues) of each part, primary first; empty while the
+    /// port is closed (its interface is gone) but keeps its slot.
+    pub parts: Vec<(usize, Vec<u32>)>,
+}
+
+/// A port, or the part of one a PMD serves: some of its receive queues,
+/// opened on that PMD's UMEM.
+pub struct PortPart {
+    /// Switch port id.
+    pub id: usize,
+    pub port: Box<dyn Port>,
+    pub queues: Vec<u32>,
 }
 
 impl EngineShared {
@@ -198,8 +224,8 @@ pub struct PmdParts {
     pub cpu: Option<usize>,
     pub umem: Arc<Umem>,
     pub pool: FramePool,
-    /// (global port id, port) of the ports it owns, opened on `umem`.
-    pub ports: Vec<(usize, Box<dyn Port>)>,
+    /// The ports (or parts of ports) it serves, opened on `umem`.
+    pub ports: Vec<PortPart>,
 }
 
 /// Ports with their global ids, as a PMD thread hands them back.
@@ -217,7 +243,6 @@ pub struct Running {
     slow_path: std::thread::JoinHandle<()>,
     slow_link: Arc<SlowPathLink>,
     inboxes: Arc<Vec<Inbox>>,
-    owner: Arc<Vec<AtomicUsize>>,
     /// Each PMD's UMEM: ports added at runtime are opened on it.
     umems: Vec<Arc<Umem>>,
 }
@@ -260,37 +285,67 @@ impl Running {
             .ok_or(PortChangeError::NoSlot)
     }
 
-    /// The PMD serving the fewest ports (where a new port goes).
+    /// Receive queues PMD `pmd` polls.
+    pub fn queues_polled_by(&self, pmd: usize) -> usize {
+        self.shared
+            .ports
+            .read_or_recover()
+            .iter()
+            .flatten()
+            .flat_map(|p| p.parts.iter())
+            .filter(|(p, _)| *p == pmd)
+            .map(|(_, queues)| queues.len())
+            .sum()
+    }
+
+    /// The PMD polling the fewest receive queues (where a new port's
+    /// first queue goes).
     pub fn least_loaded_pmd(&self) -> usize {
-        let ports = self.shared.ports.read_or_recover();
         (0..self.pmd_count())
-            .min_by_key(|&pmd| ports.iter().flatten().filter(|p| p.pmd == pmd).count())
+            .min_by_key(|&pmd| self.queues_polled_by(pmd))
             .unwrap_or(0)
     }
 
-    /// Hands `port`, opened on PMD `pmd`'s UMEM, to that PMD as switch port
-    /// `id` and waits until it serves it. The switch learns of the port
-    /// only after this (the caller adds it), so no frame is sent to a port
-    /// nobody serves.
+    /// Hands `port` (switch port `id`, or its part on `queues`), opened on
+    /// PMD `pmd`'s UMEM, to that PMD and waits until it serves it. The first
+    /// part attached is the primary. The switch learns of the port only
+    /// after every part is attached (the caller adds it), so no frame is
+    /// sent to a port nobody serves.
     pub fn attach_port(
         &self,
         pmd: usize,
         id: usize,
         port: Box<dyn Port>,
+        queues: Vec<u32>,
     ) -> Result<(), PortChangeError> {
-        {
+        let primary = {
             let mut ports = self.shared.ports.write_or_recover();
             if ports.len() <= id {
                 ports.resize(id + 1, None);
             }
-            ports[id] = Some(PortEntry {
-                name: port.name().to_string(),
-                counters: port.counters().clone(),
-                pmd,
-            });
-        }
+            match ports[id].as_mut() {
+                Some(entry) if !entry.parts.is_empty() => {
+                    entry.parts.push((pmd, queues));
+                    false
+                }
+                _ => {
+                    ports[id] = Some(PortEntry {
+                        name: port.name().to_string(),
+                        counters: port.counters().clone(),
+                        pmd,
+                        parts: vec![(pmd, queues)],
+                    });
+                    true
+                }
+            }
+        };
         let (done, answer) = mpsc::channel();
-        self.inboxes[pmd].command(PmdCommand::Attach { id, port, done });
+        self.inboxes[pmd].command(PmdCommand::Attach {
+            id,
+            port,
+            primary,
+            done,
+        });
         answer
             .recv_timeout(COMMAND_TIMEOUT)
             .map_err(|_| PortChangeError::NoAnswer(pmd))
@@ -303,12 +358,32 @@ impl Running {
     /// from the switch (and the fast path) first, so nothing is still being
     /// sent to it. The slot stays taken until [`Running::forget_port`].
     pub fn detach_port(&self, id: usize) -> Result<(), PortChangeError> {
-        let pmd = self
-            .owner
-            .get(id)
-            .map(|o| o.load(Ordering::SeqCst))
-            .filter(|&o| o != NO_OWNER)
-            .ok_or(PortChangeError::NotServed(id))?;
+        let parts: Vec<usize> = self
+            .shared
+            .ports
+            .write_or_recover()
+            .get_mut(id)
+            .and_then(Option::as_mut)
+            .map(|e| {
+                std::mem::take(&mut e.parts)
+                    .into_iter()
+                    .map(|(pmd, _)| pmd)
+                    .collect()
+            })
+            .unwrap_or_default();
+        if parts.is_empty() {
+            return Err(PortChangeError::NotServed(id));
+        }
+        // The primary last: until then the other PMDs still hand it the
+        // port's frames.
+        for &pmd in parts.iter().rev() {
+            self.detach_part(pmd, id)?;
+        }
+        Ok(())
+    }
+
+    /// Takes PMD `pmd`'s part of port `id` away and closes it.
+    fn detach_part(&self, pmd: usize, id: usize) -> Result<(), PortChangeError> {
         let (done, answer) = mpsc::channel();
         self.inboxes[pmd].command(PmdCommand::Detach { id, done });
         let port = answer
@@ -380,19 +455,36 @@ pub fn start(
         longest_own_iteration_ns: AtomicU64::new(0),
         accounting: Mutex::new(vec![FrameAccounting::default(); pmds.len()]),
         ports: RwLock::new(vec![None; n_ports]),
+        rxq_cycles: pmds
+            .iter()
+            .map(|_| (0..n_ports).map(|_| AtomicU64::new(0)).collect())
+            .collect(),
+        pmds: pmds
+            .iter()
+            .map(|p| PmdCycles {
+                cpu: p.cpu,
+                busy: AtomicU64::new(0),
+                idle: AtomicU64::new(0),
+            })
+            .collect(),
     });
     let owner: Arc<Vec<AtomicUsize>> =
         Arc::new((0..n_ports).map(|_| AtomicUsize::new(NO_OWNER)).collect());
     {
         let mut entries = shared.ports.write_or_recover();
         for (pmd, parts) in pmds.iter().enumerate() {
-            for (id, port) in &parts.ports {
-                owner[*id].store(pmd, Ordering::Relaxed);
-                entries[*id] = Some(PortEntry {
-                    name: port.name().to_string(),
-                    counters: port.counters().clone(),
-                    pmd,
+            for part in &parts.ports {
+                // The part on the lowest PMD is the primary.
+                let entry = entries[part.id].get_or_insert_with(|| {
+                    owner[part.id].store(pmd, Ordering::Relaxed);
+                    PortEntry {
+                        name: part.port.name().to_string(),
+                        counters: part.port.counters().clone(),
+                        pmd,
+                        parts: Vec::new(),
+                    }
                 });
+                entry.parts.push((pmd, part.queues.clone()));
             }
         }
     }
@@ -446,7 +538,6 @@ pub fn start(
         slow_path,
         slow_link,
         inboxes,
-        owner,
         umems,
     })
 }

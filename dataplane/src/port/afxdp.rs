@@ -79,6 +79,9 @@ pub struct AfxdpConfig {
     pub attach_mode: ModeRequest,
     /// Entries of steer's fast-path FDB map if steer has to be attached.
     pub fdb_entries: u32,
+    /// Another part of this port (its other queues, on another PMD) has
+    /// attached steer: use that attachment, and leave detaching to it.
+    pub join: bool,
 }
 
 /// How to open a container port (see [`super::veth`]).
@@ -158,6 +161,10 @@ pub struct AfxdpPort {
     punt: Option<Arc<Punt>>,
     /// True if this port attached steer (and so detaches it on drop).
     attached_here: bool,
+    /// The kernel's drop totals of this port's sockets at the last look
+    /// (rx dropped or ring full, invalid descriptors): the counters get
+    /// the growth, so that the parts of one port add up.
+    kernel_drops_seen: (u64, u64),
     pins: PinRoot,
     bound: BoundMode,
 }
@@ -191,8 +198,15 @@ impl AfxdpPort {
     ) -> Result<AfxdpPort, Error> {
         let ifname = config.ifname.clone();
         check_interface(&ifname, &config.queues, umem.frame_size())?;
-        let (attachment, attached_here) =
-            attach_steer(pins, &ifname, config.attach_mode, config.fdb_entries)?;
+        let (attachment, attached_here) = if config.join {
+            let attachment = Attachment::open(pins, &ifname).map_err(|source| Error::Steer {
+                ifname: ifname.clone(),
+                source: Box::new(source),
+            })?;
+            (attachment, false)
+        } else {
+            attach_steer(pins, &ifname, config.attach_mode, config.fdb_entries)?
+        };
         if attached_here && netdev::is_veth_to_other_netns(&ifname).unwrap_or(false) {
             // The kernel's rule for veth, undone when steer is detached.
             tracing::info!(
@@ -210,6 +224,7 @@ impl AfxdpPort {
             attachment,
             punt: None,
             attached_here,
+            kernel_drops_seen: (0, 0),
             pins: pins.clone(),
             bound: BoundMode::Copy,
         };
@@ -259,6 +274,7 @@ impl AfxdpPort {
             attachment,
             punt: Some(punt.clone()),
             attached_here,
+            kernel_drops_seen: (0, 0),
             pins: pins.clone(),
             bound: BoundMode::Copy,
         };
@@ -466,10 +482,14 @@ impl Port for AfxdpPort {
             rx_kernel += st.rx_dropped + st.rx_ring_full;
             invalid += st.rx_invalid_descs + st.tx_invalid_descs;
         }
+        let (seen_rx, seen_invalid) = self.kernel_drops_seen;
         self.counters
-            .set_kernel_drops(DropReason::RxKernel, rx_kernel);
-        self.counters
-            .set_kernel_drops(DropReason::InvalidDescriptor, invalid);
+            .add_drop(DropReason::RxKernel, rx_kernel.saturating_sub(seen_rx));
+        self.counters.add_drop(
+            DropReason::InvalidDescriptor,
+            invalid.saturating_sub(seen_invalid),
+        );
+        self.kernel_drops_seen = (rx_kernel.max(seen_rx), invalid.max(seen_invalid));
     }
 
     fn counters(&self) -> &Arc<PortCounters> {

@@ -206,11 +206,6 @@ impl PortCounters {
         self.fast_path.store(total, Ordering::Relaxed);
     }
 
-    /// Sets a kernel-reported drop count (a total, not an increment).
-    pub fn set_kernel_drops(&self, reason: DropReason, total: u64) {
-        self.drops[reason as usize].store(total, Ordering::Relaxed);
-    }
-
     /// Sets the port's state.
     pub fn set_state(&self, state: PortState) {
         self.state.store(state as u8, Ordering::Relaxed);

@@ -10,7 +10,9 @@ use serde::{Deserialize, Serialize};
 use crate::switch::vlan::UNTAGGED;
 use crate::switch::VlanMode;
 
-use super::port::{parse_bind, parse_max_macs, port_target, vlan_mode, PortConfig, PortKind};
+use super::port::{
+    check_pmds, parse_bind, parse_max_macs, port_target, vlan_mode, PortConfig, PortKind,
+};
 use super::toml_location::KeyPath;
 use super::{
     Error, FdbSettings, ForwardingMode, RunConfig, DEFAULT_BURST, DEFAULT_FRAMES,
@@ -92,6 +94,10 @@ struct PortSection {
     #[serde(default)]
     #[serde(skip_serializing_if = "Option::is_none")]
     max_macs: Option<u32>,
+    /// AF_XDP: the PMD of each queue, in the order of `queues`.
+    #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pmds: Option<Vec<usize>>,
 }
 
 impl RunConfig {
@@ -197,6 +203,20 @@ impl RunConfig {
                 })?),
                 None => None,
             };
+            if let Some(pmds) = &p.pmds {
+                if p.kind != PortKind::Afxdp {
+                    return Err((
+                        Error::BadValue {
+                            spec: name.clone(),
+                            key: "pmds".into(),
+                            value: super::port::join(pmds),
+                            why: "only an AF_XDP port spreads its queues over PMDs".into(),
+                        },
+                        at("pmds"),
+                    ));
+                }
+                check_pmds(&name, pmds, &queues).map_err(|e| (e, at("pmds")))?;
+            }
             ports.push(PortConfig {
                 kind: p.kind,
                 iface,
@@ -204,6 +224,7 @@ impl RunConfig {
                 vlan,
                 bind,
                 max_macs,
+                pmds: p.pmds,
             });
         }
         let cores_key = if file.cores.is_some() {
@@ -311,6 +332,7 @@ impl From<&PortConfig> for PortSection {
             native_vlan,
             bind: (p.bind != BindMode::Auto).then(|| p.bind.to_string()),
             max_macs: p.max_macs,
+            pmds: p.pmds.clone(),
         }
     }
 }

@@ -307,6 +307,19 @@ impl RunConfig {
                 why: format!("this machine has {cpus} CPU(s), 0-{}", cpus - 1),
             });
         }
+        let pmds = self.cores.len().max(1);
+        for p in &self.ports {
+            if let Some(bad) = p.pmds.iter().flatten().find(|&&i| i >= pmds) {
+                return Err(Error::Invalid {
+                    field: "pmds",
+                    value: format!("{bad} (port {})", p.name()),
+                    why: format!(
+                        "this switch runs {pmds} PMD thread(s), 0-{} (one per --cores CPU)",
+                        pmds - 1
+                    ),
+                });
+            }
+        }
         if self.fdb.max_entries == 0 || self.fdb.max_entries > 1 << 20 {
             return Err(Error::Invalid {
                 field: "fdb.max_entries",

@@ -59,6 +59,9 @@ pub struct PortConfig {
     /// security: a flood of source addresses cannot fill the FDB for the
     /// other ports). `None`: no limit but the FDB's size.
     pub max_macs: Option<u32>,
+    /// AF_XDP: the PMD that polls each of `queues`, in order (`None`:
+    /// round robin over the PMDs, from the least loaded one).
+    pub pmds: Option<Vec<usize>>,
 }
 
 /// The largest `max_macs` (the FDB holds at most this many entries anyway).
@@ -107,6 +110,9 @@ impl PortConfig {
         }
         if let Some(n) = self.max_macs {
             s.push_str(&format!(",max_macs={n}"));
+        }
+        if let Some(pmds) = &self.pmds {
+            s.push_str(&format!(",pmds={}", join(pmds)));
         }
         s
     }
@@ -229,6 +235,7 @@ impl FromStr for PortConfig {
         let (mut queues, mut vlan, mut trunk, mut native, mut bind) =
             (vec![0], None, None, None, BindMode::Auto);
         let mut max_macs = None;
+        let mut pmds: Option<Vec<usize>> = None;
         let mut given = HashSet::new();
         for part in parts {
             let (key, value) = part.split_once('=').ok_or_else(|| Error::BadPortSpec {
@@ -285,6 +292,14 @@ impl FromStr for PortConfig {
                 "max_macs" => {
                     max_macs = Some(parse_max_macs(value).map_err(|why| bad(key, value, &why))?)
                 }
+                "pmds" if kind != PortKind::Afxdp => {
+                    return Err(bad(
+                        key,
+                        value,
+                        "only an AF_XDP port spreads its queues over PMDs",
+                    ))
+                }
+                "pmds" => pmds = Some(list(key, value)?.into_iter().map(|p| p as usize).collect()),
                 other => {
                     return Err(Error::UnknownOption {
                         spec: spec.to_string(),
@@ -294,6 +309,9 @@ impl FromStr for PortConfig {
             }
         }
         let name = format!("{}:{iface}", kind.prefix());
+        if let Some(p) = &pmds {
+            check_pmds(&name, p, &queues)?;
+        }
         Ok(PortConfig {
             kind,
             vlan: vlan_mode(&name, vlan, trunk, native)?,
@@ -301,8 +319,26 @@ impl FromStr for PortConfig {
             queues,
             bind,
             max_macs,
+            pmds,
         })
     }
+}
+
+/// `pmds` names one PMD per queue.
+pub(super) fn check_pmds(name: &str, pmds: &[usize], queues: &[u32]) -> Result<(), Error> {
+    if pmds.len() == queues.len() {
+        return Ok(());
+    }
+    Err(Error::BadValue {
+        spec: name.to_string(),
+        key: "pmds".into(),
+        value: join(pmds),
+        why: format!(
+            "one PMD for each of the {} queues ({}), in the same order",
+            queues.len(),
+            join(queues)
+        ),
+    })
 }
 
 pub(super) fn join<T: std::fmt::Display>(items: &[T]) -> String {

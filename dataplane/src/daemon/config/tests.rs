@@ -370,3 +370,32 @@ fn toml_syntax_errors_have_line_and_column() {
 fn no_ports_is_an_error() {
     assert_eq!(RunConfig::from_toml("", "e.toml"), Err(Error::NoPorts));
 }
+
+#[test]
+fn pmds_pin_each_queue_and_only_for_afxdp() {
+    let p = parse_port_spec("afxdp:v0,queues=0+1,pmds=1+0").unwrap();
+    assert_eq!(p.pmds, Some(vec![1, 0]));
+    assert_eq!(p.spec(), "afxdp:v0,queues=0+1,pmds=1+0");
+    assert!(matches!(
+        parse_port_spec("afxdp:v0,queues=0+1,pmds=1").unwrap_err(),
+        Error::BadValue { key, .. } if key == "pmds"
+    ));
+    assert!(matches!(
+        parse_port_spec("tap:vm0,pmds=0").unwrap_err(),
+        Error::BadValue { key, .. } if key == "pmds"
+    ));
+    let c = RunConfig::from_toml(
+        "cores = [0, 1]\n[[port]]\nkind = \"afxdp\"\niface = \"v0\"\nqueues = [0, 1]\npmds = [1, 0]\n",
+        "t.toml",
+    )
+    .unwrap();
+    assert_eq!(c.ports[0].pmds, Some(vec![1, 0]));
+    assert!(c.to_toml().contains("pmds = [1, 0]"), "{}", c.to_toml());
+    // A PMD this switch does not run.
+    let err = RunConfig::from_flags(
+        &["afxdp:v0,queues=0+1,pmds=0+2".into()],
+        RunFlags::default(),
+    )
+    .unwrap_err();
+    assert!(matches!(err, Error::Invalid { field: "pmds", .. }), "{err}");
+}
