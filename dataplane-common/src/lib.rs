@@ -76,11 +76,16 @@ pub mod map_names {
     pub const LOGS: &str = "AYA_LOGS";
 }
 
-/// Capacity of the XSKMAP: the highest rx queue index a socket can sit on, plus one.
+/// Capacity of the XSKMAP as compiled: the highest rx queue index a socket
+/// can sit on, plus one. The loader raises it to the interface's queue
+/// count where that is more.
 pub const MAX_QUEUES: u32 = 64;
-/// Capacity of the fast-path FDB map.
+/// Capacity of the fast-path FDB map as compiled (the switch sizes it from
+/// its FDB's size at load).
 pub const MAX_FDB: u32 = 8192;
-/// Capacity of the `PORTS` devmap: the most ports a switch can have.
+/// Capacity of the `PORTS` devmap and `EGRESS` as compiled, and the
+/// switch's default number of port slots (it sizes them from its
+/// `max_ports` at load).
 pub const MAX_PORTS: u32 = 64;
 /// Capacity of the match table (MACs + VLANs + EtherTypes together).
 pub const MAX_MATCHES: u32 = 1024;

@@ -61,11 +61,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let policy = PolicySpec::new(policy, &matches)?;
             let opts = AttachOptions {
-                ifname: iface.clone(),
-                mode: mode.into(),
-                policy: policy.clone(),
                 force,
-                fdb_entries: dataplane_common::MAX_FDB,
+                ..AttachOptions::new(&iface, mode.into(), policy.clone())
             };
             match steer::attach(&root, &opts)? {
                 AttachReport::Attached {

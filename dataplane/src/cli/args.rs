@@ -338,7 +338,7 @@ pub enum FdbCommand {
 #[derive(clap::Args)]
 pub struct RunArgs {
     /// TOML configuration (see the README); excludes the port flags.
-    #[arg(long, short = 'c', value_name = "FILE", conflicts_with_all = ["ports", "xconnect", "no_fast_path", "core", "cores", "fdb_max_entries"])]
+    #[arg(long, short = 'c', value_name = "FILE", conflicts_with_all = ["ports", "xconnect", "no_fast_path", "core", "cores", "fdb_max_entries", "max_ports"])]
     pub config: Option<PathBuf>,
     /// A port: KIND:IFACE[,options] (repeatable).
     #[arg(long = "port", short = 'p', value_name = "SPEC")]
@@ -371,6 +371,10 @@ pub struct RunArgs {
     /// map in the kernel, are sized from it); 1 to 1048576.
     #[arg(long, value_name = "N", default_value_t = dataplane::daemon::config::DEFAULT_FDB_ENTRIES)]
     pub fdb_max_entries: usize,
+    /// Port slots: the most ports at once, those added later included
+    /// (each port's kernel maps are sized from it); 2 to 1024.
+    #[arg(long, value_name = "N", default_value_t = dataplane::daemon::config::DEFAULT_MAX_PORTS)]
+    pub max_ports: usize,
     /// Print port statistics every SECS seconds.
     #[arg(long, value_name = "SECS")]
     pub stats_interval: Option<u64>,

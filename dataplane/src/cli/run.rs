@@ -31,6 +31,7 @@ pub fn run_switch(root: &PinRoot, args: RunArgs, socket: &std::path::Path) -> an
                 },
                 burst: args.burst,
                 fdb_max_entries: args.fdb_max_entries,
+                max_ports: args.max_ports,
                 stats_interval: args
                     .stats_interval
                     .filter(|s| *s > 0)

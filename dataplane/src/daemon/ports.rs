@@ -377,11 +377,12 @@ pub(super) fn open_port(
             .map(|usecs| BusyPoll { usecs, budget: 64 }),
         ..SocketConfig::default()
     };
-    // validate() keeps it at most 2^20.
+    // validate() keeps them at most 2^20 and 1024.
     let fdb_entries = config.fdb.max_entries as u32;
+    let max_ports = config.max_ports as u32;
     Ok(match p.kind {
         PortKind::Veth => {
-            let punt = veth::punt_for(punt, pins, config.frame_size)?;
+            let punt = veth::punt_for(punt, pins, config.frame_size, max_ports)?;
             Box::new(AfxdpPort::open_container(
                 &ContainerConfig {
                     ifname: p.iface.clone(),
@@ -389,6 +390,7 @@ pub(super) fn open_port(
                     socket,
                     fill_frames,
                     fdb_entries,
+                    max_ports,
                 },
                 umem,
                 pins,
@@ -405,6 +407,7 @@ pub(super) fn open_port(
                 attach_mode: ModeRequest::Auto,
                 fdb_entries,
                 join,
+                max_ports,
             },
             umem,
             pins,

@@ -218,6 +218,7 @@ impl Daemon {
                 burst: config.burst,
                 busy_poll: config.busy_poll,
                 cpu: None,
+                max_ports: config.max_ports,
             },
             pmds,
             switch,

@@ -37,8 +37,7 @@ use dataplane_common::wire::{parse_l2, FRAME_HEADROOM};
 use super::inbox::{Handoff, Inbox, PmdCommand};
 use super::iteration_time::{cycles, IterationPhases, LongestIteration};
 use super::pmds::{
-    EngineConfig, EngineShared, FrameAccounting, OwnedPorts, PmdParts, MAX_PORTS, NO_OWNER,
-    PANIC_AFTER_ENV,
+    EngineConfig, EngineShared, FrameAccounting, OwnedPorts, PmdParts, NO_OWNER, PANIC_AFTER_ENV,
 };
 use super::slow_path::{SlowPathLink, NEW_WHILE_FULL_EVERY};
 use crate::port::{DropReason, Frames, Port, PortState};
@@ -108,14 +107,14 @@ pub(super) struct EngineLinks {
 
 impl Engine {
     /// PMD `id`'s world, with the ports it starts with (global port ids,
-    /// below [`MAX_PORTS`]).
+    /// below `config.max_ports`).
     pub(super) fn new(
         id: usize,
         config: EngineConfig,
         parts: PmdParts,
         links: EngineLinks,
     ) -> Engine {
-        let n_ports = MAX_PORTS;
+        let n_ports = config.max_ports;
         let burst = config.burst;
         let mut ports: Vec<Option<Box<dyn Port>>> = (0..n_ports).map(|_| None).collect();
         let own: Vec<usize> = parts.ports.iter().map(|p| p.id).collect();

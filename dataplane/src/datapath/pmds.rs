@@ -15,8 +15,6 @@ use crate::switch::{self, PortTable, Switch};
 use crate::sync::{LockOrRecover, RwLockOrRecover};
 use crate::xsk::{FramePool, Umem};
 
-/// Port slots: switch port ids are 0..MAX_PORTS (the fast path's devmap size).
-pub const MAX_PORTS: usize = dataplane_common::MAX_PORTS as usize;
 /// `owner` value of a slot no PMD serves.
 pub(super) const NO_OWNER: usize = usize::MAX;
 /// How long the control side waits for a PMD to take or give back a port.
@@ -25,8 +23,8 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 /// Why a port could not be attached to or detached from a PMD.
 #[derive(Debug, thiserror::Error)]
 pub enum PortChangeError {
-    #[error("no free port slot: at most {MAX_PORTS} ports")]
-    NoSlot,
+    #[error("no free port slot: this switch has {0} (run it with a larger --max-ports)")]
+    NoSlot(usize),
     #[error("port {0} is not served by any PMD")]
     NotServed(usize),
     #[error("PMD {0} did not answer within {COMMAND_TIMEOUT:?} (stopped or stuck)")]
@@ -83,6 +81,8 @@ pub struct EngineConfig {
     pub busy_poll: bool,
     /// CPU to pin the PMD thread to.
     pub cpu: Option<usize>,
+    /// Port slots: switch port ids are below it.
+    pub max_ports: usize,
 }
 
 impl Default for EngineConfig {
@@ -91,6 +91,7 @@ impl Default for EngineConfig {
             burst: 64,
             busy_poll: false,
             cpu: None,
+            max_ports: dataplane_common::MAX_PORTS as usize,
         }
     }
 }
@@ -138,6 +139,8 @@ pub struct EngineShared {
     pub(super) accounting: Mutex<Vec<FrameAccounting>>,
     /// The ports, by switch port id (slot); `None` for a free slot.
     pub(super) ports: RwLock<Vec<Option<PortEntry>>>,
+    /// Port slots.
+    pub max_ports: usize,
     /// Per PMD thread: its CPU and its own busy and idle cycles (the sums
     /// are `busy_cycles` and `idle_cycles`).
     pub pmds: Vec<PmdCycles>,
@@ -280,9 +283,9 @@ impl Running {
     /// A free port slot.
     pub fn free_slot(&self) -> Result<usize, PortChangeError> {
         let ports = self.shared.ports.read_or_recover();
-        (0..MAX_PORTS)
+        (0..self.shared.max_ports)
             .find(|&id| ports.get(id).is_none_or(Option::is_none))
-            .ok_or(PortChangeError::NoSlot)
+            .ok_or(PortChangeError::NoSlot(self.shared.max_ports))
     }
 
     /// Receive queues PMD `pmd` polls.
@@ -439,14 +442,14 @@ impl Running {
 }
 
 /// Starts one PMD thread per element of `pmds`; port ids are global
-/// (switch port ids, below [`MAX_PORTS`]).
+/// (switch port ids, below `config.max_ports`).
 pub fn start(
     config: EngineConfig,
     pmds: Vec<PmdParts>,
     switch: Switch,
     fast_path: Option<FastPath>,
 ) -> std::io::Result<Running> {
-    let n_ports = MAX_PORTS;
+    let n_ports = config.max_ports;
     let shared = Arc::new(EngineShared {
         stop: AtomicBool::new(false),
         busy_cycles: AtomicU64::new(0),
@@ -455,6 +458,7 @@ pub fn start(
         longest_own_iteration_ns: AtomicU64::new(0),
         accounting: Mutex::new(vec![FrameAccounting::default(); pmds.len()]),
         ports: RwLock::new(vec![None; n_ports]),
+        max_ports: n_ports,
         rxq_cycles: pmds
             .iter()
             .map(|_| (0..n_ports).map(|_| AtomicU64::new(0)).collect())

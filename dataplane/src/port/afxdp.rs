@@ -82,6 +82,8 @@ pub struct AfxdpConfig {
     /// Another part of this port (its other queues, on another PMD) has
     /// attached steer: use that attachment, and leave detaching to it.
     pub join: bool,
+    /// The switch's port slots (steer's port maps are sized from them).
+    pub max_ports: u32,
 }
 
 /// How to open a container port (see [`super::veth`]).
@@ -97,6 +99,8 @@ pub struct ContainerConfig {
     pub fill_frames: u32,
     /// Entries of steer's fast-path FDB map if steer has to be attached.
     pub fdb_entries: u32,
+    /// The switch's port slots (steer's port maps are sized from them).
+    pub max_ports: u32,
 }
 
 /// Bytes of a frame beyond the MTU: Ethernet header and one 802.1Q tag the
@@ -205,7 +209,12 @@ impl AfxdpPort {
             })?;
             (attachment, false)
         } else {
-            attach_steer(pins, &ifname, config.attach_mode, config.fdb_entries)?
+            let sizes = SteerSizes {
+                fdb_entries: config.fdb_entries,
+                ports: config.max_ports,
+                queues: config.queues.iter().max().map_or(0, |q| q + 1),
+            };
+            attach_steer(pins, &ifname, config.attach_mode, &sizes)?
         };
         if attached_here && netdev::is_veth_to_other_netns(&ifname).unwrap_or(false) {
             // The kernel's rule for veth, undone when steer is detached.
@@ -263,8 +272,12 @@ impl AfxdpPort {
         let ifname = config.ifname.clone();
         let frame_size = umem.frame_size();
         check_interface_mtu(&ifname, &[0], frame_size, punt_mtu(frame_size))?;
-        let (attachment, attached_here) =
-            attach_steer(pins, &ifname, ModeRequest::Tc, config.fdb_entries)?;
+        let sizes = SteerSizes {
+            fdb_entries: config.fdb_entries,
+            ports: config.max_ports,
+            queues: 1,
+        };
+        let (attachment, attached_here) = attach_steer(pins, &ifname, ModeRequest::Tc, &sizes)?;
         let mut port = AfxdpPort {
             name: format!("veth:{ifname}"),
             ifname: ifname.clone(),
@@ -571,6 +584,14 @@ impl Drop for AfxdpPort {
     }
 }
 
+/// Sizes of the maps of a steer this port attaches.
+struct SteerSizes {
+    fdb_entries: u32,
+    ports: u32,
+    /// The highest queue index it uses, plus one.
+    queues: u32,
+}
+
 /// Attaches steer to `ifname` (everything to the switch) unless it is
 /// there already (a user's, or one a killed run left, which is taken
 /// over); returns the attachment and whether this port made or took it
@@ -579,7 +600,7 @@ fn attach_steer(
     pins: &PinRoot,
     ifname: &str,
     mode: ModeRequest,
-    fdb_entries: u32,
+    sizes: &SteerSizes,
 ) -> Result<(Attachment, bool), Error> {
     let steer_err = |source| Error::Steer {
         ifname: ifname.to_string(),
@@ -594,11 +615,10 @@ fn attach_steer(
         let report = steer::attach(
             pins,
             &AttachOptions {
-                ifname: ifname.to_string(),
-                mode,
-                policy: PolicySpec::redirect_all(),
-                force: false,
-                fdb_entries,
+                fdb_entries: sizes.fdb_entries,
+                ports: sizes.ports,
+                queues: sizes.queues.max(dataplane_common::MAX_QUEUES),
+                ..AttachOptions::new(ifname, mode, PolicySpec::redirect_all())
             },
         )
         .map_err(steer_err)?;

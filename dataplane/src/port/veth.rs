@@ -40,8 +40,6 @@ pub const PUNT_TX: &str = "dp-punt0";
 /// The punt device's receive end (native `steer`, one AF_XDP socket per
 /// container port, on the rx queue of the port's slot).
 pub const PUNT_RX: &str = "dp-punt1";
-/// Queues of each end: one per switch slot.
-const PUNT_QUEUES: u32 = dataplane_common::MAX_PORTS;
 /// The kernel lets native XDP onto a veth only while its peer's MTU leaves
 /// a frame, its headroom and the skb's shared info within one 4 KiB page
 /// (about 3 500 bytes).
@@ -77,15 +75,16 @@ pub struct Punt {
 
 impl Punt {
     /// Creates the pair in the current namespace (replacing one a killed
-    /// switch left behind), sized for `frame_size`-byte UMEM frames.
-    pub fn create(pins: &PinRoot, frame_size: u32) -> Result<Punt, Error> {
+    /// switch left behind), sized for `frame_size`-byte UMEM frames, with
+    /// a receive queue for each of `slots` switch port slots.
+    pub fn create(pins: &PinRoot, frame_size: u32, slots: u32) -> Result<Punt, Error> {
         if netdev::ifindex(PUNT_TX).is_ok() {
             tracing::warn!("removing the punt device {PUNT_TX} a previous switch left behind");
             // Pins of the old steer on PUNT_RX go stale with it; steer's
             // attach removes stale pins.
             let _ = run(&["ip", "link", "del", PUNT_TX]);
         }
-        let queues = PUNT_QUEUES.to_string();
+        let queues = slots.to_string();
         let mtu = punt_mtu(frame_size).to_string();
         run(&[
             "ip",
@@ -110,14 +109,14 @@ impl Punt {
             "numrxqueues",
             &queues,
         ])?;
-        let punt = Self::set_up(pins);
+        let punt = Self::set_up(pins, slots);
         if punt.is_err() {
             let _ = run(&["ip", "link", "del", PUNT_TX]);
         }
         punt
     }
 
-    fn set_up(pins: &PinRoot) -> Result<Punt, Error> {
+    fn set_up(pins: &PinRoot, slots: u32) -> Result<Punt, Error> {
         // The kernel completes checksums and puts VLAN tags (802.1Q and
         // 802.1ad) back into the frame on transmit from a device that
         // offloads neither; TSO goes
@@ -145,12 +144,11 @@ impl Punt {
         steer::attach(
             pins,
             &AttachOptions {
-                ifname: PUNT_RX.to_string(),
-                mode: ModeRequest::Driver,
-                policy: PolicySpec::redirect_all(),
-                force: false,
-                // The punt device's steer only hands frames to sockets.
+                // The punt device's steer only hands frames to sockets,
+                // one receive queue per port slot.
                 fdb_entries: 1,
+                queues: slots,
+                ..AttachOptions::new(PUNT_RX, ModeRequest::Driver, PolicySpec::redirect_all())
             },
         )
         .map_err(steer_err)?;
@@ -204,11 +202,12 @@ pub fn punt_for(
     punt: &mut Option<Arc<Punt>>,
     pins: &PinRoot,
     frame_size: u32,
+    slots: u32,
 ) -> Result<Arc<Punt>, Error> {
     if let Some(p) = punt {
         return Ok(p.clone());
     }
-    let p = Arc::new(Punt::create(pins, frame_size)?);
+    let p = Arc::new(Punt::create(pins, frame_size, slots)?);
     *punt = Some(p.clone());
     Ok(p)
 }

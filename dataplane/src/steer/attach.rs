@@ -45,6 +45,26 @@ pub struct AttachOptions {
     /// kernel preallocates it: about 88 bytes an entry (5.5 MiB at 65536)
     /// per port.
     pub fdb_entries: u32,
+    /// Entries of the `PORTS` devmap and `EGRESS` (the switch's port slots).
+    pub ports: u32,
+    /// Entries of the XSKMAP, at least: raised to the interface's receive
+    /// queue count where that is more.
+    pub queues: u32,
+}
+
+impl AttachOptions {
+    /// Options for `ifname` with `policy` and the compiled map sizes.
+    pub fn new(ifname: &str, mode: ModeRequest, policy: PolicySpec) -> AttachOptions {
+        AttachOptions {
+            ifname: ifname.to_string(),
+            mode,
+            policy,
+            force: false,
+            fdb_entries: dataplane_common::MAX_FDB,
+            ports: dataplane_common::MAX_PORTS,
+            queues: dataplane_common::MAX_QUEUES,
+        }
+    }
 }
 
 /// What `attach` did.
@@ -91,7 +111,16 @@ pub fn attach(root: &PinRoot, opts: &AttachOptions) -> Result<AttachReport, Erro
         privileges::require_xdp_sockets()?;
     }
 
-    let mut ebpf = load_object(opts.fdb_entries)?;
+    let queues = netdev::rx_queue_count(ifname)
+        .ok()
+        .flatten()
+        .unwrap_or(0)
+        .max(opts.queues);
+    let mut ebpf = load_object(&MapSizes {
+        fdb: opts.fdb_entries,
+        ports: opts.ports,
+        queues,
+    })?;
     write_policy(&mut ebpf, ifname, &opts.policy)?;
 
     pins.create()?;
@@ -224,11 +253,22 @@ fn remove_foreign_program(ifname: &str, prog: &AttachedXdp) -> Result<(), Error>
     Ok(())
 }
 
+/// Entries of the maps sized at load.
+struct MapSizes {
+    fdb: u32,
+    ports: u32,
+    queues: u32,
+}
+
 /// Loads the object and the program into the kernel (the verifier runs here).
-fn load_object(fdb_entries: u32) -> Result<Ebpf, Error> {
+fn load_object(sizes: &MapSizes) -> Result<Ebpf, Error> {
+    use dataplane_common::map_names;
     let mut ebpf = EbpfLoader::new()
         .override_global(aya_log::LEVEL, &ebpf_log_level(), false)
-        .map_max_entries(dataplane_common::map_names::FDB, fdb_entries.max(1))
+        .map_max_entries(map_names::FDB, sizes.fdb.max(1))
+        .map_max_entries(map_names::PORTS, sizes.ports.max(1))
+        .map_max_entries(map_names::EGRESS, sizes.ports.max(1))
+        .map_max_entries(map_names::XSKS, sizes.queues.max(1))
         .load(object())?;
     steer_program(&mut ebpf).load().map_err(Error::Verify)?;
     deliver_program(&mut ebpf).load().map_err(Error::Verify)?;

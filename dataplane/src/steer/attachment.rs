@@ -196,7 +196,7 @@ impl Attachment {
         for k in keys {
             let _ = self.fdb.remove(&k);
         }
-        for port in 0..dataplane_common::MAX_PORTS {
+        for port in 0..self.ports.len() {
             let _ = self.ports.set(port, 0, None, 0).ok();
             let _ = self.egress.set(port, 0, 0).ok();
         }

@@ -39,6 +39,8 @@ pub(super) struct FileConfig {
     burst: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     stats_interval: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_ports: Option<usize>,
     #[serde(default)]
     umem: UmemSection,
     #[serde(default)]
@@ -247,6 +249,7 @@ impl RunConfig {
                 .stats_interval
                 .filter(|s| *s > 0)
                 .map(Duration::from_secs),
+            max_ports: file.max_ports.unwrap_or(super::DEFAULT_MAX_PORTS),
             frame_size: file.umem.frame_size.unwrap_or(DEFAULT_FRAME_SIZE),
             frames: file.umem.frames.unwrap_or(DEFAULT_FRAMES),
             fdb: FdbSettings {
@@ -289,6 +292,7 @@ impl From<&RunConfig> for FileConfig {
             cores: Some(config.cores.clone()),
             burst: Some(config.burst),
             stats_interval: config.stats_interval.map(|i| i.as_secs()),
+            max_ports: Some(config.max_ports),
             umem: UmemSection {
                 frame_size: Some(config.frame_size),
                 frames: Some(config.frames),

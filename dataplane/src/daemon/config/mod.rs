@@ -9,6 +9,7 @@
 //! burst = 64
 //! stats_interval = 5       # seconds between statistics lines (0: off)
 //! socket_busy_poll = 20    # SO_BUSY_POLL microseconds on AF_XDP sockets (optional)
+//! max_ports = 64           # port slots, runtime additions included (2-1024)
 //!
 //! [umem]
 //! frame_size = 4096
@@ -22,7 +23,8 @@
 //! [[port]]
 //! kind = "afxdp"
 //! iface = "veth0"
-//! queues = [0]
+//! queues = [0, 1]          # receive queues, round robin over the PMDs ...
+//! pmds = [0, 1]            # ... or pinned: the PMD of each queue (optional)
 //! vlan = 10                # access port of VLAN 10 ...
 //!
 //! [[port]]
@@ -133,6 +135,10 @@ pub struct RunConfig {
     pub cores: Vec<usize>,
     pub burst: usize,
     pub stats_interval: Option<Duration>,
+    /// Port slots: the most ports the switch may have at once (the kernel
+    /// maps of each port, the PMDs' tables and the punt device's queues
+    /// are sized from it).
+    pub max_ports: usize,
     pub frame_size: u32,
     pub frames: u32,
     pub fdb: FdbSettings,
@@ -170,6 +176,8 @@ pub struct RunFlags {
     pub burst: usize,
     /// The FDB's size (`[fdb] max_entries`).
     pub fdb_max_entries: usize,
+    /// Port slots (`max_ports`).
+    pub max_ports: usize,
     pub stats_interval: Option<Duration>,
 }
 
@@ -182,6 +190,7 @@ impl Default for RunFlags {
             cores: Vec::new(),
             burst: DEFAULT_BURST,
             fdb_max_entries: DEFAULT_FDB_ENTRIES,
+            max_ports: DEFAULT_MAX_PORTS,
             stats_interval: None,
         }
     }
@@ -191,6 +200,12 @@ impl Default for RunFlags {
 pub const DEFAULT_FRAME_SIZE: u32 = 4096;
 pub const DEFAULT_FRAMES: u32 = 8192;
 pub const DEFAULT_BURST: usize = 64;
+/// Port slots unless configured.
+pub const DEFAULT_MAX_PORTS: usize = dataplane_common::MAX_PORTS as usize;
+/// The most port slots (each costs every port's kernel maps a devmap
+/// entry, and the punt device a queue).
+pub const MAX_PORTS_LIMIT: usize = 1024;
+
 /// FDB entries unless configured (the Linux bridge has no limit; OVS's
 /// default mac-table-size is 2048).
 pub const DEFAULT_FDB_ENTRIES: usize = 8192;
@@ -234,6 +249,7 @@ impl RunConfig {
             cores,
             burst,
             fdb_max_entries,
+            max_ports,
             stats_interval,
         } = flags;
         let ports = specs
@@ -248,6 +264,7 @@ impl RunConfig {
             cores,
             burst,
             stats_interval,
+            max_ports,
             frame_size: DEFAULT_FRAME_SIZE,
             frames: DEFAULT_FRAMES,
             fdb: FdbSettings {
@@ -305,6 +322,17 @@ impl RunConfig {
                 field: "cores",
                 value: c.to_string(),
                 why: format!("this machine has {cpus} CPU(s), 0-{}", cpus - 1),
+            });
+        }
+        if !(2..=MAX_PORTS_LIMIT).contains(&self.max_ports) || self.max_ports < self.ports.len() {
+            return Err(Error::Invalid {
+                field: "max_ports",
+                value: self.max_ports.to_string(),
+                why: format!(
+                    "port slots, {}..={MAX_PORTS_LIMIT} (this configuration has {} ports)",
+                    self.ports.len().max(2),
+                    self.ports.len()
+                ),
             });
         }
         let pmds = self.cores.len().max(1);

@@ -399,3 +399,40 @@ fn pmds_pin_each_queue_and_only_for_afxdp() {
     .unwrap_err();
     assert!(matches!(err, Error::Invalid { field: "pmds", .. }), "{err}");
 }
+
+#[test]
+fn max_ports_is_ranged_and_holds_the_ports() {
+    let with = |specs: &[&str], max_ports| {
+        RunConfig::from_flags(
+            &specs.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            RunFlags {
+                max_ports,
+                ..RunFlags::default()
+            },
+        )
+    };
+    assert_eq!(with(&["afxdp:v0"], 256).unwrap().max_ports, 256);
+    for bad in [1, 1025] {
+        assert!(matches!(
+            with(&["afxdp:v0"], bad),
+            Err(Error::Invalid {
+                field: "max_ports",
+                ..
+            })
+        ));
+    }
+    assert!(matches!(
+        with(&["afxdp:v0", "afxdp:v1", "afxdp:v2"], 2),
+        Err(Error::Invalid {
+            field: "max_ports",
+            ..
+        })
+    ));
+    let c = RunConfig::from_toml(
+        "max_ports = 128\n[[port]]\nkind = \"afxdp\"\niface = \"v0\"\n",
+        "t.toml",
+    )
+    .unwrap();
+    assert_eq!(c.max_ports, 128);
+    assert!(c.to_toml().contains("max_ports = 128"), "{}", c.to_toml());
+}
