@@ -58,9 +58,10 @@ pub struct Engine {
     config: EngineConfig,
     umem: Arc<Umem>,
     pool: FramePool,
-    /// By global port id; `None` for ports another PMD owns.
-    ports: Vec<Option<Box<dyn Port>>>,
-    /// Global ids of the ports this PMD owns.
+    /// What this PMD keeps per switch port, by port id (every id: a PMD
+    /// counts drops for ports it does not serve too).
+    slots: Vec<PortSlot>,
+    /// Ids of the ports this PMD serves (a part of).
     own: Vec<usize>,
     /// PMD serving each port slot ([`NO_OWNER`] if none); a PMD sets its
     /// own entries as it attaches and detaches ports.
@@ -71,15 +72,9 @@ pub struct Engine {
     slow_path: Arc<SlowPathLink>,
     inboxes: Arc<Vec<Inbox>>,
     shared: Arc<EngineShared>,
-    /// Per-egress-port transmit batches (own ports), reused every iteration.
-    tx: Vec<Vec<XdpDesc>>,
     rx: Vec<XdpDesc>,
     /// Scratch list of flood targets, reused.
     targets: Vec<(usize, EgressTag)>,
-    /// Per-port drop counts gathered during one iteration.
-    drops: Vec<[u64; DropReason::ALL.len()]>,
-    /// Per own port: cycles spent on its bursts since the last housekeeping.
-    port_cycles: Vec<u64>,
     /// Fault injection for the tests of a PMD panic (see [`PANIC_AFTER_ENV`]):
     /// frames left before this PMD panics.
     panic_after: Option<u64>,
@@ -91,6 +86,18 @@ pub struct Engine {
     /// (for AF_XDP in copy mode the kernel transmits, and often delivers
     /// into the receiver's stack, inside that call).
     transmit: u64,
+}
+
+/// One switch port as a PMD sees it.
+struct PortSlot {
+    /// The port, or this PMD's part of it; `None` if another PMD serves it.
+    port: Option<Box<dyn Port>>,
+    /// Frames to transmit on it, gathered during one burst.
+    tx: Vec<XdpDesc>,
+    /// Its drops by reason, gathered during one iteration.
+    drops: [u64; DropReason::ALL.len()],
+    /// Cycles spent on its bursts since the last housekeeping.
+    cycles: u64,
 }
 
 /// What a PMD shares with the control side and the other PMDs.
@@ -116,30 +123,32 @@ impl Engine {
     ) -> Engine {
         let n_ports = config.max_ports;
         let burst = config.burst;
-        let mut ports: Vec<Option<Box<dyn Port>>> = (0..n_ports).map(|_| None).collect();
+        let mut slots: Vec<PortSlot> = (0..n_ports)
+            .map(|_| PortSlot {
+                port: None,
+                tx: Vec::with_capacity(burst * 4),
+                drops: [0; DropReason::ALL.len()],
+                cycles: 0,
+            })
+            .collect();
         let own: Vec<usize> = parts.ports.iter().map(|p| p.id).collect();
         for part in parts.ports {
-            ports[part.id] = Some(part.port);
+            slots[part.id].port = Some(part.port);
         }
         Engine {
             id,
             config,
             umem: parts.umem,
             pool: parts.pool,
-            ports,
+            slots,
             own,
             owner: links.owner,
             view: links.view,
             slow_path: links.slow_path,
             inboxes: links.inboxes,
             shared: links.shared,
-            tx: (0..n_ports)
-                .map(|_| Vec::with_capacity(burst * 4))
-                .collect(),
             rx: Vec::with_capacity(burst),
             targets: Vec::with_capacity(n_ports),
-            drops: vec![[0; DropReason::ALL.len()]; n_ports],
-            port_cycles: vec![0; n_ports],
             panic_after: (id == 0)
                 .then(|| std::env::var(PANIC_AFTER_ENV).ok()?.parse().ok())
                 .flatten(),
@@ -232,7 +241,7 @@ impl Engine {
         self.housekeeping(&mut busy, &mut idle);
         let own = std::mem::take(&mut self.own);
         own.into_iter()
-            .filter_map(|id| self.ports[id].take().map(|p| (id, p)))
+            .filter_map(|id| self.slots[id].port.take().map(|p| (id, p)))
             .collect()
     }
 
@@ -256,7 +265,7 @@ impl Engine {
                     };
                     // Prime its fill ring before frames arrive.
                     port.maintain(&mut frames);
-                    self.ports[id] = Some(port);
+                    self.slots[id].port = Some(port);
                     self.own.push(id);
                     if primary {
                         self.owner[id].store(self.id, Ordering::SeqCst);
@@ -272,11 +281,11 @@ impl Engine {
                         Ordering::SeqCst,
                     );
                     self.own.retain(|&p| p != id);
-                    self.port_cycles[id] = 0;
-                    for d in std::mem::take(&mut self.tx[id]) {
+                    self.slots[id].cycles = 0;
+                    for d in std::mem::take(&mut self.slots[id].tx) {
                         self.pool.free(d.addr);
                     }
-                    let Some(mut port) = self.ports[id].take() else {
+                    let Some(mut port) = self.slots[id].port.take() else {
                         continue;
                     };
                     let mut frames = Frames {
@@ -319,7 +328,7 @@ impl Engine {
                 umem: &self.umem,
                 pool: &mut self.pool,
             };
-            let port = self.ports[in_port].as_mut().expect("own port");
+            let port = self.slots[in_port].port.as_mut().expect("own port");
             let n = port.rx_burst(&mut frames, &mut self.rx, burst);
             if n == 0 {
                 continue;
@@ -339,7 +348,7 @@ impl Engine {
             self.flush_tx();
             let done = cycles();
             self.transmit += done.wrapping_sub(sending);
-            self.port_cycles[in_port] += done.wrapping_sub(polled);
+            self.slots[in_port].cycles += done.wrapping_sub(polled);
         }
         if moved > 0 {
             self.publish_drops();
@@ -357,16 +366,16 @@ impl Engine {
             let out = h.port as usize;
             let len = h.len as usize;
             let frame_size = self.umem.frame_size() as usize;
-            if self.ports[out].is_none() || len > frame_size {
+            if self.slots[out].port.is_none() || len > frame_size {
                 // Detached while the frame was on its way (or a frame no
                 // port of this switch could have received).
                 inbox.slots.give_back(h.slot);
-                self.drops[out][DropReason::Policy as usize] += 1;
+                self.slots[out].drops[DropReason::Policy as usize] += 1;
                 continue;
             }
             let Some(chunk) = self.pool.alloc() else {
                 inbox.slots.give_back(h.slot);
-                self.drops[out][DropReason::NoFreeFrame as usize] += 1;
+                self.slots[out].drops[DropReason::NoFreeFrame as usize] += 1;
                 continue;
             };
             // The usual headroom, less for a frame that grew into it (a
@@ -376,7 +385,7 @@ impl Engine {
             // its only holder until it is queued for TX.
             let into = unsafe { self.umem.frame_mut(chunk + offset, len) };
             inbox.slots.drain(h.slot, len, into);
-            self.tx[out].push(XdpDesc {
+            self.slots[out].tx.push(XdpDesc {
                 addr: chunk + offset,
                 len: len as u32,
                 options: 0,
@@ -394,8 +403,8 @@ impl Engine {
     /// part of) the port, else copied into the owner's handoff queue (and
     /// freed here).
     fn emit(&mut self, out: usize, desc: XdpDesc) {
-        if self.ports[out].is_some() {
-            self.tx[out].push(desc);
+        if self.slots[out].port.is_some() {
+            self.slots[out].tx.push(desc);
             return;
         }
         let owner = self.owner[out].load(Ordering::Relaxed);
@@ -414,17 +423,17 @@ impl Engine {
                 };
                 if let Err(h) = inbox.queue.push(h) {
                     inbox.slots.give_back(h.slot);
-                    self.drops[out][DropReason::TxRingFull as usize] += 1;
+                    self.slots[out].drops[DropReason::TxRingFull as usize] += 1;
                 } else if inbox.sleeping.load(Ordering::SeqCst) {
                     inbox.wake();
                 }
             }
             // Larger than a UMEM frame: no port could have received it.
             None if len > inbox.slots.slot_size() => {
-                self.drops[out][DropReason::Policy as usize] += 1
+                self.slots[out].drops[DropReason::Policy as usize] += 1
             }
             // Every slot in flight: the receiver is behind, as with a full ring.
-            None => self.drops[out][DropReason::TxRingFull as usize] += 1,
+            None => self.slots[out].drops[DropReason::TxRingFull as usize] += 1,
         }
         self.pool.free(desc.addr);
     }
@@ -461,7 +470,7 @@ impl Engine {
                             Some(d) => self.emit(out, d),
                             None => self.drop_frame(in_port, copy, DropReason::Policy),
                         },
-                        None => self.drops[out][DropReason::NoFreeFrame as usize] += 1,
+                        None => self.slots[out].drops[DropReason::NoFreeFrame as usize] += 1,
                     }
                 }
                 match self.retag(desc, header.vlan, last_tag) {
@@ -527,7 +536,7 @@ impl Engine {
     }
 
     fn drop_frame(&mut self, port: usize, desc: XdpDesc, reason: DropReason) {
-        self.drops[port][reason as usize] += 1;
+        self.slots[port].drops[reason as usize] += 1;
         let chunk = self.chunk_base(desc.addr);
         self.pool.free(chunk);
     }
@@ -535,41 +544,42 @@ impl Engine {
     fn flush_tx(&mut self) {
         for k in 0..self.own.len() {
             let out = self.own[k];
-            if self.tx[out].is_empty() {
+            let slot = &mut self.slots[out];
+            if slot.tx.is_empty() {
                 continue;
             }
             let mut frames = Frames {
                 umem: &self.umem,
                 pool: &mut self.pool,
             };
-            let port = self.ports[out].as_mut().expect("own port");
-            port.tx_burst(&mut frames, &mut self.tx[out]);
+            let port = slot.port.as_mut().expect("own port");
+            port.tx_burst(&mut frames, &mut slot.tx);
             // What did not fit is dropped: holding it would stall the
             // ingress side behind one slow port.
-            let left = self.tx[out].len();
+            let left = slot.tx.len();
             if left > 0 {
                 // A down port takes nothing; say so rather than blame its ring.
                 let reason = match port.counters().state() {
                     PortState::Down => DropReason::PortDown,
                     PortState::Up => DropReason::TxRingFull,
                 };
-                self.drops[out][reason as usize] += left as u64;
+                slot.drops[reason as usize] += left as u64;
                 for i in 0..left {
-                    let chunk = self.tx[out][i].addr & !(self.umem.frame_size() as u64 - 1);
+                    let chunk = slot.tx[i].addr & !(self.umem.frame_size() as u64 - 1);
                     self.pool.free(chunk);
                 }
-                self.tx[out].clear();
+                slot.tx.clear();
             }
         }
     }
 
     fn publish_drops(&mut self) {
-        if self.drops.iter().all(|d| d.iter().all(|&n| n == 0)) {
+        if self.slots.iter().all(|s| s.drops.iter().all(|&n| n == 0)) {
             return;
         }
         // Any PMD may drop for any port: the counters are shared.
         let ports = self.shared.ports.read_or_recover();
-        for (port, drops) in self.drops.iter_mut().enumerate() {
+        for (port, drops) in self.slots.iter_mut().map(|s| &mut s.drops).enumerate() {
             for reason in DropReason::ALL {
                 let n = std::mem::take(&mut drops[reason as usize]);
                 if let (true, Some(Some(p))) = (n > 0, ports.get(port)) {
@@ -584,7 +594,7 @@ impl Engine {
             umem: &self.umem,
             pool: &mut self.pool,
         };
-        for port in self.ports.iter_mut().flatten() {
+        for port in self.slots.iter_mut().filter_map(|s| s.port.as_mut()) {
             port.maintain(&mut frames);
         }
     }
@@ -594,9 +604,9 @@ impl Engine {
     fn sleep_until_traffic(&mut self) {
         let inbox = &self.inboxes[self.id];
         let mut fds: Vec<libc::pollfd> = self
-            .ports
+            .slots
             .iter()
-            .flatten()
+            .filter_map(|s| s.port.as_ref())
             .flat_map(|p| p.poll_fds())
             .chain(std::iter::once(inbox.wake.as_raw_fd()))
             .map(|fd: RawFd| libc::pollfd {
@@ -621,7 +631,7 @@ impl Engine {
     fn housekeeping(&mut self, busy: &mut u64, idle: &mut u64) {
         self.slow_path
             .count_not_reported(std::mem::take(&mut self.not_reported));
-        for port in self.ports.iter_mut().flatten() {
+        for port in self.slots.iter_mut().filter_map(|s| s.port.as_mut()) {
             port.refresh_counters();
         }
         let (busy, idle) = (std::mem::take(busy), std::mem::take(idle));
@@ -631,11 +641,16 @@ impl Engine {
         mine.busy.fetch_add(busy, Ordering::Relaxed);
         mine.idle.fetch_add(idle, Ordering::Relaxed);
         for &id in &self.own {
-            let spent = std::mem::take(&mut self.port_cycles[id]);
+            let spent = std::mem::take(&mut self.slots[id].cycles);
             self.shared.rxq_cycles[self.id][id].fetch_add(spent, Ordering::Relaxed);
         }
         let (mut in_rx_rings, mut in_tx_rings) = (0, 0);
-        for held in self.ports.iter().flatten().map(|p| p.frames_held()) {
+        for held in self
+            .slots
+            .iter()
+            .filter_map(|s| s.port.as_ref())
+            .map(|p| p.frames_held())
+        {
             in_rx_rings += held.rx_side;
             in_tx_rings += held.tx_side;
         }
