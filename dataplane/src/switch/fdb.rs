@@ -1,8 +1,10 @@
 //! The forwarding database: (VLAN, MAC) -> port, learned from source
-//! addresses, aged out, bounded in size.
+//! addresses, aged out (a timer wheel: [`super::ageing`]), bounded in size.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
+
+use super::ageing::{AgeingWheel, Item};
 
 /// Index of a port in the switch (its position in the port list).
 pub type PortId = usize;
@@ -14,6 +16,9 @@ pub struct FdbEntry {
     pub port: PortId,
     /// When it was last seen.
     pub last_seen: Instant,
+    /// Its item in the ageing wheel (an address learned again after it
+    /// was removed has a new one; the old one is dropped).
+    generation: u32,
 }
 
 /// What [`Fdb::learn`] did (counted by the switch).
@@ -56,15 +61,14 @@ pub struct Fdb {
     entries: HashMap<(u16, [u8; 6]), FdbEntry>,
     max_entries: usize,
     max_age: Duration,
-    /// No entry can expire before this (the oldest entry's last sighting
-    /// plus the ageing time, as of the last scan; `None`: not known). Both
-    /// hold it as a lower bound, since entries are only added as seen now
-    /// and sightings only move forward. With it, a full table under a MAC
-    /// flood answers "full" without scanning, and so does the periodic
-    /// expiry while nothing can be old enough.
-    no_expiry_before: Option<Instant>,
-    /// Full scans for expired entries so far (for tests and statistics).
-    scans: u64,
+    /// When each entry is due for a look.
+    wheel: AgeingWheel,
+    /// The generation of the next entry filed in the wheel.
+    next_generation: u32,
+    /// Wheel items looked at so far (for tests and statistics).
+    visits: u64,
+    /// Scratch list of due items, reused.
+    due: Vec<Item>,
     /// Entries per port, by port id.
     per_port: Vec<usize>,
     /// Most entries each port may have, by port id (`None`: no limit).
@@ -85,8 +89,10 @@ impl Fdb {
             entries: HashMap::with_capacity(max_entries.min(4096)),
             max_entries,
             max_age,
-            no_expiry_before: None,
-            scans: 0,
+            wheel: AgeingWheel::new(max_age, Instant::now()),
+            next_generation: 0,
+            visits: 0,
+            due: Vec::new(),
             per_port: Vec::new(),
             port_limits: Vec::new(),
             learn_rate: None,
@@ -226,13 +232,18 @@ impl Fdb {
         if !self.rate_allows(port, now) {
             return Learned::RateLimited;
         }
+        let generation = self.next_generation;
+        self.next_generation = self.next_generation.wrapping_add(1);
         self.entries.insert(
             (vlan, mac),
             FdbEntry {
                 port,
                 last_seen: now,
+                generation,
             },
         );
+        self.wheel
+            .file(((vlan, mac), generation), now + self.max_age);
         self.count(port, 1);
         self.record(FdbChange::Upsert { vlan, mac, port });
         Learned::New
@@ -244,27 +255,45 @@ impl Fdb {
         (now.saturating_duration_since(e.last_seen) < self.max_age).then_some(e.port)
     }
 
-    /// Removes entries older than the ageing time; returns how many. Scans
-    /// the table only once an entry can have aged out (O(1) before that).
+    /// Removes entries older than the ageing time; returns how many. Looks
+    /// only at the entries whose due time has come (the ageing wheel): the
+    /// others cost nothing, however many there are.
     pub fn expire(&mut self, now: Instant) -> usize {
-        if self.no_expiry_before.is_some_and(|t| now < t) {
-            return 0;
+        let mut due = std::mem::take(&mut self.due);
+        self.wheel.advance(now, &mut due);
+        self.visits += due.len() as u64;
+        let mut removed = 0;
+        for (key, generation) in due.drain(..) {
+            let Some(e) = self.entries.get(&key) else {
+                continue;
+            };
+            if e.generation != generation {
+                // Removed and learned again since: the newer item stands.
+                continue;
+            }
+            if now.saturating_duration_since(e.last_seen) >= self.max_age {
+                let port = e.port;
+                self.entries.remove(&key);
+                self.count(port, -1);
+                self.record(FdbChange::Remove {
+                    vlan: key.0,
+                    mac: key.1,
+                });
+                removed += 1;
+            } else {
+                // Seen since it was filed: due again a full age after that.
+                let due_at = e.last_seen + self.max_age;
+                self.wheel.file((key, generation), due_at);
+            }
         }
-        self.scans += 1;
-        let max_age = self.max_age;
-        let removed = self.remove_where(|e| now.saturating_duration_since(e.last_seen) >= max_age);
-        self.no_expiry_before = self
-            .entries
-            .values()
-            .map(|e| e.last_seen)
-            .min()
-            .map(|oldest| oldest + max_age);
+        self.due = due;
         removed
     }
 
-    /// Full scans for expired entries so far.
-    pub fn expiry_scans(&self) -> u64 {
-        self.scans
+    /// Wheel items looked at so far (each entry is looked at about once
+    /// per ageing time, whatever the table's fill).
+    pub fn ageing_visits(&self) -> u64 {
+        self.visits
     }
 
     /// Forgets everything learned on `port` (port removed or down).
@@ -388,21 +417,47 @@ mod tests {
             assert_eq!(fdb.learn(1, [2, 0, 0, 0, 0, i], 1, t0), Learned::New);
         }
         // A flood of new sources while nothing can have aged out: each is
-        // refused, and the table is scanned once at most.
+        // refused, and no entry is even looked at.
         for i in 0..10_000u32 {
             let mac = [2, 1, (i >> 16) as u8, (i >> 8) as u8, i as u8, 0];
             let now = t0 + Duration::from_millis(u64::from(i % 4000));
             assert_eq!(fdb.learn(1, mac, 2, now), Learned::TableFull);
         }
-        assert!(fdb.expiry_scans() <= 1, "{} scans", fdb.expiry_scans());
+        assert_eq!(fdb.ageing_visits(), 0);
         // The periodic expiry costs nothing either until then.
         assert_eq!(fdb.expire(t0 + Duration::from_secs(4)), 0);
-        assert!(fdb.expiry_scans() <= 1);
-        // Once the first entries are old enough, one scan frees them and a
-        // new source is learned.
+        assert_eq!(fdb.ageing_visits(), 0);
+        // Once the first entries are old enough, a look at each of them
+        // (and at nothing else) frees them and a new source is learned.
         assert_eq!(fdb.learn(1, B, 2, t0 + age), Learned::New);
-        assert_eq!(fdb.expiry_scans(), 2);
+        assert_eq!(fdb.ageing_visits(), 4);
         assert_eq!(fdb.len(), 1);
+    }
+
+    #[test]
+    fn each_entry_is_looked_at_about_once_per_ageing_time() {
+        let t0 = Instant::now();
+        let age = Duration::from_secs(10);
+        let mut fdb = Fdb::new(10_000, age);
+        for i in 0..1000u32 {
+            fdb.learn(1, [2, 3, 0, (i >> 8) as u8, i as u8, 0], 1, t0);
+        }
+        // Every entry stays active (seen each second) for a minute, and
+        // the slow path expires twice a second.
+        for half in 1..=120u64 {
+            let now = t0 + Duration::from_millis(500 * half);
+            if half % 2 == 0 {
+                for i in 0..1000u32 {
+                    fdb.touch(1, [2, 3, 0, (i >> 8) as u8, i as u8, 0], now);
+                }
+            }
+            assert_eq!(fdb.expire(now), 0);
+        }
+        // 60 s / 10 s ageing: about 6 looks per entry, not 120.
+        assert!(fdb.ageing_visits() <= 7 * 1000, "{}", fdb.ageing_visits());
+        assert_eq!(fdb.len(), 1000);
+        // Then silence: all gone one ageing time later.
+        assert_eq!(fdb.expire(t0 + Duration::from_secs(60) + age), 1000);
     }
 
     #[test]

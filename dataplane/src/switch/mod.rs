@@ -7,6 +7,7 @@
 //! [`Sighting`]s. The FDB's journal carries every change to the views.
 //! Learning, flooding and VLAN rules stay testable without root.
 
+mod ageing;
 pub mod fdb;
 pub mod view;
 pub mod vlan;
