@@ -16,6 +16,7 @@
 //!
 //! And [`traffic`]: the generator and bare redirects of the benchmarks.
 
+pub mod cni;
 pub mod control;
 pub mod daemon;
 pub mod datapath;

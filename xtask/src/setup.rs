@@ -13,14 +13,15 @@ use crate::run::{checked, is_root, output, succeeds, target_dir};
 
 /// Debian packages the build, the tests and the demo use.
 pub const BASE_PACKAGES: &[&str] = &[
-    "iproute2",        // ip netns / ip link: topologies
-    "iputils-ping",    // ping through the attached interfaces
-    "ethtool",         // offloads and channel counts on veths
-    "bpftool",         // inspecting programs and pins (tests check cleanup)
-    "procps",          // ps/sysctl
-    "dpdk-dev",        // dpdk-testpmd: the vhost-user frontend (virtio_user) of tests/vhost_user.rs
+    "iproute2",                    // ip netns / ip link: topologies
+    "iputils-ping",                // ping through the attached interfaces
+    "ethtool",                     // offloads and channel counts on veths
+    "bpftool",                     // inspecting programs and pins (tests check cleanup)
+    "procps",                      // ps/sysctl
+    "dpdk-dev", // dpdk-testpmd: the vhost-user frontend (virtio_user) of tests/vhost_user.rs
     "qemu-system-x86", // a real Linux guest on a vhost-user port (tests/qemu_guest.rs)
-    "iperf3",          // real TCP/UDP between namespaces (tests/tcp.rs, the demo)
+    "iperf3",   // real TCP/UDP between namespaces (tests/tcp.rs, the demo)
+    "containernetworking-plugins", // host-local IPAM for the CNI plugin's tests (tests/cni.rs)
 ];
 
 /// Debian packages the build itself needs: xsk-rs builds libxdp and libbpf

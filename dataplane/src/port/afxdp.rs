@@ -173,13 +173,24 @@ pub struct AfxdpPort {
     bound: BoundMode,
 }
 
+/// Frames a receive socket's fill ring starts with (see
+/// [`PortSocket::fill_frames`]).
+const FILL_START: u32 = 64;
+
 /// One AF_XDP socket of a port and what it is for.
 struct PortSocket {
     socket: XskSocket,
     /// Frames handed to its fill ring and not yet received back.
     in_fill: u64,
-    /// Frames to keep in its fill ring; 0 for a transmit-only socket.
+    /// Frames to keep in its fill ring now; 0 for a transmit-only socket.
+    /// Its full share (`fill_max`) while the PMD's free list holds more
+    /// than half its frames; else it starts small and doubles, up to its
+    /// share, each time traffic nearly empties the ring. So a PMD with
+    /// many idle ports (a host's containers) does not lend all its frames
+    /// to the first few, and the busy ones still get what they need.
     fill_frames: u32,
+    /// Its share of the PMD's frames: the most `fill_frames` grows to.
+    fill_max: u32,
     /// Where steer hands it frames: the XSKMAP index, in the port's own
     /// attachment or (container ports) the punt device's.
     rx: Option<RxSlot>,
@@ -347,7 +358,8 @@ impl AfxdpPort {
         self.sockets.push(PortSocket {
             socket,
             in_fill: 0,
-            fill_frames,
+            fill_frames: fill_frames.min(FILL_START),
+            fill_max: fill_frames,
             rx,
         });
         registered
@@ -404,6 +416,11 @@ impl Port for AfxdpPort {
             let before = out.len();
             let n = s.socket.recv(out, (max - got) as u32) as usize;
             s.in_fill -= n as u64;
+            if s.in_fill * 4 <= s.fill_frames as u64 && n > 0 {
+                // Traffic took three quarters of the ring since the last
+                // refill: give it more room.
+                s.fill_frames = (s.fill_frames * 2).min(s.fill_max);
+            }
             let mut bytes = 0u64;
             let mut completed = 0u64;
             for d in &out[before..] {
@@ -454,6 +471,9 @@ impl Port for AfxdpPort {
             }
             if s.rx.is_none() {
                 continue;
+            }
+            if s.fill_frames < s.fill_max && frames.pool.len() > frames.pool.capacity() / 2 {
+                s.fill_frames = s.fill_max;
             }
             let want = (s.fill_frames as u64).saturating_sub(s.in_fill);
             if want >= 16 || s.in_fill == 0 {
