@@ -273,3 +273,215 @@ fn twenty_adds_and_twenty_dels_in_parallel_leave_exactly_the_right_ports() {
     let (out, frames) = sw.stop_accounted();
     assert_eq!(frames.unaccounted, 0, "{out}");
 }
+
+/// What podman leaves outside its private directories: its image blob
+/// cache, which a root podman keeps in /var/lib/containers whatever
+/// `--root` says. Removed on drop if this test made it.
+struct PodmanLeftovers {
+    cache_existed: bool,
+}
+
+const PODMAN_CACHE: &str = "/var/lib/containers";
+
+impl Drop for PodmanLeftovers {
+    fn drop(&mut self) {
+        if !self.cache_existed {
+            let _ = std::fs::remove_dir_all(PODMAN_CACHE);
+        }
+    }
+}
+
+/// A private podman: its own storage (vfs: no mounts to undo), run
+/// directory, containers.conf (runc, rlimits this machine allows, the CNI
+/// backend with a plugin directory holding dataplane-cni and host-local)
+/// and network configuration directory. Everything under `dir`.
+struct Podman {
+    dir: PathBuf,
+}
+
+impl Podman {
+    fn new(sw: &NetNs, ipam: &IpamDir) -> Podman {
+        let dir = ipam.0.with_extension("podman");
+        let _ = std::fs::remove_dir_all(&dir);
+        for d in ["plugins", "net.d", "root", "runroot", "rootfs/bin"] {
+            std::fs::create_dir_all(dir.join(d)).unwrap();
+        }
+        let link = |from: &Path, name: &str| {
+            std::os::unix::fs::symlink(from, dir.join("plugins").join(name)).unwrap()
+        };
+        link(
+            Path::new(env!("CARGO_BIN_EXE_dataplane-cni")),
+            "dataplane-cni",
+        );
+        link(&Path::new(CNI_BIN_DIR).join("host-local"), "host-local");
+        std::fs::write(
+            dir.join("containers.conf"),
+            format!(
+                "[containers]\ndefault_ulimits = [\"nofile=4096:4096\", \"nproc=4096:4096\"]\n\
+                 [engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n\
+                 [network]\nnetwork_backend = \"cni\"\ncni_plugin_dirs = [\"{}\"]\nnetwork_config_dir = \"{}\"\n",
+                dir.join("plugins").display(),
+                dir.join("net.d").display()
+            ),
+        )
+        .unwrap();
+        // The network: the README's "Containers with podman" conflist.
+        let plugin: Value = serde_json::from_str(&net_conf(sw, ipam)).unwrap();
+        std::fs::write(
+            dir.join("net.d/dptest.conflist"),
+            json!({"cniVersion": "1.0.0", "name": "dptest", "plugins": [plugin]}).to_string(),
+        )
+        .unwrap();
+        Podman { dir }
+    }
+
+    fn cmd(&self, args: &[&str]) -> std::process::Output {
+        Command::new("podman")
+            .env("CONTAINERS_CONF", self.dir.join("containers.conf"))
+            .arg("--root")
+            .arg(self.dir.join("root"))
+            .arg("--runroot")
+            .arg(self.dir.join("runroot"))
+            .args(["--storage-driver", "vfs"])
+            .args(args)
+            .output()
+            .expect("run podman")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.cmd(args);
+        assert!(
+            out.status.success(),
+            "podman {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// An image made offline: a rootfs with Debian's busybox-static.
+    fn import_busybox(&self) {
+        let rootfs = self.dir.join("rootfs");
+        std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
+        for applet in ["sh", "sleep", "ip", "ping"] {
+            std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
+        }
+        let mut tar = Command::new("tar")
+            .arg("-C")
+            .arg(&rootfs)
+            .args(["-c", "."])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = Command::new("podman")
+            .env("CONTAINERS_CONF", self.dir.join("containers.conf"))
+            .arg("--root")
+            .arg(self.dir.join("root"))
+            .arg("--runroot")
+            .arg(self.dir.join("runroot"))
+            .args(["--storage-driver", "vfs", "import", "-", "dptest-busybox"])
+            .stdin(tar.stdout.take().unwrap())
+            .output()
+            .unwrap();
+        assert!(tar.wait().unwrap().success(), "tar of the rootfs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        let _ = self.cmd(&["rm", "-a", "-f", "-t", "0"]);
+        let _ = self.cmd(&["rmi", "-a", "-f"]);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Podman (Debian's 4.3, CNI backend) runs two containers on a dataplane
+/// network: they get addresses from host-local, ping each other and move
+/// TCP through the switch (iperf3 in their namespaces); `podman rm` takes
+/// their ports off the switch again.
+#[test]
+fn podman_containers_on_a_dataplane_network_talk_through_the_switch() {
+    let test = "podman_containers_on_a_dataplane_network_talk_through_the_switch";
+    if !privileged(test) || !host_local(test) {
+        return;
+    }
+    if Command::new("podman").arg("--version").output().is_err()
+        || !Path::new("/bin/busybox").exists()
+    {
+        skipped(
+            test,
+            "needs podman, runc and busybox-static (`cargo xtask setup` installs them)",
+        );
+        return;
+    }
+    let _leftovers = PodmanLeftovers {
+        cache_existed: Path::new(PODMAN_CACHE).exists(),
+    };
+    let h = star("pod", 1, 96, false);
+    let ipam = IpamDir::new();
+    let podman = Podman::new(&h.sw, &ipam);
+    podman.import_busybox();
+    let sw = RunningSwitch::start(&h.sw, &["--port", "afxdp:sa"]);
+    for c in ["c1", "c2"] {
+        podman.ok(&[
+            "run",
+            "-d",
+            "--name",
+            c,
+            "--network",
+            "dptest",
+            "dptest-busybox",
+            "sleep",
+            "600",
+        ]);
+    }
+    assert_eq!(ports(&h.sw).len(), 3, "{:?}", ports(&h.sw));
+    let address = |c: &str| -> String {
+        let out = podman.ok(&["exec", c, "ip", "-4", "-o", "addr", "show", "eth0"]);
+        out.split_whitespace()
+            .skip_while(|w| *w != "inet")
+            .nth(1)
+            .and_then(|a| a.split('/').next())
+            .unwrap_or_else(|| panic!("no IPv4 address on {c}'s eth0: {out}"))
+            .to_string()
+    };
+    let (a1, a2) = (address("c1"), address("c2"));
+    assert!(
+        a1.starts_with("10.99.0.") && a2.starts_with("10.99.0."),
+        "{a1} {a2}"
+    );
+    podman.ok(&["exec", "c1", "ping", "-c", "3", "-W", "2", &a2]);
+    // TCP at the containers' defaults: iperf3 inside their namespaces.
+    let pid = |c: &str| podman.ok(&["inspect", "-f", "{{.State.Pid}}", c]);
+    let server = Command::new("nsenter")
+        .args(["-t", &pid("c2"), "-n", "iperf3", "-s", "-1", "-J"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let client = Command::new("nsenter")
+        .args(["-t", &pid("c1"), "-n", "iperf3", "-c", &a2, "-t", "2", "-J"])
+        .output()
+        .unwrap();
+    let report: Value = serde_json::from_slice(&client.stdout).unwrap_or(Value::Null);
+    let _ = server.wait_with_output();
+    let sent = report["end"]["sum_sent"]["bytes"].as_u64().unwrap_or(0);
+    let received = report["end"]["sum_received"]["bytes"].as_u64().unwrap_or(0);
+    assert!(
+        received > 10_000_000,
+        "TCP moved {received} bytes: {report}"
+    );
+    assert!(received <= sent, "{report}");
+    podman.ok(&["rm", "-f", "-t", "0", "c1", "c2"]);
+    assert_eq!(ports(&h.sw), ["afxdp:sa"], "podman rm runs DEL");
+    assert!(host_ends(&h.sw).is_empty(), "{:?}", host_ends(&h.sw));
+    assert!(ipam.leases().is_empty(), "{:?}", ipam.leases());
+    let (out, frames) = sw.stop_accounted();
+    assert_eq!(frames.unaccounted, 0, "{out}");
+}

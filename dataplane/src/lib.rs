@@ -1,7 +1,8 @@
 //! dataplane: a virtual switch on XDP and AF_XDP.
 //!
 //! Hot path:
-//! - [`datapath`]: the PMD threads and the kernel fast-path mirror.
+//! - [`datapath`]: the PMD threads, the slow-path thread that keeps the
+//!   switch, and the kernel fast-path mirror.
 //! - [`port`]: the port kinds behind one trait (AF_XDP, container veth,
 //!   TAP, vhost-user) and the offloads they finish in software.
 //! - [`switch`]: FDB, VLANs and forwarding decisions (no I/O).
@@ -13,6 +14,8 @@
 //! - [`steer`]: the XDP/tc programs' attachments (pinned in bpffs so they
 //!   outlive the CLI).
 //! - [`sys`]: kernel glue (interfaces, namespaces, rights, private sockets).
+//! - [`cni`]: the CNI plugin `dataplane-cni` (containers made by podman,
+//!   containerd, CRI-O join the switch).
 //!
 //! And [`traffic`]: the generator and bare redirects of the benchmarks.
 

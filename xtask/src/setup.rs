@@ -22,6 +22,9 @@ pub const BASE_PACKAGES: &[&str] = &[
     "qemu-system-x86", // a real Linux guest on a vhost-user port (tests/qemu_guest.rs)
     "iperf3",   // real TCP/UDP between namespaces (tests/tcp.rs, the demo)
     "containernetworking-plugins", // host-local IPAM for the CNI plugin's tests (tests/cni.rs)
+    "podman",   // a real container runtime on the CNI plugin (tests/cni.rs)
+    "runc",     // podman's runtime here (crun 1.8 refuses hybrid cgroups)
+    "busybox-static", // the containers' offline image (tests/cni.rs)
 ];
 
 /// Debian packages the build itself needs: xsk-rs builds libxdp and libbpf
