@@ -274,19 +274,30 @@ fn twenty_adds_and_twenty_dels_in_parallel_leave_exactly_the_right_ports() {
     assert_eq!(frames.unaccounted, 0, "{out}");
 }
 
-/// What podman leaves outside its private directories: its image blob
-/// cache, which a root podman keeps in /var/lib/containers whatever
-/// `--root` says. Removed on drop if this test made it.
+/// What podman leaves outside its private directories whatever `--root`
+/// says: its image blob cache and libcni's result cache. Each is removed
+/// on drop if this test made it.
 struct PodmanLeftovers {
-    cache_existed: bool,
+    made: Vec<&'static str>,
 }
 
-const PODMAN_CACHE: &str = "/var/lib/containers";
+const PODMAN_CACHES: [&str; 2] = ["/var/lib/containers", "/var/lib/cni"];
+
+impl PodmanLeftovers {
+    fn note() -> PodmanLeftovers {
+        PodmanLeftovers {
+            made: PODMAN_CACHES
+                .into_iter()
+                .filter(|p| !Path::new(p).exists())
+                .collect(),
+        }
+    }
+}
 
 impl Drop for PodmanLeftovers {
     fn drop(&mut self) {
-        if !self.cache_existed {
-            let _ = std::fs::remove_dir_all(PODMAN_CACHE);
+        for p in &self.made {
+            let _ = std::fs::remove_dir_all(p);
         }
     }
 }
@@ -419,9 +430,7 @@ fn podman_containers_on_a_dataplane_network_talk_through_the_switch() {
         );
         return;
     }
-    let _leftovers = PodmanLeftovers {
-        cache_existed: Path::new(PODMAN_CACHE).exists(),
-    };
+    let _leftovers = PodmanLeftovers::note();
     let h = star("pod", 1, 96, false);
     let ipam = IpamDir::new();
     let podman = Podman::new(&h.sw, &ipam);
