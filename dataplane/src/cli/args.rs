@@ -123,8 +123,9 @@ pub enum Command {
         dataplane -n dp-sw run --xconnect --busy-poll --core 1 --port afxdp:sa --port afxdp:sb\n  \
         dataplane -n dp-sw run --config switch.toml\n\n\
         Port specs:\n  \
-        afxdp:IFACE[,queues=0+1][,vlan=N | ,trunk=N+M[,native=N]][,bind=auto|copy|zerocopy]\n  \
-          (AF_XDP sockets share their PMD's UMEM in copy mode: bind=zerocopy is refused)\n  \
+        afxdp:IFACE[,queues=0+1[,pmds=1+0]][,vlan=N | ,trunk=N+M[,native=N]][,bind=auto|copy|zerocopy]\n  \
+          (queues go round robin over the PMDs of --cores, or as pmds= pins them;\n  \
+          AF_XDP sockets share their PMD's UMEM in copy mode: bind=zerocopy is refused)\n  \
         veth:IFACE[,vlan=N | ,trunk=N+M[,native=N]]   (host end of a container's veth)\n  \
         tap:NAME[,queues=N][,vlan=N | ,trunk=N+M[,native=N]]   (creates or opens a TAP device)\n  \
         vhost-user:/PATH.sock[,vlan=N | ,trunk=N+M[,native=N]]   (a VM's virtio-net)\n  \
@@ -207,11 +208,12 @@ pub enum Command {
         dataplane -n sw port add afxdp:sc,vlan=10\n  \
         dataplane -n sw port del afxdp:sc")]
     Port(PortCommand),
-    /// Show a running switch's ports, learned addresses or configuration.
+    /// Show a running switch's ports, learned addresses, PMD threads or configuration.
     #[command(subcommand)]
     #[command(after_help = "Examples:\n  \
         dataplane -n sw show ports\n  \
         dataplane -n sw show fdb --json\n  \
+        dataplane -n sw show pmd\n  \
         dataplane -n sw show config > switch.toml   # restart later with run --config")]
     Show(ShowCommand),
     /// Per-port rates and drops of a running switch; --watch for a live view.
