@@ -19,7 +19,8 @@
 //! the fast path: see `port::veth`). DEL undoes each step that is there to
 //! undo, so a second DEL, a DEL after the switch restarted or for a
 //! container that is gone succeeds. CHECK verifies the port is on the
-//! switch and up and the container's interface is there. Errors are the
+//! switch and up and the container's interface is there; STATUS (spec 1.1)
+//! says whether the switch answers. Errors are the
 //! spec's error object on stdout with a code and a message naming what to
 //! fix. The steps themselves are in `link` (interfaces) and `ipam`.
 
@@ -44,6 +45,8 @@ pub mod code {
     pub const DECODE: u32 = 6;
     pub const INVALID_CONFIG: u32 = 7;
     pub const TRY_AGAIN_LATER: u32 = 11;
+    /// STATUS (spec 1.1): the plugin cannot serve ADD now.
+    pub const NOT_AVAILABLE: u32 = 50;
     /// The switch is not running (no control socket).
     pub const SWITCH_NOT_RUNNING: u32 = 100;
     /// The switch refused the port.
@@ -197,8 +200,15 @@ pub fn run(env: &CniEnv, stdin: &str) -> Result<Option<Value>, CniError> {
         "ADD" => add(env, &conf, stdin).map(Some).map_err(err_version),
         "DEL" => del(env, &conf, stdin).map(|()| None).map_err(err_version),
         "CHECK" => check(env, &conf, stdin).map(|()| None).map_err(err_version),
-        // Nothing of ours outlives DEL; the switch's status is its own.
-        "GC" | "STATUS" => Ok(None),
+        // Nothing of ours outlives DEL.
+        "GC" => Ok(None),
+        // Ready for ADD when the switch answers on its socket.
+        "STATUS" => switch(&conf).map(|_| None).map_err(|e| {
+            err_version(CniError {
+                code: code::NOT_AVAILABLE,
+                ..e
+            })
+        }),
         other => Err(err_version(CniError::new(
             code::INVALID_ENVIRONMENT,
             format!("CNI_COMMAND={other:?}: expected ADD, DEL, CHECK or VERSION"),
@@ -425,5 +435,10 @@ mod tests {
         assert!(err.msg.contains("/nonexistent/dp.ctl"), "{}", err.msg);
         // DEL with no switch has nothing to remove there: it succeeds.
         assert_eq!(run(&env("DEL"), conf), Ok(None));
+        // STATUS (1.1) says the plugin cannot serve ADD now, and why.
+        let status = run(&env("STATUS"), conf).unwrap_err();
+        assert_eq!(status.code, code::NOT_AVAILABLE);
+        assert!(status.msg.contains("/nonexistent/dp.ctl"), "{}", status.msg);
+        assert_eq!(run(&env("GC"), conf), Ok(None));
     }
 }
