@@ -924,22 +924,28 @@ fn learn(topo: &Topology, guest: bool) {
         who.push(topo.ns("g"));
     }
     for ns in who {
-        let _ = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &ns,
-                "ping",
-                "-c",
-                "1",
-                "-W",
-                "1",
-                "10.200.0.1",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        speak_once(&ns);
     }
+}
+
+/// One ping from namespace `ns` to a0 (10.200.0.1): its host's MAC is then
+/// known to a learning switch. The answer does not matter.
+pub fn speak_once(ns: &str) {
+    let _ = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns,
+            "ping",
+            "-c",
+            "1",
+            "-W",
+            "1",
+            "10.200.0.1",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
 }
 
 #[cfg(test)]

@@ -243,12 +243,10 @@ fn short(s: &str) -> String {
 
 const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
 
-/// Horizontal bars: per scenario a block, per path a group of bars (one per
-/// frame size) of median delivered Mpps, drawn in pixel coordinates.
-pub fn chart(file: &Path, scenarios: &[Scenario], results: &[PathResult]) -> Result<()> {
-    use plotters::prelude::*;
+/// Makes Debian's DejaVu Sans the charts' "sans-serif" (plotters draws text
+/// with ab_glyph: no fontconfig).
+pub fn register_sans_serif() -> Result<()> {
     use plotters::style::{register_font, FontStyle};
-
     let font = std::fs::read(FONT)
         .with_context(|| format!("reading {FONT} (package fonts-dejavu-core)"))?;
     register_font(
@@ -256,7 +254,15 @@ pub fn chart(file: &Path, scenarios: &[Scenario], results: &[PathResult]) -> Res
         FontStyle::Normal,
         Box::leak(font.into_boxed_slice()),
     )
-    .map_err(|_| anyhow::anyhow!("{FONT} is not a usable TTF font"))?;
+    .map_err(|_| anyhow::anyhow!("{FONT} is not a usable TTF font"))
+}
+
+/// Horizontal bars: per scenario a block, per path a group of bars (one per
+/// frame size) of median delivered Mpps, drawn in pixel coordinates.
+pub fn chart(file: &Path, scenarios: &[Scenario], results: &[PathResult]) -> Result<()> {
+    use plotters::prelude::*;
+
+    register_sans_serif()?;
 
     // Per path: its scenario, the path, (frame size, median Mpps) bars, and
     // what to say when there are none.

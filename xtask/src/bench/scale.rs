@@ -24,7 +24,7 @@ use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use super::paths::{self, PathKind, RunningPath, SCALE_TABLE};
 use super::topology::{Topology, FLOOD_PORTS};
@@ -371,21 +371,7 @@ fn flood_curve(
         return curve;
     };
     // c0 speaks once, so frames to its own MAC stay on its port.
-    let _ = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &topo.ns("g"),
-            "ping",
-            "-c",
-            "1",
-            "-W",
-            "1",
-            "10.200.0.1",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status();
+    paths::speak_once(&topo.ns("g"));
     let learned = learn_hosts(topo, dp, &running, 1);
     for sources in [2, FLOOD_SOURCES] {
         if progress.stopped() {
@@ -652,22 +638,12 @@ fn json(macs: &[Curve], ports: &[Curve], floods: &[Curve]) -> serde_json::Value 
     })
 }
 
-const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
-
 /// Three panels: Mpps against MACs (log scale), core-s per frame against
 /// ports, and the established flow beside 2 sources and during the flood.
 fn chart(file: &std::path::Path, macs: &[Curve], ports: &[Curve], floods: &[Curve]) -> Result<()> {
     use plotters::prelude::*;
-    use plotters::style::{register_font, FontStyle};
 
-    let font = std::fs::read(FONT)
-        .with_context(|| format!("reading {FONT} (package fonts-dejavu-core)"))?;
-    register_font(
-        "sans-serif",
-        FontStyle::Normal,
-        Box::leak(font.into_boxed_slice()),
-    )
-    .map_err(|_| anyhow::anyhow!("{FONT} is not a usable TTF font"))?;
+    super::report::register_sans_serif()?;
     let colors = [
         RGBColor(31, 119, 180),
         RGBColor(255, 127, 14),
