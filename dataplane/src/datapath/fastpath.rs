@@ -251,17 +251,7 @@ impl FastPath {
             egress_ok,
             veth_peer,
         });
-        let learned: Vec<FdbChange> = switch
-            .fdb()
-            .entries()
-            .into_iter()
-            .map(|(vlan, mac, e)| FdbChange::Upsert {
-                vlan,
-                mac,
-                port: e.port,
-            })
-            .collect();
-        self.apply(&learned, switch);
+        self.apply(&switch.fdb().as_changes(), switch);
         (self.last_redirected, self.last_sent) = self.totals();
         Ok(())
     }

@@ -343,6 +343,19 @@ impl Fdb {
         self.entries.is_empty()
     }
 
+    /// Every entry as the change that would add it: what a new mirror (a
+    /// PMD's view, the kernel's fast-path maps) starts from.
+    pub fn as_changes(&self) -> Vec<FdbChange> {
+        self.entries
+            .iter()
+            .map(|(&(vlan, mac), e)| FdbChange::Upsert {
+                vlan,
+                mac,
+                port: e.port,
+            })
+            .collect()
+    }
+
     /// All entries, sorted by VLAN then MAC (for `show fdb`).
     pub fn entries(&self) -> Vec<(u16, [u8; 6], FdbEntry)> {
         let mut v: Vec<_> = self.entries.iter().map(|(k, e)| (k.0, k.1, *e)).collect();

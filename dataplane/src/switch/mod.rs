@@ -182,18 +182,7 @@ impl Switch {
         view.set_refresh(
             (self.fdb.max_age() / 10).clamp(Duration::from_secs(1), Duration::from_secs(30)),
         );
-        let now = Instant::now();
-        let known: Vec<FdbChange> = self
-            .fdb
-            .entries()
-            .into_iter()
-            .map(|(vlan, mac, e)| FdbChange::Upsert {
-                vlan,
-                mac,
-                port: e.port,
-            })
-            .collect();
-        view.apply(&known, now);
+        view.apply(&self.fdb.as_changes(), Instant::now());
         view
     }
 

@@ -309,6 +309,11 @@ mod tests {
         }
     }
 
+    /// `mac` learned on `port` as the slow path would publish it.
+    fn learned(view: &mut SwitchView, mac: [u8; 6], port: PortId, at: Instant) {
+        view.apply(&[FdbChange::Upsert { vlan: 0, mac, port }], at);
+    }
+
     #[test]
     fn an_unknown_source_is_reported_once_a_second_until_learned() {
         let mut view = SwitchView::new(table(2));
@@ -331,14 +336,7 @@ mod tests {
     fn a_known_source_is_reported_once_a_second_for_ageing() {
         let mut view = SwitchView::new(table(2));
         let t0 = view.epoch;
-        view.apply(
-            &[FdbChange::Upsert {
-                vlan: 0,
-                mac: A,
-                port: 0,
-            }],
-            t0,
-        );
+        learned(&mut view, A, 0, t0);
         assert_eq!(view.decide(0, &hdr(A, B), t0).1, None);
         let t1 = t0 + Duration::from_millis(1500);
         assert!(view.decide(0, &hdr(A, B), t1).1.is_some());
@@ -352,14 +350,7 @@ mod tests {
         let mut view = SwitchView::new(table(1));
         view.set_refresh(Duration::from_secs(30));
         let t0 = view.epoch;
-        view.apply(
-            &[FdbChange::Upsert {
-                vlan: 0,
-                mac: A,
-                port: 0,
-            }],
-            t0,
-        );
+        learned(&mut view, A, 0, t0);
         let at = |s| t0 + Duration::from_secs(s);
         assert_eq!(view.decide(0, &hdr(A, B), at(29)).1, None);
         let seen = view.decide(0, &hdr(A, B), at(30)).1.expect("due");
