@@ -25,6 +25,8 @@ pub const BASE_PACKAGES: &[&str] = &[
     "podman",   // a real container runtime on the CNI plugin (tests/cni.rs)
     "runc",     // podman's runtime here (crun 1.8 refuses hybrid cgroups)
     "busybox-static", // the containers' offline image (tests/cni.rs)
+    "libvirt-daemon-system", // libvirtd defines and starts a VM on a vhost-user port (tests/libvirt.rs)
+    "libvirt-clients",       // virsh
 ];
 
 /// Debian packages the build itself needs: xsk-rs builds libxdp and libbpf

@@ -128,7 +128,8 @@ pub enum Command {
           AF_XDP sockets share their PMD's UMEM in copy mode: bind=zerocopy is refused)\n  \
         veth:IFACE[,vlan=N | ,trunk=N+M[,native=N]]   (host end of a container's veth)\n  \
         tap:NAME[,queues=N][,vlan=N | ,trunk=N+M[,native=N]]   (creates or opens a TAP device)\n  \
-        vhost-user:/PATH.sock[,vlan=N | ,trunk=N+M[,native=N]]   (a VM's virtio-net)\n  \
+        vhost-user:/PATH.sock[,vlan=N | ,trunk=N+M[,native=N]][,owner=USER[:GROUP]]   (a VM's virtio-net;\n  \
+          the socket is 0600 root's; owner=libvirt-qemu gives it to libvirt's QEMU, :GROUP makes it 0660)\n  \
         Every kind also takes ,max_macs=N: at most N source MACs learned on the port (port security)\n\n\
         Signals: SIGINT/SIGTERM/SIGHUP/SIGQUIT stop it cleanly (exit 0); SIGUSR1 prints statistics and the FDB.\n\
         A run killed with SIGKILL is cleaned up by the next run, which says so.\n\n\

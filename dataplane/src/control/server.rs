@@ -148,7 +148,7 @@ fn bind_control(path: &Path) -> Result<std::os::unix::net::UnixListener, Error> 
             source,
         })?;
     }
-    let listener = match private_socket::listen(path) {
+    let listener = match private_socket::listen(path, None) {
         // Another switch exiting just removed the shared directory.
         Err(private_socket::Error::Io { source, .. })
             if source.kind() == std::io::ErrorKind::NotFound =>
@@ -156,7 +156,7 @@ fn bind_control(path: &Path) -> Result<std::os::unix::net::UnixListener, Error> 
             if let Some(dir) = path.parent() {
                 let _ = std::fs::create_dir_all(dir);
             }
-            private_socket::listen(path)
+            private_socket::listen(path, None)
         }
         other => other,
     }

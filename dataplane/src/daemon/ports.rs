@@ -416,6 +416,7 @@ pub(super) fn open_port(
         PortKind::Tap => Box::new(TapPort::open(&p.iface, p.queues.len(), counters)?),
         PortKind::VhostUser => Box::new(VhostUserPort::open(
             std::path::Path::new(&p.iface),
+            p.owner.as_ref(),
             counters,
         )?),
     })

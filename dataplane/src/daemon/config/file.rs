@@ -11,7 +11,8 @@ use crate::switch::vlan::UNTAGGED;
 use crate::switch::VlanMode;
 
 use super::port::{
-    check_pmds, parse_bind, parse_max_macs, port_target, vlan_mode, PortConfig, PortKind,
+    check_pmds, parse_bind, parse_max_macs, parse_owner, port_target, vlan_mode, PortConfig,
+    PortKind,
 };
 use super::toml_location::KeyPath;
 use super::{
@@ -100,6 +101,10 @@ struct PortSection {
     #[serde(default)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pmds: Option<Vec<usize>>,
+    /// vhost-user: who else may connect (`"libvirt-qemu"`, `"USER:GROUP"`).
+    #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    owner: Option<String>,
 }
 
 impl RunConfig {
@@ -219,6 +224,20 @@ impl RunConfig {
                 }
                 check_pmds(&name, pmds, &queues).map_err(|e| (e, at("pmds")))?;
             }
+            let owner = match &p.owner {
+                Some(o) => Some(parse_owner(p.kind, o).map_err(|why| {
+                    (
+                        Error::BadValue {
+                            spec: name.clone(),
+                            key: "owner".into(),
+                            value: o.clone(),
+                            why,
+                        },
+                        at("owner"),
+                    )
+                })?),
+                None => None,
+            };
             ports.push(PortConfig {
                 kind: p.kind,
                 iface,
@@ -227,6 +246,7 @@ impl RunConfig {
                 bind,
                 max_macs,
                 pmds: p.pmds,
+                owner,
             });
         }
         let cores_key = if file.cores.is_some() {
@@ -337,6 +357,7 @@ impl From<&PortConfig> for PortSection {
             bind: (p.bind != BindMode::Auto).then(|| p.bind.to_string()),
             max_macs: p.max_macs,
             pmds: p.pmds.clone(),
+            owner: p.owner.as_ref().map(|o| o.to_string()),
         }
     }
 }

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Error;
 use crate::switch::{VlanMode, VlanSet};
+use crate::sys::private_socket::SocketOwner;
 use crate::xsk::BindMode;
 
 /// Port kinds.
@@ -62,6 +63,9 @@ pub struct PortConfig {
     /// AF_XDP: the PMD that polls each of `queues`, in order (`None`:
     /// round robin over the PMDs, from the least loaded one).
     pub pmds: Option<Vec<usize>>,
+    /// vhost-user: who besides the switch's user may connect to the socket
+    /// (`libvirt-qemu`, the user libvirt runs QEMU as on Debian).
+    pub owner: Option<SocketOwner>,
 }
 
 /// The largest `max_macs` (the FDB holds at most this many entries anyway).
@@ -113,6 +117,9 @@ impl PortConfig {
         }
         if let Some(pmds) = &self.pmds {
             s.push_str(&format!(",pmds={}", join(pmds)));
+        }
+        if let Some(owner) = &self.owner {
+            s.push_str(&format!(",owner={owner}"));
         }
         s
     }
@@ -236,6 +243,7 @@ impl FromStr for PortConfig {
             (vec![0], None, None, None, BindMode::Auto);
         let mut max_macs = None;
         let mut pmds: Option<Vec<usize>> = None;
+        let mut owner = None;
         let mut given = HashSet::new();
         for part in parts {
             let (key, value) = part.split_once('=').ok_or_else(|| Error::BadPortSpec {
@@ -300,6 +308,9 @@ impl FromStr for PortConfig {
                     ))
                 }
                 "pmds" => pmds = Some(list(key, value)?.into_iter().map(|p| p as usize).collect()),
+                "owner" => {
+                    owner = Some(parse_owner(kind, value).map_err(|why| bad(key, value, &why))?)
+                }
                 other => {
                     return Err(Error::UnknownOption {
                         spec: spec.to_string(),
@@ -320,8 +331,17 @@ impl FromStr for PortConfig {
             bind,
             max_macs,
             pmds,
+            owner,
         })
     }
+}
+
+/// `owner` as given: only a vhost-user socket is handed to another user.
+pub(super) fn parse_owner(kind: PortKind, value: &str) -> Result<SocketOwner, String> {
+    if kind != PortKind::VhostUser {
+        return Err("only a vhost-user port has a socket another user connects to".into());
+    }
+    value.parse()
 }
 
 /// `pmds` names one PMD per queue.

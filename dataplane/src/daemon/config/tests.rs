@@ -12,7 +12,7 @@ fn to_toml_reads_back_to_the_same_config() {
         [[port]]\nkind = \"afxdp\"\niface = \"v1\"\ntrunk = [10, 20]\nnative_vlan = 5\nbind = \"copy\"\n\
         [[port]]\nkind = \"veth\"\niface = \"c0\"\ntrunk = [10]\nmax_macs = 16\n\
         [[port]]\nkind = \"tap\"\niface = \"vm0\"\nqueues = [2]\n\
-        [[port]]\nkind = \"vhost-user\"\npath = \"/run/dataplane/vm1.sock\"\nvlan = 4\n";
+        [[port]]\nkind = \"vhost-user\"\npath = \"/run/dataplane/vm1.sock\"\nvlan = 4\nowner = \"libvirt-qemu:kvm\"\n";
     let c = RunConfig::from_toml(text, "t").unwrap();
     let written = c.to_toml();
     let again = RunConfig::from_toml(&written, "again").unwrap();
@@ -48,6 +48,8 @@ fn spec_parses_back_to_the_same_port() {
         "veth:c2,max_macs=4",
         "tap:vm0,queues=2,vlan=3",
         "vhost-user:/run/dataplane/vm1.sock,vlan=4",
+        "vhost-user:/run/dataplane/vm2.sock,owner=libvirt-qemu",
+        "vhost-user:/run/dataplane/vm3.sock,owner=:kvm",
     ] {
         let p = parse_port_spec(spec).unwrap();
         assert_eq!(p.spec(), spec);
@@ -301,6 +303,27 @@ fn vhost_user_ports() {
         .unwrap_err()
         .to_string();
     assert!(mixed.contains("vhost-user ports only"), "{mixed}");
+    // The socket can be given to the user libvirt runs QEMU as; nothing
+    // else has a socket to give.
+    let owned = parse_port_spec("vhost-user:/v.sock,owner=libvirt-qemu").unwrap();
+    assert_eq!(
+        owned.owner.as_ref().and_then(|o| o.user.as_deref()),
+        Some("libvirt-qemu")
+    );
+    let not_vhost = parse_port_spec("afxdp:v0,owner=libvirt-qemu")
+        .unwrap_err()
+        .to_string();
+    assert!(not_vhost.contains("only a vhost-user port"), "{not_vhost}");
+    let bad_toml = RunConfig::from_toml(
+        "[[port]]\nkind = \"vhost-user\"\npath = \"/v.sock\"\nowner = \"a b\"\n",
+        "o.toml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        bad_toml.contains("owner") && bad_toml.contains("o.toml"),
+        "{bad_toml}"
+    );
     let unknown = parse_port_spec("vhost:/x").unwrap_err().to_string();
     assert!(
         unknown.contains("afxdp, veth, tap, vhost-user"),

@@ -46,7 +46,7 @@ use vmm_sys_util::event::{
 };
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::sys::private_socket;
+use crate::sys::private_socket::{self, SocketOwner};
 
 /// Queue 0 is the guest's receive queue, 1 its transmit queue (VIRTIO 1.2,
 /// 5.1.2); one pair.
@@ -94,6 +94,12 @@ pub enum Error {
     NotASocket { path: PathBuf },
     #[error("vhost-user {path}: path is not valid UTF-8 or has no file name")]
     BadPath { path: PathBuf },
+    #[error("vhost-user {path}: owner {owner}: {why}")]
+    Owner {
+        path: PathBuf,
+        owner: SocketOwner,
+        why: String,
+    },
     #[error("vhost-user {path}: creating the vhost-user daemon: {detail}")]
     Daemon { path: PathBuf, detail: String },
 }
@@ -239,10 +245,11 @@ pub struct Server {
 }
 
 impl Server {
-    /// Listens on `path` (owner-only, 0600; a stale socket there is
-    /// replaced) and serves one frontend at a time until dropped.
-    pub fn start(path: &Path, name: &str) -> Result<Server, Error> {
-        let listener = listen(path)?;
+    /// Listens on `path` (owner-only, 0600, or given to `owner`; a stale
+    /// socket there is replaced) and serves one frontend at a time until
+    /// dropped.
+    pub fn start(path: &Path, name: &str, owner: Option<&SocketOwner>) -> Result<Server, Error> {
+        let listener = listen(path, owner)?;
         let meta = std::fs::metadata(path).map_err(|source| Error::Socket {
             path: path.into(),
             what: "stat after bind",
@@ -318,14 +325,19 @@ impl Drop for Server {
     }
 }
 
-/// Binds the socket with owner-only permissions: bound under a temporary
-/// name, chmod 0600, then renamed over `path`, so no other user can ever
-/// connect, and a stale socket is replaced in one step.
-fn listen(path: &Path) -> Result<UnixListener, Error> {
+/// Binds the socket with owner-only permissions (or `owner`'s): bound under
+/// a temporary name, chmod 0600, then renamed over `path`, so no other user
+/// can ever connect, and a stale socket is replaced in one step.
+fn listen(path: &Path, owner: Option<&SocketOwner>) -> Result<UnixListener, Error> {
     if path.file_name().and_then(|f| f.to_str()).is_none() {
         return Err(Error::BadPath { path: path.into() });
     }
-    private_socket::listen(path).map_err(|e| match e {
+    private_socket::listen(path, owner).map_err(|e| match e {
+        private_socket::Error::Owner { owner, why, .. } => Error::Owner {
+            path: path.into(),
+            owner,
+            why,
+        },
         private_socket::Error::NotASocket { .. } => Error::NotASocket { path: path.into() },
         private_socket::Error::InUse { .. } => Error::InUse { path: path.into() },
         private_socket::Error::Io { what, source, .. } => Error::Socket {
@@ -461,7 +473,7 @@ mod tests {
         // A socket nobody listens on any more: what a killed switch leaves.
         drop(UnixListener::bind(&path).unwrap());
         assert!(path.exists());
-        let server = Server::start(&path, "test").unwrap();
+        let server = Server::start(&path, "test", None).unwrap();
         let meta = std::fs::symlink_metadata(&path).unwrap();
         assert!(meta.file_type().is_socket());
         assert_eq!(meta.permissions().mode() & 0o777, 0o600);
@@ -479,18 +491,21 @@ mod tests {
         let dir = scratch("refuse");
         let live = dir.join("live.sock");
         let _listener = UnixListener::bind(&live).unwrap();
-        let err = Server::start(&live, "test").err().unwrap();
+        let err = Server::start(&live, "test", None).err().unwrap();
         assert!(matches!(err, Error::InUse { .. }), "{err}");
         assert!(live.exists(), "a live socket must be left alone");
 
         let file = dir.join("file.sock");
         std::fs::write(&file, b"not a socket").unwrap();
-        let err = Server::start(&file, "test").err().unwrap();
+        let err = Server::start(&file, "test", None).err().unwrap();
         assert!(matches!(err, Error::NotASocket { .. }), "{err}");
         assert!(err.to_string().contains("file.sock"), "{err}");
 
         let missing = dir.join("no/such/dir.sock");
-        let err = Server::start(&missing, "test").err().unwrap().to_string();
+        let err = Server::start(&missing, "test", None)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(
             err.contains("dir.sock") && err.contains("does the directory exist?"),
             "{err}"

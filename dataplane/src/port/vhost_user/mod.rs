@@ -38,6 +38,7 @@ use self::backend::{Link, Server, RX_QUEUE, TX_QUEUE};
 use self::virtq::{ChainError, RxPush, RxScratch, Segment, TxPop};
 use super::offload::{self, SpillBuffer, VnetHdr};
 use super::{DropReason, Frames, HeldFrames, Port, PortCounters, PortState};
+use crate::sys::private_socket::SocketOwner;
 use crate::xsk::XdpDesc;
 
 pub use self::backend::Error;
@@ -64,10 +65,15 @@ pub struct VhostUserPort {
 }
 
 impl VhostUserPort {
-    /// Listens on `path` for a vhost-user frontend.
-    pub fn open(path: &Path, counters: Arc<PortCounters>) -> Result<VhostUserPort, Error> {
+    /// Listens on `path` for a vhost-user frontend; `owner` may connect
+    /// too (libvirt runs QEMU as its own user).
+    pub fn open(
+        path: &Path,
+        owner: Option<&SocketOwner>,
+        counters: Arc<PortCounters>,
+    ) -> Result<VhostUserPort, Error> {
         let name = format!("vhost-user:{}", path.display());
-        let server = Server::start(path, &name)?;
+        let server = Server::start(path, &name, owner)?;
         // Down until a frontend connects and enables its rings.
         counters.set_state(PortState::Down);
         tracing::info!(port = name, "vhost-user port listening");

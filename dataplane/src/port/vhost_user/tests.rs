@@ -259,7 +259,7 @@ struct Connected {
 impl Connected {
     fn new(path: &std::path::Path) -> Connected {
         let counters = Arc::new(PortCounters::default());
-        let mut port = VhostUserPort::open(path, counters.clone()).unwrap();
+        let mut port = VhostUserPort::open(path, None, counters.clone()).unwrap();
         let mut bench = Bench::new();
         let all_frames = bench.pool.len();
         let g = Guest::connect(path);
@@ -591,7 +591,7 @@ fn a_memory_table_larger_than_its_file_is_refused_not_mapped() {
     let _watchdog = Watchdog::arm("a_memory_table_larger_than_its_file_is_refused_not_mapped");
     let path = socket_path("membus");
     let counters = Arc::new(PortCounters::default());
-    let mut port = VhostUserPort::open(&path, counters.clone()).unwrap();
+    let mut port = VhostUserPort::open(&path, None, counters.clone()).unwrap();
     let mut bench = Bench::new();
     let name = std::ffi::CString::new("short").unwrap();
     // SAFETY: memfd_create with a NUL-terminated name; owned by the File.
