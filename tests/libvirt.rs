@@ -32,8 +32,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use guest::{
-    build_initramfs, guest_kernel_dir, send_one, send_slowly, tcp_pattern, tcp_round_trip, Scratch,
-    ECHOED, GUEST_MAC, HOST_IP, QUIT, READY, TCP_BYTES, TCP_ECHOED, TCP_READY,
+    build_initramfs, guest_kernel_dir, send_one, send_slowly, tcp_round_trip, Scratch, ECHOED,
+    GUEST_MAC, HOST_IP, QUIT, READY, TCP_BYTES, TCP_ECHOED, TCP_READY,
 };
 use harness::{
     collect_test_frames, mac_of, privileged, test_frame, wait_for, RunningSwitch, Topology,
@@ -213,7 +213,7 @@ fn host_test() {
         "no TCP echo in the guest:\n{}",
         console_text()
     );
-    let sent = tcp_pattern(TCP_BYTES);
+    let sent = harness::pattern(TCP_BYTES);
     let back = tcp_round_trip(&a, &sent);
     assert!(
         back == sent,

@@ -20,12 +20,10 @@
 
 mod harness;
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use harness::{privileged, steer_counter, NetNs, RunningSwitch, Star};
+use harness::{privileged, steer_counter, tcp_transfer_both_ways, NetNs, RunningSwitch, Star};
 use serde_json::Value;
 
 /// Hosts a and b on 10.77.5.0/24 around the switch, at their defaults.
@@ -106,46 +104,6 @@ fn iperf_udp(from: &NetNs, to: &NetNs, to_addr: &str) -> (u64, u64) {
     (count("packets"), count("lost_packets"))
 }
 
-/// A TCP transfer of `len` patterned bytes from `from` to `to_addr`:7000
-/// in `to`; returns what the receiver read.
-fn tcp_transfer(from: &NetNs, to: &NetNs, to_addr: &str, len: usize) -> Vec<u8> {
-    let data = pattern(len);
-    let (listening_tx, listening_rx) = std::sync::mpsc::channel();
-    std::thread::scope(|s| {
-        let receiver = s.spawn(|| {
-            to.enter(|| {
-                let listener = TcpListener::bind("0.0.0.0:7000").expect("bind 7000");
-                listening_tx.send(()).unwrap();
-                let (mut conn, _) = listener.accept().expect("accept");
-                conn.set_read_timeout(Some(Duration::from_secs(20)))
-                    .unwrap();
-                let mut got = Vec::new();
-                conn.read_to_end(&mut got)
-                    .expect("read until the sender closes");
-                got
-            })
-        });
-        listening_rx.recv().unwrap();
-        from.enter(|| {
-            let addr = format!("{to_addr}:7000").parse().unwrap();
-            let mut conn =
-                TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
-            conn.set_write_timeout(Some(Duration::from_secs(20)))
-                .unwrap();
-            conn.write_all(&data).expect("send everything");
-        });
-        receiver.join().unwrap()
-    })
-}
-
-/// Bytes whose every 4 KiB block differs from its neighbours, so a lost,
-/// repeated or reordered segment shows.
-fn pattern(len: usize) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u32).wrapping_mul(2_654_435_761).rotate_right(13) as u8)
-        .collect()
-}
-
 /// The three checks from `a` to `b` (and TCP back from `b` to `a`).
 fn real_traffic_crosses(a: &NetNs, a_addr: &str, b: &NetNs, b_addr: &str, what: &str) {
     let bytes = iperf_tcp(a, b, b_addr);
@@ -160,20 +118,7 @@ fn real_traffic_crosses(a: &NetNs, a_addr: &str, b: &NetNs, b_addr: &str, what: 
         lost * 100 <= sent,
         "{what}: iperf3 UDP lost {lost} of {sent} datagrams"
     );
-    const LEN: usize = 4 << 20;
-    let want = pattern(LEN);
-    let got = tcp_transfer(a, b, b_addr, LEN);
-    assert!(
-        got == want,
-        "{what}: {} of {LEN} bytes arrived, or they differ",
-        got.len()
-    );
-    let back = tcp_transfer(b, a, a_addr, LEN);
-    assert!(
-        back == want,
-        "{what}: the way back: {} of {LEN} bytes",
-        back.len()
-    );
+    tcp_transfer_both_ways(a, a_addr, b, b_addr, 4 << 20, what);
 }
 
 fn stop(sw: RunningSwitch) {

@@ -1,6 +1,6 @@
 //! Steering policy: which frames of an interface go to the AF_XDP socket.
 
-use crate::wire::L2Header;
+use crate::wire::{FrameBytes, Ipv4Hdr, L2Header, UdpHdr, ETH_P_IP, IPPROTO_UDP};
 
 /// How `steer` treats the frames of one interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -10,8 +10,9 @@ pub enum Mode {
     Pass = 0,
     /// Every frame goes to the AF_XDP socket of its rx queue.
     RedirectAll = 1,
-    /// Frames whose destination MAC, VLAN or EtherType is listed in the match
-    /// table go to the socket; the rest to the kernel stack.
+    /// Frames whose destination MAC, VLAN, EtherType or IPv4 UDP destination
+    /// is listed in the match table go to the socket; the rest to the
+    /// kernel stack.
     RedirectListed = 2,
     /// Every frame is dropped and counted: a sink for benchmarks.
     Drop = 3,
@@ -134,6 +135,9 @@ pub enum MatchKind {
     Vlan = 2,
     /// EtherType (after the outer VLAN tag, if any).
     EtherType = 3,
+    /// IPv4 destination address and UDP destination port of a whole
+    /// (unfragmented) datagram: a tunnel endpoint's, such as VXLAN's.
+    UdpDst = 4,
 }
 
 /// Key of the `MATCHES` hash map: 8 bytes, no implicit padding.
@@ -144,7 +148,8 @@ pub struct MatchKey {
     pub kind: u8,
     /// Always zero; keeps the key free of uninitialised padding.
     pub pad: u8,
-    /// MAC bytes, or a VLAN id / EtherType big-endian in the first two bytes.
+    /// MAC bytes, a VLAN id / EtherType big-endian in the first two bytes,
+    /// or an IPv4 address and a UDP port (big-endian).
     pub value: [u8; 6],
 }
 
@@ -168,6 +173,16 @@ impl MatchKey {
         Self::u16_key(MatchKind::EtherType, ethertype)
     }
 
+    /// Matches IPv4 UDP datagrams to `ip`:`port`.
+    pub const fn udp_dst(ip: [u8; 4], port: u16) -> MatchKey {
+        let p = port.to_be_bytes();
+        MatchKey {
+            kind: MatchKind::UdpDst as u8,
+            pad: 0,
+            value: [ip[0], ip[1], ip[2], ip[3], p[0], p[1]],
+        }
+    }
+
     const fn u16_key(kind: MatchKind, v: u16) -> MatchKey {
         let b = v.to_be_bytes();
         MatchKey {
@@ -189,10 +204,34 @@ pub enum Verdict {
     Drop,
 }
 
-/// The steering decision for one frame. `listed` answers whether a key is in
-/// the match table; it is only consulted in [`Mode::RedirectListed`].
+/// The [`MatchKind::UdpDst`] key of an IPv4 UDP datagram that is not a
+/// fragment; `None` for anything else. Only [`Mode::RedirectListed`] needs
+/// it, so callers read it only then.
 #[inline(always)]
-pub fn decide(mode: Mode, header: &L2Header, listed: impl Fn(&MatchKey) -> bool) -> Verdict {
+pub fn udp_dst_key<F: FrameBytes + ?Sized>(frame: &F, header: &L2Header) -> Option<MatchKey> {
+    if header.ethertype != ETH_P_IP {
+        return None;
+    }
+    let ip: Ipv4Hdr = frame.read(header.header_len)?;
+    let ihl = ip.ihl() as usize;
+    let whole = ip.frag_flags() & 1 == 0 && ip.frag_offset() == 0;
+    if ip.version() != 4 || ihl < Ipv4Hdr::LEN || ip.proto != IPPROTO_UDP || !whole {
+        return None;
+    }
+    let udp: UdpHdr = frame.read(header.header_len + ihl)?;
+    Some(MatchKey::udp_dst(ip.dst_addr, udp.dst_port()))
+}
+
+/// The steering decision for one frame. `listed` answers whether a key is in
+/// the match table; it is only consulted in [`Mode::RedirectListed`], as is
+/// `udp`, the frame's [`udp_dst_key`].
+#[inline(always)]
+pub fn decide(
+    mode: Mode,
+    header: &L2Header,
+    udp: Option<MatchKey>,
+    listed: impl Fn(&MatchKey) -> bool,
+) -> Verdict {
     match mode {
         Mode::Pass => Verdict::Pass,
         Mode::Drop => Verdict::Drop,
@@ -200,7 +239,8 @@ pub fn decide(mode: Mode, header: &L2Header, listed: impl Fn(&MatchKey) -> bool)
         Mode::RedirectListed => {
             let selected = listed(&MatchKey::dst_mac(header.dst))
                 || matches!(header.vlan, Some(vid) if listed(&MatchKey::vlan(vid)))
-                || listed(&MatchKey::ethertype(header.ethertype));
+                || listed(&MatchKey::ethertype(header.ethertype))
+                || matches!(udp, Some(key) if listed(&key));
             if selected {
                 Verdict::Redirect
             } else {
@@ -246,9 +286,12 @@ mod tests {
     fn fixed_modes_ignore_the_table() {
         let h = header(MAC_A, None, 0x0800);
         let all = [MatchKey::dst_mac(MAC_A)];
-        assert_eq!(decide(Mode::Pass, &h, table(&all)), Verdict::Pass);
-        assert_eq!(decide(Mode::Drop, &h, table(&all)), Verdict::Drop);
-        assert_eq!(decide(Mode::RedirectAll, &h, table(&[])), Verdict::Redirect);
+        assert_eq!(decide(Mode::Pass, &h, None, table(&all)), Verdict::Pass);
+        assert_eq!(decide(Mode::Drop, &h, None, table(&all)), Verdict::Drop);
+        assert_eq!(
+            decide(Mode::RedirectAll, &h, None, table(&[])),
+            Verdict::Redirect
+        );
     }
 
     #[test]
@@ -261,22 +304,70 @@ mod tests {
         let t = table(&keys);
         let m = Mode::RedirectListed;
         assert_eq!(
-            decide(m, &header(MAC_A, None, 0x0800), &t),
+            decide(m, &header(MAC_A, None, 0x0800), None, &t),
             Verdict::Redirect
         );
         assert_eq!(
-            decide(m, &header(MAC_B, Some(100), 0x0800), &t),
+            decide(m, &header(MAC_B, Some(100), 0x0800), None, &t),
             Verdict::Redirect
         );
         assert_eq!(
-            decide(m, &header(MAC_B, None, 0x88b5), &t),
+            decide(m, &header(MAC_B, None, 0x88b5), None, &t),
             Verdict::Redirect
         );
         assert_eq!(
-            decide(m, &header(MAC_B, Some(101), 0x0800), &t),
+            decide(m, &header(MAC_B, Some(101), 0x0800), None, &t),
             Verdict::Pass
         );
-        assert_eq!(decide(m, &header(MAC_B, None, 0x0806), &t), Verdict::Pass);
+        assert_eq!(
+            decide(m, &header(MAC_B, None, 0x0806), None, &t),
+            Verdict::Pass
+        );
+    }
+
+    #[test]
+    fn listed_selects_a_udp_destination_and_nothing_else_of_ipv4() {
+        extern crate std;
+        use crate::wire::build::{write_udp_ipv4, UdpIpv4};
+        let mut f = [0u8; 64];
+        let udp = |f: &mut [u8; 64], dst_ip: [u8; 4], dst_port: u16| {
+            write_udp_ipv4(
+                f,
+                &UdpIpv4 {
+                    src_mac: MAC_B,
+                    dst_mac: MAC_A,
+                    src_ip: [10, 0, 0, 2],
+                    dst_ip,
+                    src_port: 50000,
+                    dst_port,
+                },
+            )
+            .unwrap();
+        };
+        let keys = [MatchKey::udp_dst([10, 0, 0, 1], 4789)];
+        let h = header(MAC_A, None, 0x0800);
+        let verdict = |f: &[u8; 64]| {
+            decide(
+                Mode::RedirectListed,
+                &h,
+                udp_dst_key(f.as_slice(), &h),
+                table(&keys),
+            )
+        };
+        udp(&mut f, [10, 0, 0, 1], 4789);
+        assert_eq!(verdict(&f), Verdict::Redirect);
+        udp(&mut f, [10, 0, 0, 1], 4790);
+        assert_eq!(verdict(&f), Verdict::Pass, "another port");
+        udp(&mut f, [10, 0, 0, 3], 4789);
+        assert_eq!(verdict(&f), Verdict::Pass, "another address");
+        udp(&mut f, [10, 0, 0, 1], 4789);
+        f[20] |= 0x20; // a fragment: the kernel reassembles it
+        assert_eq!(verdict(&f), Verdict::Pass);
+        udp(&mut f, [10, 0, 0, 1], 4789);
+        f[23] = 6; // TCP to the same port
+        assert_eq!(verdict(&f), Verdict::Pass);
+        let arp = header(MAC_A, None, 0x0806);
+        assert_eq!(udp_dst_key(f.as_slice(), &arp), None);
     }
 
     #[test]
@@ -286,7 +377,7 @@ mod tests {
         let keys = [MatchKey::vlan(0x800 & 0xfff)];
         let h = header(MAC_B, None, 0x0800);
         assert_eq!(
-            decide(Mode::RedirectListed, &h, table(&keys)),
+            decide(Mode::RedirectListed, &h, None, table(&keys)),
             Verdict::Pass
         );
     }

@@ -32,7 +32,7 @@ use dataplane_common::{
         self, Egress, FastPathDecision, FdbKey, FdbValue, PortVlans, Rewrite, TcHandoff,
         TC_HANDOFF_MAGIC, TC_HANDOFF_PEER,
     },
-    policy::{decide, MatchKey, Mode, Policy, Verdict},
+    policy::{decide, udp_dst_key, MatchKey, Mode, Policy, Verdict},
     wire::{
         self, parse_l2, EthHdr, FrameBytes, FrameBytesMut, L2Header, Plain, ETH_HLEN, ETH_P_8021AD,
         ETH_P_8021Q, ETH_P_IP, VLAN_HLEN,
@@ -193,7 +193,12 @@ fn steer_frame(ctx: &XdpContext) -> (u32, Outcome) {
     let mode = Mode::from_raw(policy.mode);
     // SAFETY: the lookup copies nothing out; we only test for presence.
     let listed = |key: &MatchKey| unsafe { MATCHES.get(key).is_some() };
-    match decide(mode, &header, listed) {
+    // The IPv4 and UDP headers are read only when a match may name them.
+    let udp = match mode {
+        Mode::RedirectListed => udp_dst_key(&Packet::of_xdp(ctx), &header),
+        _ => None,
+    };
+    match decide(mode, &header, udp, listed) {
         Verdict::Pass => (xdp_action::XDP_PASS, Outcome::Passed),
         Verdict::Drop => (xdp_action::XDP_DROP, Outcome::Dropped),
         Verdict::Redirect => {
@@ -449,7 +454,9 @@ fn steer_skb(ctx: &TcContext) -> (i32, Outcome) {
     };
     // SAFETY: the lookup copies nothing out; we only test for presence.
     let listed = |key: &MatchKey| unsafe { MATCHES.get(key).is_some() };
-    match decide(Mode::from_raw(policy.mode), &header, listed) {
+    // No UDP matches at tc: steer_tc serves container ports, which take
+    // every frame (`listed` is for interfaces steered with XDP).
+    match decide(Mode::from_raw(policy.mode), &header, None, listed) {
         Verdict::Pass => (TC_ACT_OK as i32, Outcome::Passed),
         Verdict::Drop => (TC_ACT_SHOT as i32, Outcome::Dropped),
         Verdict::Redirect => {

@@ -78,13 +78,6 @@ pub fn guest_kernel_dir() -> PathBuf {
         .join("guest-kernel")
 }
 
-/// Bytes where a lost, repeated or reordered segment shows.
-pub fn tcp_pattern(len: usize) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u32).wrapping_mul(2_654_435_761).rotate_right(13) as u8)
-        .collect()
-}
-
 /// Sends `data` from a's stack to the guest's TCP echo and reads it back.
 pub fn tcp_round_trip(a: &NetNs, data: &[u8]) -> Vec<u8> {
     use std::io::Read;

@@ -6,7 +6,8 @@
 //! with them) and any dataplane pins in bpffs that belong to them.
 //!
 //! By concern: [`topology`] (namespaces, veths), [`packets`] (raw frames in
-//! and out), [`switch`] (the `dataplane run` process), [`probes`] (/proc);
+//! and out), [`switch`] (the `dataplane run` process), [`probes`] (/proc),
+//! [`tcp`] (a TCP transfer checked byte for byte);
 //! every item is re-exported here, so tests name it `harness::X`.
 #![allow(dead_code, unused_imports)] // each test binary uses a different part of the harness
 
@@ -68,11 +69,13 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 mod packets;
 mod probes;
 mod switch;
+mod tcp;
 mod topology;
 
 pub use packets::*;
 pub use probes::*;
 pub use switch::*;
+pub use tcp::*;
 pub use topology::*;
 
 /// Path of the `dataplane` binary cargo built for this test run.

@@ -27,6 +27,7 @@ pub const BASE_PACKAGES: &[&str] = &[
     "busybox-static", // the containers' offline image (tests/cni.rs)
     "libvirt-daemon-system", // libvirtd defines and starts a VM on a vhost-user port (tests/libvirt.rs)
     "libvirt-clients",       // virsh
+    "tcpdump", // a capture of the VXLAN encapsulation on the underlay (tests/vxlan.rs)
 ];
 
 /// Debian packages the build itself needs: xsk-rs builds libxdp and libbpf

@@ -13,12 +13,14 @@
 //! - [`l3`]: IPv4/IPv6 up to the L4 header ([`parse_l3`]).
 //! - [`vlan`]: tag push, pop and VID rewrite, on a packet or a buffer.
 //! - [`build`]: the frames the project makes itself (the generator's).
+//! - [`vxlan`]: VXLAN's outer headers over IPv4, written and read.
 //! - checksums live in [`crate::checksum`] and read through the same views.
 
 pub mod build;
 pub mod l2;
 pub mod l3;
 pub mod vlan;
+pub mod vxlan;
 
 pub use l2::{parse_l2, L2Header, ParseError};
 pub use l3::{parse_l3, L3Header};

@@ -67,8 +67,9 @@ pub enum Command {
         /// Default: all, or listed when --match is given.
         #[arg(long, value_name = "POLICY")]
         policy: Option<ModeArg>,
-        /// Select frames by destination MAC, VLAN id or EtherType:
-        /// mac=02:00:00:00:00:0b, vlan=100, ethertype=0x88b5|ipv4|ipv6|arp.
+        /// Select frames by destination MAC, VLAN id, EtherType or IPv4 UDP
+        /// destination: mac=02:00:00:00:00:0b, vlan=100,
+        /// ethertype=0x88b5|ipv4|ipv6|arp, udp=10.99.0.1:4789.
         /// Repeatable; a frame matching any entry is selected.
         #[arg(long = "match", value_name = "KIND=VALUE")]
         matches: Vec<MatchArg>,
@@ -130,6 +131,9 @@ pub enum Command {
         tap:NAME[,queues=N][,vlan=N | ,trunk=N+M[,native=N]]   (creates or opens a TAP device)\n  \
         vhost-user:/PATH.sock[,vlan=N | ,trunk=N+M[,native=N]][,owner=USER[:GROUP]]   (a VM's virtio-net;\n  \
           the socket is 0600 root's; owner=libvirt-qemu gives it to libvirt's QEMU, :GROUP makes it 0660)\n  \
+        vxlan:vni=N,local=IP,remote=IP[+IP...],dev=UNDERLAY[,port=4789][,queues=0+1][,vlan=N | ,trunk=...]\n  \
+          (a VXLAN tunnel to other hosts' switches; only UDP to local:port on UNDERLAY reaches the switch,\n  \
+          the rest stays the kernel's; overlay MTU = UNDERLAY's MTU - 50; also vxlan:UNDERLAY,vni=N,...)\n  \
         Every kind also takes ,max_macs=N: at most N source MACs learned on the port (port security)\n\n\
         Signals: SIGINT/SIGTERM/SIGHUP/SIGQUIT stop it cleanly (exit 0); SIGUSR1 prints statistics and the FDB.\n\
         A run killed with SIGKILL is cleaned up by the next run, which says so.\n\n\
@@ -223,7 +227,9 @@ pub enum Command {
     /// computed between two reads of the switch's counters; drops are
     /// totals by reason: no_free_frame, tx_ring_full, rx_kernel (ring full
     /// or no receive buffer), invalid_desc, policy (VLAN, no egress),
-    /// malformed, port_down (toward a port that is down).
+    /// malformed, port_down (toward a port that is down), tunnel (a VXLAN
+    /// frame for another VNI or from an unlisted VTEP), no_next_hop (the
+    /// remote VTEP's ARP unanswered), too_big (over a tunnel's MTU).
     #[command(after_help = "Examples:\n  \
         dataplane -n sw stats --watch          # redrawn every second, Ctrl-C to stop\n  \
         dataplane -n sw stats --json\n\n\

@@ -76,10 +76,7 @@ pub fn show_fdb(socket: &Path, json: bool) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
-    println!("{:>5}  {:<17}  PORT", "VLAN", "MAC");
-    for r in &rows {
-        println!("{:>5}  {:<17}  {}", r.vlan, r.mac, r.port);
-    }
+    print!("{}", FdbRow::table(&rows));
     println!("({} entries)", rows.len());
     Ok(())
 }

@@ -166,8 +166,5 @@ fn write_summary(
 /// The FDB, as SIGUSR1 prints it.
 fn print_fdb(fdb: &[dataplane::control::FdbRow]) {
     println!("FDB ({} entries):", fdb.len());
-    println!("{:>5}  {:<17}  PORT", "VLAN", "MAC");
-    for r in fdb {
-        println!("{:>5}  {:<17}  {}", r.vlan, r.mac, r.port);
-    }
+    print!("{}", dataplane::control::FdbRow::table(fdb));
 }

@@ -171,6 +171,26 @@ pub struct FdbRow {
     pub vlan: u16,
     pub mac: String,
     pub port: String,
+    /// On a tunnel port: the remote VTEP the address sits behind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<String>,
+}
+
+impl FdbRow {
+    /// The table `show fdb` and SIGUSR1 print.
+    pub fn table(rows: &[FdbRow]) -> String {
+        let mut out = format!("{:>5}  {:<17}  {:<24}  REMOTE\n", "VLAN", "MAC", "PORT");
+        for r in rows {
+            out.push_str(&format!(
+                "{:>5}  {:<17}  {:<24}  {}\n",
+                r.vlan,
+                r.mac,
+                r.port,
+                r.remote.as_deref().unwrap_or("-")
+            ));
+        }
+        out
+    }
 }
 
 /// Parses one request line; the error is what the client is told.

@@ -14,8 +14,10 @@ use crate::port::afxdp::{AfxdpConfig, AfxdpPort, ContainerConfig};
 use crate::port::tap::TapPort;
 use crate::port::veth::{self, Punt};
 use crate::port::vhost_user::VhostUserPort;
+use crate::port::vxlan::{VxlanConfig, VxlanPort};
 use crate::port::{Port, PortCounters, PortSnapshot, PortState};
 use crate::steer::pins::PinRoot;
+use crate::steer::policy::PolicySpec;
 use crate::steer::{Attachment, ModeRequest};
 use crate::switch::SwitchPort;
 use crate::sync::LockOrRecover;
@@ -55,6 +57,7 @@ impl Daemon {
         let placement = place_queues(&p, running.least_loaded_pmd(), n_pmds);
         let counters = Arc::new(PortCounters::default());
         let parts = self.open_parts(id, &p, &placement, &counters)?;
+        let remote_macs = parts.iter().find_map(|(_, port, _)| port.remote_macs());
         self.slots
             .resize_with(self.slots.len().max(id + 1), || None);
         self.slots[id] = Some(Slot {
@@ -65,6 +68,7 @@ impl Daemon {
             open: false,
             link_up: true,
             placement: placement.clone(),
+            remote_macs,
         });
         self.plug(id, parts)?;
         tracing::info!(port = spec, id, placement = ?placement, "port added");
@@ -408,11 +412,40 @@ pub(super) fn open_port(
                 fdb_entries,
                 join,
                 max_ports,
+                policy: PolicySpec::redirect_all(),
             },
             umem,
             pins,
             counters,
         )?),
+        PortKind::Vxlan => {
+            let tunnel = p.vxlan.as_ref().ok_or_else(|| config::Error::PortField {
+                spec: p.name(),
+                why: "a vxlan port without its tunnel".into(),
+            })?;
+            Box::new(VxlanPort::open(
+                VxlanConfig {
+                    tunnel,
+                    underlay: AfxdpConfig {
+                        ifname: p.iface.clone(),
+                        queues,
+                        socket,
+                        fill_frames,
+                        attach_mode: ModeRequest::Auto,
+                        fdb_entries,
+                        join,
+                        max_ports,
+                        // Set by the port: only its UDP.
+                        policy: PolicySpec::redirect_all(),
+                    },
+                    max_age: config.fdb.max_age,
+                    max_entries: config.fdb.max_entries,
+                },
+                umem,
+                pins,
+                counters,
+            )?)
+        }
         PortKind::Tap => Box::new(TapPort::open(&p.iface, p.queues.len(), counters)?),
         PortKind::VhostUser => Box::new(VhostUserPort::open(
             std::path::Path::new(&p.iface),
@@ -428,7 +461,7 @@ pub(super) fn open_port(
 /// thread, so the PMD never sleeps while its other ports have traffic.
 pub(super) fn quiesce(pins: &PinRoot, p: &PortConfig, id: usize, punt: Option<&Punt>) {
     match (p.kind, punt) {
-        (PortKind::Afxdp, _) => {
+        (PortKind::Afxdp | PortKind::Vxlan, _) => {
             let Ok(mut attachment) = Attachment::open(pins, &p.iface) else {
                 return;
             };
@@ -469,7 +502,7 @@ pub(super) fn peer_effect(p: &PortConfig) -> Option<&'static str> {
 pub(super) fn interface_index(p: &PortConfig) -> Option<u32> {
     match p.kind {
         PortKind::Afxdp | PortKind::Veth => netdev::ifindex(&p.iface).ok(),
-        PortKind::Tap | PortKind::VhostUser => None,
+        PortKind::Tap | PortKind::VhostUser | PortKind::Vxlan => None,
     }
 }
 

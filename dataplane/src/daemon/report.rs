@@ -150,6 +150,16 @@ impl Daemon {
             .iter()
             .map(|p| p.name.clone())
             .collect();
+        // Tunnel ports' remote tables, copied once for the whole listing.
+        let remotes: Vec<Vec<crate::port::vxlan::RemoteMac>> = (0..names.len())
+            .map(|id| {
+                self.slots
+                    .get(id)
+                    .and_then(|s| s.as_ref()?.remote_macs.as_ref())
+                    .map(|t| t.lock_or_recover().clone())
+                    .unwrap_or_default()
+            })
+            .collect();
         shared
             .switch
             .fdb()
@@ -159,6 +169,15 @@ impl Daemon {
                 vlan,
                 mac: crate::steer::policy::format_mac(&mac),
                 port: names.get(e.port).cloned().unwrap_or_default(),
+                // The inner frames carry the switch VLAN as a tag (trunk) or
+                // no tag (access, untagged).
+                remote: remotes
+                    .get(e.port)
+                    .and_then(|t| {
+                        t.iter()
+                            .find(|r| r.mac == mac && (r.vlan == vlan || r.vlan == 0))
+                    })
+                    .map(|r| r.remote.to_string()),
             })
             .collect()
     }

@@ -56,6 +56,8 @@ pub enum Error {
     VhostUser(#[from] port::vhost_user::Error),
     #[error(transparent)]
     Punt(#[from] port::veth::Error),
+    #[error(transparent)]
+    Vxlan(#[from] port::vxlan::Error),
     #[error("starting the PMD thread: {0}")]
     Thread(std::io::Error),
     #[error("a PMD thread panicked; ports were released as it unwound")]
@@ -96,6 +98,8 @@ pub(super) struct Slot {
     /// Which PMD polls which of its receive queues (kept when it closes,
     /// so that it reopens the same way).
     pub(super) placement: Vec<(usize, Vec<u32>)>,
+    /// A tunnel port's learned remote MACs (`show fdb`).
+    pub(super) remote_macs: Option<port::vxlan::RemoteMacs>,
 }
 
 /// The running switch and everything needed to change it.
@@ -157,6 +161,7 @@ impl Daemon {
         let mut punt = None;
         for ((id, p), placement) in config.ports.iter().enumerate().zip(placements) {
             let counters = Arc::new(PortCounters::default());
+            let mut remote_macs = None;
             for (k, (pmd, queues)) in placement.iter().enumerate() {
                 let umem = pmds[*pmd].umem.clone();
                 let at = PortPlace {
@@ -168,6 +173,7 @@ impl Daemon {
                     join: k > 0,
                 };
                 let port = open_port(config, p, pins, at, counters.clone())?;
+                remote_macs = remote_macs.or_else(|| port.remote_macs());
                 pmds[*pmd].ports.push(PortPart {
                     id,
                     port,
@@ -182,6 +188,7 @@ impl Daemon {
                 link_up: true,
                 peer_effect: peer_effect(p),
                 placement,
+                remote_macs,
             }));
         }
         let switch_ports = config

@@ -84,6 +84,10 @@ pub struct AfxdpConfig {
     pub join: bool,
     /// The switch's port slots (steer's port maps are sized from them).
     pub max_ports: u32,
+    /// Which frames steer hands to the port: all of them, or (a VXLAN
+    /// port's underlay) only those the match table lists, the rest staying
+    /// the kernel's.
+    pub policy: PolicySpec,
 }
 
 /// How to open a container port (see [`super::veth`]).
@@ -225,15 +229,22 @@ impl AfxdpPort {
                 ports: config.max_ports,
                 queues: config.queues.iter().max().map_or(0, |q| q + 1),
             };
-            attach_steer(pins, &ifname, config.attach_mode, &sizes)?
+            attach_steer(pins, &ifname, config.attach_mode, &sizes, &config.policy)?
         };
         if attached_here && netdev::is_veth_to_other_netns(&ifname).unwrap_or(false) {
             // The kernel's rule for veth, undone when steer is detached.
-            tracing::info!(
-                ifname,
-                "native XDP on {ifname} turns TSO off on its other end until this port closes; \
-                 for a container's veth, `veth:{ifname}` keeps the container's offloads"
-            );
+            if config.policy == PolicySpec::redirect_all() {
+                tracing::info!(
+                    ifname,
+                    "native XDP on {ifname} turns TSO off on its other end until this port closes; \
+                     for a container's veth, `veth:{ifname}` keeps the container's offloads"
+                );
+            } else {
+                tracing::info!(
+                    ifname,
+                    "native XDP on {ifname} turns TSO off on its other end until this port closes"
+                );
+            }
         }
         let mut port = AfxdpPort {
             name: format!("afxdp:{ifname}"),
@@ -288,7 +299,13 @@ impl AfxdpPort {
             ports: config.max_ports,
             queues: 1,
         };
-        let (attachment, attached_here) = attach_steer(pins, &ifname, ModeRequest::Tc, &sizes)?;
+        let (attachment, attached_here) = attach_steer(
+            pins,
+            &ifname,
+            ModeRequest::Tc,
+            &sizes,
+            &PolicySpec::redirect_all(),
+        )?;
         let mut port = AfxdpPort {
             name: format!("veth:{ifname}"),
             ifname: ifname.clone(),
@@ -621,6 +638,7 @@ fn attach_steer(
     ifname: &str,
     mode: ModeRequest,
     sizes: &SteerSizes,
+    policy: &PolicySpec,
 ) -> Result<(Attachment, bool), Error> {
     let steer_err = |source| Error::Steer {
         ifname: ifname.to_string(),
@@ -638,7 +656,7 @@ fn attach_steer(
                 fdb_entries: sizes.fdb_entries,
                 ports: sizes.ports,
                 queues: sizes.queues.max(dataplane_common::MAX_QUEUES),
-                ..AttachOptions::new(ifname, mode, PolicySpec::redirect_all())
+                ..AttachOptions::new(ifname, mode, policy.clone())
             },
         )
         .map_err(steer_err)?;
@@ -648,6 +666,11 @@ fn attach_steer(
         true
     };
     let mut attachment = Attachment::open(pins, ifname).map_err(steer_err)?;
+    if *policy != PolicySpec::redirect_all() {
+        // Steer found attached (a user's, or a killed run's) may steer
+        // everything: what is not listed must stay the kernel's.
+        attachment.set_policy(policy).map_err(steer_err)?;
+    }
     if attached_here {
         // Mark it ours, so that if this process is killed the next run
         // knows the attachment was left behind, not made by a user.

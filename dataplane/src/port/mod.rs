@@ -11,6 +11,7 @@ pub mod offload;
 pub mod tap;
 pub mod veth;
 pub mod vhost_user;
+pub mod vxlan;
 
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
@@ -55,6 +56,13 @@ pub trait Port: Send {
     /// The port's counters (shared with whoever reports them).
     fn counters(&self) -> &Arc<PortCounters>;
 
+    /// A tunnel port's table of which remote endpoint each learned MAC sits
+    /// behind, as the port last published it (`show fdb` shows it); `None`
+    /// for every other kind.
+    fn remote_macs(&self) -> Option<vxlan::RemoteMacs> {
+        None
+    }
+
     /// The port is about to be closed while the switch goes on (`port del`,
     /// or its interface went away): stop receiving and take back what the
     /// kernel already returned (received frames, completed sends), without
@@ -98,11 +106,20 @@ pub enum DropReason {
     /// The egress port is down: link down, interface gone, or no
     /// vhost-user frontend connected.
     PortDown = 6,
+    /// A tunnel port received a frame that is not for it: another VNI, a
+    /// VTEP not in its list, not VXLAN at all.
+    Tunnel = 7,
+    /// A tunnel port has no next hop toward the remote VTEP yet (the
+    /// kernel has no route to it, or its ARP is unanswered).
+    NoNextHop = 8,
+    /// Larger than the port's path can carry (a tunnel's overlay MTU is
+    /// the underlay's less the encapsulation): never sent as a fragment.
+    TooBig = 9,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 7] = [
+    pub const ALL: [DropReason; 10] = [
         DropReason::NoFreeFrame,
         DropReason::TxRingFull,
         DropReason::RxKernel,
@@ -110,6 +127,9 @@ impl DropReason {
         DropReason::Policy,
         DropReason::Malformed,
         DropReason::PortDown,
+        DropReason::Tunnel,
+        DropReason::NoNextHop,
+        DropReason::TooBig,
     ];
 
     /// Name in statistics output.
@@ -122,6 +142,9 @@ impl DropReason {
             DropReason::Policy => "policy",
             DropReason::Malformed => "malformed",
             DropReason::PortDown => "port_down",
+            DropReason::Tunnel => "tunnel",
+            DropReason::NoNextHop => "no_next_hop",
+            DropReason::TooBig => "too_big",
         }
     }
 }

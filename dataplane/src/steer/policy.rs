@@ -6,6 +6,7 @@
 //! --policy drop                      drop and count (a benchmark sink)
 //! --match mac=02:00:00:00:00:0b      only listed frames to the socket
 //! --match vlan=100 --match ethertype=0x88b5
+//! --match udp=10.99.0.1:4789          IPv4 UDP to that address and port
 //! ```
 //! Giving `--match` implies `--policy listed`.
 
@@ -19,10 +20,10 @@ pub enum Error {
     #[error("unknown policy {0:?}: expected all, pass, drop or listed")]
     UnknownMode(String),
     #[error(
-        "match {0:?} is not KIND=VALUE (e.g. mac=02:00:00:00:00:0b, vlan=100, ethertype=0x0800)"
+        "match {0:?} is not KIND=VALUE (e.g. mac=02:00:00:00:00:0b, vlan=100, ethertype=0x0800, udp=10.0.0.1:4789)"
     )]
     NotKeyValue(String),
-    #[error("unknown match kind {0:?}: expected mac, vlan or ethertype")]
+    #[error("unknown match kind {0:?}: expected mac, vlan, ethertype or udp")]
     UnknownKind(String),
     #[error("{0:?} is not a MAC address (six hex bytes separated by ':')")]
     BadMac(String),
@@ -30,6 +31,8 @@ pub enum Error {
     BadVlan(String),
     #[error("{0:?} is not an EtherType (0x0600-0xffff, or ipv4, ipv6, arp, vlan)")]
     BadEtherType(String),
+    #[error("{0:?} is not an IPv4 address and UDP port (10.0.0.1:4789)")]
+    BadUdp(String),
     #[error("policy {mode} takes no --match (matches only apply to `listed`)")]
     MatchesWithoutListed { mode: &'static str },
     #[error("policy listed needs at least one --match")]
@@ -69,6 +72,12 @@ impl FromStr for MatchArg {
             "mac" => MatchKey::dst_mac(parse_mac(value.trim())?),
             "vlan" => MatchKey::vlan(parse_vlan(value.trim())?),
             "ethertype" => MatchKey::ethertype(parse_ethertype(value.trim())?),
+            "udp" => {
+                let v = value.trim();
+                let addr: std::net::SocketAddrV4 =
+                    v.parse().map_err(|_| Error::BadUdp(v.to_string()))?;
+                MatchKey::udp_dst(addr.ip().octets(), addr.port())
+            }
             other => return Err(Error::UnknownKind(other.to_string())),
         };
         Ok(MatchArg(key))
@@ -190,6 +199,10 @@ mod tests {
         assert_eq!(m("ethertype=0x88b5").0, MatchKey::ethertype(0x88b5));
         assert_eq!(m("ethertype=arp").0, MatchKey::ethertype(0x0806));
         assert_eq!(m("ethertype=2048").0, MatchKey::ethertype(0x0800));
+        assert_eq!(
+            m("udp=10.99.0.1:4789").0,
+            MatchKey::udp_dst([10, 99, 0, 1], 4789)
+        );
     }
 
     #[test]
@@ -209,6 +222,7 @@ mod tests {
             ("vlan=0", Error::BadVlan("0".into())),
             ("vlan=4095", Error::BadVlan("4095".into())),
             ("ethertype=0x05dc", Error::BadEtherType("0x05dc".into())),
+            ("udp=10.0.0.1", Error::BadUdp("10.0.0.1".into())),
         ] {
             assert_eq!(input.parse::<MatchArg>().unwrap_err(), want, "{input}");
         }

@@ -30,4 +30,5 @@ pub mod netdev;
 pub mod netns;
 pub mod private_socket;
 pub mod privileges;
+pub mod route;
 pub mod tun;

@@ -69,6 +69,19 @@ pub fn ifindex(ifname: &str) -> Result<u32, Error> {
     Ok(index)
 }
 
+/// The name of interface `ifindex` in the current network namespace.
+pub fn name_of(ifindex: u32) -> Option<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: `buf` has the IF_NAMESIZE bytes if_indextoname(3) may write.
+    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: on success the buffer holds a NUL-terminated name.
+    let name = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
+    Some(name.to_string_lossy().into_owned())
+}
+
 /// An XDP program the kernel reports attached to an interface.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AttachedXdp {

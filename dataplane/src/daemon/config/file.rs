@@ -3,6 +3,7 @@
 //! (each error with the key it is about), and how a [`RunConfig`] becomes
 //! them again (`show config`).
 
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -11,8 +12,8 @@ use crate::switch::vlan::UNTAGGED;
 use crate::switch::VlanMode;
 
 use super::port::{
-    check_pmds, parse_bind, parse_max_macs, parse_owner, port_target, vlan_mode, PortConfig,
-    PortKind,
+    check_pmds, parse_bind, parse_ipv4_list, parse_max_macs, parse_owner, port_target, vlan_mode,
+    PortConfig, PortKind, VxlanSpec,
 };
 use super::toml_location::KeyPath;
 use super::{
@@ -105,6 +106,19 @@ struct PortSection {
     #[serde(default)]
     #[serde(skip_serializing_if = "Option::is_none")]
     owner: Option<String>,
+    /// vxlan: the tunnel (`iface` is the underlay).
+    #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    vni: Option<u32>,
+    #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    local: Option<String>,
+    #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    remote: Option<Vec<String>>,
+    #[serde(default)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    udp_port: Option<u16>,
 }
 
 impl RunConfig {
@@ -122,8 +136,8 @@ impl RunConfig {
             } else {
                 "iface"
             };
-            let iface =
-                port_target(p.kind, p.iface, p.path, origin).map_err(|e| (e, at(target_key)))?;
+            let iface = port_target(p.kind, p.iface.clone(), p.path.clone(), origin)
+                .map_err(|e| (e, at(target_key)))?;
             let name = format!("{}:{}", p.kind.prefix(), iface);
             if p.kind == PortKind::VhostUser && p.queues.is_some() {
                 return Err((
@@ -168,6 +182,7 @@ impl RunConfig {
                     )
                 })?,
             };
+            let vxlan = tunnel_of(&p, &name).map_err(|(e, key)| (e, at(key)))?;
             let queues = match (p.kind, p.queues) {
                 // A TAP's queues are a count, not queue ids.
                 (PortKind::Tap, Some(q)) => match q.as_slice() {
@@ -194,6 +209,8 @@ impl RunConfig {
                     ))
                 }
                 (_, Some(q)) => q,
+                // Every receive queue of the underlay.
+                (PortKind::Vxlan, None) => Vec::new(),
                 (_, None) => vec![0],
             };
             let max_macs = match p.max_macs {
@@ -247,6 +264,7 @@ impl RunConfig {
                 max_macs,
                 pmds: p.pmds,
                 owner,
+                vxlan,
             });
         }
         let cores_key = if file.cores.is_some() {
@@ -327,6 +345,75 @@ impl From<&RunConfig> for FileConfig {
     }
 }
 
+/// A `[[port]]` table's tunnel keys: required on a vxlan port, refused on
+/// any other. An error names the key it is about.
+fn tunnel_of(p: &PortSection, name: &str) -> Result<Option<VxlanSpec>, (Error, &'static str)> {
+    let field = |why: String| Error::PortField {
+        spec: name.to_string(),
+        why,
+    };
+    if p.kind != PortKind::Vxlan {
+        let given = [
+            ("vni", p.vni.is_some()),
+            ("local", p.local.is_some()),
+            ("remote", p.remote.is_some()),
+            ("udp_port", p.udp_port.is_some()),
+        ];
+        return match given.iter().find(|(_, g)| *g) {
+            Some((key, _)) => Err((
+                field(format!("`{key}`: only a vxlan port has a tunnel")),
+                key,
+            )),
+            None => Ok(None),
+        };
+    }
+    let vni = p
+        .vni
+        .ok_or_else(|| (field("needs `vni = N`".into()), "vni"))?;
+    let local = p
+        .local
+        .as_deref()
+        .ok_or_else(|| {
+            (
+                field("needs `local = \"IP\"`, this host's VTEP address".into()),
+                "local",
+            )
+        })?
+        .parse::<Ipv4Addr>()
+        .map_err(|_| {
+            (
+                field(format!(
+                    "local = {:?} is not an IPv4 address",
+                    p.local.as_deref().unwrap_or_default()
+                )),
+                "local",
+            )
+        })?;
+    let remotes = match &p.remote {
+        Some(list) => parse_ipv4_list(&list.join("+")).map_err(|why| (field(why), "remote"))?,
+        None => Vec::new(),
+    };
+    let t = VxlanSpec {
+        vni,
+        local,
+        remotes,
+        udp_port: p
+            .udp_port
+            .unwrap_or(dataplane_common::wire::vxlan::VXLAN_PORT),
+    };
+    t.check().map_err(|why| {
+        let key = if why.starts_with("vni") {
+            "vni"
+        } else if why.starts_with("port") {
+            "udp_port"
+        } else {
+            "remote"
+        };
+        (field(why), key)
+    })?;
+    Ok(Some(t))
+}
+
 impl From<&PortConfig> for PortSection {
     fn from(p: &PortConfig) -> PortSection {
         let (vlan, trunk, native_vlan) = match &p.vlan {
@@ -349,6 +436,7 @@ impl From<&PortConfig> for PortSection {
                 PortKind::Afxdp => Some(p.queues.clone()),
                 // A TAP's `queues` is a count, as in `--port tap:NAME,queues=N`.
                 PortKind::Tap => Some(vec![p.queues.len() as u32]),
+                PortKind::Vxlan => (!p.queues.is_empty()).then(|| p.queues.clone()),
                 PortKind::Veth | PortKind::VhostUser => None,
             },
             vlan,
@@ -358,6 +446,17 @@ impl From<&PortConfig> for PortSection {
             max_macs: p.max_macs,
             pmds: p.pmds.clone(),
             owner: p.owner.as_ref().map(|o| o.to_string()),
+            vni: p.vxlan.as_ref().map(|t| t.vni),
+            local: p.vxlan.as_ref().map(|t| t.local.to_string()),
+            remote: p
+                .vxlan
+                .as_ref()
+                .map(|t| t.remotes.iter().map(|r| r.to_string()).collect()),
+            udp_port: p
+                .vxlan
+                .as_ref()
+                .map(|t| t.udp_port)
+                .filter(|&u| u != dataplane_common::wire::vxlan::VXLAN_PORT),
         }
     }
 }

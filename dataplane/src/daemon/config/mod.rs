@@ -56,7 +56,7 @@ mod port;
 mod toml_location;
 
 use file::FileConfig;
-pub use port::{parse_port_spec, PortConfig, PortKind};
+pub use port::{parse_port_spec, PortConfig, PortKind, VxlanSpec};
 use toml_location::{describe_toml_error, locate};
 
 #[derive(Debug, Error, PartialEq)]

@@ -2,6 +2,7 @@
 //! `[[port]]` table, and the checks every form of a port goes through.
 
 use std::collections::HashSet;
+use std::net::Ipv4Addr;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
@@ -24,6 +25,9 @@ pub enum PortKind {
     Tap,
     /// A vhost-user socket a VM (QEMU) or DPDK's virtio_user connects to.
     VhostUser,
+    /// A VXLAN tunnel to other hosts' switches over an underlay interface
+    /// that stays the kernel's (see `port::vxlan`).
+    Vxlan,
 }
 
 impl PortKind {
@@ -34,6 +38,7 @@ impl PortKind {
             PortKind::Veth => "veth",
             PortKind::Tap => "tap",
             PortKind::VhostUser => "vhost-user",
+            PortKind::Vxlan => "vxlan",
         }
     }
 
@@ -66,6 +71,60 @@ pub struct PortConfig {
     /// vhost-user: who besides the switch's user may connect to the socket
     /// (`libvirt-qemu`, the user libvirt runs QEMU as on Debian).
     pub owner: Option<SocketOwner>,
+    /// vxlan: the tunnel; `iface` is its underlay interface.
+    pub vxlan: Option<VxlanSpec>,
+}
+
+/// A VXLAN port's tunnel: one VNI, this host's VTEP address, the remote
+/// VTEPs (a static list: broadcast and unknown unicast go to each).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VxlanSpec {
+    pub vni: u32,
+    pub local: Ipv4Addr,
+    pub remotes: Vec<Ipv4Addr>,
+    /// The UDP port both ends use (IANA's 4789 by default).
+    pub udp_port: u16,
+}
+
+impl VxlanSpec {
+    /// Checks what the `--port` and TOML forms share: a VNI in range, at
+    /// least one remote, no remote twice and none that is `local`.
+    pub(super) fn check(&self) -> Result<(), String> {
+        if self.vni > dataplane_common::wire::vxlan::MAX_VNI {
+            return Err(format!(
+                "vni {} is out of range: 0-{}",
+                self.vni,
+                dataplane_common::wire::vxlan::MAX_VNI
+            ));
+        }
+        if self.remotes.is_empty() {
+            return Err("needs at least one remote VTEP: remote=IP[+IP...]".into());
+        }
+        let mut seen = HashSet::new();
+        for r in &self.remotes {
+            if !seen.insert(r) {
+                return Err(format!("remote {r} is listed twice"));
+            }
+            if *r == self.local {
+                return Err(format!("remote {r} is the local address"));
+            }
+        }
+        if self.udp_port == 0 {
+            return Err("port 0 is not a UDP port (VXLAN's is 4789)".into());
+        }
+        Ok(())
+    }
+}
+
+/// Parses `10.0.0.1+10.0.0.2`.
+pub(super) fn parse_ipv4_list(value: &str) -> Result<Vec<Ipv4Addr>, String> {
+    value
+        .split('+')
+        .map(|a| {
+            a.parse::<Ipv4Addr>()
+                .map_err(|_| format!("{a:?} is not an IPv4 address"))
+        })
+        .collect()
 }
 
 /// The largest `max_macs` (the FDB holds at most this many entries anyway).
@@ -87,15 +146,28 @@ impl PortConfig {
         let default_queues = match self.kind {
             PortKind::Afxdp | PortKind::Veth => self.queues == [0],
             PortKind::Tap | PortKind::VhostUser => self.queues.len() == 1,
+            // Every receive queue of the underlay.
+            PortKind::Vxlan => self.queues.is_empty(),
         };
         if !default_queues {
             match self.kind {
                 PortKind::Tap | PortKind::VhostUser => {
                     s.push_str(&format!(",queues={}", self.queues.len()))
                 }
-                PortKind::Afxdp | PortKind::Veth => {
+                PortKind::Afxdp | PortKind::Veth | PortKind::Vxlan => {
                     s.push_str(&format!(",queues={}", join(&self.queues)))
                 }
+            }
+        }
+        if let Some(t) = &self.vxlan {
+            s.push_str(&format!(
+                ",vni={},local={},remote={}",
+                t.vni,
+                t.local,
+                join(&t.remotes)
+            ));
+            if t.udp_port != dataplane_common::wire::vxlan::VXLAN_PORT {
+                s.push_str(&format!(",port={}", t.udp_port));
             }
         }
         match &self.vlan {
@@ -200,6 +272,7 @@ impl FromStr for PortConfig {
             "veth" => PortKind::Veth,
             "tap" => PortKind::Tap,
             "vhost-user" => PortKind::VhostUser,
+            "vxlan" => PortKind::Vxlan,
             other => {
                 return Err(Error::UnknownKind {
                     spec: spec.to_string(),
@@ -207,23 +280,13 @@ impl FromStr for PortConfig {
                 })
             }
         };
-        let mut parts = rest.split(',');
-        let iface = parts.next().unwrap_or_default().to_string();
-        let max_len = match kind {
-            PortKind::VhostUser => MAX_SOCKET_PATH,
-            _ => 15,
+        let mut parts = rest.split(',').peekable();
+        // `vxlan:vni=1,...,dev=IF` names its interface with `dev`; every
+        // other form (and `vxlan:IF,vni=1,...`) starts with it.
+        let mut iface = match parts.peek() {
+            Some(first) if kind == PortKind::Vxlan && first.contains('=') => String::new(),
+            _ => parts.next().unwrap_or_default().to_string(),
         };
-        if iface.is_empty() || iface.len() > max_len {
-            return Err(Error::BadPortSpec {
-                spec: spec.to_string(),
-            });
-        }
-        if kind != PortKind::VhostUser {
-            check_ifname(&iface).map_err(|why| Error::PortField {
-                spec: spec.to_string(),
-                why,
-            })?;
-        }
         let bad = |key: &str, value: &str, why: &str| Error::BadValue {
             spec: spec.to_string(),
             key: key.to_string(),
@@ -239,11 +302,18 @@ impl FromStr for PortConfig {
                 })
                 .collect()
         };
+        let default_queues = if kind == PortKind::Vxlan {
+            Vec::new()
+        } else {
+            vec![0]
+        };
         let (mut queues, mut vlan, mut trunk, mut native, mut bind) =
-            (vec![0], None, None, None, BindMode::Auto);
+            (default_queues, None, None, None, BindMode::Auto);
         let mut max_macs = None;
         let mut pmds: Option<Vec<usize>> = None;
         let mut owner = None;
+        let (mut vni, mut local, mut remotes) = (None, None, Vec::new());
+        let mut udp_port = dataplane_common::wire::vxlan::VXLAN_PORT;
         let mut given = HashSet::new();
         for part in parts {
             let (key, value) = part.split_once('=').ok_or_else(|| Error::BadPortSpec {
@@ -252,6 +322,13 @@ impl FromStr for PortConfig {
             if !given.insert(key) {
                 return Err(bad(key, value, "given twice; name it once"));
             }
+            let vxlan_only = |key: &str| {
+                if kind == PortKind::Vxlan {
+                    Ok(())
+                } else {
+                    Err(bad(key, value, "only a vxlan port has a tunnel"))
+                }
+            };
             match key {
                 // AF_XDP: the rx queue ids; TAP: how many queues.
                 "queues" if kind == PortKind::Tap => {
@@ -311,6 +388,38 @@ impl FromStr for PortConfig {
                 "owner" => {
                     owner = Some(parse_owner(kind, value).map_err(|why| bad(key, value, &why))?)
                 }
+                "vni" => {
+                    vxlan_only(key)?;
+                    vni = Some(
+                        value
+                            .parse::<u32>()
+                            .map_err(|_| bad(key, value, "expected a VNI, 0-16777215"))?,
+                    )
+                }
+                "local" => {
+                    vxlan_only(key)?;
+                    local =
+                        Some(value.parse::<Ipv4Addr>().map_err(|_| {
+                            bad(key, value, "expected this host's IPv4 VTEP address")
+                        })?)
+                }
+                "remote" => {
+                    vxlan_only(key)?;
+                    remotes = parse_ipv4_list(value).map_err(|why| bad(key, value, &why))?
+                }
+                "port" => {
+                    vxlan_only(key)?;
+                    udp_port = value
+                        .parse::<u16>()
+                        .map_err(|_| bad(key, value, "expected a UDP port (VXLAN's is 4789)"))?
+                }
+                "dev" => {
+                    vxlan_only(key)?;
+                    if !iface.is_empty() {
+                        return Err(bad(key, value, "the interface is named twice"));
+                    }
+                    iface = value.to_string();
+                }
                 other => {
                     return Err(Error::UnknownOption {
                         spec: spec.to_string(),
@@ -319,6 +428,50 @@ impl FromStr for PortConfig {
                 }
             }
         }
+        let max_len = match kind {
+            PortKind::VhostUser => MAX_SOCKET_PATH,
+            _ => 15,
+        };
+        if kind == PortKind::Vxlan && iface.is_empty() {
+            return Err(Error::PortField {
+                spec: spec.to_string(),
+                why: "needs its underlay interface: dev=IF (where the remote VTEPs are reached)"
+                    .into(),
+            });
+        }
+        if iface.is_empty() || iface.len() > max_len {
+            return Err(Error::BadPortSpec {
+                spec: spec.to_string(),
+            });
+        }
+        if kind != PortKind::VhostUser {
+            check_ifname(&iface).map_err(|why| Error::PortField {
+                spec: spec.to_string(),
+                why,
+            })?;
+        }
+        let vxlan = match kind {
+            PortKind::Vxlan => {
+                let t = VxlanSpec {
+                    vni: vni.ok_or_else(|| Error::PortField {
+                        spec: spec.to_string(),
+                        why: "needs vni=N".into(),
+                    })?,
+                    local: local.ok_or_else(|| Error::PortField {
+                        spec: spec.to_string(),
+                        why: "needs local=IP, this host's VTEP address on the underlay".into(),
+                    })?,
+                    remotes,
+                    udp_port,
+                };
+                t.check().map_err(|why| Error::PortField {
+                    spec: spec.to_string(),
+                    why,
+                })?;
+                Some(t)
+            }
+            _ => None,
+        };
         let name = format!("{}:{iface}", kind.prefix());
         if let Some(p) = &pmds {
             check_pmds(&name, p, &queues)?;
@@ -332,6 +485,7 @@ impl FromStr for PortConfig {
             max_macs,
             pmds,
             owner,
+            vxlan,
         })
     }
 }

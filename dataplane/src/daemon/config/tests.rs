@@ -50,6 +50,8 @@ fn spec_parses_back_to_the_same_port() {
         "vhost-user:/run/dataplane/vm1.sock,vlan=4",
         "vhost-user:/run/dataplane/vm2.sock,owner=libvirt-qemu",
         "vhost-user:/run/dataplane/vm3.sock,owner=:kvm",
+        "vxlan:u1,vni=100,local=10.99.0.1,remote=10.99.0.2",
+        "vxlan:u1,queues=0+1,vni=7,local=10.0.0.1,remote=10.0.0.2+10.0.0.3,port=8472,vlan=10",
     ] {
         let p = parse_port_spec(spec).unwrap();
         assert_eq!(p.spec(), spec);
@@ -458,4 +460,80 @@ fn max_ports_is_ranged_and_holds_the_ports() {
     .unwrap();
     assert_eq!(c.max_ports, 128);
     assert!(c.to_toml().contains("max_ports = 128"), "{}", c.to_toml());
+}
+
+#[test]
+fn vxlan_ports() {
+    // The form: options first, the underlay as `dev`.
+    let p =
+        parse_port_spec("vxlan:vni=100,local=10.99.0.1,remote=10.99.0.2+10.99.0.3,dev=u1").unwrap();
+    assert_eq!(
+        (p.kind, p.name()),
+        (PortKind::Vxlan, "vxlan:u1".to_string())
+    );
+    assert!(
+        p.queues.is_empty(),
+        "every queue of the underlay by default"
+    );
+    let t = p.vxlan.as_ref().unwrap();
+    assert_eq!((t.vni, t.udp_port, t.remotes.len()), (100, 4789, 2));
+    assert_eq!(t.local.to_string(), "10.99.0.1");
+    for (spec, says) in [
+        ("vxlan:vni=1,local=10.0.0.1,remote=10.0.0.2", "dev=IF"),
+        ("vxlan:u1,local=10.0.0.1,remote=10.0.0.2", "vni=N"),
+        ("vxlan:u1,vni=1,remote=10.0.0.2", "local=IP"),
+        ("vxlan:u1,vni=1,local=10.0.0.1", "at least one remote"),
+        (
+            "vxlan:u1,vni=16777216,local=10.0.0.1,remote=10.0.0.2",
+            "out of range",
+        ),
+        (
+            "vxlan:u1,vni=1,local=10.0.0.1,remote=10.0.0.2+10.0.0.2",
+            "twice",
+        ),
+        (
+            "vxlan:u1,vni=1,local=10.0.0.1,remote=10.0.0.1",
+            "the local address",
+        ),
+        (
+            "vxlan:u1,vni=1,local=10.0.0.1,remote=10.0.0.300",
+            "not an IPv4 address",
+        ),
+        (
+            "vxlan:u1,vni=1,local=10.0.0.1,remote=10.0.0.2,dev=u2",
+            "named twice",
+        ),
+        ("afxdp:v0,vni=1", "only a vxlan port"),
+    ] {
+        let err = parse_port_spec(spec).unwrap_err().to_string();
+        assert!(err.contains(says), "{spec}: {err}");
+    }
+    let c = RunConfig::from_toml(
+        "[[port]]\nkind = \"vxlan\"\niface = \"u1\"\nvni = 5\nlocal = \"10.0.0.1\"\nremote = [\"10.0.0.2\"]\n",
+        "v.toml",
+    )
+    .unwrap();
+    assert_eq!(
+        c.ports[0].spec(),
+        "vxlan:u1,vni=5,local=10.0.0.1,remote=10.0.0.2"
+    );
+    let again = RunConfig::from_toml(&c.to_toml(), "again").unwrap();
+    assert_eq!(c, again);
+    let missing = RunConfig::from_toml(
+        "[[port]]\nkind = \"vxlan\"\niface = \"u1\"\nlocal = \"10.0.0.1\"\n",
+        "m.toml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        missing.contains("vni") && missing.contains("m.toml"),
+        "{missing}"
+    );
+    let stray = RunConfig::from_toml(
+        "[[port]]\nkind = \"afxdp\"\niface = \"v0\"\nvni = 5\n",
+        "s.toml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(stray.contains("only a vxlan port"), "{stray}");
 }
