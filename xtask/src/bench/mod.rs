@@ -1,8 +1,9 @@
-//! `cargo xtask bench [p2p|pcp|pvp|tcp|scale]`: every forwarding path side
-//! by side on the same veths, generator, sink, frame sizes and duration;
-//! (`tcp`, `tcp.rs`) TCP and UDP between two containers at their defaults;
-//! (`scale`, `scale.rs`) how the cost grows with MACs, ports and a MAC
-//! flood. `scale` runs only when asked for by name.
+//! `cargo xtask bench [p2p|pcp|pvp|tcp|scale|overlay]`: every forwarding
+//! path side by side on the same veths, generator, sink, frame sizes and
+//! duration; (`tcp`, `tcp.rs`) TCP and UDP between two containers at their
+//! defaults; (`scale`, `scale.rs`) how the cost grows with MACs, ports and
+//! a MAC flood; (`overlay`) two switches joined by VXLAN over an underlay
+//! veth. `scale` and `overlay` run only when asked for by name.
 //!
 //! ```text
 //!  P2P  gen ns: a0 ── sa [sw ns: path] sb ── b0 :sink ns
@@ -10,6 +11,7 @@
 //!                          sc ── c0 :guest ns (container, echoes back)
 //!  PVP  gen ns: a0 ── sa [sw ns: path] sb ── b0 :sink ns
 //!                          TAP ── guest ns (VM, echoes back)
+//!  Overlay  gen ns: a0 ── sa [sw ns: path] u1 ══ VXLAN ══ u2 [sw2 ns: path] sb ── b0 :sink ns
 //! ```
 //!
 //! - Generator: `dataplane gen` (XDP live frames, xdp_frame arrival at sa,
@@ -106,6 +108,9 @@ pub enum Scenario {
     /// flooding against the number of ports (2 to 16), and an established
     /// flow during a MAC flood (scale.rs).
     Scale,
+    /// Host A -> switch 1 -> VXLAN over an underlay veth -> switch 2 ->
+    /// host B: both switches are the path under test.
+    Overlay,
 }
 
 impl Scenario {
@@ -119,6 +124,7 @@ impl Scenario {
             Scenario::Pvp => "pvp",
             Scenario::Tcp => "tcp",
             Scenario::Scale => "scale",
+            Scenario::Overlay => "overlay",
         }
     }
 
@@ -129,6 +135,7 @@ impl Scenario {
             Scenario::Pvp => "PVP: host A -> switch -> VM (echo) -> switch -> host B",
             Scenario::Tcp => "TCP: container A <-> switch <-> container B (iperf3, sockperf)",
             Scenario::Scale => "Scale: MACs, ports and a MAC flood",
+            Scenario::Overlay => "Overlay: host A -> switch 1 -> VXLAN -> switch 2 -> host B",
         }
     }
 }

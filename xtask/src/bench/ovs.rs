@@ -20,6 +20,9 @@ pub struct Ovs {
     root: PathBuf,
     /// Where vswitchd runs: its userspace datapath's tap devices live there.
     netns: String,
+    /// The taps the netdev datapath made (the datapath's and each
+    /// bridge's internal port), removed on drop.
+    taps: Vec<&'static str>,
 }
 
 impl Ovs {
@@ -29,12 +32,94 @@ impl Ovs {
     /// [`super::paths::SCALE_TABLE`] addresses).
     pub fn start(netns: &str, ports: &[&str], flows: Option<&[(&str, &str)]>) -> Result<Ovs> {
         remove_leftovers();
+        let mut ovs = Ovs::daemons(0, netns)?;
+        ovs.add_netdev_bridge("br0")?;
+        for port in ports {
+            ovs.add_afxdp_port("br0", port)?;
+        }
+        ovs.cmd("ovs-ofctl", &["del-flows", "br0"])?;
+        let Some(flows) = flows else {
+            ovs.vsctl(&[
+                "set",
+                "bridge",
+                "br0",
+                &format!("other_config:mac-table-size={}", super::paths::SCALE_TABLE),
+            ])?;
+            ovs.cmd("ovs-ofctl", &["add-flow", "br0", "actions=NORMAL"])?;
+            return Ok(ovs);
+        };
+        for (from, to) in flows.iter() {
+            ovs.cmd(
+                "ovs-ofctl",
+                &[
+                    "add-flow",
+                    "br0",
+                    &format!("in_port={from},actions=output:{to}"),
+                ],
+            )?;
+        }
+        Ok(ovs)
+    }
+
+    /// OVS instance `instance` (0 or 1: one per host of the overlay
+    /// scenario) in `netns` as OVS's userspace tunnelling wants it: the
+    /// underlay interface on bridge br-phy, whose internal port takes the
+    /// VTEP address `local`, and br-int with the uplink and a vxlan port to
+    /// `remote`, both bridges learning (NORMAL). The caller moves `local`
+    /// off the underlay interface first.
+    pub fn start_vxlan(
+        instance: usize,
+        netns: &str,
+        uplink: &str,
+        underlay: &str,
+        local: &str,
+        remote: &str,
+    ) -> Result<Ovs> {
+        if instance == 0 {
+            remove_leftovers();
+        }
+        let mut ovs = Ovs::daemons(instance, netns)?;
+        ovs.add_netdev_bridge("br-phy")?;
+        ovs.add_afxdp_port("br-phy", underlay)?;
+        ovs.add_netdev_bridge("br-int")?;
+        ovs.add_afxdp_port("br-int", uplink)?;
+        ovs.vsctl(&[
+            "add-port",
+            "br-int",
+            "vxlan0",
+            "--",
+            "set",
+            "interface",
+            "vxlan0",
+            "type=vxlan",
+            &format!("options:remote_ip={remote}"),
+            "options:key=100",
+        ])?;
+        let in_ns = |args: &[&str]| -> Result<()> {
+            let mut all = vec!["-n", netns];
+            all.extend_from_slice(args);
+            super::topology::ip(&all)
+        };
+        in_ns(&["addr", "add", &format!("{local}/24"), "dev", "br-phy"])?;
+        in_ns(&["link", "set", "br-phy", "up"])?;
+        in_ns(&["link", "set", "br-int", "up"])?;
+        for br in ["br-phy", "br-int"] {
+            ovs.cmd("ovs-ofctl", &["del-flows", br])?;
+            ovs.cmd("ovs-ofctl", &["add-flow", br, "actions=NORMAL"])?;
+        }
+        Ok(ovs)
+    }
+
+    /// ovsdb-server and ovs-vswitchd (PMD on CPU 1), vswitchd in `netns`,
+    /// with their files under instance `instance`'s directory.
+    fn daemons(instance: usize, netns: &str) -> Result<Ovs> {
         if !Path::new(VSWITCHD).exists() {
             bail!("{VSWITCHD} not found: install openvswitch-switch (`cargo xtask bench` does)");
         }
         let ovs = Ovs {
-            root: PathBuf::from(ROOT),
+            root: root_of(instance),
             netns: netns.to_string(),
+            taps: vec!["ovs-netdev"],
         };
         for d in ["run", "db", "log", "etc"] {
             std::fs::create_dir_all(ovs.root.join(d))?;
@@ -78,52 +163,35 @@ impl Ovs {
             ))
             .args(["--detach", "-vconsole:off"]);
         run(&mut vswitchd, "ovs-vswitchd")?;
-        ovs.vsctl(&[
+        Ok(ovs)
+    }
+
+    /// A `datapath_type=netdev` bridge; its internal port is a tap in the
+    /// namespace, removed on drop.
+    fn add_netdev_bridge(&mut self, name: &'static str) -> Result<()> {
+        self.vsctl(&[
             "add-br",
-            "br0",
+            name,
             "--",
             "set",
             "bridge",
-            "br0",
+            name,
             "datapath_type=netdev",
         ])?;
-        for port in ports {
-            ovs.add_afxdp_port(port)?;
-        }
-        ovs.cmd("ovs-ofctl", &["del-flows", "br0"])?;
-        let Some(flows) = flows else {
-            ovs.vsctl(&[
-                "set",
-                "bridge",
-                "br0",
-                &format!("other_config:mac-table-size={}", super::paths::SCALE_TABLE),
-            ])?;
-            ovs.cmd("ovs-ofctl", &["add-flow", "br0", "actions=NORMAL"])?;
-            return Ok(ovs);
-        };
-        for (from, to) in flows.iter() {
-            ovs.cmd(
-                "ovs-ofctl",
-                &[
-                    "add-flow",
-                    "br0",
-                    &format!("in_port={from},actions=output:{to}"),
-                ],
-            )?;
-        }
-        Ok(ovs)
+        self.taps.push(name);
+        Ok(())
     }
 
     /// Adding an afxdp port right after another AF_XDP user exited sometimes
     /// fails with EINVAL (the kernel releases the queue in deferred work):
     /// retry a few times.
-    fn add_afxdp_port(&self, port: &str) -> Result<()> {
+    fn add_afxdp_port(&self, bridge: &str, port: &str) -> Result<()> {
         let mut last = String::new();
         for _ in 0..4 {
             self.vsctl(&[
                 "--may-exist",
                 "add-port",
-                "br0",
+                bridge,
                 port,
                 "--",
                 "set",
@@ -141,13 +209,13 @@ impl Ovs {
             if last.trim() == "[]" && ofport.trim() != "-1" && !ofport.trim().is_empty() {
                 return Ok(());
             }
-            let _ = self.vsctl(&["del-port", "br0", port]);
+            let _ = self.vsctl(&["del-port", bridge, port]);
             std::thread::sleep(Duration::from_millis(700));
         }
         bail!(
             "OVS could not open afxdp port {port}: {} (see {}/log/ovs-vswitchd.log while it runs)",
             last.trim(),
-            ROOT
+            self.root.display()
         )
     }
 
@@ -224,12 +292,12 @@ impl Drop for Ovs {
                 "--cleanup",
             ],
         );
-        remove_leftovers();
+        stop_daemons(&self.root);
         // The netdev datapath makes a tap for the datapath (`ovs-netdev`)
-        // and one for the bridge's internal port (`br0`); a vswitchd that
+        // and one for each bridge's internal port (`br0`); a vswitchd that
         // exits, even with --cleanup, leaves them in the namespace, where
         // the next path of a scenario (a Linux bridge named br0) collides.
-        for tap in ["br0", "ovs-netdev"] {
+        for tap in &self.taps {
             let _ = Command::new("ip")
                 .args(["-n", &self.netns, "link", "del", tap])
                 .stderr(Stdio::null())
@@ -242,10 +310,24 @@ fn read_pid(file: &Path) -> Option<i32> {
     std::fs::read_to_string(file).ok()?.trim().parse().ok()
 }
 
+/// Where instance `instance` keeps its files.
+fn root_of(instance: usize) -> PathBuf {
+    match instance {
+        0 => PathBuf::from(ROOT),
+        n => PathBuf::from(format!("{ROOT}-{n}")),
+    }
+}
+
 /// Kills the daemons of a previous run (by their pid files) and removes
 /// their directories.
 pub fn remove_leftovers() {
-    let root = Path::new(ROOT);
+    for instance in 0..2 {
+        stop_daemons(&root_of(instance));
+    }
+}
+
+/// Stops the daemons whose files are under `root` and removes it.
+fn stop_daemons(root: &Path) {
     if !root.exists() {
         return;
     }

@@ -10,7 +10,7 @@ use clap::ValueEnum;
 use super::dpdk::{self, Hugepages, Testpmd};
 use super::guest;
 use super::ovs::Ovs;
-use super::topology::{ethtool, ip, mac_of, Topology};
+use super::topology::{ethtool, ip, mac_of, Topology, VTEPS};
 use super::traffic::Dataplane;
 use super::Scenario;
 
@@ -54,6 +54,13 @@ pub enum PathKind {
     DataplaneVhostUser,
     /// PVP: testpmd net_vhost io-fwd (the DPDK peer), virtio_user as the VM.
     TestpmdVhost,
+    /// Overlay: a Linux bridge with a vxlan device on each host.
+    LinuxBridgeVxlan,
+    /// Overlay: dataplane with a `vxlan:` port on each host, AF_XDP path.
+    DataplaneVxlan,
+    /// Overlay: Open vSwitch's userspace datapath with a vxlan port on
+    /// each host (userspace tunnelling, afxdp ports).
+    OvsVxlan,
 }
 
 /// One row per path: its name, the scenarios it is measured in (in report
@@ -90,7 +97,7 @@ pub struct Setup<'a> {
 }
 
 use PathKind::*;
-use Scenario::{P2p, Pcp, Pvp, Scale};
+use Scenario::{Overlay, P2p, Pcp, Pvp, Scale};
 
 /// FDB size of every learning path in the scale scenario: its largest
 /// point (65536 MACs) fits, a MAC flood of a million sources does not.
@@ -269,6 +276,36 @@ pub const PATHS: &[PathSpec] = &[
         },
         start: start_vhost_user,
     },
+    PathSpec {
+        kind: LinuxBridgeVxlan,
+        name: "linux-bridge-vxlan",
+        scenarios: &[Overlay],
+        emulation: false,
+        describe: |ports, _| {
+            format!("a Linux bridge with a vxlan device (VNI 100) on each host ({ports}), GRO on sa, br_netfilter off")
+        },
+        start: start_linux_vxlan,
+    },
+    PathSpec {
+        kind: DataplaneVxlan,
+        name: "dataplane-vxlan",
+        scenarios: &[Overlay],
+        emulation: false,
+        describe: |ports, _| {
+            format!("dataplane run on each host ({ports}), AF_XDP path, both PMDs on CPU 1")
+        },
+        start: start_dataplane_vxlan,
+    },
+    PathSpec {
+        kind: OvsVxlan,
+        name: "ovs-vxlan",
+        scenarios: &[Overlay],
+        emulation: false,
+        describe: |ports, _| {
+            format!("Open vSwitch userspace datapath on each host ({ports}): br-int with the uplink and a vxlan port, br-phy with the underlay and the VTEP address, afxdp ports, NORMAL, PMDs on CPU 1")
+        },
+        start: start_ovs_vxlan,
+    },
 ];
 
 impl PathKind {
@@ -294,6 +331,7 @@ impl PathKind {
     pub fn baseline(s: Scenario) -> PathKind {
         match s {
             Scenario::Pvp => PathKind::LinuxBridgeTap,
+            Scenario::Overlay => PathKind::LinuxBridgeVxlan,
             _ => PathKind::LinuxBridge,
         }
     }
@@ -309,7 +347,11 @@ impl PathKind {
 
     pub fn describe(self, s: Scenario) -> String {
         let pcp = s == Scenario::Pcp;
-        let ports = if pcp { "sa, sb and sc" } else { "sa and sb" };
+        let ports = match s {
+            Scenario::Pcp => "sa, sb and sc",
+            Scenario::Overlay => "sa and the VXLAN port on u1, sb and the one on u2",
+            _ => "sa and sb",
+        };
         (self.spec().describe)(ports, pcp)
     }
 }
@@ -317,7 +359,8 @@ impl PathKind {
 /// A path that runs; stops and unconfigures everything on drop.
 pub struct RunningPath {
     children: Vec<(String, Child)>,
-    ovs: Option<Ovs>,
+    /// OVS instances (two in the overlay scenario: one per host).
+    ovs: Vec<Ovs>,
     undo: Vec<Vec<String>>,
     hugepages: Option<Hugepages>,
     uses_dpdk: bool,
@@ -333,7 +376,7 @@ impl Drop for RunningPath {
     fn drop(&mut self) {
         let mut children: Vec<&mut Child> = self.children.iter_mut().map(|(_, c)| c).collect();
         interrupt_and_reap(&mut children, Duration::from_secs(10));
-        self.ovs = None;
+        self.ovs.clear();
         // Whatever a path's process attached through netlink and left
         // behind (a crashed testpmd, OVS) must not meet the next path.
         for p in &self.ports {
@@ -411,7 +454,7 @@ impl RunningPath {
                 .ok()
                 .map(|o| String::from_utf8_lossy(&o.stdout).into_owned()),
             Dataplane | DataplaneFastpath | DataplaneBusy => dp.ok(&self.sw, &["show", "fdb"]).ok(),
-            OvsAfxdp => self.ovs.as_ref()?.fdb_show().ok(),
+            OvsAfxdp => self.ovs.first()?.fdb_show().ok(),
             _ => None,
         }
     }
@@ -485,7 +528,7 @@ pub fn start_on(
     let pcp = scenario == Scenario::Pcp;
     let mut r = RunningPath {
         children: Vec::new(),
-        ovs: None,
+        ovs: Vec::new(),
         undo: Vec::new(),
         hugepages: None,
         uses_dpdk: false,
@@ -648,6 +691,95 @@ fn start_dataplane(r: &mut RunningPath, s: &Setup) -> Result<()> {
     Ok(())
 }
 
+/// The overlay's two hosts: (namespace, uplink, underlay, local VTEP,
+/// remote VTEP).
+fn overlay_hosts(
+    s: &Setup,
+) -> [(
+    String,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+); 2] {
+    [
+        (s.sw.clone(), "sa", "u1", VTEPS[0], VTEPS[1]),
+        (s.topo.ns("sw2"), "sb", "u2", VTEPS[1], VTEPS[0]),
+    ]
+}
+
+/// A Linux bridge on each host with the uplink and a vxlan device.
+fn start_linux_vxlan(r: &mut RunningPath, s: &Setup) -> Result<()> {
+    for (ns, uplink, underlay, local, remote) in overlay_hosts(s) {
+        r.ip(
+            &["-n", &ns, "link", "add", "br0", "type", "bridge"],
+            Some(&["-n", &ns, "link", "del", "br0"]),
+        )?;
+        r.ip(
+            &[
+                "-n", &ns, "link", "add", "vx0", "type", "vxlan", "id", "100", "local", local,
+                "remote", remote, "dstport", "4789", "dev", underlay,
+            ],
+            Some(&["-n", &ns, "link", "del", "vx0"]),
+        )?;
+        for dev in [uplink, "vx0"] {
+            r.ip(&["-n", &ns, "link", "set", dev, "master", "br0"], None)?;
+            r.ip(&["-n", &ns, "link", "set", dev, "up"], None)?;
+        }
+        r.ip(&["-n", &ns, "link", "set", "br0", "up"], None)?;
+        bridge_netfilter_off(&ns);
+    }
+    // The generator's frames arrive at sa XDP-redirected.
+    r.gro(&s.sw, "sa");
+    Ok(())
+}
+
+/// `dataplane run` on each host: the uplink and a `vxlan:` port.
+fn start_dataplane_vxlan(r: &mut RunningPath, s: &Setup) -> Result<()> {
+    for (ns, uplink, underlay, local, remote) in overlay_hosts(s) {
+        let tunnel = format!("vxlan:vni=100,local={local},remote={remote},dev={underlay}");
+        let uplink = format!("afxdp:{uplink}");
+        // CPU 0 is the generator's: both switches share CPU 1.
+        let args = [
+            "run",
+            "--port",
+            &uplink,
+            "--port",
+            &tunnel,
+            "--core",
+            "1",
+            "--no-fast-path",
+        ];
+        let c = s.dp.spawn(&ns, &args)?;
+        r.child("dataplane run", c);
+    }
+    Ok(())
+}
+
+/// Open vSwitch on each host, its userspace tunnelling as its manual sets
+/// it up: the VTEP address moves from the underlay interface to br-phy.
+fn start_ovs_vxlan(r: &mut RunningPath, s: &Setup) -> Result<()> {
+    for (i, (ns, uplink, underlay, local, remote)) in overlay_hosts(s).into_iter().enumerate() {
+        let addr = format!("{local}/24");
+        r.ip(
+            &["-n", &ns, "addr", "del", &addr, "dev", underlay],
+            Some(&["-n", &ns, "addr", "add", &addr, "dev", underlay]),
+        )?;
+        r.ovs
+            .push(Ovs::start_vxlan(i, &ns, uplink, underlay, local, remote)?);
+    }
+    // OVS learns a tunnel's next hop from the ARP it sees on br-phy: each
+    // VTEP speaks to the other once.
+    for (ns, _, _, _, remote) in overlay_hosts(s) {
+        let _ = Command::new("ip")
+            .args(["netns", "exec", &ns, "ping", "-c", "1", "-W", "2", remote])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+    Ok(())
+}
+
 /// Bare XDP redirects between the uplinks (and back, for the latency
 /// replies from b0).
 fn start_xdp_redirect(r: &mut RunningPath, s: &Setup) -> Result<()> {
@@ -709,12 +841,12 @@ fn start_testpmd(r: &mut RunningPath, s: &Setup) -> Result<()> {
 fn start_ovs(r: &mut RunningPath, s: &Setup) -> Result<()> {
     let ports: Vec<&str> = s.ports.iter().map(String::as_str).collect();
     if s.scenario == Scale {
-        r.ovs = Some(Ovs::start(&s.sw, &ports, None)?);
+        r.ovs.push(Ovs::start(&s.sw, &ports, None)?);
         return Ok(());
     }
     let mut flows: Vec<(&str, &str)> = ports.windows(2).map(|w| (w[0], w[1])).collect();
     flows.push(("sb", "sa"));
-    r.ovs = Some(Ovs::start(&s.sw, &ports, Some(&flows))?);
+    r.ovs.push(Ovs::start(&s.sw, &ports, Some(&flows))?);
     Ok(())
 }
 

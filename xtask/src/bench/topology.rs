@@ -7,6 +7,8 @@
 //!  PCP only:                   sc ── c0 10.200.0.3 :dpbench-g (container)
 //!  PVP: dpbench-g is the VM; its NIC is made by the path (a TAP).
 //!  Scale: sc ── c0 as PCP, and sf1..sf14 ── f1..f14 :dpbench-b (sinks)
+//!  Overlay: dpbench-sw u1 10.99.0.1 ── u2 10.99.0.2 dpbench-sw2 (the underlay,
+//!           MTU 1550), and sb in dpbench-sw2
 //! ```
 
 use std::process::{Command, Stdio};
@@ -20,7 +22,11 @@ pub const PREFIX: &str = "dpbench";
 /// namespace, f1.. in the sink's), for flooding to up to 16 ports.
 pub const FLOOD_PORTS: usize = 14;
 /// Short names of every namespace the benchmark may create.
-const NAMESPACES: [&str; 4] = ["a", "sw", "b", "g"];
+const NAMESPACES: [&str; 5] = ["a", "sw", "b", "g", "sw2"];
+/// The overlay scenario's VTEP addresses, on u1 (switch 1) and u2.
+pub const VTEPS: [&str; 2] = ["10.99.0.1", "10.99.0.2"];
+/// Its underlay MTU: VXLAN's 50 bytes on top of the largest frame.
+const UNDERLAY_MTU: &str = "1550";
 
 pub struct Topology {
     pub scenario: Scenario,
@@ -36,12 +42,28 @@ impl Topology {
         // Record nothing: the fixed namespace names are the record, and
         // `remove_leftovers` deletes them whatever state they are in.
         let built = (|| -> Result<()> {
-            for short in NAMESPACES {
+            let overlay = scenario == Scenario::Overlay;
+            for short in NAMESPACES.iter().filter(|&&n| n != "sw2" || overlay) {
                 ip(&["netns", "add", &ns(short)])?;
                 ip(&["-n", &ns(short), "link", "set", "lo", "up"])?;
             }
             veth(("a", "a0"), ("sw", "sa"))?;
-            veth(("b", "b0"), ("sw", "sb"))?;
+            veth(("b", "b0"), (if overlay { "sw2" } else { "sw" }, "sb"))?;
+            if overlay {
+                veth(("sw", "u1"), ("sw2", "u2"))?;
+                for (short, dev, addr) in [("sw", "u1", VTEPS[0]), ("sw2", "u2", VTEPS[1])] {
+                    ip(&["-n", &ns(short), "link", "set", dev, "mtu", UNDERLAY_MTU])?;
+                    ip(&[
+                        "-n",
+                        &ns(short),
+                        "addr",
+                        "add",
+                        &format!("{addr}/24"),
+                        "dev",
+                        dev,
+                    ])?;
+                }
+            }
             ip(&["-n", &ns("a"), "addr", "add", "10.200.0.1/24", "dev", "a0"])?;
             ip(&["-n", &ns("b"), "addr", "add", "10.200.0.2/24", "dev", "b0"])?;
             if matches!(scenario, Scenario::Pcp | Scenario::Scale) {
