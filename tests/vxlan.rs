@@ -307,6 +307,88 @@ fn two_switches_carry_l2_between_hosts() {
 }
 
 #[test]
+fn a_steady_flow_between_two_switches_stays_in_the_kernel() {
+    if !privileged("a_steady_flow_between_two_switches_stays_in_the_kernel") {
+        return;
+    }
+    // afxdp: ports, so that the hosts' frames arrive by XDP, where the
+    // fast path encapsulates them (a container port's tc path does not).
+    let h = hosts("vxf", Some(UNDERLAY_MTU));
+    let sw1 = RunningSwitch::start(
+        &h.sw1,
+        &[
+            "--port",
+            "afxdp:sa",
+            "--port",
+            &vxlan_port("u1", VTEP1, VTEP2, VNI),
+        ],
+    );
+    let sw2 = RunningSwitch::start(
+        &h.h2,
+        &[
+            "--port",
+            "afxdp:hb",
+            "--port",
+            &vxlan_port("u2", VTEP2, VTEP1, VNI),
+        ],
+    );
+    assert!(ping(&h.a, B_ADDR, 3), "a reaches b across the tunnel");
+    // Both sides know both hosts behind their remotes; the fast path takes
+    // them up at its next refresh (twice a second).
+    let (a_mac, b_mac) = (mac_of(&h.a, "a0"), mac_of(&h.b, "b0"));
+    for (sw, mac, port) in [(&h.sw1, b_mac, "vxlan:u1"), (&h.h2, a_mac, "vxlan:u2")] {
+        let known = wait_for(Duration::from_secs(3), || {
+            fdb_entry(sw, mac).filter(|e| e.0 == port && e.1.is_some())
+        });
+        assert!(known.is_some(), "{port} learned its remote host");
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let counts = |sw: &NetNs, port: &str| {
+        let p = port_json(sw, port);
+        (
+            p["rx_packets"].as_u64().unwrap_or(0),
+            p["fast_path"].as_u64().unwrap_or(0),
+        )
+    };
+    let ports = [
+        (&h.sw1, "afxdp:sa"),
+        (&h.sw1, "vxlan:u1"),
+        (&h.h2, "vxlan:u2"),
+        (&h.h2, "afxdp:hb"),
+    ];
+    let before: Vec<(u64, u64)> = ports.iter().map(|(sw, p)| counts(sw, p)).collect();
+    const N: u64 = 400;
+    let flood =
+        h.a.exec(&["ping", "-c", &N.to_string(), "-i", "0.002", "-q", B_ADDR]);
+    assert!(
+        flood.status.success(),
+        "every echo came back: {}\nswitch 1:\n{}\nswitch 2:\n{}",
+        String::from_utf8_lossy(&flood.stdout),
+        sw1.output(),
+        sw2.output()
+    );
+    // The fast-path counters are read from the kernel about once a second.
+    std::thread::sleep(Duration::from_millis(1500));
+    for ((sw, port), (rx0, fast0)) in ports.iter().zip(before) {
+        let (rx, fast) = counts(sw, port);
+        // Requests go a -> b (encapsulated at sa, decapsulated at u2),
+        // replies b -> a (at hb and u1): each port's steer forwarded N.
+        assert!(
+            fast - fast0 >= N,
+            "{port}: {} of {N} frames took the fast path",
+            fast - fast0
+        );
+        assert!(
+            rx - rx0 < N / 20,
+            "{port}: {} frames reached userspace during the flow",
+            rx - rx0
+        );
+    }
+    sw2.stop_accounted();
+    sw1.stop_accounted();
+}
+
+#[test]
 fn frames_the_underlay_cannot_carry_whole_are_dropped_and_counted() {
     if !privileged("frames_the_underlay_cannot_carry_whole_are_dropped_and_counted") {
         return;

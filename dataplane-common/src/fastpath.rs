@@ -31,6 +31,10 @@ pub const FDB_TC_ONLY: u32 = 4;
 /// another namespace: the tc hand-off delivers straight into that end
 /// (`bpf_redirect_peer`) instead of transmitting on the port.
 pub const FDB_VETH_PEER: u32 = 8;
+/// [`FdbValue::flags`]: the entry's port is a tunnel (VXLAN): frames to it
+/// are encapsulated toward [`FdbValue::remote`], sent to the underlay's
+/// next hop [`FdbValue::next_hop`], with the port's [`TunnelPort`].
+pub const FDB_TUNNEL: u32 = 16;
 
 /// What `steer` puts in the XDP metadata area of a fast-path frame that it
 /// passes to the kernel instead of redirecting it: the tc program
@@ -128,6 +132,56 @@ pub struct FdbValue {
     /// from several CPUs: only "did it change" matters). Userspace ageing,
     /// which never sees those frames, treats a change as "seen".
     pub hits: u64,
+    /// On a tunnel port: the remote VTEP the address sits behind (frames to
+    /// it go there; frames from it must come from there).
+    pub remote: [u8; 4],
+    /// With [`FDB_TUNNEL`]: the underlay next hop's MAC toward `remote`.
+    pub next_hop: [u8; 6],
+    /// Always zero.
+    pub pad: [u8; 6],
+}
+
+impl FdbValue {
+    /// An entry on `port` with `flags`, no hits, no tunnel.
+    pub const fn new(port: u32, flags: u32) -> FdbValue {
+        FdbValue {
+            port,
+            flags,
+            hits: 0,
+            remote: [0; 4],
+            next_hop: [0; 6],
+            pad: [0; 6],
+        }
+    }
+}
+
+/// A tunnel port's parameters (VXLAN over IPv4), in `TUNNELS` at the
+/// port's id: what the fast path writes in front of a frame it
+/// encapsulates, and checks in one it decapsulates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[repr(C)]
+pub struct TunnelPort {
+    /// Nonzero: the port is a tunnel (an all-zero entry is none).
+    pub active: u32,
+    pub vni: u32,
+    /// This host's VTEP address.
+    pub local: [u8; 4],
+    /// The underlay interface's MAC: the outer source.
+    pub src_mac: [u8; 6],
+    /// The UDP port both ends use (host order).
+    pub udp_port: u16,
+    /// The largest inner frame the underlay carries whole: larger ones go
+    /// to userspace, which drops and counts them.
+    pub max_inner: u32,
+    /// Always zero.
+    pub pad: u32,
+}
+
+/// Where a tunnelled frame goes: the remote VTEP and the next hop's MAC.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tunnel {
+    pub remote: [u8; 4],
+    pub next_hop: [u8; 6],
 }
 
 /// How the frame's tag changes on its way out.
@@ -145,11 +199,13 @@ pub enum Rewrite {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FastPathDecision {
     /// Forward to this switch port, rewriting the tag, by XDP redirect or
-    /// the tc hand-off as `egress` allows.
+    /// the tc hand-off as `egress` allows; encapsulated when the port is a
+    /// tunnel.
     Redirect {
         port: u32,
         rewrite: Rewrite,
         egress: Egress,
+        tunnel: Option<Tunnel>,
     },
     /// Let userspace decide (learning, flooding, VLAN policy, moves).
     SlowPath,
@@ -226,6 +282,10 @@ pub fn decide(
         port: v.port,
         rewrite,
         egress: Egress::from_flags(v.flags),
+        tunnel: (v.flags & FDB_TUNNEL != 0).then_some(Tunnel {
+            remote: v.remote,
+            next_hop: v.next_hop,
+        }),
     }
 }
 
@@ -241,10 +301,13 @@ pub fn source_key(vlan: u16, header: &L2Header) -> FdbKey {
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: #[repr(C)], integers and byte arrays only, no implicit padding
-    // (FdbKey: 6 + 2 bytes; FdbValue: 4 + 4 + 8 bytes).
+    // (FdbKey: 6 + 2 bytes; FdbValue: 4 + 4 + 8 + 4 + 6 + 6 bytes;
+    // TunnelPort: 4 + 4 + 4 + 6 + 2 + 4 + 4 bytes; checked in the tests).
     unsafe impl aya::Pod for super::FdbKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::FdbValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::TunnelPort {}
 }
 
 #[cfg(test)]
@@ -274,11 +337,7 @@ mod tests {
             entries
                 .iter()
                 .find(|(m, v, _, _)| *m == k.mac && *v == k.vlan)
-                .map(|(_, _, port, flags)| FdbValue {
-                    port: *port,
-                    flags: *flags,
-                    hits: 0,
-                })
+                .map(|(_, _, port, flags)| FdbValue::new(*port, *flags))
         }
     }
 
@@ -304,6 +363,7 @@ mod tests {
                 takes_xdp_frames: true,
                 veth_peer: false,
             },
+            tunnel: None,
         }
     }
 
@@ -444,6 +504,41 @@ mod tests {
     #[test]
     fn layouts_have_no_padding() {
         assert_eq!(core::mem::size_of::<FdbKey>(), 8);
-        assert_eq!(core::mem::size_of::<FdbValue>(), 16);
+        assert_eq!(core::mem::size_of::<FdbValue>(), 32);
+        assert_eq!(core::mem::size_of::<TunnelPort>(), 28);
+    }
+
+    #[test]
+    fn a_destination_behind_a_tunnel_is_encapsulated_toward_its_remote() {
+        let h = hdr(A, B, None);
+        let remote_entry = |k: &FdbKey| {
+            let mut v = match k.mac {
+                A => FdbValue::new(1, R),
+                B => FdbValue::new(3, R | FDB_TUNNEL),
+                _ => return None,
+            };
+            if k.mac == B {
+                v.remote = [10, 99, 0, 2];
+                v.next_hop = [2, 0, 0, 0, 9, 9];
+            }
+            Some(v)
+        };
+        let FastPathDecision::Redirect { port, tunnel, .. } = fast(1, 0, &h, remote_entry) else {
+            panic!("a known pair goes fast");
+        };
+        assert_eq!(port, 3);
+        assert_eq!(
+            tunnel,
+            Some(Tunnel {
+                remote: [10, 99, 0, 2],
+                next_hop: [2, 0, 0, 0, 9, 9]
+            })
+        );
+        // Without the flag the port is an ordinary one.
+        let t = [(A, 0, 1, R), (B, 0, 2, R)];
+        let FastPathDecision::Redirect { tunnel, .. } = fast(1, 0, &h, table(&t)) else {
+            panic!("a known pair goes fast");
+        };
+        assert_eq!(tunnel, None);
     }
 }

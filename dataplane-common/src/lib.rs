@@ -67,6 +67,9 @@ pub mod map_names {
     /// `Array<u32>`: switch port id -> egress ifindex, as `PORTS`, for the
     /// tc programs (the kernel lets only XDP programs read a devmap).
     pub const EGRESS: &str = "EGRESS";
+    /// `Array<TunnelPort>`: switch port id -> its tunnel, for tunnel ports
+    /// (VXLAN): what encapsulation writes and decapsulation checks.
+    pub const TUNNELS: &str = "TUNNELS";
     /// `Array<u64>` of 64 words: the VLANs a trunk port allows, as a bitmap.
     pub const ALLOWED: &str = "ALLOWED";
     /// `Array<[u8; 12]>` with one entry: the echo guest's MAC, then the

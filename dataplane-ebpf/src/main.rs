@@ -29,13 +29,17 @@ use dataplane_common::{
     checksum,
     counters::Outcome,
     fastpath::{
-        self, Egress, FastPathDecision, FdbKey, FdbValue, PortVlans, Rewrite, TcHandoff,
-        TC_HANDOFF_MAGIC, TC_HANDOFF_PEER,
+        self, Egress, FastPathDecision, FdbKey, FdbValue, PortVlans, Rewrite, TcHandoff, Tunnel,
+        TunnelPort, TC_HANDOFF_MAGIC, TC_HANDOFF_PEER,
     },
     policy::{decide, udp_dst_key, MatchKey, Mode, Policy, Verdict},
     wire::{
-        self, parse_l2, EthHdr, FrameBytes, FrameBytesMut, L2Header, Plain, ETH_HLEN, ETH_P_8021AD,
-        ETH_P_8021Q, ETH_P_IP, VLAN_HLEN,
+        self,
+        build::UdpIpv4,
+        parse_l2,
+        vxlan::{self, VXLAN_IPV4_OVERHEAD},
+        EthHdr, FrameBytes, FrameBytesMut, L2Header, Plain, ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q,
+        ETH_P_IP, VLAN_HLEN,
     },
     GEN_HEADER_LEN, MAX_FDB, MAX_MATCHES, MAX_PORTS, MAX_QUEUES,
 };
@@ -62,6 +66,15 @@ static PORTS: DevMap = DevMap::with_max_entries(MAX_PORTS, 0);
 /// be read by XDP programs only).
 #[map]
 static EGRESS: Array<u32> = Array::with_max_entries(MAX_PORTS, 0);
+
+/// The largest inner frame a tunnel's fast path takes (a jumbo underlay's).
+const MAX_TUNNEL_FRAME: usize = 9000;
+
+/// Switch port id -> its tunnel (VXLAN) parameters; all zero for other
+/// ports. Encapsulation reads the egress port's, decapsulation on an
+/// underlay the entry of its own port (`Policy::port_id`).
+#[map]
+static TUNNELS: Array<TunnelPort> = Array::with_max_entries(MAX_PORTS, 0);
 
 /// The VLANs this port allows when it is a listed trunk, as 4096 bits.
 #[map]
@@ -203,6 +216,11 @@ fn steer_frame(ctx: &XdpContext) -> (u32, Outcome) {
         Verdict::Drop => (xdp_action::XDP_DROP, Outcome::Dropped),
         Verdict::Redirect => {
             if policy.fast_path_live(now_ns()) {
+                // An underlay's steer takes only its tunnel's UDP: try to
+                // decapsulate learned unicast to a local port first.
+                if let Some(result) = fast_path_decap(ctx, policy) {
+                    return result;
+                }
                 if let Some(result) = fast_path(ctx, policy, &header) {
                     return result;
                 }
@@ -239,6 +257,7 @@ struct FastRoute {
     port: u32,
     rewrite: Rewrite,
     egress: Egress,
+    tunnel: Option<Tunnel>,
     src: Option<*mut FdbValue>,
 }
 
@@ -268,10 +287,12 @@ fn fast_route(policy: &Policy, header: &L2Header) -> Option<FastRoute> {
             port,
             rewrite,
             egress,
+            tunnel,
         } => Some(FastRoute {
             port,
             rewrite,
             egress,
+            tunnel,
             src,
         }),
         FastPathDecision::SlowPath => None,
@@ -289,20 +310,85 @@ fn count_hit(src: Option<*mut FdbValue>) {
 }
 
 /// Redirects learned unicast to its egress port (rewriting the VLAN tag as
-/// the egress sends that VLAN), or `None` to leave the frame to userspace.
+/// the egress sends that VLAN, encapsulating it toward its remote VTEP when
+/// the egress is a tunnel), or `None` to leave the frame to userspace.
 #[inline(always)]
 fn fast_path(ctx: &XdpContext, policy: &Policy, header: &L2Header) -> Option<(u32, Outcome)> {
+    let route = fast_route(policy, header)?;
+    send(ctx, route, header)
+}
+
+/// Decapsulates a VXLAN frame on a tunnel port's underlay whose inner frame
+/// is learned unicast to a local port, and sends the inner frame there;
+/// `None` (the frame untouched) leaves it to userspace: another VNI or
+/// address, IPv4 options, a source not learned behind this very remote,
+/// a destination behind a tunnel again.
+#[inline(always)]
+fn fast_path_decap(ctx: &XdpContext, policy: &Policy) -> Option<(u32, Outcome)> {
+    let t = TUNNELS.get(policy.port_id)?;
+    if t.active == 0 {
+        return None;
+    }
+    let outer = vxlan::parse_outer_plain(&Packet::of_xdp(ctx)).ok()?;
+    if outer.vni != t.vni
+        || outer.dst_ip != t.local
+        || outer.dst_port != t.udp_port
+    {
+        return None;
+    }
+    let inner = Packet {
+        start: ctx.data() + VXLAN_IPV4_OVERHEAD,
+        end: ctx.data_end(),
+    };
+    let header = parse_l2(&inner).ok()?;
+    let route = fast_route(policy, &header)?;
+    // SAFETY: the pointer, if any, points at a live map value.
+    let src_remote = route.src.map(|p| unsafe { (*p).remote })?;
+    if src_remote != outer.src_ip || route.tunnel.is_some() {
+        return None;
+    }
+    // SAFETY: shrinking the head by the outer headers, which the frame has
+    // (parse_outer read them); the helper fails rather than overrun.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, VXLAN_IPV4_OVERHEAD as i32) } != 0 {
+        return Some((xdp_action::XDP_DROP, Outcome::Dropped));
+    }
+    send(ctx, route, &header)
+}
+
+/// Sends a frame as `route` says: its tag rewritten, encapsulated when the
+/// egress is a tunnel, by XDP redirect or the tc hand-off.
+#[inline(always)]
+fn send(ctx: &XdpContext, route: FastRoute, header: &L2Header) -> Option<(u32, Outcome)> {
     let FastRoute {
         port,
         rewrite,
         egress,
+        tunnel,
         src,
-    } = fast_route(policy, header)?;
+    } = route;
     // An XDP redirect hands the egress bare bytes. A frame whose checksum
     // the sender left to the device (read before any tag moves the
     // headers), or an egress that drops redirected frames, takes the tc
-    // hand-off instead: the skb keeps its offload state.
-    let handoff = !egress.takes_xdp_frames || checksum_left_to_device(ctx, header);
+    // hand-off instead: the skb keeps its offload state. Such a frame is
+    // not tunnelled here: userspace finishes its checksum first.
+    let partial = checksum_left_to_device(ctx, header);
+    let tunnel = match tunnel {
+        Some(to) => {
+            let t = TUNNELS.get(port).copied().filter(|t| t.active != 0)?;
+            // A tag push adds 4 bytes: the frame must fit the overlay after
+            // it. Compared as packet pointers (the verifier refuses
+            // arithmetic on the packet's end), the limit clamped to a
+            // bounded value.
+            let grows = if matches!(rewrite, Rewrite::Push(_)) { VLAN_HLEN } else { 0 };
+            let room = (t.max_inner as usize).min(MAX_TUNNEL_FRAME) - grows;
+            if partial || ctx.data() + room < ctx.data_end() {
+                return None;
+            }
+            Some((t, to))
+        }
+        None => None,
+    };
+    let handoff = !egress.takes_xdp_frames || partial;
     // Look the egress up before touching the frame: a frame that falls back
     // to userspace must arrive there as it came.
     let (action, outcome) = if handoff {
@@ -316,7 +402,11 @@ fn fast_path(ctx: &XdpContext, policy: &Policy, header: &L2Header) -> Option<(u3
         Rewrite::Push(vid) => push_tag(ctx, vid),
         Rewrite::Pop => pop_tag(ctx),
     };
-    if !rewritten || (handoff && !write_handoff(ctx, egress.handoff(action))) {
+    let encapsulated = match tunnel {
+        Some((t, to)) => encapsulate(ctx, &t, to),
+        None => true,
+    };
+    if !rewritten || !encapsulated || (handoff && !write_handoff(ctx, egress.handoff(action))) {
         return Some((xdp_action::XDP_DROP, Outcome::Dropped));
     }
     count_hit(src);
@@ -324,6 +414,29 @@ fn fast_path(ctx: &XdpContext, policy: &Policy, header: &L2Header) -> Option<(u3
         return Some((xdp_action::XDP_PASS, outcome));
     }
     Some((action, outcome))
+}
+
+/// Puts VXLAN's outer headers in front of the frame: toward `to.remote`
+/// through the underlay next hop `to.next_hop`, the outer UDP source port
+/// hashed from the inner flow (see `wire::vxlan`).
+#[inline(always)]
+fn encapsulate(ctx: &XdpContext, t: &TunnelPort, to: Tunnel) -> bool {
+    let src_port = vxlan::entropy_port(&Packet::of_xdp(ctx));
+    let inner_len = ctx.data_end() - ctx.data();
+    // SAFETY: grows the head into the headroom (XDP_PACKET_HEADROOM, 256
+    // bytes); the helper fails (nonzero) rather than leave the buffer.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(VXLAN_IPV4_OVERHEAD as i32)) } != 0 {
+        return false;
+    }
+    let outer = UdpIpv4 {
+        src_mac: t.src_mac,
+        dst_mac: to.next_hop,
+        src_ip: t.local,
+        dst_ip: to.remote,
+        src_port,
+        dst_port: t.udp_port,
+    };
+    vxlan::encapsulate(&mut Packet::of_xdp(ctx), &outer, t.vni, inner_len).is_some()
 }
 
 /// True for a TCP/UDP frame whose checksum field holds only the
@@ -489,6 +602,11 @@ fn fast_path_skb(
     header: &L2Header,
 ) -> Option<(i32, Outcome)> {
     let route = fast_route(policy, header)?;
+    // Tunnels are encapsulated in XDP only: a container port's frames to
+    // a tunnel take the slow path.
+    if route.tunnel.is_some() {
+        return None;
+    }
     let ifindex = EGRESS.get(route.port).copied().filter(|&i| i != 0)?;
     // SAFETY: helper calls on the current skb.
     let rewritten = unsafe {

@@ -10,7 +10,7 @@
 //! says where the inner frame starts. Both read and write through the same
 //! views as the rest of the wire layer, so the XDP programs can use them.
 
-use super::build::{write_udp_ipv4, UdpIpv4, UDP_IPV4_HEADERS};
+use super::build::{UdpIpv4, UDP_IPV4_HEADERS};
 use super::{
     EthHdr, FrameBytes, FrameBytesMut, Ipv4Hdr, UdpHdr, VxlanHdr, ETH_HLEN, ETH_P_IP, ETH_P_IPV6,
     IPPROTO_TCP, IPPROTO_UDP,
@@ -20,6 +20,10 @@ use super::{
 pub const VXLAN_PORT: u16 = 4789;
 /// Bytes VXLAN over IPv4 adds in front of a frame (no IPv4 options).
 pub const VXLAN_IPV4_OVERHEAD: usize = UDP_IPV4_HEADERS + VxlanHdr::LEN;
+/// Bytes of the outer IPv4 packet besides the inner frame: IPv4 (no
+/// options), UDP and VXLAN headers. An underlay of MTU `m` carries inner
+/// frames of up to `m - 36` bytes.
+pub const VXLAN_IP_OVERHEAD: usize = Ipv4Hdr::LEN + UdpHdr::LEN + VxlanHdr::LEN;
 /// The largest VNI (24 bits).
 pub const MAX_VNI: u32 = (1 << 24) - 1;
 /// Outer UDP source ports carry the inner flow's hash in this range
@@ -88,18 +92,115 @@ pub fn parse_outer<F: FrameBytes + ?Sized>(frame: &F, len: usize) -> Result<Oute
     })
 }
 
+/// [`parse_outer`] for a frame whose IPv4 header has no options (what every
+/// VTEP sends), reading only at constant offsets, as the XDP fast path
+/// needs; a header with options is [`NotVxlan::NotUdpIpv4`] here.
+#[inline(always)]
+pub fn parse_outer_plain<F: FrameBytes + ?Sized>(frame: &F) -> Result<Outer, NotVxlan> {
+    let eth: EthHdr = frame.read(0).ok_or(NotVxlan::Truncated)?;
+    if u16::from_be(eth.ether_type) != ETH_P_IP {
+        return Err(NotVxlan::NotUdpIpv4);
+    }
+    let ip: Ipv4Hdr = frame.read(ETH_HLEN).ok_or(NotVxlan::Truncated)?;
+    if ip.vihl != 0x45 || ip.proto != IPPROTO_UDP {
+        return Err(NotVxlan::NotUdpIpv4);
+    }
+    if ip.frag_flags() & 1 != 0 || ip.frag_offset() != 0 {
+        return Err(NotVxlan::Fragment);
+    }
+    let udp: UdpHdr = frame
+        .read(ETH_HLEN + Ipv4Hdr::LEN)
+        .ok_or(NotVxlan::Truncated)?;
+    let vxlan: VxlanHdr = frame.read(UDP_IPV4_HEADERS).ok_or(NotVxlan::Truncated)?;
+    if !vxlan.vni_present() {
+        return Err(NotVxlan::NoVni);
+    }
+    // A read, not a length comparison: the verifier follows reads.
+    frame
+        .read::<EthHdr>(VXLAN_IPV4_OVERHEAD)
+        .ok_or(NotVxlan::Truncated)?;
+    Ok(Outer {
+        src_mac: eth.src_addr,
+        src_ip: ip.src_addr,
+        dst_ip: ip.dst_addr,
+        dst_port: udp.dst_port(),
+        vni: vxlan.vni(),
+        inner_offset: VXLAN_IPV4_OVERHEAD,
+    })
+}
+
 /// Writes the outer headers into the first [`VXLAN_IPV4_OVERHEAD`] bytes
-/// of `frame`, whose rest is the inner frame: IPv4 with DF (the switch
-/// never sends a fragment: a frame too large for the underlay is dropped
-/// before this), TTL 64 and its checksum, UDP without a checksum (allowed
-/// over IPv4, what the Linux vxlan device sends by default), the VNI with
-/// the I flag. `None`, with nothing written, if `frame` has no inner frame.
-pub fn encapsulate(frame: &mut [u8], outer: &UdpIpv4, vni: u32) -> Option<()> {
-    if frame.len() < VXLAN_IPV4_OVERHEAD + ETH_HLEN || vni > MAX_VNI {
+/// of `frame`, whose rest is the inner frame of `inner_len` bytes: IPv4
+/// with DF (the switch never sends a fragment: a frame too large for the
+/// underlay is dropped before this), TTL 64 and its checksum, UDP without
+/// a checksum (allowed over IPv4, what the Linux vxlan device sends by
+/// default), the VNI with the I flag. `None`, with nothing written, if
+/// `frame` holds no inner Ethernet header or the VNI is out of range. The
+/// same code runs on a slice and, in the XDP fast path, on a packet.
+#[inline(always)]
+pub fn encapsulate<F: FrameBytesMut + ?Sized>(
+    frame: &mut F,
+    outer: &UdpIpv4,
+    vni: u32,
+    inner_len: usize,
+) -> Option<()> {
+    if inner_len < ETH_HLEN || vni > MAX_VNI {
         return None;
     }
-    write_udp_ipv4(frame, outer)?;
+    frame.read::<EthHdr>(VXLAN_IPV4_OVERHEAD)?;
+    let ip_len = u16::try_from(inner_len + VXLAN_IP_OVERHEAD).ok()?;
+    let eth = EthHdr {
+        dst_addr: outer.dst_mac,
+        src_addr: outer.src_mac,
+        ether_type: ETH_P_IP.to_be(),
+    };
+    let mut ip = Ipv4Hdr {
+        vihl: 0,
+        tos: 0,
+        tot_len: [0; 2],
+        id: [0; 2],
+        frags: [0; 2],
+        ttl: 64,
+        proto: IPPROTO_UDP,
+        check: [0; 2],
+        src_addr: outer.src_ip,
+        dst_addr: outer.dst_ip,
+    };
+    ip.set_vihl(4, Ipv4Hdr::LEN as u8);
+    ip.set_tot_len(ip_len);
+    ip.set_frags(0b010, 0); // don't fragment
+    ip.set_checksum(ipv4_header_checksum(&ip));
+    let mut udp = UdpHdr {
+        src: [0; 2],
+        dst: [0; 2],
+        len: [0; 2],
+        check: [0; 2],
+    };
+    udp.set_src_port(outer.src_port);
+    udp.set_dst_port(outer.dst_port);
+    udp.set_len(ip_len - Ipv4Hdr::LEN as u16);
+    frame.write(0, &eth)?;
+    frame.write(ETH_HLEN, &ip)?;
+    frame.write(ETH_HLEN + Ipv4Hdr::LEN, &udp)?;
     frame.write(UDP_IPV4_HEADERS, &VxlanHdr::new(vni))
+}
+
+/// The checksum of an IPv4 header without options, from its fields (the
+/// `check` field counts as zero).
+#[inline(always)]
+fn ipv4_header_checksum(h: &Ipv4Hdr) -> u16 {
+    let w = |a: u8, b: u8| u16::from_be_bytes([a, b]) as u32;
+    let sum = w(h.vihl, h.tos)
+        + w(h.tot_len[0], h.tot_len[1])
+        + w(h.id[0], h.id[1])
+        + w(h.frags[0], h.frags[1])
+        + w(h.ttl, h.proto)
+        + w(h.src_addr[0], h.src_addr[1])
+        + w(h.src_addr[2], h.src_addr[3])
+        + w(h.dst_addr[0], h.dst_addr[1])
+        + w(h.dst_addr[2], h.dst_addr[3]);
+    let folded = (sum & 0xffff) + (sum >> 16);
+    !(((folded & 0xffff) + (folded >> 16)) as u16)
 }
 
 /// The outer UDP source port for an inner frame: a hash of its flow
@@ -179,6 +280,7 @@ mod tests {
 
     use super::*;
     use crate::checksum;
+    use crate::wire::build::write_udp_ipv4;
 
     const OUTER: UdpIpv4 = UdpIpv4 {
         src_mac: [2, 0, 0, 0, 1, 1],
@@ -209,7 +311,7 @@ mod tests {
     fn tunnelled(inner: &[u8], vni: u32) -> Vec<u8> {
         let mut f = vec![0u8; VXLAN_IPV4_OVERHEAD];
         f.extend_from_slice(inner);
-        encapsulate(&mut f, &OUTER, vni).unwrap();
+        encapsulate(f.as_mut_slice(), &OUTER, vni, inner.len()).unwrap();
         f
     }
 
@@ -248,6 +350,11 @@ mod tests {
         let inner = inner_udp(1000, 64);
         let f = tunnelled(&inner, 100);
         let o = parse_outer(f.as_slice(), f.len()).unwrap();
+        assert_eq!(
+            parse_outer_plain(f.as_slice()),
+            Ok(o),
+            "the same without options"
+        );
         assert_eq!(
             o,
             Outer {
@@ -303,15 +410,20 @@ mod tests {
         opts.extend_from_slice(&f[50..]);
         let o = parse_outer(opts.as_slice(), opts.len()).unwrap();
         assert_eq!(o.inner_offset, VXLAN_IPV4_OVERHEAD + 4);
+        assert_eq!(
+            parse_outer_plain(opts.as_slice()),
+            Err(NotVxlan::NotUdpIpv4),
+            "options: not for the fast path"
+        );
         assert_eq!(o.vni, 100);
     }
 
     #[test]
     fn encapsulate_refuses_a_frame_without_room_or_a_vni_too_large() {
         let mut f = vec![0u8; VXLAN_IPV4_OVERHEAD + 13];
-        assert_eq!(encapsulate(&mut f, &OUTER, 1), None);
+        assert_eq!(encapsulate(f.as_mut_slice(), &OUTER, 1, 13), None);
         let mut f = vec![0u8; VXLAN_IPV4_OVERHEAD + 64];
-        assert_eq!(encapsulate(&mut f, &OUTER, MAX_VNI + 1), None);
+        assert_eq!(encapsulate(f.as_mut_slice(), &OUTER, MAX_VNI + 1, 64), None);
         assert!(f.iter().all(|&b| b == 0), "nothing written");
     }
 

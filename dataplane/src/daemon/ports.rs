@@ -57,7 +57,7 @@ impl Daemon {
         let placement = place_queues(&p, running.least_loaded_pmd(), n_pmds);
         let counters = Arc::new(PortCounters::default());
         let parts = self.open_parts(id, &p, &placement, &counters)?;
-        let remote_macs = parts.iter().find_map(|(_, port, _)| port.remote_macs());
+        let tunnel = parts.iter().find_map(|(_, port, _)| port.tunnel());
         self.slots
             .resize_with(self.slots.len().max(id + 1), || None);
         self.slots[id] = Some(Slot {
@@ -68,7 +68,7 @@ impl Daemon {
             open: false,
             link_up: true,
             placement: placement.clone(),
-            remote_macs,
+            tunnel,
         });
         self.plug(id, parts)?;
         tracing::info!(port = spec, id, placement = ?placement, "port added");
@@ -124,7 +124,7 @@ impl Daemon {
         // frame) happens before taking the switch lock: the slow path
         // learns under it, and sightings wait while it is held.
         let fast = fast_path_wanted(&self.config, &slot.config)
-            .then(|| FastPath::prepare_port(&self.pins, &fast_port(id, &slot.config)));
+            .then(|| FastPath::prepare_port(&self.pins, &fast_port(id, &slot.config, None)));
         let mut shared = running.switch().lock_or_recover();
         let SharedSwitch {
             switch, fast_path, ..
@@ -139,7 +139,8 @@ impl Daemon {
             },
         );
         if let (Some(fp), Some(prepared)) = (fast_path.as_mut(), fast) {
-            let added = prepared.and_then(|p| fp.add_port(p, &fast_port(id, &slot.config), switch));
+            let member = fast_port(id, &slot.config, slot.tunnel.clone());
+            let added = prepared.and_then(|p| fp.add_port(p, &member, switch));
             if let Err(e) = added {
                 tracing::warn!(
                     port = slot.config.name(),
@@ -480,11 +481,16 @@ pub(super) fn quiesce(pins: &PinRoot, p: &PortConfig, id: usize, punt: Option<&P
 
 /// Whether a port takes part in the in-kernel fast path.
 pub(super) fn fast_path_wanted(config: &RunConfig, p: &PortConfig) -> bool {
-    config.fast_path && config.mode == ForwardingMode::Switch && p.kind.runs_steer()
+    config.fast_path && config.mode == ForwardingMode::Switch && p.kind.in_fast_path()
 }
 
-pub(super) fn fast_port(id: usize, p: &PortConfig) -> FastPortConfig {
+pub(super) fn fast_port(
+    id: usize,
+    p: &PortConfig,
+    tunnel: Option<crate::port::vxlan::TunnelView>,
+) -> FastPortConfig {
     FastPortConfig {
+        tunnel,
         port: id,
         ifname: p.iface.clone(),
         vlan: p.vlan.clone(),

@@ -155,7 +155,7 @@ impl Daemon {
             .map(|id| {
                 self.slots
                     .get(id)
-                    .and_then(|s| s.as_ref()?.remote_macs.as_ref())
+                    .and_then(|s| Some(&s.as_ref()?.tunnel.as_ref()?.remote_macs))
                     .map(|t| t.lock_or_recover().clone())
                     .unwrap_or_default()
             })

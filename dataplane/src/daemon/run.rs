@@ -98,8 +98,9 @@ pub(super) struct Slot {
     /// Which PMD polls which of its receive queues (kept when it closes,
     /// so that it reopens the same way).
     pub(super) placement: Vec<(usize, Vec<u32>)>,
-    /// A tunnel port's learned remote MACs (`show fdb`).
-    pub(super) remote_macs: Option<port::vxlan::RemoteMacs>,
+    /// A tunnel port's parameters and learned remote MACs (`show fdb`,
+    /// the fast path).
+    pub(super) tunnel: Option<port::vxlan::TunnelView>,
 }
 
 /// The running switch and everything needed to change it.
@@ -161,7 +162,7 @@ impl Daemon {
         let mut punt = None;
         for ((id, p), placement) in config.ports.iter().enumerate().zip(placements) {
             let counters = Arc::new(PortCounters::default());
-            let mut remote_macs = None;
+            let mut tunnel = None;
             for (k, (pmd, queues)) in placement.iter().enumerate() {
                 let umem = pmds[*pmd].umem.clone();
                 let at = PortPlace {
@@ -173,7 +174,7 @@ impl Daemon {
                     join: k > 0,
                 };
                 let port = open_port(config, p, pins, at, counters.clone())?;
-                remote_macs = remote_macs.or_else(|| port.remote_macs());
+                tunnel = tunnel.or_else(|| port.tunnel());
                 pmds[*pmd].ports.push(PortPart {
                     id,
                     port,
@@ -188,7 +189,7 @@ impl Daemon {
                 link_up: true,
                 peer_effect: peer_effect(p),
                 placement,
-                remote_macs,
+                tunnel,
             }));
         }
         let switch_ports = config
@@ -213,8 +214,11 @@ impl Daemon {
                 .ports
                 .iter()
                 .enumerate()
-                .filter(|(_, p)| p.kind.runs_steer())
-                .map(|(id, p)| fast_port(id, p))
+                .filter(|(_, p)| p.kind.in_fast_path())
+                .map(|(id, p)| {
+                    let tunnel = slots.get(id).and_then(|s| s.as_ref()?.tunnel.clone());
+                    fast_port(id, p, tunnel)
+                })
                 .collect();
             Some(FastPath::start(pins, config.ports.len(), &members)?)
         } else {

@@ -24,15 +24,24 @@
 //!   frames redirected are compared with what the egress devices sent;
 //! - frames whose checksum the sender left to the device take the tc
 //!   hand-off whatever the egress (decided per frame by `steer`): only the
-//!   skb knows the checksum is to be finished.
+//!   skb knows the checksum is to be finished;
+//! - a tunnel port (VXLAN) takes part through its underlay's `steer`: every
+//!   map learns its parameters (`TUNNELS`), and an address behind it
+//!   carries its remote VTEP and the next hop toward it, from the port's
+//!   own table and next-hop thread, refreshed twice a second. Frames to
+//!   it are redirected (encapsulated) only while both are known; frames
+//!   from it are decapsulated only when they come from that very remote.
 
 use std::collections::HashMap;
 use std::time::Instant;
 
 use dataplane_common::counters::Outcome;
-use dataplane_common::fastpath::{vlan_mode, FDB_REDIRECT, FDB_TAGGED, FDB_TC_ONLY, FDB_VETH_PEER};
+use dataplane_common::fastpath::{
+    vlan_mode, Tunnel, TunnelPort, FDB_REDIRECT, FDB_TAGGED, FDB_TC_ONLY, FDB_TUNNEL, FDB_VETH_PEER,
+};
 use thiserror::Error;
 
+use crate::port::vxlan::TunnelView;
 use crate::steer::pins::PinRoot;
 use crate::steer::{self, Attachment};
 use crate::switch::{EgressTag, FdbChange, Switch, VlanMode};
@@ -58,13 +67,22 @@ struct FastPort {
     /// A veth with its other end in another namespace: the tc hand-off
     /// delivers into that end.
     veth_peer: bool,
+    /// A tunnel port: `ifname` is its underlay.
+    tunnel: Option<TunnelView>,
 }
 
 impl FastPort {
     /// `FDB` flags of entries on this port, besides redirect and tag.
     fn delivery_flags(&self) -> u32 {
         let tc_only = if self.egress_ok { 0 } else { FDB_TC_ONLY };
-        let peer = if self.veth_peer { FDB_VETH_PEER } else { 0 };
+        // Straight into the other end of a veth skips that end's XDP: never
+        // for a tunnel's underlay, whose other end may be a switch whose
+        // XDP must see the tunnelled frame.
+        let peer = if self.veth_peer && self.tunnel.is_none() {
+            FDB_VETH_PEER
+        } else {
+            0
+        };
         tc_only | peer
     }
 }
@@ -78,6 +96,10 @@ pub struct FastPath {
     /// last compared.
     last_redirected: u64,
     last_sent: u64,
+    /// Where each address behind a tunnel was last installed to go. Kept
+    /// while the address stays in the FDB: once its frames take the fast
+    /// path, the port's own table no longer sees them and ages them out.
+    tunnelled: HashMap<(u16, [u8; 6]), Tunnel>,
 }
 
 /// A port about to join the fast path (see [`FastPath::prepare_port`]).
@@ -91,8 +113,11 @@ pub struct PreparedPort {
 #[derive(Debug, Clone)]
 pub struct FastPortConfig {
     pub port: usize,
+    /// The interface (a tunnel's underlay).
     pub ifname: String,
     pub vlan: VlanMode,
+    /// A tunnel port's parameters and remotes.
+    pub tunnel: Option<TunnelView>,
 }
 
 impl FastPortConfig {
@@ -132,8 +157,13 @@ impl FastPath {
                 attachment,
                 egress_ok,
                 veth_peer,
+                tunnel: m.tunnel.clone(),
             });
         }
+        let tunnels: Vec<(u32, TunnelPort)> = members
+            .iter()
+            .filter_map(|m| Some((m.port as u32, m.tunnel.as_ref()?.params)))
+            .collect();
         // Every member is in every devmap: XDP redirects use the entries of
         // ports that take them, tc hand-offs read the ifindex of the rest.
         let egress: Vec<(u32, u32)> = ports
@@ -153,6 +183,9 @@ impl FastPath {
             for &(id, ifindex) in &egress {
                 p.attachment.set_fast_port(id, ifindex).map_err(err)?;
             }
+            for &(id, params) in &tunnels {
+                p.attachment.set_tunnel(id, params).map_err(err)?;
+            }
             let (untagged_vlan, mode, allowed) = m.vlan_settings();
             p.attachment
                 .enable_fast_path(m.port as u32, untagged_vlan, mode, &allowed)
@@ -170,6 +203,7 @@ impl FastPath {
             hits_seen: HashMap::new(),
             last_redirected: 0,
             last_sent: 0,
+            tunnelled: HashMap::new(),
         };
         (fp.last_redirected, fp.last_sent) = fp.totals();
         Ok(fp)
@@ -227,6 +261,19 @@ impl FastPath {
             if let Ok(ifindex) = netdev::ifindex(&p.ifname) {
                 attachment.set_fast_port(id as u32, ifindex).map_err(err)?;
             }
+            if let Some(t) = &p.tunnel {
+                attachment.set_tunnel(id as u32, t.params).map_err(err)?;
+            }
+        }
+        if let Some(t) = &m.tunnel {
+            attachment
+                .set_tunnel(m.port as u32, t.params)
+                .map_err(err)?;
+            for p in self.ports.iter_mut().flatten() {
+                if let Err(e) = p.attachment.set_tunnel(m.port as u32, t.params) {
+                    tracing::warn!(ifname = p.ifname, "fast path toward {}: {e}", m.ifname);
+                }
+            }
         }
         if let Ok(ifindex) = netdev::ifindex(&m.ifname) {
             attachment
@@ -250,6 +297,7 @@ impl FastPath {
             attachment,
             egress_ok,
             veth_peer,
+            tunnel: m.tunnel.clone(),
         });
         self.apply(&switch.fdb().as_changes(), switch);
         (self.last_redirected, self.last_sent) = self.totals();
@@ -263,6 +311,13 @@ impl FastPath {
         if let Some(mut p) = self.ports.get_mut(id).and_then(Option::take) {
             if let Err(e) = p.attachment.disable_fast_path() {
                 tracing::debug!(ifname = p.ifname, "turning the fast path off: {e}");
+            }
+            if p.tunnel.is_some() {
+                for other in self.ports.iter_mut().flatten() {
+                    let _ = other
+                        .attachment
+                        .set_tunnel(id as u32, TunnelPort::default());
+                }
             }
         }
         (self.last_redirected, self.last_sent) = self.totals();
@@ -315,13 +370,28 @@ impl FastPath {
                         .filter(|_| switch.is_up(port))
                         .map(FastPort::delivery_flags);
                     let egress = switch.ports().get(port).and_then(|p| p.vlan.egress(vlan));
-                    let flags = match (delivery, egress) {
+                    let mut flags = match (delivery, egress) {
                         (Some(d), Some(EgressTag::Untagged)) => FDB_REDIRECT | d,
                         (Some(d), Some(EgressTag::Tagged(_))) => FDB_REDIRECT | FDB_TAGGED | d,
                         _ => 0,
                     };
+                    // Behind a tunnel: redirected (encapsulated) only once
+                    // its remote and the next hop toward it are known.
+                    let remote = self.tunnel_of(port, vlan, mac);
+                    match (&remote, self.view(port).is_some()) {
+                        (_, false) => {}
+                        (Some(t), true) if t.next_hop != [0; 6] => flags |= FDB_TUNNEL,
+                        (_, true) => flags = 0,
+                    }
+                    match remote {
+                        Some(t) => self.tunnelled.insert((vlan, mac), t),
+                        None => self.tunnelled.remove(&(vlan, mac)),
+                    };
                     for p in self.ports.iter_mut().flatten() {
-                        if let Err(e) = p.attachment.fdb_insert(vlan, mac, port as u32, flags) {
+                        if let Err(e) =
+                            p.attachment
+                                .fdb_insert(vlan, mac, port as u32, flags, remote)
+                        {
                             // A full map only costs speed: userspace still
                             // forwards what the kernel does not know.
                             tracing::debug!(ifname = p.ifname, "fast-path FDB insert: {e}");
@@ -330,11 +400,48 @@ impl FastPath {
                 }
                 FdbChange::Remove { vlan, mac } => {
                     self.hits_seen.remove(&(vlan, mac));
+                    self.tunnelled.remove(&(vlan, mac));
                     for p in self.ports.iter_mut().flatten() {
                         p.attachment.fdb_remove(vlan, mac);
                     }
                 }
             }
+        }
+    }
+
+    /// Port `port`'s tunnel, if it is one.
+    fn view(&self, port: usize) -> Option<&TunnelView> {
+        self.ports.get(port)?.as_ref()?.tunnel.as_ref()
+    }
+
+    /// Where an address on `port` sits behind its tunnel: the port's table
+    /// and next hops now, else what was installed last.
+    fn tunnel_of(&self, port: usize, vlan: u16, mac: [u8; 6]) -> Option<Tunnel> {
+        match self.view(port)?.locate(vlan, mac) {
+            Some(t) => Some(t),
+            None => self.tunnelled.get(&(vlan, mac)).copied(),
+        }
+    }
+
+    /// Twice a second: re-installs the addresses behind tunnels whose
+    /// remote or next hop changed (learned, moved, an ARP answered).
+    pub fn refresh_tunnels(&mut self, switch: &Switch) {
+        let updates: Vec<FdbChange> = switch
+            .fdb()
+            .entries()
+            .into_iter()
+            .filter(|(vlan, mac, e)| {
+                let now = self.view(e.port).and_then(|v| v.locate(*vlan, *mac));
+                now.is_some_and(|t| self.tunnelled.get(&(*vlan, *mac)) != Some(&t))
+            })
+            .map(|(vlan, mac, e)| FdbChange::Upsert {
+                vlan,
+                mac,
+                port: e.port,
+            })
+            .collect();
+        if !updates.is_empty() {
+            self.apply(&updates, switch);
         }
     }
 

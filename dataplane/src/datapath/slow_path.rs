@@ -177,6 +177,7 @@ fn housekeeping(guard: &mut SharedSwitch, now: Instant, shared: &EngineShared) {
     } = guard;
     if let Some(fp) = fast_path.as_mut() {
         fp.keep_alive();
+        fp.refresh_tunnels(switch);
         fp.refresh_ageing(switch, now);
         fp.check_egress(switch);
         let ports = shared.ports.read_or_recover();

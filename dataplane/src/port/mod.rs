@@ -56,10 +56,10 @@ pub trait Port: Send {
     /// The port's counters (shared with whoever reports them).
     fn counters(&self) -> &Arc<PortCounters>;
 
-    /// A tunnel port's table of which remote endpoint each learned MAC sits
-    /// behind, as the port last published it (`show fdb` shows it); `None`
-    /// for every other kind.
-    fn remote_macs(&self) -> Option<vxlan::RemoteMacs> {
+    /// A tunnel port's parameters, remotes and table of which remote each
+    /// learned MAC sits behind (`show fdb`, the fast path); `None` for
+    /// every other kind.
+    fn tunnel(&self) -> Option<vxlan::TunnelView> {
         None
     }
 

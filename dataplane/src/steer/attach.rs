@@ -268,6 +268,7 @@ fn load_object(sizes: &MapSizes) -> Result<Ebpf, Error> {
         .map_max_entries(map_names::FDB, sizes.fdb.max(1))
         .map_max_entries(map_names::PORTS, sizes.ports.max(1))
         .map_max_entries(map_names::EGRESS, sizes.ports.max(1))
+        .map_max_entries(map_names::TUNNELS, sizes.ports.max(1))
         .map_max_entries(map_names::XSKS, sizes.queues.max(1))
         .load(object())?;
     steer_program(&mut ebpf).load().map_err(Error::Verify)?;

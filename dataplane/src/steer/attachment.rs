@@ -6,7 +6,7 @@ use std::os::fd::RawFd;
 
 use aya::maps::{Array, DevMap, HashMap, Map, MapData, MapError, PerCpuArray, XskMap};
 use dataplane_common::counters::Outcome;
-use dataplane_common::fastpath::{FdbKey, FdbValue};
+use dataplane_common::fastpath::{FdbKey, FdbValue, Tunnel, TunnelPort};
 use dataplane_common::map_names;
 use dataplane_common::policy::{AttachMode, MatchKey, Mode, Policy};
 
@@ -51,6 +51,7 @@ pub struct Attachment {
     fdb: HashMap<MapData, FdbKey, FdbValue>,
     ports: DevMap<MapData>,
     egress: Array<MapData, u32>,
+    tunnels: Array<MapData, TunnelPort>,
     allowed: Array<MapData, u64>,
 }
 
@@ -104,6 +105,9 @@ impl Attachment {
             egress: map(map_names::EGRESS)?
                 .try_into()
                 .map_err(|e| typed(map_names::EGRESS, e))?,
+            tunnels: map(map_names::TUNNELS)?
+                .try_into()
+                .map_err(|e| typed(map_names::TUNNELS, e))?,
             allowed: map(map_names::ALLOWED)?
                 .try_into()
                 .map_err(|e| typed(map_names::ALLOWED, e))?,
@@ -199,8 +203,17 @@ impl Attachment {
         for port in 0..self.ports.len() {
             let _ = self.ports.set(port, 0, None, 0).ok();
             let _ = self.egress.set(port, 0, 0).ok();
+            let _ = self.tunnels.set(port, TunnelPort::default(), 0).ok();
         }
         Ok(())
+    }
+
+    /// Makes switch port `port_id` a tunnel for the fast path (an all-zero
+    /// `tunnel` makes it an ordinary port again).
+    pub fn set_tunnel(&mut self, port_id: u32, tunnel: TunnelPort) -> Result<(), Error> {
+        self.tunnels
+            .set(port_id, tunnel, 0)
+            .map_err(|e| self.map_error(map_names::TUNNELS, e))
     }
 
     /// Lets the fast path redirect to switch port `port_id` (device `ifindex`).
@@ -219,20 +232,23 @@ impl Attachment {
     /// Installs or moves a learned address for the fast path. `flags`:
     /// `FDB_REDIRECT` if frames to it may be redirected to `port` (else it
     /// only serves as a known source), `FDB_TAGGED` if `port` sends `vlan`
-    /// tagged.
+    /// tagged, `FDB_TUNNEL` if `port` is a tunnel and `remote` says where
+    /// (a source behind a tunnel carries its remote without the flag too:
+    /// decapsulation checks it).
     pub fn fdb_insert(
         &mut self,
         vlan: u16,
         mac: [u8; 6],
         port: u32,
         flags: u32,
+        remote: Option<Tunnel>,
     ) -> Result<(), Error> {
         let key = FdbKey { mac, vlan };
-        let value = FdbValue {
-            port,
-            flags,
-            hits: 0,
-        };
+        let mut value = FdbValue::new(port, flags);
+        if let Some(t) = remote {
+            value.remote = t.remote;
+            value.next_hop = t.next_hop;
+        }
         self.fdb
             .insert(key, value, 0)
             .map_err(|source| self.map_error(map_names::FDB, source))

@@ -33,7 +33,7 @@ pub(crate) fn object() -> &'static [u8] {
 }
 
 /// Maps that are pinned next to the link.
-const PINNED_MAPS: [&str; 9] = [
+const PINNED_MAPS: [&str; 10] = [
     map_names::POLICY,
     map_names::MATCHES,
     map_names::XSKS,
@@ -41,6 +41,7 @@ const PINNED_MAPS: [&str; 9] = [
     map_names::FDB,
     map_names::PORTS,
     map_names::EGRESS,
+    map_names::TUNNELS,
     map_names::ALLOWED,
     map_names::LOGS,
 ];

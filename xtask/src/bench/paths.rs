@@ -56,6 +56,9 @@ pub enum PathKind {
     TestpmdVhost,
     /// Overlay: a Linux bridge with a vxlan device on each host.
     LinuxBridgeVxlan,
+    /// Overlay: dataplane with a `vxlan:` port on each host, learned
+    /// unicast encapsulated and decapsulated in XDP (fast path).
+    DataplaneVxlanFastpath,
     /// Overlay: dataplane with a `vxlan:` port on each host, AF_XDP path.
     DataplaneVxlan,
     /// Overlay: Open vSwitch's userspace datapath with a vxlan port on
@@ -285,6 +288,16 @@ pub const PATHS: &[PathSpec] = &[
             format!("a Linux bridge with a vxlan device (VNI 100) on each host ({ports}), GRO on sa, br_netfilter off")
         },
         start: start_linux_vxlan,
+    },
+    PathSpec {
+        kind: DataplaneVxlanFastpath,
+        name: "dataplane-vxlan-fastpath",
+        scenarios: &[Overlay],
+        emulation: false,
+        describe: |ports, _| {
+            format!("dataplane run on each host ({ports}), learned unicast encapsulated and decapsulated in XDP (fast path), PMDs on CPU 1")
+        },
+        start: start_dataplane_vxlan,
     },
     PathSpec {
         kind: DataplaneVxlan,
@@ -734,24 +747,23 @@ fn start_linux_vxlan(r: &mut RunningPath, s: &Setup) -> Result<()> {
     Ok(())
 }
 
-/// `dataplane run` on each host: the uplink and a `vxlan:` port.
+/// `dataplane run` on each host: the uplink and a `vxlan:` port. Host 2
+/// first: its steer on u2 is there when host 1's fast path probes whether
+/// u1's other end takes XDP-redirected frames (else it would hand the
+/// measured direction to tc).
 fn start_dataplane_vxlan(r: &mut RunningPath, s: &Setup) -> Result<()> {
-    for (ns, uplink, underlay, local, remote) in overlay_hosts(s) {
+    let fast = s.kind == DataplaneVxlanFastpath;
+    for (ns, uplink, underlay, local, remote) in overlay_hosts(s).into_iter().rev() {
         let tunnel = format!("vxlan:vni=100,local={local},remote={remote},dev={underlay}");
         let uplink = format!("afxdp:{uplink}");
         // CPU 0 is the generator's: both switches share CPU 1.
-        let args = [
-            "run",
-            "--port",
-            &uplink,
-            "--port",
-            &tunnel,
-            "--core",
-            "1",
-            "--no-fast-path",
-        ];
+        let mut args = vec!["run", "--port", &uplink, "--port", &tunnel, "--core", "1"];
+        if !fast {
+            args.push("--no-fast-path");
+        }
         let c = s.dp.spawn(&ns, &args)?;
         r.child("dataplane run", c);
+        std::thread::sleep(Duration::from_millis(1500));
     }
     Ok(())
 }

@@ -47,6 +47,13 @@ impl PortKind {
     pub const fn runs_steer(self) -> bool {
         matches!(self, PortKind::Afxdp | PortKind::Veth)
     }
+
+    /// Ports whose learned unicast the in-kernel fast path forwards: those
+    /// that run `steer`, and tunnels (their underlay runs it; the fast
+    /// path encapsulates and decapsulates).
+    pub const fn in_fast_path(self) -> bool {
+        matches!(self, PortKind::Afxdp | PortKind::Veth | PortKind::Vxlan)
+    }
 }
 
 /// Longest unix socket path (sun_path is 108 bytes with the NUL).

@@ -31,10 +31,12 @@ mod vteps;
 
 use std::net::Ipv4Addr;
 use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dataplane_common::checksum;
+use dataplane_common::fastpath::{Tunnel, TunnelPort};
 use dataplane_common::policy::MatchKey;
 use dataplane_common::wire::build::UdpIpv4;
 use dataplane_common::wire::vxlan::{self, VXLAN_IPV4_OVERHEAD};
@@ -53,6 +55,35 @@ pub use vteps::Row as RemoteMac;
 
 /// A VXLAN port's learned remote MACs, as it last published them.
 pub type RemoteMacs = Arc<Mutex<Vec<RemoteMac>>>;
+
+/// What others need of an open VXLAN port: `show fdb` its remote table,
+/// the fast path its parameters and where each remote sits.
+#[derive(Clone, Debug)]
+pub struct TunnelView {
+    /// As the XDP fast path reads them (`TUNNELS`).
+    pub params: TunnelPort,
+    pub remotes: Vec<Ipv4Addr>,
+    pub remote_macs: RemoteMacs,
+    next_hops: Arc<[AtomicU64]>,
+}
+
+impl TunnelView {
+    /// Where frames to (`vlan`, `mac`) go: its remote as last published
+    /// (the inner frames carry `vlan` as a tag, or none) and the next hop
+    /// toward it, all zero while not known.
+    pub fn locate(&self, vlan: u16, mac: [u8; 6]) -> Option<Tunnel> {
+        let table = self.remote_macs.lock().unwrap_or_else(|p| p.into_inner());
+        let row = table
+            .iter()
+            .find(|r| r.mac == mac && (r.vlan == vlan || r.vlan == 0))?;
+        let i = self.remotes.iter().position(|r| *r == row.remote)?;
+        let next_hop = next_hop::decode(self.next_hops[i].load(Ordering::Relaxed));
+        Some(Tunnel {
+            remote: row.remote.octets(),
+            next_hop: next_hop.unwrap_or([0; 6]),
+        })
+    }
+}
 
 #[derive(Debug, Error)]
 pub enum Error {
@@ -248,7 +279,7 @@ impl VxlanPort {
         };
         // Cannot fail: the frame holds an inner Ethernet header (checked
         // against max_inner's lower bound by the caller) and vni <= MAX_VNI.
-        let _ = vxlan::encapsulate(bytes, &outer, self.vni);
+        let _ = vxlan::encapsulate(bytes, &outer, self.vni, d.len as usize);
         self.out.push(XdpDesc {
             addr: start,
             len: len as u32,
@@ -368,8 +399,21 @@ impl Port for VxlanPort {
         &self.counters
     }
 
-    fn remote_macs(&self) -> Option<RemoteMacs> {
-        Some(self.vteps.published())
+    fn tunnel(&self) -> Option<TunnelView> {
+        Some(TunnelView {
+            params: TunnelPort {
+                active: 1,
+                vni: self.vni,
+                local: self.local,
+                src_mac: self.src_mac,
+                udp_port: self.udp_port,
+                max_inner: self.max_inner,
+                pad: 0,
+            },
+            remotes: self.remotes.iter().map(|r| Ipv4Addr::from(*r)).collect(),
+            remote_macs: self.vteps.published(),
+            next_hops: self.next_hops.words(),
+        })
     }
 
     fn release_frames(&mut self, frames: &mut Frames<'_>) {

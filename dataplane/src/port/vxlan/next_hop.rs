@@ -63,12 +63,22 @@ impl NextHops {
     /// The next hop's MAC toward remote `i`, if there is one.
     #[inline]
     pub fn mac(&self, i: usize) -> Option<[u8; 6]> {
-        let w = self.words.get(i)?.load(Ordering::Relaxed);
-        (w & VALID != 0).then(|| {
-            let b = w.to_be_bytes();
-            [b[2], b[3], b[4], b[5], b[6], b[7]]
-        })
+        decode(self.words.get(i)?.load(Ordering::Relaxed))
     }
+
+    /// The words themselves, for another reader (the fast path's upkeep).
+    pub fn words(&self) -> Arc<[AtomicU64]> {
+        self.words.clone()
+    }
+}
+
+/// The MAC a next-hop word holds, if it is valid.
+#[inline]
+pub fn decode(w: u64) -> Option<[u8; 6]> {
+    (w & VALID != 0).then(|| {
+        let b = w.to_be_bytes();
+        [b[2], b[3], b[4], b[5], b[6], b[7]]
+    })
 }
 
 impl Drop for NextHops {
