@@ -302,6 +302,46 @@ fn two_switches_carry_l2_between_hosts() {
             sw.output()
         );
     }
+    // Another VNI from host 2 (its kernel's own vxlan device, next to the
+    // switch): dropped and counted by switch 1.
+    linux_vxlan(&h.h2, "vx1", 200);
+    h.h2.ip(&["addr", "add", "10.60.0.2/24", "dev", "vx1"]);
+    h.h2.ip(&["link", "set", "vx1", "up"]);
+    let _ =
+        h.h2.exec(&["ping", "-c", "2", "-i", "0.2", "-W", "1", "10.60.0.1"]);
+    let counted = wait_for(Duration::from_secs(3), || {
+        (drops(&h.sw1, "vxlan:u1", "tunnel") > 0).then_some(())
+    });
+    assert!(counted.is_some(), "VNI 200 was not counted as tunnel drops");
+    // Host 2's switch goes away and comes back: switch 1 runs on, and
+    // traffic resumes with the new one.
+    sw2.stop_accounted();
+    assert!(!ping(&h.a, B_ADDR, 1), "b answers with its switch gone");
+    let sw2 = RunningSwitch::start(
+        &h.h2,
+        &[
+            "--port",
+            "veth:hb",
+            "--port",
+            &vxlan_port("u2", VTEP2, VTEP1, VNI),
+        ],
+    );
+    let back = wait_for(Duration::from_secs(10), || {
+        ping(&h.a, B_ADDR, 1).then_some(())
+    });
+    assert!(
+        back.is_some(),
+        "no traffic after host 2's switch came back:\n{}",
+        sw1.output()
+    );
+    tcp_transfer_both_ways(
+        &h.a,
+        A_ADDR,
+        &h.b,
+        B_ADDR,
+        1 << 20,
+        "after host 2's switch came back",
+    );
     sw2.stop_accounted();
     sw1.stop_accounted();
 }
