@@ -7,7 +7,8 @@
 //!
 //! By concern: [`topology`] (namespaces, veths), [`packets`] (raw frames in
 //! and out), [`switch`] (the `dataplane run` process), [`probes`] (/proc),
-//! [`tcp`] (a TCP transfer checked byte for byte);
+//! [`tcp`] (a TCP transfer checked byte for byte), [`ovs`] (Open vSwitch as
+//! a peer);
 //! every item is re-exported here, so tests name it `harness::X`.
 #![allow(dead_code, unused_imports)] // each test binary uses a different part of the harness
 
@@ -66,12 +67,14 @@ pub const BPFFS: &str = "/sys/fs/bpf";
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
+mod ovs;
 mod packets;
 mod probes;
 mod switch;
 mod tcp;
 mod topology;
 
+pub use ovs::*;
 pub use packets::*;
 pub use probes::*;
 pub use switch::*;

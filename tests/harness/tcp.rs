@@ -17,7 +17,24 @@ pub fn tcp_transfer(from: &NetNs, to: &NetNs, to_addr: &str, len: usize) -> Vec<
             to.enter(|| {
                 let listener = TcpListener::bind("0.0.0.0:7000").expect("bind 7000");
                 listening_tx.send(()).unwrap();
-                let (mut conn, _) = listener.accept().expect("accept");
+                // A sender that fails must not leave this thread in
+                // accept() forever: the scope would never end.
+                listener.set_nonblocking(true).unwrap();
+                let deadline = std::time::Instant::now() + Duration::from_secs(20);
+                let mut conn = loop {
+                    match listener.accept() {
+                        Ok((conn, _)) => break conn,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            assert!(
+                                std::time::Instant::now() < deadline,
+                                "no connection in 20 s"
+                            );
+                            std::thread::sleep(Duration::from_millis(10));
+                        }
+                        Err(e) => panic!("accept: {e}"),
+                    }
+                };
+                conn.set_nonblocking(false).unwrap();
                 conn.set_read_timeout(Some(Duration::from_secs(20)))
                     .unwrap();
                 let mut got = Vec::new();

@@ -28,6 +28,7 @@ pub const BASE_PACKAGES: &[&str] = &[
     "libvirt-daemon-system", // libvirtd defines and starts a VM on a vhost-user port (tests/libvirt.rs)
     "libvirt-clients",       // virsh
     "tcpdump", // a capture of the VXLAN encapsulation on the underlay (tests/vxlan.rs)
+    "openvswitch-switch", // Open vSwitch as a VXLAN peer (tests/vxlan.rs) and in the benchmarks
 ];
 
 /// Debian packages the build itself needs: xsk-rs builds libxdp and libbpf
