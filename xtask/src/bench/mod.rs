@@ -3,7 +3,8 @@
 //! duration; (`tcp`, `tcp.rs`) TCP and UDP between two containers at their
 //! defaults; (`scale`, `scale.rs`) how the cost grows with MACs, ports and
 //! a MAC flood; (`overlay`) two switches joined by VXLAN over an underlay
-//! veth. `scale` and `overlay` run only when asked for by name.
+//! veth, frames plus one iperf3 TCP stream between the hosts at their
+//! defaults. `scale` and `overlay` run only when asked for by name.
 //!
 //! ```text
 //!  P2P  gen ns: a0 ── sa [sw ns: path] sb ── b0 :sink ns
@@ -109,7 +110,8 @@ pub enum Scenario {
     /// flow during a MAC flood (scale.rs).
     Scale,
     /// Host A -> switch 1 -> VXLAN over an underlay veth -> switch 2 ->
-    /// host B: both switches are the path under test.
+    /// host B: both switches are the path under test; frames, latency and
+    /// one iperf3 TCP stream between the hosts at their defaults.
     Overlay,
 }
 
@@ -295,11 +297,20 @@ pub fn run(opts: &BenchOptions) -> Result<()> {
             if let Some(Err(e)) = &latency {
                 eprintln!("\n[bench] {} {} latency: {e}", s.name(), path.name());
             }
+            let tcp = (s == Scenario::Overlay && !stop.load(Ordering::Relaxed))
+                .then(|| overlay_tcp(&topo, &dp, opts, path));
+            if let Some(Err(e)) = &tcp {
+                eprintln!("\n[bench] {} {} tcp: {e}", s.name(), path.name());
+            }
             drop(running);
             results.push(PathResult {
                 scenario: s,
                 path,
-                outcome: Outcome::Ran { points, latency },
+                outcome: Outcome::Ran {
+                    points,
+                    latency,
+                    tcp,
+                },
             });
         }
         drop(topo);
@@ -354,5 +365,36 @@ impl Drop for LibxdpDir {
         }
         // DPDK's runtime directory, if DPDK made it and left it empty.
         let _ = std::fs::remove_dir("/var/run/dpdk");
+    }
+}
+
+/// The overlay's TCP figure: iperf3 from a0 to b0 across the tunnel,
+/// `--repeat` times (the sink lets the kernel have b0's frames meanwhile).
+fn overlay_tcp(
+    topo: &Topology,
+    dp: &Dataplane,
+    opts: &BenchOptions,
+    path: PathKind,
+) -> std::result::Result<Vec<f64>, String> {
+    let run = || -> Result<Vec<f64>> {
+        dp.sink_policy(topo, "pass")?;
+        let mut gbps = Vec::new();
+        for i in 0..opts.repeat {
+            eprint!(
+                "\r[bench] overlay {} tcp {}/{} ...                              ",
+                path.name(),
+                i + 1,
+                opts.repeat
+            );
+            let _ = std::io::stderr().flush();
+            gbps.push(tcp::one_stream_gbps(opts.seconds)?);
+        }
+        Ok(gbps)
+    };
+    let result = run();
+    let restored = dp.sink_policy(topo, "drop");
+    match (result, restored) {
+        (Ok(v), Ok(())) => Ok(v),
+        (Err(e), _) | (Ok(_), Err(e)) => Err(format!("{e:#}")),
     }
 }

@@ -22,6 +22,8 @@ pub enum Outcome {
     Ran {
         points: Vec<Point>,
         latency: Option<Result<Latency, String>>,
+        /// iperf3 TCP, one stream a0 -> b0, Gbit/s per repeat (overlay).
+        tcp: Option<Result<Vec<f64>, String>>,
     },
     /// Could not start (the reason).
     Failed(String),
@@ -172,6 +174,8 @@ pub fn render(
             }
         }
         let mut lat_json = Vec::new();
+        let mut tcp_md = String::new();
+        let mut tcp_json = Vec::new();
         for r in results.iter().filter(|r| r.scenario == s) {
             let name = r.path.name();
             match &r.outcome {
@@ -197,11 +201,41 @@ pub fn render(
                 }
                 _ => {}
             }
+            match &r.outcome {
+                Outcome::Ran {
+                    tcp: Some(Ok(gbps)),
+                    ..
+                } if !gbps.is_empty() => {
+                    let mut v = gbps.clone();
+                    v.sort_by(f64::total_cmp);
+                    let (min, med, max) = (v[0], v[v.len() / 2], v[v.len() - 1]);
+                    tcp_md.push_str(&format!(
+                        "| {name} | {min:.2} | {med:.2} | {max:.2} | {} |\n",
+                        v.len()
+                    ));
+                    tcp_json.push(serde_json::json!({
+                        "path": name, "gbps_min": min, "gbps_median": med,
+                        "gbps_max": max, "samples": v,
+                    }));
+                }
+                Outcome::Ran {
+                    tcp: Some(Err(e)), ..
+                } => {
+                    tcp_md.push_str(&format!("| {name} | failed: {} | | | |\n", short(e)));
+                    tcp_json.push(serde_json::json!({"path": name, "error": e}));
+                }
+                _ => {}
+            }
             notes.push_str(&format!("- `{name}`: {}\n", r.path.describe(s)));
         }
         if !lat_md.is_empty() {
             md.push_str(&format!(
                 "\nRound-trip latency at low load (UDP ping-pong a0 <-> b0, one request at a time, ~2 kHz; µs):\n\n| path | p50 | p99 | max | lost |\n|---|---|---|---|---|\n{lat_md}"
+            ));
+        }
+        if !tcp_md.is_empty() {
+            md.push_str(&format!(
+                "\nTCP: iperf3, one stream a0 -> b0, both hosts at their defaults (checksum offload and TSO on; Gbit/s received):\n\n| path | min | median | max | runs |\n|---|---|---|---|---|\n{tcp_md}"
             ));
         }
         md.push_str(&format!("\nPaths:\n{notes}"));
@@ -211,6 +245,7 @@ pub fn render(
             "baseline": base.name(),
             "results": rows,
             "latency": lat_json,
+            "tcp": tcp_json,
             "paths": results.iter().filter(|r| r.scenario == s)
                 .map(|r| serde_json::json!({"path": r.path.name(), "describe": r.path.describe(s), "emulation": r.path.is_emulation()}))
                 .collect::<Vec<_>>(),

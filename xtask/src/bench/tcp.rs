@@ -302,7 +302,18 @@ fn measure(test: Test, seconds: f64) -> Result<Sample> {
     let (value, loss_pct) = match test {
         Test::Stream1 | Test::Stream4 | Test::Udp1400 => {
             let _server = Server::start(&["iperf3", "-s", "-1"])?;
-            let mut args = vec!["iperf3", "-c", "10.200.0.2", "-J", "-t", &secs];
+            // A path that cannot carry TCP must fail in seconds, not in
+            // the kernel's two-minute SYN timeout.
+            let mut args = vec![
+                "iperf3",
+                "-c",
+                "10.200.0.2",
+                "-J",
+                "-t",
+                &secs,
+                "--connect-timeout",
+                "3000",
+            ];
             match test {
                 Test::Stream4 => args.extend(["-P", "4"]),
                 Test::Udp1400 => args.extend(["-u", "-b", "0", "-l", "1400"]),
@@ -356,6 +367,13 @@ fn measure(test: Test, seconds: f64) -> Result<Sample> {
         loss_pct,
         cpu,
     })
+}
+
+/// One iperf3 TCP stream from a0 to b0 for `seconds` (Gbit/s received):
+/// the overlay scenario's TCP figure, on the same namespaces and
+/// addresses as this scenario's.
+pub fn one_stream_gbps(seconds: f64) -> Result<f64> {
+    measure(Test::Stream1, seconds).map(|s| s.value)
 }
 
 /// Transactions per second from sockperf's "[Valid Duration] RunTime=T
