@@ -464,6 +464,14 @@ fn bad_ports_are_refused_before_anything_is_attached() {
         &["--port", "afxdp:sa", "--port", "afxdp:nosuch0"],
         "interface \"nosuch0\" does not exist",
     );
+    // veth has no zero-copy: asked for explicitly, it is refused with the
+    // way out (bind=auto takes copy mode there; see tests/switch.rs).
+    refused(
+        &["--port", "afxdp:sa", "--port", "afxdp:sb,bind=zerocopy"],
+        "AF_XDP port on sb queue 0: AF_XDP socket on sb queue 0: non-zero error code returned when \
+         creating AF_XDP socket: Operation not supported (os error 95) (the driver has no \
+         zero-copy, e.g. veth or TAP: use bind=copy or bind=auto)",
+    );
 }
 
 #[test]

@@ -25,12 +25,12 @@ mod guest;
 mod harness;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use guest::{
-    build_initramfs, guest_kernel_dir, send_one, send_slowly, tcp_round_trip, Scratch, ECHOED,
-    GUEST_MAC, HOST_IP, QUIT, READY, TCP_BYTES, TCP_ECHOED, TCP_READY,
+    accel, build_initramfs, guest_kernel_dir, send_one, send_slowly, tcp_round_trip, Scratch, Vm,
+    ECHOED, GUEST_MAC, HOST_IP, QUIT, READY, TCP_BYTES, TCP_ECHOED, TCP_READY,
 };
 use harness::{
     collect_test_frames, mac_of, privileged, test_frame, wait_for, NetNs, RunningSwitch, Topology,
@@ -74,13 +74,6 @@ fn missing_prerequisite() -> Option<String> {
         ));
     }
     None
-}
-
-/// QEMU's accelerator: TCG unless `DATAPLANE_QEMU_ACCEL` says otherwise.
-/// This machine's /dev/kvm opens, but a 64-bit guest kernel hangs right
-/// after decompression under it; TCG boots the guest in about 3 s.
-fn accel() -> String {
-    std::env::var("DATAPLANE_QEMU_ACCEL").unwrap_or_else(|_| "tcg".into())
 }
 
 fn host_test() {
@@ -233,80 +226,35 @@ fn host_test() {
     );
 }
 
-/// QEMU with KVM, its serial console captured; killed on drop.
-struct Qemu {
-    child: std::process::Child,
-    output: std::sync::Arc<std::sync::Mutex<String>>,
-    readers: Vec<std::thread::JoinHandle<()>>,
-}
+/// The guest's QEMU: on the switch's vhost-user socket, its memory shared
+/// with the switch (vhost-user maps it).
+struct Qemu;
 
 impl Qemu {
-    fn start(ns: &NetNs, initramfs: &Path, sock: &Path) -> Qemu {
-        let kernel = guest_kernel_dir().join("vmlinuz");
-        let mut cmd = Command::new("ip");
-        // QEMU touches no network of its own: the namespace is only for
-        // tidiness (it dies with the topology).
-        cmd.args(["netns", "exec", ns.name(), "qemu-system-x86_64"])
-            .args(["-accel", &accel(), "-m", "512M", "-smp", "1"])
-            .args(["-object", "memory-backend-memfd,id=mem0,size=512M,share=on"])
-            .args(["-machine", "q35,memory-backend=mem0"])
-            .arg("-kernel")
-            .arg(&kernel)
-            .arg("-initrd")
-            .arg(initramfs)
-            .args(["-append", "console=ttyS0 panic=-1 loglevel=4"])
-            .args(["-nographic", "-nodefaults", "-serial", "stdio", "-no-reboot"])
-            .arg("-chardev")
-            .arg(format!("socket,id=c0,path={}", sock.display()))
-            .args(["-netdev", "vhost-user,id=n0,chardev=c0"])
-            .arg("-device")
-            .arg(format!(
-                "virtio-net-pci,netdev=n0,mac={},rx_queue_size=1024,tx_queue_size=1024,vectors=0,romfile=",
-                GUEST_MAC.map(|b| format!("{b:02x}")).join(":")
-            ))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("start qemu-system-x86_64");
-        let (output, readers) = harness::capture_output(&mut child);
-        Qemu {
-            child,
-            output,
-            readers,
-        }
-    }
-
-    fn output(&self) -> String {
-        self.output.lock().unwrap().clone()
-    }
-
-    /// Waits for QEMU to exit by itself; kills it after `timeout`.
-    fn wait(mut self, timeout: Duration) -> (bool, String) {
-        let deadline = Instant::now() + timeout;
-        let exited = loop {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break true;
-            }
-            if Instant::now() > deadline {
-                break false;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        self.kill();
-        (exited, self.output())
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        for r in self.readers.drain(..) {
-            let _ = r.join();
-        }
-    }
-}
-
-impl Drop for Qemu {
-    fn drop(&mut self) {
-        self.kill();
+    fn start(ns: &NetNs, initramfs: &Path, sock: &Path) -> Vm {
+        let device = format!(
+            "virtio-net-pci,netdev=n0,mac={},rx_queue_size=1024,tx_queue_size=1024,vectors=0,romfile=",
+            GUEST_MAC.map(|b| format!("{b:02x}")).join(":")
+        );
+        let chardev = format!("socket,id=c0,path={}", sock.display());
+        Vm::start(
+            ns,
+            &guest_kernel_dir().join("vmlinuz"),
+            initramfs,
+            &[
+                "-m",
+                "512M",
+                "-object",
+                "memory-backend-memfd,id=mem0,size=512M,share=on",
+                "-machine",
+                "q35,memory-backend=mem0",
+                "-chardev",
+                &chardev,
+                "-netdev",
+                "vhost-user,id=n0,chardev=c0",
+                "-device",
+                &device,
+            ],
+        )
     }
 }

@@ -66,6 +66,13 @@ fn two_hosts_ping_and_a_udp_stream_without_loss() {
         N as usize - got.len()
     );
     assert_eq!(got, (0..N).collect::<Vec<_>>());
+    // bind=auto (the default) on veth, which has no zero-copy: copy mode,
+    // on the PMD's shared UMEM.
+    let ports: serde_json::Value =
+        serde_json::from_str(&h.sw.dataplane_ok(&["show", "ports", "--json"])).unwrap();
+    for p in ports.as_array().unwrap() {
+        assert_eq!(p["afxdp_mode"], "copy", "{p}");
+    }
 
     let out = assert_clean_shutdown(&h, sw, &["sa", "sb"]);
     assert!(out.contains("afxdp:sa"), "{out}");

@@ -53,6 +53,24 @@ fn send_and_check() {
     let capacity = umem.frame_count() as usize;
     assert_eq!(pool.len(), capacity);
 
+    // veth has no zero-copy: a zero-copy UMEM of its own cannot be bound
+    // there (the queue stays free), and the error says what to do.
+    let zc = SocketConfig {
+        bind: BindMode::ZeroCopy,
+        ..SocketConfig::default()
+    };
+    match Umem::new_zero_copy(UmemConfig::default(), "x0", 0, &zc) {
+        Err(e @ Error::Socket { .. }) => {
+            let text = e.to_string();
+            assert!(
+                text.contains("x0") && text.contains("has no zero-copy"),
+                "{text}"
+            );
+            println!("expected refusal: {text}");
+        }
+        other => panic!("zero-copy on veth: {:?}", other.map(|(_, s)| s.fd())),
+    }
+
     // The UMEM's registration is held by its anchor socket (on lo of a
     // private namespace), so these may be dropped in any order.
     let mut sockets: Vec<XskSocket> = Vec::new();
@@ -74,10 +92,6 @@ fn send_and_check() {
     sockets.push(shared);
     // An explicit zero-copy request cannot join a copy-mode UMEM, and x0's
     // queue cannot be bound twice: both refused with a clear error.
-    let zc = SocketConfig {
-        bind: BindMode::ZeroCopy,
-        ..SocketConfig::default()
-    };
     match XskSocket::new(&umem, "x1", 1, &zc) {
         Err(e @ Error::ModeMismatch { .. }) => println!("expected refusal: {e}"),
         other => panic!("zero-copy on a copy-mode UMEM: {:?}", other.map(|s| s.fd())),

@@ -44,11 +44,21 @@ pub const TCP_BYTES: usize = 256 << 10;
 /// it runs `test` on the host, honouring `cargo test -- FILTER` and
 /// printing libtest's lines (these binaries have `harness = false`).
 pub fn main(name: &str, test: fn()) {
+    main_with(name, test, init::main, || {
+        build_initramfs(Path::new(
+            &std::env::var_os("QEMU_GUEST_WRITE_INITRAMFS").unwrap(),
+        ))
+    })
+}
+
+/// [`main`] with another guest: `guest` runs as PID 1, `write_initramfs`
+/// writes its initramfs to `QEMU_GUEST_WRITE_INITRAMFS`.
+pub fn main_with(name: &str, test: fn(), guest: fn() -> !, write_initramfs: fn()) {
     if std::process::id() == 1 {
-        init::main();
+        guest();
     }
-    if let Some(path) = std::env::var_os("QEMU_GUEST_WRITE_INITRAMFS") {
-        build_initramfs(Path::new(&path));
+    if std::env::var_os("QEMU_GUEST_WRITE_INITRAMFS").is_some() {
+        write_initramfs();
         return;
     }
     let filters: Vec<String> = std::env::args()
@@ -123,6 +133,90 @@ pub fn send_one(ns: &NetNs, src: [u8; 6], seq: u32) {
     });
 }
 
+/// QEMU's accelerator: TCG unless `DATAPLANE_QEMU_ACCEL` says otherwise.
+/// This machine's /dev/kvm opens, but a 64-bit guest kernel hangs right
+/// after decompression under it; TCG boots the guest in about 3 s.
+pub fn accel() -> String {
+    std::env::var("DATAPLANE_QEMU_ACCEL").unwrap_or_else(|_| "tcg".into())
+}
+
+/// A guest under QEMU, in `ns` (QEMU touches no network of its own unless
+/// a test gives it the namespace's TAPs), its serial console captured;
+/// killed on drop.
+pub struct Vm {
+    child: std::process::Child,
+    output: std::sync::Arc<std::sync::Mutex<String>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Vm {
+    /// Boots `kernel` with `initramfs` on one CPU, console on the serial
+    /// port; `args` add memory, machine and devices.
+    pub fn start(ns: &NetNs, kernel: &Path, initramfs: &Path, args: &[&str]) -> Vm {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns.name(), "qemu-system-x86_64"])
+            .args(["-accel", &accel(), "-smp", "1"])
+            .args(args)
+            .arg("-kernel")
+            .arg(kernel)
+            .arg("-initrd")
+            .arg(initramfs)
+            .args(["-append", "console=ttyS0 panic=-1 loglevel=4"])
+            .args([
+                "-nographic",
+                "-nodefaults",
+                "-serial",
+                "stdio",
+                "-no-reboot",
+            ])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().expect("start qemu-system-x86_64");
+        let (output, readers) = harness::capture_output(&mut child);
+        Vm {
+            child,
+            output,
+            readers,
+        }
+    }
+
+    /// Everything QEMU and the guest printed so far.
+    pub fn output(&self) -> String {
+        self.output.lock().unwrap().clone()
+    }
+
+    /// Waits for QEMU to exit by itself; kills it after `timeout`.
+    pub fn wait(mut self, timeout: Duration) -> (bool, String) {
+        let deadline = Instant::now() + timeout;
+        let exited = loop {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break true;
+            }
+            if Instant::now() > deadline {
+                break false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        self.kill();
+        (exited, self.output())
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for r in self.readers.drain(..) {
+            let _ = r.join();
+        }
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// A private scratch directory, removed on drop.
 pub struct Scratch(pub PathBuf);
 
@@ -149,12 +243,45 @@ impl Drop for Scratch {
 /// libraries it needs at the paths `ldd` gives, /dev/console, and the
 /// virtio-net modules with their load order.
 pub fn build_initramfs(path: &Path) {
+    build_initramfs_with(path, &guest_kernel_dir(), &[]);
+}
+
+/// [`build_initramfs`] from the kernel in `kdir`, with `extra` programs
+/// (name in the guest's /, file on the host) and their libraries.
+pub fn build_initramfs_with(path: &Path, kdir: &Path, extra: &[(&str, &Path)]) {
     let exe = std::env::current_exe().unwrap();
     let mut cpio = Cpio::default();
     cpio.dir("dev");
     cpio.char_device("dev/console", 5, 1);
+    for d in ["proc", "sys", "run", "tmp"] {
+        cpio.dir(d);
+    }
     cpio.file("init", 0o755, &std::fs::read(&exe).unwrap());
-    let ldd = harness::run_ok(Command::new("ldd").arg(&exe));
+    add_libraries(&mut cpio, &exe);
+    for (name, file) in extra {
+        if let Some(parent) = Path::new(name)
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+        {
+            cpio.dir(parent.to_str().unwrap());
+        }
+        cpio.file(name, 0o755, &std::fs::read(file).unwrap());
+        add_libraries(&mut cpio, file);
+    }
+    let order = std::fs::read_to_string(kdir.join("modules.order")).unwrap();
+    cpio.file("modules.order", 0o644, order.as_bytes());
+    cpio.dir("modules");
+    for m in order.lines() {
+        let data = std::fs::read(kdir.join("modules").join(m)).unwrap();
+        cpio.file(&format!("modules/{m}"), 0o644, &data);
+    }
+    let mut f = std::fs::File::create(path).unwrap();
+    f.write_all(&cpio.finish()).unwrap();
+}
+
+/// The shared libraries `ldd` names for `exe`, at the paths it gives.
+fn add_libraries(cpio: &mut Cpio, exe: &Path) {
+    let ldd = harness::run_ok(Command::new("ldd").arg(exe));
     for line in String::from_utf8_lossy(&ldd.stdout).lines() {
         // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or
         // "/lib64/ld-linux-x86-64.so.2 (0x...)"; vdso has no file.
@@ -177,16 +304,6 @@ pub fn build_initramfs(path: &Path) {
         // Copied under the name the loader asks for (symlinks resolved).
         cpio.file(inner, 0o755, &std::fs::read(lib).unwrap());
     }
-    let kdir = guest_kernel_dir();
-    let order = std::fs::read_to_string(kdir.join("modules.order")).unwrap();
-    cpio.file("modules.order", 0o644, order.as_bytes());
-    cpio.dir("modules");
-    for m in order.lines() {
-        let data = std::fs::read(kdir.join("modules").join(m)).unwrap();
-        cpio.file(&format!("modules/{m}"), 0o644, &data);
-    }
-    let mut f = std::fs::File::create(path).unwrap();
-    f.write_all(&cpio.finish()).unwrap();
 }
 
 /// A "newc" cpio archive, the format the kernel unpacks as an initramfs.
@@ -194,12 +311,13 @@ pub fn build_initramfs(path: &Path) {
 struct Cpio {
     out: Vec<u8>,
     ino: u32,
-    dirs: std::collections::HashSet<String>,
+    /// Paths already in the archive (directories and files).
+    names: std::collections::HashSet<String>,
 }
 
 impl Cpio {
     fn dir(&mut self, name: &str) {
-        if self.dirs.insert(name.to_string()) {
+        if self.names.insert(name.to_string()) {
             self.entry(name, 0o040_755, 0, 0, &[]);
         }
     }
@@ -209,7 +327,10 @@ impl Cpio {
     }
 
     fn file(&mut self, name: &str, perm: u32, data: &[u8]) {
-        self.entry(name, 0o100_000 | perm, 0, 0, data);
+        // Two programs may need the same library: the first copy serves.
+        if self.names.insert(name.to_string()) {
+            self.entry(name, 0o100_000 | perm, 0, 0, data);
+        }
     }
 
     fn entry(&mut self, name: &str, mode: u32, rmajor: u32, rminor: u32, data: &[u8]) {
@@ -420,7 +541,7 @@ pub mod init {
     }
 
     /// finit_module(2) for each module, in the order setup wrote.
-    fn load_modules() -> Result<(), String> {
+    pub fn load_modules() -> Result<(), String> {
         let order = std::fs::read_to_string("/modules.order").map_err(|e| e.to_string())?;
         for m in order.lines() {
             let f =
@@ -438,7 +559,7 @@ pub mod init {
     }
 
     /// Sets `ifname` up; returns its MAC.
-    fn link_up(ifname: &str) -> Result<[u8; 6], String> {
+    pub fn link_up(ifname: &str) -> Result<[u8; 6], String> {
         // SAFETY: a plain socket for the interface ioctls, closed below.
         let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) };
         if fd < 0 {

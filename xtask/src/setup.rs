@@ -29,6 +29,8 @@ pub const BASE_PACKAGES: &[&str] = &[
     "libvirt-clients",       // virsh
     "tcpdump", // a capture of the VXLAN encapsulation on the underlay (tests/vxlan.rs)
     "openvswitch-switch", // Open vSwitch as a VXLAN peer (tests/vxlan.rs) and in the benchmarks
+    "xz-utils", // unpacks the zero-copy guest kernel's modules (tests/zero_copy.rs)
+    "binutils", // strip: a debug switch binary small enough for a guest's initramfs
 ];
 
 /// Debian packages the build itself needs: xsk-rs builds libxdp and libbpf
@@ -53,6 +55,7 @@ pub fn run() -> Result<()> {
     bpf_linker()?;
     bpffs()?;
     guest_kernel()?;
+    zero_copy_guest_kernel()?;
     eprintln!("[setup] done");
     Ok(())
 }
@@ -331,6 +334,180 @@ fn unpack_guest_kernel(image: &str, scratch: &Path, dir: &Path) -> Result<()> {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::rename(&staged, dir).with_context(|| format!("moving into {}", dir.display()))?;
     eprintln!("[setup] guest kernel: {image} in {}", dir.display());
+    Ok(())
+}
+
+/// The guest kernel of tests/zero_copy.rs, under the target dir: a
+/// kernel whose virtio-net binds AF_XDP zero-copy (it advertises it from
+/// 6.13 on; bookworm's cloud kernels are 6.1 and 6.12), with the same
+/// layout as [`GUEST_KERNEL_DIR`]. The test reads the same path.
+pub const ZERO_COPY_GUEST_KERNEL_DIR: &str = "guest-kernel-zc";
+/// Where the newest Debian cloud kernel is found: trixie's backports.
+const ZERO_COPY_GUEST_SUITE: &str = "trixie-backports";
+/// Its virtio-net modules, dependencies first (virtio and virtio_pci are
+/// built in there).
+const ZERO_COPY_GUEST_MODULES: &[&str] = &[
+    "net/core/failover.ko",
+    "drivers/net/net_failover.ko",
+    "drivers/net/virtio_net.ko",
+];
+
+/// Downloads and unpacks the zero-copy test's guest kernel with apt, from
+/// [`ZERO_COPY_GUEST_SUITE`] through a source list and package lists of
+/// its own under the target dir: the machine's apt sources are not
+/// touched and nothing is installed.
+pub fn zero_copy_guest_kernel() -> Result<()> {
+    let dir = target_dir().join(ZERO_COPY_GUEST_KERNEL_DIR);
+    if dir.join("modules.order").exists() {
+        eprintln!(
+            "[setup] zero-copy guest kernel: present ({})",
+            dir.display()
+        );
+        return Ok(());
+    }
+    if !is_root() {
+        eprintln!("[setup] zero-copy guest kernel: skipped (downloading it with apt needs root)");
+        return Ok(());
+    }
+    let scratch = target_dir().join(format!("{ZERO_COPY_GUEST_KERNEL_DIR}.download"));
+    let _ = std::fs::remove_dir_all(&scratch);
+    let result = fetch_zero_copy_guest_kernel(&scratch, &dir);
+    let _ = std::fs::remove_dir_all(&scratch);
+    result
+}
+
+fn fetch_zero_copy_guest_kernel(scratch: &Path, dir: &Path) -> Result<()> {
+    let apt = scratch.join("apt");
+    for sub in ["lists/partial", "cache/archives/partial", "debs"] {
+        std::fs::create_dir_all(apt.join(sub))
+            .with_context(|| format!("creating {}", apt.join(sub).display()))?;
+    }
+    let sources = apt.join("sources.list");
+    std::fs::write(
+        &sources,
+        format!(
+            "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] \
+             http://deb.debian.org/debian {ZERO_COPY_GUEST_SUITE} main\n"
+        ),
+    )?;
+    let options: Vec<String> = [
+        ("Dir::Etc::SourceList", sources.clone()),
+        ("Dir::Etc::SourceParts", PathBuf::from("/dev/null")),
+        ("Dir::State::Lists", apt.join("lists")),
+        ("Dir::Cache", apt.join("cache")),
+    ]
+    .iter()
+    .flat_map(|(k, v)| ["-o".to_string(), format!("{k}={}", v.display())])
+    .collect();
+    eprintln!("[setup] zero-copy guest kernel: reading {ZERO_COPY_GUEST_SUITE}'s package lists");
+    checked(
+        Command::new("apt-get")
+            .args(&options)
+            .args(["update", "-qq"]),
+    )?;
+    let depends = |package: &str| -> Vec<String> {
+        output(
+            Command::new("apt-cache")
+                .args(&options)
+                .args(["depends", package]),
+        )
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Depends: "))
+        .map(|p| p.trim().to_string())
+        .collect()
+    };
+    let image = depends(GUEST_KERNEL_PACKAGE)
+        .into_iter()
+        .find(|p| p.starts_with("linux-image-"))
+        .with_context(|| {
+            format!(
+                "{ZERO_COPY_GUEST_SUITE} names no linux-image package for {GUEST_KERNEL_PACKAGE}"
+            )
+        })?;
+    // Newer kernels split the image into a binary and a modules package.
+    let mut debs = vec![image.clone()];
+    debs.extend(
+        depends(&image)
+            .into_iter()
+            .filter(|p| p.starts_with("linux-binary-") || p.starts_with("linux-modules-")),
+    );
+    eprintln!(
+        "[setup] zero-copy guest kernel: downloading {} (about 40 MB)",
+        debs.join(", ")
+    );
+    checked(
+        Command::new("apt-get")
+            .current_dir(apt.join("debs"))
+            .args(&options)
+            .args(["-qq", "-o", "APT::Sandbox::User=root", "download"])
+            .args(&debs),
+    )?;
+    let root = scratch.join("root");
+    for deb in std::fs::read_dir(apt.join("debs"))?.flatten() {
+        checked(
+            Command::new("dpkg-deb")
+                .arg("-x")
+                .arg(deb.path())
+                .arg(&root),
+        )?;
+    }
+    // vmlinuz and modules under /boot and /lib/modules, or (newer) both
+    // under /usr/lib/modules/VERSION.
+    let version_dir = ["usr/lib/modules", "lib/modules"]
+        .iter()
+        .filter_map(|d| std::fs::read_dir(root.join(d)).ok())
+        .flat_map(|entries| entries.flatten().map(|e| e.path()))
+        .find(|p| p.join("kernel").is_dir())
+        .with_context(|| format!("{image}: no lib/modules/VERSION/kernel"))?;
+    let vmlinuz = std::iter::once(version_dir.join("vmlinuz"))
+        .chain(
+            std::fs::read_dir(root.join("boot"))
+                .into_iter()
+                .flat_map(|e| e.flatten().map(|e| e.path()))
+                .filter(|p| p.to_string_lossy().contains("vmlinuz-")),
+        )
+        .find(|p| p.is_file())
+        .with_context(|| format!("{image}: no vmlinuz"))?;
+    let staged = scratch.join("staged");
+    std::fs::create_dir_all(staged.join("modules"))?;
+    std::fs::copy(&vmlinuz, staged.join("vmlinuz"))?;
+    let mut order = String::new();
+    for m in ZERO_COPY_GUEST_MODULES {
+        let plain = version_dir.join("kernel").join(m);
+        let name = Path::new(m).file_name().expect("a file name");
+        let to = staged.join("modules").join(name);
+        let xz = PathBuf::from(format!("{}.xz", plain.display()));
+        if plain.exists() {
+            std::fs::copy(&plain, &to)?;
+        } else {
+            // The init loads modules with finit_module and no flags: give
+            // it them uncompressed.
+            let out = Command::new("xz")
+                .arg("-dc")
+                .arg(&xz)
+                .output()
+                .with_context(|| format!("running xz on {}", xz.display()))?;
+            if !out.status.success() {
+                bail!(
+                    "xz -dc {}: {}",
+                    xz.display(),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            std::fs::write(&to, out.stdout)?;
+        }
+        order.push_str(&name.to_string_lossy());
+        order.push('\n');
+    }
+    std::fs::write(staged.join("modules.order"), order)?;
+    std::fs::write(staged.join("PACKAGE"), format!("{image}\n"))?;
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::rename(&staged, dir).with_context(|| format!("moving into {}", dir.display()))?;
+    eprintln!(
+        "[setup] zero-copy guest kernel: {image} in {}",
+        dir.display()
+    );
     Ok(())
 }
 

@@ -243,6 +243,7 @@ mod tests {
             gso_segments: 0,
             drops: [("policy".to_string(), 2)].into_iter().collect(),
             peer_effect: None,
+            afxdp_mode: None,
         }
     }
 

@@ -108,6 +108,10 @@ pub struct PortStatus {
     pub gso_segments: u64,
     /// Drops by reason (`no_free_frame`, `tx_ring_full`, ...).
     pub drops: BTreeMap<String, u64>,
+    /// An AF_XDP port's bind mode, as the kernel bound it: "copy" or
+    /// "zero-copy"; absent for other kinds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub afxdp_mode: Option<String>,
     /// What this port does to the other end of its interface, if anything
     /// (e.g. native XDP on a veth turns the container's TSO off).
     #[serde(default, skip_serializing_if = "Option::is_none")]

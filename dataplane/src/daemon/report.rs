@@ -50,6 +50,7 @@ impl Daemon {
                         .map(|r| (r.name().to_string(), snap.drops(*r)))
                         .collect(),
                     peer_effect: s.peer_effect.map(str::to_string),
+                    afxdp_mode: snap.afxdp_mode.map(|m| m.to_string()),
                 }
             })
             .collect()

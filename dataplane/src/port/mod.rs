@@ -17,7 +17,7 @@ use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 
-use crate::xsk::{FramePool, Umem, XdpDesc};
+use crate::xsk::{BoundMode, FramePool, Umem, XdpDesc};
 
 /// The frames of a PMD thread: the UMEM and its free list.
 pub struct Frames<'a> {
@@ -178,6 +178,8 @@ impl PortState {
 pub struct PortCounters {
     /// [`PortState`] as a u8.
     state: AtomicU8,
+    /// An AF_XDP port's bind mode: 0 not AF_XDP, 1 copy, 2 zero-copy.
+    afxdp_mode: AtomicU8,
     pub rx_packets: AtomicU64,
     pub rx_bytes: AtomicU64,
     pub tx_packets: AtomicU64,
@@ -234,6 +236,24 @@ impl PortCounters {
         self.state.store(state as u8, Ordering::Relaxed);
     }
 
+    /// Records how an AF_XDP port's sockets are bound.
+    pub fn set_afxdp_mode(&self, mode: BoundMode) {
+        let v = match mode {
+            BoundMode::Copy => 1,
+            BoundMode::ZeroCopy => 2,
+        };
+        self.afxdp_mode.store(v, Ordering::Relaxed);
+    }
+
+    /// How an AF_XDP port's sockets are bound; `None` for other kinds.
+    pub fn afxdp_mode(&self) -> Option<BoundMode> {
+        match self.afxdp_mode.load(Ordering::Relaxed) {
+            1 => Some(BoundMode::Copy),
+            2 => Some(BoundMode::ZeroCopy),
+            _ => None,
+        }
+    }
+
     /// The port's state.
     pub fn state(&self) -> PortState {
         match self.state.load(Ordering::Relaxed) {
@@ -259,6 +279,7 @@ impl PortCounters {
             gso_segments: self.gso_segments.load(Ordering::Relaxed),
             drops,
             state: self.state(),
+            afxdp_mode: self.afxdp_mode(),
         }
     }
 }
@@ -276,6 +297,7 @@ pub struct PortSnapshot {
     pub gso_segments: u64,
     pub drops: [u64; DropReason::ALL.len()],
     pub state: PortState,
+    pub afxdp_mode: Option<BoundMode>,
 }
 
 impl PortSnapshot {

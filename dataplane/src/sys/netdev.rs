@@ -105,6 +105,96 @@ pub fn is_veth_to_other_netns(ifname: &str) -> Result<bool, Error> {
     Ok(parse_veth_elsewhere(&link_details(ifname)?))
 }
 
+/// `ifname` in promiscuous mode for as long as this lives: a switch port
+/// must receive frames for every MAC behind it, and a NIC (or a guest's
+/// virtio-net, whose device filters by MAC) drops them otherwise, before
+/// XDP sees them. Held as an AF_PACKET socket's `PACKET_MR_PROMISC`
+/// membership, as tcpdump does: the kernel counts it with everyone
+/// else's, and takes it back when the socket closes, after a crash too.
+#[derive(Debug)]
+pub struct Promiscuous {
+    _socket: std::os::fd::OwnedFd,
+}
+
+/// Puts `ifname` in promiscuous mode until the returned guard drops.
+pub fn promiscuous(ifname: &str) -> Result<Promiscuous, Error> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let index = ifindex(ifname)?;
+    let fail = |what: &str| Error::Query {
+        ifname: ifname.to_string(),
+        detail: format!(
+            "promiscuous mode ({what}): {}",
+            std::io::Error::last_os_error()
+        ),
+    };
+    // Protocol 0: the socket receives no frames; it only holds the mode.
+    // SAFETY: plain socket(2); the result is checked and owned right away.
+    let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(fail("socket(AF_PACKET)"));
+    }
+    // SAFETY: `raw` is a new fd nobody else owns.
+    let socket = unsafe { OwnedFd::from_raw_fd(raw) };
+    let mreq = libc::packet_mreq {
+        mr_ifindex: index as libc::c_int,
+        mr_type: libc::PACKET_MR_PROMISC as libc::c_ushort,
+        mr_alen: 0,
+        mr_address: [0; 8],
+    };
+    // SAFETY: `mreq` is a live packet_mreq and its exact size is passed;
+    // the kernel only reads it.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_PACKET,
+            libc::PACKET_ADD_MEMBERSHIP,
+            (&mreq as *const libc::packet_mreq).cast(),
+            std::mem::size_of::<libc::packet_mreq>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(fail("PACKET_ADD_MEMBERSHIP"));
+    }
+    Ok(Promiscuous { _socket: socket })
+}
+
+/// False if `ifname` is sure to have no AF_XDP zero-copy: a software
+/// device (veth, TAP, bridge, dummy, ...), which ethtool shows with no bus
+/// (`ethtool -i`: empty `bus-info`, or "tap"/"tun" for TUN devices). Every
+/// zero-copy driver (Intel, Mellanox, virtio-net, ...) sits on a bus.
+/// True otherwise, also when the driver does not say: binding is what
+/// finally decides.
+pub fn may_have_zero_copy(ifname: &str) -> bool {
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    const ETHTOOL_GDRVINFO: u32 = 0x3;
+    // struct ethtool_drvinfo: cmd, driver[32], version[32],
+    // fw_version[32], bus_info[32], erom_version[32], reserved2[12], and
+    // five u32 counts: 196 bytes, kept as u32s for alignment.
+    let mut info = [0u32; 49];
+    info[0] = ETHTOOL_GDRVINFO;
+    let Ok(fd) = ioctl_socket() else {
+        return true;
+    };
+    // SAFETY: ifreq is plain data; ifr_data points at `info`, laid out as
+    // struct ethtool_drvinfo and valid for the whole call.
+    let ok = unsafe {
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (d, s) in req.ifr_name.iter_mut().zip(ifname.bytes()) {
+            *d = s as libc::c_char;
+        }
+        req.ifr_ifru.ifru_data = info.as_mut_ptr() as *mut libc::c_char;
+        libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&fd), SIOCETHTOOL, &mut req) == 0
+    };
+    if !ok {
+        return true;
+    }
+    let bytes: Vec<u8> = info.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    // bus_info starts after cmd and three 32-byte strings.
+    let bus = &bytes[4 + 3 * 32..4 + 4 * 32];
+    let bus = &bus[..bus.iter().position(|&b| b == 0).unwrap_or(bus.len())];
+    !(bus.is_empty() || bus == b"tap" || bus == b"tun")
+}
+
 /// `ip -j -d link show dev IFNAME`, parsed.
 fn link_details(ifname: &str) -> Result<Value, Error> {
     ifindex(ifname)?;

@@ -42,38 +42,19 @@ pub(super) struct Anchor {
 pub(super) fn register(
     config: &UmemConfig,
 ) -> Result<(xsk_rs::Umem, Vec<FrameDesc>, Anchor), Error> {
-    let xsk_config = xsk_rs::config::UmemConfig::builder()
-        .frame_size(FrameSize::new(config.frame_size).map_err(|_| invalid_size(config))?)
-        .fill_queue_size(queue_size("umem fill_size", config.fill_size)?)
-        .comp_queue_size(queue_size("umem comp_size", config.comp_size)?)
-        .frame_headroom(0)
-        .build()
-        .map_err(|_| invalid_size(config))?;
-    let frames = NonZeroU32::new(config.frame_count).ok_or(Error::InvalidConfig {
-        field: "umem frame_count",
-        value: 0,
-        expected: "at least 1",
-    })?;
     let socket_config = SocketConfig::builder()
         .rx_queue_size(queue_size("anchor ring", ANCHOR_RING)?)
         .tx_queue_size(queue_size("anchor ring", ANCHOR_RING)?)
         .libxdp_flags(LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD)
         .bind_flags(BindFlags::XDP_COPY | BindFlags::XDP_USE_NEED_WAKEUP)
         .build();
-    let (frame_size, frame_count) = (config.frame_size, config.frame_count);
     // A thread of its own, because the namespace change is per thread and
     // this one must stay where the ports are.
     std::thread::scope(|scope| {
         scope
             .spawn(move || {
                 netns::enter_private().map_err(|source| Error::AnchorNamespace { source })?;
-                let (umem, descs) =
-                    xsk_rs::Umem::new(xsk_config, frames, false).map_err(|e| Error::Umem {
-                        frame_count,
-                        frame_size,
-                        reason: e.to_string(),
-                        source: os_error(&e),
-                    })?;
+                let (umem, descs) = create(config)?;
                 let lo: Interface = "lo".parse().expect("no NUL in \"lo\"");
                 // SAFETY: xsk-rs's contract for Socket::new: the UMEM outlives
                 // the socket (every queue holds a handle on it) and the fill
@@ -96,6 +77,29 @@ pub(super) fn register(
             })
             .join()
             .expect("the UMEM anchor thread panicked")
+    })
+}
+
+/// Maps and registers a UMEM of `config`'s sizes, with no socket bound on
+/// it yet: xsk-rs returns every frame's descriptor.
+pub(super) fn create(config: &UmemConfig) -> Result<(xsk_rs::Umem, Vec<FrameDesc>), Error> {
+    let xsk_config = xsk_rs::config::UmemConfig::builder()
+        .frame_size(FrameSize::new(config.frame_size).map_err(|_| invalid_size(config))?)
+        .fill_queue_size(queue_size("umem fill_size", config.fill_size)?)
+        .comp_queue_size(queue_size("umem comp_size", config.comp_size)?)
+        .frame_headroom(0)
+        .build()
+        .map_err(|_| invalid_size(config))?;
+    let frames = NonZeroU32::new(config.frame_count).ok_or(Error::InvalidConfig {
+        field: "umem frame_count",
+        value: 0,
+        expected: "at least 1",
+    })?;
+    xsk_rs::Umem::new(xsk_config, frames, false).map_err(|e| Error::Umem {
+        frame_count: config.frame_count,
+        frame_size: config.frame_size,
+        reason: e.to_string(),
+        source: os_error(&e),
     })
 }
 

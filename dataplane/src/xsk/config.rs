@@ -60,19 +60,19 @@ impl UmemConfig {
 
 /// How to bind a socket: the requested mode.
 ///
-/// Every socket on a UMEM has the mode of the UMEM's first socket, which
-/// here is its anchor, bound in copy mode (see [`super::anchor`]): `Auto`
-/// and `Copy` bind in copy mode, `ZeroCopy` is refused. Zero-copy would need
-/// a UMEM per zero-copy queue, a copy between UMEMs for every frame crossing
-/// them, and a NIC to test it on (veth and TAP have none).
+/// Every socket on a UMEM has the mode of the UMEM's first socket. A PMD's
+/// shared UMEM is anchored in copy mode ([`super::anchor`]), so a zero-copy
+/// port has a UMEM of its own ([`super::Umem::new_zero_copy`]); a socket
+/// whose request differs from its UMEM's mode is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum BindMode {
-    /// The best the UMEM offers: copy mode.
+    /// The UMEM's mode (an AF_XDP port tries zero-copy first where the
+    /// driver may have it, then copy mode).
     #[default]
     Auto,
     /// Copy mode: works on every driver (veth included).
     Copy,
-    /// Zero-copy only: refused (the UMEM is bound in copy mode).
+    /// Zero-copy only: fails where the driver has none (veth, TAP).
     ZeroCopy,
 }
 
@@ -120,8 +120,7 @@ pub struct SocketConfig {
     pub rx_size: u32,
     /// TX ring entries: a power of two (default 2048).
     pub tx_size: u32,
-    /// Copy / zero-copy: every socket is in the mode of the UMEM's anchor
-    /// (copy), so `ZeroCopy` is refused (see [`BindMode`]).
+    /// Copy / zero-copy (see [`BindMode`]).
     pub bind: BindMode,
     /// Busy-poll options, if any (default none).
     pub busy_poll: Option<BusyPoll>,

@@ -31,8 +31,8 @@
 //!   UMEM lives, so the first port's (interface, queue) could never be bound
 //!   again after that port is deleted (EINVAL). The anchor is that first
 //!   socket; it is never a port, so ports come and go in any order. Sharing
-//!   sockets inherit its copy mode (zero-copy is given up; see
-//!   [`BindMode`]).
+//!   sockets inherit its copy mode; a zero-copy port has a UMEM of its own
+//!   ([`Umem::new_zero_copy`], see [`BindMode`]).
 //! - **Busy-poll options**: set on the socket's fd (xsk-rs has none).
 //!
 //! # Typical use
@@ -181,11 +181,11 @@ pub enum Error {
         queue: u32,
         source: io::Error,
     },
-    /// An explicit mode that differs from the shared UMEM's.
+    /// An explicit mode that differs from the UMEM's.
     #[error(
-        "bind AF_XDP socket to {ifname} queue {queue}: {requested} mode was asked, but the shared \
-         UMEM is bound in {umem_mode} mode by its anchor socket, and every socket on a UMEM has its \
-         mode: use bind=auto or bind=copy"
+        "bind AF_XDP socket to {ifname} queue {queue}: {requested} mode was asked, but its UMEM \
+         is bound in {umem_mode} mode, and every socket on a UMEM has the mode of its first: \
+         use bind=auto"
     )]
     ModeMismatch {
         ifname: String,
@@ -226,7 +226,9 @@ fn bind_hint(e: &io::Error) -> &'static str {
         Some(libc::EPERM | libc::EACCES | libc::EAFNOSUPPORT) => socket_hint(e),
         Some(libc::EINVAL) => " (does the interface have that rx queue? see `ethtool -l IFACE`)",
         Some(libc::EBUSY) => " (another AF_XDP socket is bound to this queue)",
-        Some(libc::EOPNOTSUPP) => " (the driver cannot do this mode: use copy mode)",
+        Some(libc::EOPNOTSUPP) => {
+            " (the driver has no zero-copy, e.g. veth or TAP: use bind=copy or bind=auto)"
+        }
         Some(libc::ENETDOWN) => " (the interface is down)",
         _ => "",
     }

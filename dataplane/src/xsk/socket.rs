@@ -13,7 +13,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::time::Duration;
 
-use xsk_rs::config::{Interface, LibxdpFlags, QueueSize};
+use xsk_rs::config::{BindFlags, Interface, LibxdpFlags, QueueSize};
 use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue};
 
 use super::anchor::os_error;
@@ -65,8 +65,10 @@ const BUSY_RETRY_DELAY: Duration = Duration::from_millis(20);
 impl XskSocket {
     /// Creates, configures and binds a socket on `ifname` rx queue
     /// `queue_id`, sharing `umem` (`XDP_SHARED_UMEM`, with fill and
-    /// completion rings of its own), in the UMEM's copy mode. Sockets may
-    /// be made and closed in any order; one per interface queue.
+    /// completion rings of its own), in the UMEM's mode. Sockets may be
+    /// made and closed in any order; one per interface queue. (On a
+    /// zero-copy UMEM the first socket is the one that binds zero-copy:
+    /// see [`Umem::new_zero_copy`].)
     pub fn new(
         umem: &Arc<Umem>,
         ifname: &str,
@@ -86,12 +88,17 @@ impl XskSocket {
             },
             source => Error::Interface { source },
         })?;
-        if config.bind == BindMode::ZeroCopy {
+        let mismatch = match config.bind {
+            BindMode::Auto => false,
+            BindMode::Copy => umem.mode() != BoundMode::Copy,
+            BindMode::ZeroCopy => umem.mode() != BoundMode::ZeroCopy,
+        };
+        if mismatch {
             return Err(Error::ModeMismatch {
                 ifname: ifname.to_string(),
                 queue: queue_id,
                 requested: config.bind,
-                umem_mode: BoundMode::Copy,
+                umem_mode: umem.mode(),
             });
         }
         // Held until the socket is entered, so that two threads cannot bind
@@ -103,7 +110,7 @@ impl XskSocket {
                 queue: queue_id,
             });
         }
-        let (tx, rx, fill, comp) = open_retrying(kernel, ifname, queue_id, config)?;
+        let (tx, rx, fill, comp) = open_retrying(kernel, umem.mode(), ifname, queue_id, config)?;
         bound.push((ifindex, queue_id));
         drop(bound);
         let socket = XskSocket {
@@ -139,7 +146,8 @@ impl XskSocket {
         tracing::debug!(
             ifname,
             queue = queue_id,
-            "AF_XDP socket bound (copy mode, shared UMEM)"
+            mode = %umem.mode(),
+            "AF_XDP socket bound"
         );
         Ok(socket)
     }
@@ -195,10 +203,15 @@ impl XskSocket {
         self.queue
     }
 
-    /// Copy or zero-copy, as the kernel bound it: always copy (see
-    /// [`BindMode`]).
+    /// Copy or zero-copy, as the kernel bound it: its UMEM's mode.
     pub fn bound_mode(&self) -> BoundMode {
-        BoundMode::Copy
+        self.umem.mode()
+    }
+
+    /// Free slots in the TX ring: how many frames [`send`](Self::send)
+    /// would take now.
+    pub fn tx_room(&mut self) -> u32 {
+        self.tx.nb_free(self.tx_size)
     }
 
     /// The UMEM its frames live in.
@@ -444,6 +457,7 @@ type Queues = (TxQueue, RxQueue, FillQueue, CompQueue);
 /// work).
 fn open_retrying(
     kernel: &Registered,
+    mode: BoundMode,
     ifname: &str,
     queue: u32,
     config: &SocketConfig,
@@ -455,11 +469,19 @@ fn open_retrying(
             expected: "a power of two",
         })
     };
+    // Bind flags count only for a UMEM's first socket (libxdp binds the
+    // others with XDP_SHARED_UMEM, in the first one's mode): on a zero-copy
+    // UMEM that is the port's first queue; a copy UMEM's is its anchor.
+    let bind_flags = match mode {
+        BoundMode::ZeroCopy => BindFlags::XDP_ZEROCOPY | BindFlags::XDP_USE_NEED_WAKEUP,
+        BoundMode::Copy => BindFlags::empty(),
+    };
     let socket_config = xsk_rs::config::SocketConfig::builder()
         .rx_queue_size(size("socket rx_size", config.rx_size)?)
         .tx_queue_size(size("socket tx_size", config.tx_size)?)
         // steer is the only XDP program: the socket's fd goes into its XSKMAP.
         .libxdp_flags(LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD)
+        .bind_flags(bind_flags)
         .build();
     let iface: Interface = ifname.parse().map_err(|_| Error::NoSuchInterface {
         ifname: ifname.to_string(),

@@ -15,24 +15,28 @@
 //! # Registration
 //!
 //! xsk-rs maps the area and registers it with the kernel when the UMEM is
-//! made, together with its anchor socket ([`super::anchor`]); every port's
-//! socket then shares it (`XDP_SHARED_UMEM`), in any order.
+//! made. A PMD's UMEM is made together with its anchor socket
+//! ([`super::anchor`]), in copy mode; every port's socket then shares it
+//! (`XDP_SHARED_UMEM`), in any order. A zero-copy UMEM
+//! ([`Umem::new_zero_copy`]) belongs to one AF_XDP port instead: its first
+//! socket is the port's own, bound zero-copy, and its other queues share it;
+//! all of them come and go with the port, so no anchor is needed.
 
 use std::ptr::NonNull;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use dataplane_common::wire::FRAME_HEADROOM;
 use xsk_rs::FrameDesc;
 
 use super::anchor::{self, Anchor};
-use super::config::UmemConfig;
-use super::Error;
+use super::config::{BoundMode, SocketConfig, UmemConfig};
+use super::{Error, XskSocket};
 
 /// What the kernel knows of a UMEM: xsk-rs's handle, the descriptor it made
-/// for each frame, and the anchor. Field order is drop order: the anchor
-/// socket goes before the UMEM it registered.
+/// for each frame, and the anchor (none for a zero-copy UMEM). Field order
+/// is drop order: the anchor socket goes before the UMEM it registered.
 pub(super) struct Registered {
-    _anchor: Anchor,
+    _anchor: Option<Anchor>,
     /// Frame `i`'s descriptor from `xsk_rs::Umem::new`: its address is
     /// `i * frame_size + FRAME_HEADROOM`, where copy-mode RX puts a frame.
     canonical: Vec<FrameDesc>,
@@ -62,6 +66,8 @@ pub struct Umem {
     /// interface queue (a second would share the first's fill ring, which
     /// the frame accounting does not support).
     bound: Mutex<Vec<(u32, u32)>>,
+    /// The mode every socket on it is bound in (the first socket's).
+    mode: BoundMode,
     /// Backing of test memory.
     _test_area: Option<Box<[u8]>>,
 }
@@ -82,6 +88,46 @@ impl Umem {
     pub fn new(config: UmemConfig) -> Result<Umem, Error> {
         config.validate()?;
         let (umem, canonical, anchor) = anchor::register(&config)?;
+        Umem::registered(config, umem, canonical, Some(anchor), BoundMode::Copy)
+    }
+
+    /// A UMEM of one AF_XDP port, bound zero-copy: registers the area and
+    /// binds its first socket to `ifname` queue `queue` with
+    /// `XDP_ZEROCOPY`, so the driver receives into and sends from these
+    /// frames. Further sockets on it ([`XskSocket::new`], the port's other
+    /// queues) inherit zero-copy. Fails, with the kernel's reason, where the
+    /// driver has no zero-copy (veth, TAP: EOPNOTSUPP).
+    ///
+    /// Why a UMEM of its own: the kernel gives every socket on a UMEM the
+    /// first socket's mode, and a PMD's shared UMEM is anchored in copy
+    /// mode (see [`super::anchor`]). Frames cross between the two UMEMs by
+    /// a copy in the port ([`crate::port::afxdp`]).
+    pub fn new_zero_copy(
+        config: UmemConfig,
+        ifname: &str,
+        queue: u32,
+        socket: &SocketConfig,
+    ) -> Result<(Arc<Umem>, XskSocket), Error> {
+        config.validate()?;
+        let (umem, canonical) = anchor::create(&config)?;
+        let umem = Arc::new(Umem::registered(
+            config,
+            umem,
+            canonical,
+            None,
+            BoundMode::ZeroCopy,
+        )?);
+        let socket = XskSocket::new(&umem, ifname, queue, socket)?;
+        Ok((umem, socket))
+    }
+
+    fn registered(
+        config: UmemConfig,
+        umem: xsk_rs::Umem,
+        canonical: Vec<FrameDesc>,
+        anchor: Option<Anchor>,
+        mode: BoundMode,
+    ) -> Result<Umem, Error> {
         let len = config.frame_size as usize * config.frame_count as usize;
         assert_eq!(
             canonical.first().map(|d| d.addr()),
@@ -111,6 +157,7 @@ impl Umem {
                 umem,
             }),
             bound: Mutex::new(Vec::new()),
+            mode,
             _test_area: None,
         })
     }
@@ -130,6 +177,7 @@ impl Umem {
             config,
             kernel: None,
             bound: Mutex::new(Vec::new()),
+            mode: BoundMode::Copy,
             _test_area: Some(memory),
         })
     }
@@ -142,6 +190,11 @@ impl Umem {
     /// Bytes per frame.
     pub fn frame_size(&self) -> u32 {
         self.config.frame_size
+    }
+
+    /// Copy or zero-copy: the mode of every socket on this UMEM.
+    pub fn mode(&self) -> BoundMode {
+        self.mode
     }
 
     /// Number of frames.

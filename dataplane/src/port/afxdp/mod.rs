@@ -1,12 +1,16 @@
 //! AF_XDP port: the netdev runs `steer`, which redirects the frames the
 //! switch wants into one AF_XDP socket per configured rx queue.
 //!
-//! All sockets of all AF_XDP ports share the PMD thread's UMEM, so a frame
-//! received here and sent out of another AF_XDP port is never copied in
-//! userspace: only its descriptor moves from our RX ring to their TX ring.
+//! In copy mode the sockets of all AF_XDP ports share the PMD thread's
+//! UMEM, so a frame received here and sent out of another AF_XDP port is
+//! never copied in userspace: only its descriptor moves from our RX ring to
+//! their TX ring. A port bound zero-copy has a UMEM of its own, and frames
+//! cross its edge by one copy ([`zero_copy`]).
 //!
-//! One file of about 600 lines: opening the port (steer, sockets), its
-//! per-burst calls and its closing all keep the same frame accounting.
+//! Opening the port (steer, sockets), its per-burst calls and its closing
+//! all keep the same frame accounting, so they stay in this one file.
+
+mod zero_copy;
 
 use std::os::fd::RawFd;
 use std::sync::Arc;
@@ -22,7 +26,8 @@ use crate::steer::{
     self, policy::PolicySpec, AttachOptions, AttachReport, Attachment, ModeRequest,
 };
 use crate::sys::netdev;
-use crate::xsk::{self, BoundMode, SocketConfig, Umem, XdpDesc, XskSocket};
+use crate::xsk::{self, BindMode, BoundMode, SocketConfig, Umem, UmemConfig, XdpDesc, XskSocket};
+use zero_copy::ZeroCopyEdge;
 
 #[derive(Debug, Error)]
 pub enum Error {
@@ -175,6 +180,12 @@ pub struct AfxdpPort {
     kernel_drops_seen: (u64, u64),
     pins: PinRoot,
     bound: BoundMode,
+    /// A zero-copy port's own UMEM (its sockets' frames live there, not in
+    /// the PMD's); `None` in copy mode.
+    edge: Option<ZeroCopyEdge>,
+    /// Keeps the interface promiscuous while the port takes all its frames
+    /// (`None` for a tunnel's underlay and a container port).
+    _promiscuous: Option<netdev::Promiscuous>,
 }
 
 /// Frames a receive socket's fill ring starts with (see
@@ -258,24 +269,64 @@ impl AfxdpPort {
             kernel_drops_seen: (0, 0),
             pins: pins.clone(),
             bound: BoundMode::Copy,
+            edge: None,
+            _promiscuous: None,
         };
         // From here, dropping `port` unregisters and detaches what was made.
-        for &queue in &config.queues {
-            port.add_socket(
-                umem,
-                &ifname,
-                queue,
-                &config.socket,
-                config.fill_frames,
-                Some(RxSlot::Own(queue)),
-            )?;
+        if config.policy == PolicySpec::redirect_all() {
+            // Frames for the MACs behind the port, not only the NIC's own.
+            port._promiscuous =
+                Some(
+                    netdev::promiscuous(&ifname).map_err(|source| Error::Interface {
+                        ifname: ifname.clone(),
+                        source,
+                    })?,
+                );
         }
+        let try_zero_copy = match config.socket.bind {
+            BindMode::Copy => false,
+            BindMode::ZeroCopy => true,
+            BindMode::Auto => netdev::may_have_zero_copy(&ifname),
+        };
+        if try_zero_copy {
+            match port.open_zero_copy(config, umem) {
+                Ok(()) => {}
+                Err(e) if config.socket.bind == BindMode::Auto => {
+                    tracing::info!(
+                        port = port.name,
+                        "zero-copy not available on {ifname}, using copy mode: {e}"
+                    );
+                    port.close_sockets();
+                    port.edge = None;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if port.edge.is_none() {
+            for &queue in &config.queues {
+                port.add_socket(
+                    umem,
+                    &ifname,
+                    queue,
+                    &config.socket,
+                    config.fill_frames,
+                    Some(RxSlot::Own(queue)),
+                )?;
+            }
+        }
+        port.counters.set_afxdp_mode(port.bound);
         tracing::info!(
             port = port.name,
             queues = ?config.queues,
-            mode = ?port.bound,
+            mode = %port.bound,
             "AF_XDP port open{}",
-            if port.bound == BoundMode::Copy { " (copy mode: the PMD's UMEM is shared by all its ports in copy mode)" } else { "" }
+            match &port.edge {
+                None => " (copy mode: the PMD's UMEM is shared by all its ports in copy mode)".to_string(),
+                Some(edge) => format!(
+                    " (zero-copy: a UMEM of its own, {} frames; frames are copied once to and from the PMD's)",
+                    edge.frame_count()
+                ),
+            }
         );
         Ok(port)
     }
@@ -318,6 +369,8 @@ impl AfxdpPort {
             kernel_drops_seen: (0, 0),
             pins: pins.clone(),
             bound: BoundMode::Copy,
+            edge: None,
+            _promiscuous: None,
         };
         // From here, dropping `port` unregisters and detaches what was made.
         port.add_socket(umem, &ifname, 0, &config.socket, 0, None)?;
@@ -347,6 +400,44 @@ impl AfxdpPort {
         Ok(port)
     }
 
+    /// Binds the port's queues zero-copy, on a UMEM of the port's own
+    /// (see [`zero_copy`]): the first queue's socket registers it, the
+    /// others share it.
+    fn open_zero_copy(&mut self, config: &AfxdpConfig, pmd_umem: &Umem) -> Result<(), Error> {
+        let Some((&first, rest)) = config.queues.split_first() else {
+            return Ok(());
+        };
+        // Every fill ring full, a full TX ring, and a burst in hand.
+        let frame_count = config.fill_frames * config.queues.len() as u32
+            + config.socket.tx_size
+            + config.socket.rx_size.min(256);
+        let umem_config = UmemConfig {
+            frame_count,
+            ..*pmd_umem.config()
+        };
+        let (edge, socket) = ZeroCopyEdge::open(umem_config, &self.ifname, first, &config.socket)
+            .map_err(|source| Error::Socket {
+            ifname: self.ifname.clone(),
+            queue: first,
+            source,
+        })?;
+        let umem = Arc::clone(edge.umem());
+        self.edge = Some(edge);
+        self.push_socket(socket, config.fill_frames, Some(RxSlot::Own(first)))?;
+        let ifname = self.ifname.clone();
+        for &queue in rest {
+            self.add_socket(
+                &umem,
+                &ifname,
+                queue,
+                &config.socket,
+                config.fill_frames,
+                Some(RxSlot::Own(queue)),
+            )?;
+        }
+        Ok(())
+    }
+
     /// Opens a socket on `ifname` queue `queue` for this port and, if it
     /// receives, registers it where steer looks for it.
     fn add_socket(
@@ -364,6 +455,17 @@ impl AfxdpPort {
                 queue,
                 source,
             })?;
+        self.push_socket(socket, fill_frames, rx)
+    }
+
+    /// Takes `socket` into the port and, if it receives, registers it where
+    /// steer looks for it.
+    fn push_socket(
+        &mut self,
+        socket: XskSocket,
+        fill_frames: u32,
+        rx: Option<RxSlot>,
+    ) -> Result<(), Error> {
         if self.sockets.is_empty() {
             self.bound = socket.bound_mode();
         }
@@ -375,7 +477,12 @@ impl AfxdpPort {
         self.sockets.push(PortSocket {
             socket,
             in_fill: 0,
-            fill_frames: fill_frames.min(FILL_START),
+            // A zero-copy port's frames are its own: no need to start small.
+            fill_frames: if self.edge.is_some() {
+                fill_frames
+            } else {
+                fill_frames.min(FILL_START)
+            },
             fill_max: fill_frames,
             rx,
         });
@@ -431,7 +538,20 @@ impl Port for AfxdpPort {
                 continue;
             }
             let before = out.len();
-            let n = s.socket.recv(out, (max - got) as u32) as usize;
+            let n = match self.edge.as_mut() {
+                None => s.socket.recv(out, (max - got) as u32) as usize,
+                Some(edge) => {
+                    let r = edge.receive(&mut s.socket, frames, out, (max - got) as u32);
+                    if r.no_free_frame > 0 {
+                        self.counters
+                            .add_drop(DropReason::NoFreeFrame, r.no_free_frame);
+                    }
+                    if r.too_big > 0 {
+                        self.counters.add_drop(DropReason::TooBig, r.too_big);
+                    }
+                    r.taken as usize
+                }
+            };
             s.in_fill -= n as u64;
             if s.in_fill * 4 <= s.fill_frames as u64 && n > 0 {
                 // Traffic took three quarters of the ring since the last
@@ -440,6 +560,8 @@ impl Port for AfxdpPort {
             }
             let mut bytes = 0u64;
             let mut completed = 0u64;
+            // (A zero-copy port's frames were copied into PMD frames: the
+            // same finishing applies to those.)
             for d in &out[before..] {
                 bytes += d.len as u64;
                 // XDP hands over bytes, not the skb's "checksum left to the
@@ -451,7 +573,7 @@ impl Port for AfxdpPort {
                 let frame = unsafe { frames.umem.frame_mut(d.addr, d.len as usize) };
                 completed += checksum::complete_partial(frame) as u64;
             }
-            self.counters.add_rx(n as u64, bytes);
+            self.counters.add_rx((out.len() - before) as u64, bytes);
             if completed > 0 {
                 self.counters.add_checksums_completed(completed);
             }
@@ -463,14 +585,17 @@ impl Port for AfxdpPort {
         got
     }
 
-    fn tx_burst(&mut self, _frames: &mut Frames<'_>, batch: &mut Vec<XdpDesc>) {
+    fn tx_burst(&mut self, frames: &mut Frames<'_>, batch: &mut Vec<XdpDesc>) {
         if batch.is_empty() {
             return;
         }
         // One TX socket per port: queue selection on TX does not matter for
         // veth and keeps completion handling in one place.
         let socket = &mut self.sockets[0].socket;
-        let n = socket.send(batch) as usize;
+        let n = match self.edge.as_mut() {
+            None => socket.send(batch) as usize,
+            Some(edge) => edge.send(socket, frames, batch),
+        };
         let bytes: u64 = batch[..n].iter().map(|d| d.len as u64).sum();
         self.counters.add_tx(n as u64, bytes);
         batch.drain(..n);
@@ -480,7 +605,13 @@ impl Port for AfxdpPort {
     fn maintain(&mut self, frames: &mut Frames<'_>) {
         for s in &mut self.sockets {
             let socket = &mut s.socket;
-            socket.complete(frames.pool, u32::MAX);
+            // The frames the sockets lend and get back: the PMD's, or a
+            // zero-copy port's own.
+            let (pool, own) = match self.edge.as_mut() {
+                None => (&mut *frames.pool, false),
+                Some(edge) => (edge.pool(), true),
+            };
+            socket.complete(pool, u32::MAX);
             // Copy mode sends at most a few dozen frames per kick: keep
             // kicking while frames wait in the TX ring.
             if socket.outstanding_tx() > 0 {
@@ -489,12 +620,12 @@ impl Port for AfxdpPort {
             if s.rx.is_none() {
                 continue;
             }
-            if s.fill_frames < s.fill_max && frames.pool.len() > frames.pool.capacity() / 2 {
+            if s.fill_frames < s.fill_max && (own || pool.len() > pool.capacity() / 2) {
                 s.fill_frames = s.fill_max;
             }
             let want = (s.fill_frames as u64).saturating_sub(s.in_fill);
             if want >= 16 || s.in_fill == 0 {
-                let n = socket.fill(frames.pool, want as u32);
+                let n = socket.fill(pool, want as u32);
                 s.in_fill += n as u64;
             }
             if socket.fill_needs_wakeup() {
@@ -512,6 +643,10 @@ impl Port for AfxdpPort {
     }
 
     fn frames_held(&self) -> HeldFrames {
+        if self.edge.is_some() {
+            // Its sockets hold the port's own frames, none of the PMD's.
+            return HeldFrames::default();
+        }
         HeldFrames {
             rx_side: self.sockets.iter().map(|s| s.in_fill).sum(),
             tx_side: self
@@ -555,6 +690,10 @@ impl Port for AfxdpPort {
         // pool before that would give one frame two owners.
         self.unregister_all();
         let mut received = Vec::with_capacity(64);
+        let pool = match self.edge.as_mut() {
+            None => &mut *frames.pool,
+            Some(edge) => edge.pool(),
+        };
         for s in &mut self.sockets {
             loop {
                 received.clear();
@@ -563,11 +702,11 @@ impl Port for AfxdpPort {
                     break;
                 }
                 for d in &received {
-                    frames.pool.free(d.addr);
+                    pool.free(d.addr);
                 }
                 s.in_fill = s.in_fill.saturating_sub(n as u64);
             }
-            s.socket.complete(frames.pool, u32::MAX);
+            s.socket.complete(pool, u32::MAX);
         }
     }
 
@@ -580,8 +719,8 @@ impl Port for AfxdpPort {
 
 impl AfxdpPort {
     /// Unregisters and closes every socket (each close unbinds it and waits
-    /// until the kernel is done with it); returns the frames they had lent
-    /// to the kernel, now free. Leaves the port with no sockets.
+    /// until the kernel is done with it); returns the PMD frames they had
+    /// lent to the kernel, now free. Leaves the port with no sockets.
     fn close_sockets(&mut self) -> Vec<u64> {
         self.unregister_all();
         let mut lent = Vec::new();
@@ -591,7 +730,25 @@ impl AfxdpPort {
             }
             lent.extend(s.socket.close());
         }
-        lent
+        let Some(edge) = &self.edge else {
+            return lent;
+        };
+        // A zero-copy port's sockets lent its own frames, which go with its
+        // UMEM (dropped with the port, which unbinds its first socket):
+        // check they are all accounted for, and hand none to the PMD.
+        match edge.unaccounted(lent.len()) {
+            0 => tracing::info!(
+                port = self.name,
+                "zero-copy UMEM: all {} frames accounted for",
+                edge.frame_count()
+            ),
+            lost => tracing::warn!(
+                port = self.name,
+                "zero-copy UMEM: {lost} of {} frames unaccounted",
+                edge.frame_count()
+            ),
+        }
+        Vec::new()
     }
 
     /// Takes every receiving socket out of steer's XSKMAP.

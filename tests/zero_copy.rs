@@ -1,0 +1,394 @@
+//! AF_XDP zero-copy on a driver that has it: the virtio-net of a Linux
+//! guest, with the switch running inside the guest.
+//!
+//! ```text
+//!  host namespace h                       guest (QEMU, TCG)
+//!  zt0 (TAP) ── virtio-net ── eth0 ─┐
+//!                                   ├─ dataplane run, both ports bind=zerocopy
+//!  zt1 (TAP) ── virtio-net ── eth1 ─┘
+//! ```
+//!
+//! veth and TAP have no zero-copy, so the host cannot show it. A guest's
+//! virtio-net can: its driver advertises AF_XDP zero-copy from Linux 6.13
+//! on, when the device offers queue reset and platform DMA
+//! (`iommu_platform=on`). `cargo xtask setup` fetches such a kernel
+//! (target/guest-kernel-zc). The guest's init is this test binary: it
+//! mounts what the switch needs, loads virtio-net, and runs the project's
+//! own `dataplane` binary with both NICs as zero-copy ports and the fast
+//! path off, so every frame crosses the zero-copy sockets and the copy
+//! between each port's UMEM and the PMD's. The host sends numbered frames
+//! into each TAP and checks every one comes out of the other, byte for
+//! byte; the guest reports the switch's `show ports --json` (both ports
+//! "zero-copy") and, after SIGINT, its exit summary (no frame of the PMD
+//! lost) and each port's own frame check.
+//!
+//! Not a libtest harness (`harness = false` in Cargo.toml): the same `main`
+//! runs the test on the host and the switch in the guest.
+
+mod guest;
+mod harness;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use guest::Scratch;
+use harness::{
+    collect_frames, privileged, test_frame, test_frame_seq, wait_for, NetNs, PacketSocket,
+    Topology, TEST_ETHERTYPE,
+};
+
+const TEST: &str = "zero_copy_ports_forward_between_a_guests_virtio_nics";
+/// Frames each way: the first SMALL of 64 bytes, the rest of 1400.
+const FRAMES: u32 = 300;
+const SMALL: u32 = 200;
+/// The MACs of the two hosts behind zt0 and zt1 (the test's frames').
+const MAC_A: [u8; 6] = [0x02, 0x7a, 0, 0, 0, 0x0a];
+const MAC_B: [u8; 6] = [0x02, 0x7a, 0, 0, 0, 0x0b];
+/// Lines the guest prints.
+const READY: &str = "zc-guest: switch up";
+const PORTS: &str = "zc-guest: ports ";
+const SUMMARY: &str = "zc-guest: summary ";
+const ERROR: &str = "zc-guest: error";
+/// The switch binary's path inside the guest.
+const GUEST_DATAPLANE: &str = "/dataplane";
+
+fn main() {
+    guest::main_with(TEST, host_test, guest_init, || {
+        let path = PathBuf::from(std::env::var_os("QEMU_GUEST_WRITE_INITRAMFS").unwrap());
+        let scratch = Scratch::new("zc-initramfs");
+        write_initramfs(&path, &scratch.0);
+    });
+}
+
+/// Where `cargo xtask setup` unpacks this test's guest kernel (see
+/// xtask/src/setup.rs, `ZERO_COPY_GUEST_KERNEL_DIR`).
+fn kernel_dir() -> PathBuf {
+    guest::guest_kernel_dir().with_file_name("guest-kernel-zc")
+}
+
+fn missing_prerequisite() -> Option<String> {
+    if Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .map_or(true, |o| !o.status.success())
+    {
+        return Some(
+            "qemu-system-x86_64 is not installed (`cargo xtask setup` installs it)".into(),
+        );
+    }
+    if !kernel_dir().join("modules.order").exists() {
+        return Some(format!(
+            "no zero-copy guest kernel in {} (`cargo xtask setup` downloads it)",
+            kernel_dir().display()
+        ));
+    }
+    None
+}
+
+/// The initramfs: this binary as init, the switch binary without its
+/// debug sections (a tenth of the size), the kernel's virtio-net modules.
+fn write_initramfs(path: &Path, scratch: &Path) {
+    let stripped = scratch.join("dataplane");
+    let dataplane = harness::dataplane_bin();
+    let ok = Command::new("strip")
+        .arg("--strip-debug")
+        .arg("-o")
+        .arg(&stripped)
+        .arg(&dataplane)
+        .status()
+        .is_ok_and(|s| s.success());
+    let binary = if ok { stripped } else { dataplane };
+    // The switch asks iproute2 about links, as on any host.
+    let ip = ["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"]
+        .into_iter()
+        .map(Path::new)
+        .find(|p| p.exists())
+        .expect("iproute2's ip (`cargo xtask setup` installs it)");
+    guest::build_initramfs_with(
+        path,
+        &kernel_dir(),
+        &[
+            (GUEST_DATAPLANE.trim_start_matches('/'), &binary),
+            ("bin/ip", ip),
+        ],
+    );
+}
+
+fn host_test() {
+    if !privileged(TEST) {
+        return;
+    }
+    if let Some(why) = missing_prerequisite() {
+        harness::skipped(TEST, &why);
+        return;
+    }
+    let scratch = Scratch::new("zc");
+    let initramfs = scratch.0.join("initramfs.cpio");
+    write_initramfs(&initramfs, &scratch.0);
+
+    let mut topo = Topology::new("zc");
+    let h = topo.netns("h");
+    for tap in ["zt0", "zt1"] {
+        h.ip(&["tuntap", "add", "dev", tap, "mode", "tap"]);
+        h.ip(&["link", "set", tap, "up"]);
+    }
+    let vm = guest::Vm::start(
+        &h,
+        &kernel_dir().join("vmlinuz"),
+        &initramfs,
+        &[
+            "-m",
+            "1G",
+            "-machine",
+            "q35",
+            "-netdev",
+            "tap,id=n0,ifname=zt0,script=no,downscript=no,vhost=off",
+            // Zero-copy needs platform DMA and queue reset (QEMU's default
+            // on modern devices) from the device.
+            "-device",
+            "virtio-net-pci,netdev=n0,mac=52:54:00:7a:00:01,iommu_platform=on,disable-legacy=on",
+            "-netdev",
+            "tap,id=n1,ifname=zt1,script=no,downscript=no,vhost=off",
+            "-device",
+            "virtio-net-pci,netdev=n1,mac=52:54:00:7a:00:02,iommu_platform=on,disable-legacy=on",
+        ],
+    );
+    let guest_failed = |out: &str| out.contains(ERROR) || out.contains("Kernel panic");
+    let up = wait_for(Duration::from_secs(90), || {
+        let out = vm.output();
+        if guest_failed(&out) {
+            panic!("the guest failed:\n{out}");
+        }
+        out.contains(READY).then_some(())
+    });
+    assert!(
+        up.is_some(),
+        "switch in the guest not up within 90 s:\n{}",
+        vm.output()
+    );
+
+    // Both ways, one after the other: A -> B enters eth0 and leaves eth1.
+    for (from, to, src, dst) in [("zt0", "zt1", MAC_A, MAC_B), ("zt1", "zt0", MAC_B, MAC_A)] {
+        let (frames, ready) =
+            collect_frames(&h, to, FRAMES as usize, Duration::from_secs(60), |f| {
+                test_frame_seq(f, TEST_ETHERTYPE).is_some()
+            });
+        ready.recv().unwrap();
+        let sent: Vec<Vec<u8>> = (0..FRAMES)
+            .map(|seq| {
+                test_frame(
+                    dst,
+                    src,
+                    TEST_ETHERTYPE,
+                    seq,
+                    if seq < SMALL { 64 } else { 1400 },
+                )
+            })
+            .collect();
+        send_slowly(&h, from, &sent);
+        let mut got = frames.join().unwrap();
+        got.sort_by_key(|f| test_frame_seq(f, TEST_ETHERTYPE));
+        assert_eq!(
+            got.len(),
+            sent.len(),
+            "{from} -> guest -> {to}: {} of {} frames\nguest:\n{}",
+            got.len(),
+            sent.len(),
+            vm.output()
+        );
+        for (g, s) in got.iter().zip(&sent) {
+            assert!(
+                g == s,
+                "{from} -> {to}: frame {:?} differs from what was sent",
+                test_frame_seq(s, TEST_ETHERTYPE)
+            );
+        }
+    }
+
+    let (exited, out) = vm.wait(Duration::from_secs(90));
+    assert!(exited, "the guest did not power off:\n{out}");
+    assert!(!guest_failed(&out), "the guest failed:\n{out}");
+    let json_line = |prefix: &str| -> serde_json::Value {
+        let line = out
+            .lines()
+            .find_map(|l| l.split(prefix).nth(1))
+            .unwrap_or_else(|| panic!("no {prefix:?} line from the guest:\n{out}"));
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"))
+    };
+    let ports = json_line(PORTS);
+    for (name, from_host) in [("afxdp:eth0", "zt0"), ("afxdp:eth1", "zt1")] {
+        let port = ports
+            .as_array()
+            .and_then(|a| a.iter().find(|p| p["name"] == name))
+            .unwrap_or_else(|| panic!("no {name} in {ports}"));
+        assert_eq!(port["afxdp_mode"], "zero-copy", "{name}: {port}");
+        let count = |key: &str| port[key].as_u64().unwrap_or(0);
+        assert!(
+            count("rx_packets") >= u64::from(FRAMES) && count("tx_packets") >= u64::from(FRAMES),
+            "{name} carried the frames from {from_host} and to it: {port}"
+        );
+        assert_eq!(port["drops"]["no_free_frame"], 0, "{port}");
+        assert_eq!(port["drops"]["too_big"], 0, "{port}");
+    }
+    let summary = json_line(SUMMARY);
+    let frames = &summary["frames"];
+    assert!(frames["total"].as_u64().unwrap_or(0) > 0, "{summary}");
+    assert_eq!(frames["unaccounted"], 0, "the PMD's frames: {summary}");
+    assert_eq!(frames["refused_frees"], 0, "the PMD's frames: {summary}");
+    let checked = out
+        .lines()
+        .filter(|l| l.contains("zero-copy UMEM: all") && l.contains("frames accounted for"))
+        .count();
+    assert_eq!(
+        checked, 2,
+        "each port's own frames all back at exit:\n{out}"
+    );
+    assert!(
+        !out.contains("frames unaccounted"),
+        "a port lost frames of its own:\n{out}"
+    );
+    println!(
+        "zero-copy: {FRAMES} frames each way between a guest's two virtio-net NICs through \
+         dataplane ports bound zero-copy, byte for byte; PMD frames {}, 0 unaccounted",
+        frames["total"]
+    );
+}
+
+/// About 4000 frames/s: the emulated guest is slow, and the test is about
+/// every frame crossing, not speed.
+fn send_slowly(ns: &NetNs, ifname: &str, frames: &[Vec<u8>]) {
+    ns.enter(|| {
+        let sock = PacketSocket::open(ifname);
+        for (i, f) in frames.iter().enumerate() {
+            sock.send(f);
+            if i % 4 == 3 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    });
+}
+
+/// The guest: runs the switch on eth0 and eth1 until both have sent every
+/// test frame, reports, stops it with SIGINT, reports its summary, powers
+/// off.
+fn guest_init() -> ! {
+    if let Err(e) = run_switch() {
+        println!("{ERROR}: {e}");
+    }
+    let _ = std::io::stdout().flush();
+    // SAFETY: plain syscalls; powering off is the point (QEMU runs with
+    // -no-reboot and exits).
+    unsafe {
+        libc::sync();
+        libc::reboot(libc::RB_POWER_OFF);
+    }
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+fn mount(fstype: &str, target: &str) -> Result<(), String> {
+    let c = |s: &str| std::ffi::CString::new(s).unwrap();
+    let (src, dst, ty) = (c(fstype), c(target), c(fstype));
+    // SAFETY: NUL-terminated strings that live across the call; no data.
+    let rc = unsafe { libc::mount(src.as_ptr(), dst.as_ptr(), ty.as_ptr(), 0, std::ptr::null()) };
+    if rc != 0 {
+        return Err(format!(
+            "mount {fstype} on {target}: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
+}
+
+fn run_switch() -> Result<(), String> {
+    // /dev/null and friends, for the switch's children's stdio.
+    mount("devtmpfs", "/dev")?;
+    mount("proc", "/proc")?;
+    mount("sysfs", "/sys")?;
+    mount("bpf", "/sys/fs/bpf")?;
+    guest::init::load_modules()?;
+    for ifname in ["eth0", "eth1"] {
+        wait_for(Duration::from_secs(10), || {
+            Path::new("/sys/class/net")
+                .join(ifname)
+                .exists()
+                .then_some(())
+        })
+        .ok_or(format!("no {ifname} within 10 s of loading virtio_net"))?;
+        guest::init::link_up(ifname)?;
+    }
+    let summary = "/run/summary.json";
+    let mut switch = Command::new(GUEST_DATAPLANE)
+        .args(["run", "--no-fast-path", "--summary-json", summary])
+        .args([
+            "--port",
+            "afxdp:eth0,bind=zerocopy",
+            "--port",
+            "afxdp:eth1,bind=zerocopy",
+        ])
+        .env("NO_COLOR", "1")
+        .env("PATH", "/bin")
+        .stdin(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("starting {GUEST_DATAPLANE}: {e}"))?;
+    let show = || -> Option<serde_json::Value> {
+        let out = Command::new(GUEST_DATAPLANE)
+            .args(["show", "ports", "--json"])
+            .stderr(Stdio::null())
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).ok())?
+    };
+    let result = (|| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while show().is_none() {
+            if Instant::now() > deadline || switch.try_wait().ok().flatten().is_some() {
+                return Err("the switch did not come up".to_string());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        println!("{READY}");
+        let _ = std::io::stdout().flush();
+        // Until both ports sent every frame of the other's direction.
+        let sent = |ports: &serde_json::Value, name: &str| {
+            ports
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|p| p["name"] == name)
+                .and_then(|p| p["tx_packets"].as_u64())
+                .unwrap_or(0)
+        };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let ports = show().ok_or("`dataplane show ports` failed")?;
+            if sent(&ports, "afxdp:eth0") >= u64::from(FRAMES)
+                && sent(&ports, "afxdp:eth1") >= u64::from(FRAMES)
+            {
+                println!("{PORTS}{ports}");
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!("not every frame crossed within 120 s: {ports}"));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    })();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(switch.id() as libc::pid_t, libc::SIGINT) };
+    let status = switch
+        .wait()
+        .map_err(|e| format!("waiting for the switch: {e}"))?;
+    result?;
+    if !status.success() {
+        return Err(format!("the switch exited with {status}"));
+    }
+    let text = std::fs::read_to_string(summary).map_err(|e| format!("{summary}: {e}"))?;
+    println!("{SUMMARY}{}", text.replace('\n', " "));
+    Ok(())
+}
