@@ -145,6 +145,8 @@ pub fn accel() -> String {
 /// killed on drop.
 pub struct Vm {
     child: std::process::Child,
+    /// The serial console's input (the guest's /dev/console).
+    console: Option<std::process::ChildStdin>,
     output: std::sync::Arc<std::sync::Mutex<String>>,
     readers: Vec<std::thread::JoinHandle<()>>,
 }
@@ -169,16 +171,28 @@ impl Vm {
                 "stdio",
                 "-no-reboot",
             ])
-            .stdin(std::process::Stdio::null())
+            .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());
         let mut child = cmd.spawn().expect("start qemu-system-x86_64");
+        let console = child.stdin.take();
         let (output, readers) = harness::capture_output(&mut child);
         Vm {
             child,
+            console,
             output,
             readers,
         }
+    }
+
+    /// Types `line` on the guest's serial console (its init reads it from
+    /// standard input).
+    pub fn type_line(&mut self, line: &str) {
+        let console = self.console.as_mut().expect("the console's input");
+        console
+            .write_all(format!("{line}\n").as_bytes())
+            .and_then(|()| console.flush())
+            .expect("writing to the guest's console");
     }
 
     /// Everything QEMU and the guest printed so far.
