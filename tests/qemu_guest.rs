@@ -25,12 +25,11 @@ mod guest;
 mod harness;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use guest::{
-    accel, build_initramfs, guest_kernel_dir, send_one, send_slowly, tcp_round_trip, Scratch, Vm,
-    ECHOED, GUEST_MAC, HOST_IP, QUIT, READY, TCP_BYTES, TCP_ECHOED, TCP_READY,
+    build_initramfs, guest_kernel_dir, send_one, send_slowly, tcp_round_trip, Scratch, Vm, ECHOED,
+    GUEST_MAC, HOST_IP, QUIT, READY, TCP_BYTES, TCP_ECHOED, TCP_READY,
 };
 use harness::{
     collect_test_frames, mac_of, privileged, test_frame, wait_for, NetNs, RunningSwitch, Topology,
@@ -46,41 +45,11 @@ fn main() {
     guest::main(TEST, host_test);
 }
 
-/// Why the guest cannot run here, if it cannot.
-fn missing_prerequisite() -> Option<String> {
-    // TCG (the default) needs no /dev/kvm.
-    if accel() == "kvm"
-        && std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/kvm")
-            .is_err()
-    {
-        return Some("DATAPLANE_QEMU_ACCEL=kvm but /dev/kvm cannot be opened".into());
-    }
-    if Command::new("qemu-system-x86_64")
-        .arg("--version")
-        .output()
-        .map_or(true, |o| !o.status.success())
-    {
-        return Some(
-            "qemu-system-x86_64 is not installed (`cargo xtask setup` installs it)".into(),
-        );
-    }
-    if !guest_kernel_dir().join("modules.order").exists() {
-        return Some(format!(
-            "no guest kernel in {} (`cargo xtask setup` downloads it)",
-            guest_kernel_dir().display()
-        ));
-    }
-    None
-}
-
 fn host_test() {
     if !privileged(TEST) {
         return;
     }
-    if let Some(why) = missing_prerequisite() {
+    if let Some(why) = guest::qemu_missing(&guest_kernel_dir()) {
         harness::skipped(TEST, &why);
         return;
     }

@@ -71,25 +71,6 @@ fn kernel_dir() -> PathBuf {
     guest::guest_kernel_dir().with_file_name("guest-kernel-zc")
 }
 
-fn missing_prerequisite() -> Option<String> {
-    if Command::new("qemu-system-x86_64")
-        .arg("--version")
-        .output()
-        .map_or(true, |o| !o.status.success())
-    {
-        return Some(
-            "qemu-system-x86_64 is not installed (`cargo xtask setup` installs it)".into(),
-        );
-    }
-    if !kernel_dir().join("modules.order").exists() {
-        return Some(format!(
-            "no zero-copy guest kernel in {} (`cargo xtask setup` downloads it)",
-            kernel_dir().display()
-        ));
-    }
-    None
-}
-
 /// The initramfs: this binary as init, the switch binary without its
 /// debug sections (a tenth of the size), the kernel's virtio-net modules.
 fn write_initramfs(path: &Path, scratch: &Path) {
@@ -123,7 +104,7 @@ fn host_test() {
     if !privileged(TEST) {
         return;
     }
-    if let Some(why) = missing_prerequisite() {
+    if let Some(why) = guest::qemu_missing(&kernel_dir()) {
         harness::skipped(TEST, &why);
         return;
     }
@@ -283,16 +264,7 @@ fn guest_init() -> ! {
     if let Err(e) = run_switch() {
         println!("{ERROR}: {e}");
     }
-    let _ = std::io::stdout().flush();
-    // SAFETY: plain syscalls; powering off is the point (QEMU runs with
-    // -no-reboot and exits).
-    unsafe {
-        libc::sync();
-        libc::reboot(libc::RB_POWER_OFF);
-    }
-    loop {
-        std::thread::sleep(Duration::from_secs(1));
-    }
+    guest::init::power_off()
 }
 
 fn mount(fstype: &str, target: &str) -> Result<(), String> {

@@ -133,6 +133,37 @@ pub fn send_one(ns: &NetNs, src: [u8; 6], seq: u32) {
     });
 }
 
+/// Why QEMU cannot boot a guest from `kernel_dir` here, if it cannot: its
+/// accelerator, QEMU itself, the kernel `cargo xtask setup` downloads.
+pub fn qemu_missing(kernel_dir: &Path) -> Option<String> {
+    // TCG (the default) needs no /dev/kvm.
+    if accel() == "kvm"
+        && std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/kvm")
+            .is_err()
+    {
+        return Some("DATAPLANE_QEMU_ACCEL=kvm but /dev/kvm cannot be opened".into());
+    }
+    if Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .map_or(true, |o| !o.status.success())
+    {
+        return Some(
+            "qemu-system-x86_64 is not installed (`cargo xtask setup` installs it)".into(),
+        );
+    }
+    if !kernel_dir.join("modules.order").exists() {
+        return Some(format!(
+            "no guest kernel in {} (`cargo xtask setup` downloads it)",
+            kernel_dir.display()
+        ));
+    }
+    None
+}
+
 /// QEMU's accelerator: TCG unless `DATAPLANE_QEMU_ACCEL` says otherwise.
 /// This machine's /dev/kvm opens, but a 64-bit guest kernel hangs right
 /// after decompression under it; TCG boots the guest in about 3 s.
@@ -403,9 +434,14 @@ pub mod init {
             }
             Err(e) => println!("guest: error: {e}"),
         }
+        power_off()
+    }
+
+    /// Flushes what the guest printed and powers it off (QEMU runs with
+    /// -no-reboot and exits).
+    pub fn power_off() -> ! {
         let _ = std::io::stdout().flush();
-        // SAFETY: plain syscalls; powering off is the point (QEMU runs with
-        // -no-reboot and exits).
+        // SAFETY: plain syscalls; powering off is the point.
         unsafe {
             libc::sync();
             libc::reboot(libc::RB_POWER_OFF);

@@ -316,25 +316,58 @@ fn unpack_guest_kernel(image: &str, scratch: &Path, dir: &Path) -> Result<()> {
     };
     let vmlinuz = find("boot", "vmlinuz-")?;
     let modules = find("lib/modules", "")?.join("kernel");
+    stage_guest_kernel(image, &vmlinuz, &modules, GUEST_MODULES, scratch, dir)?;
+    eprintln!("[setup] guest kernel: {image} in {}", dir.display());
+    Ok(())
+}
+
+/// Puts `vmlinuz` and `modules` (paths under the package's `kernel/`
+/// directory `modules_root`, plain or xz-compressed) into `dir`, the
+/// layout the guest tests read: `vmlinuz`, `modules/NAME.ko` (always
+/// uncompressed: the guests' init loads them with finit_module and no
+/// flags), `modules.order` and `PACKAGE`. Staged in `scratch` and moved
+/// in whole: `dir` is complete or absent.
+fn stage_guest_kernel(
+    image: &str,
+    vmlinuz: &Path,
+    modules_root: &Path,
+    modules: &[&str],
+    scratch: &Path,
+    dir: &Path,
+) -> Result<()> {
     let staged = scratch.join("staged");
     std::fs::create_dir_all(staged.join("modules"))?;
-    std::fs::copy(&vmlinuz, staged.join("vmlinuz"))?;
+    std::fs::copy(vmlinuz, staged.join("vmlinuz"))?;
     let mut order = String::new();
-    for m in GUEST_MODULES {
-        let from = modules.join(m);
+    for m in modules {
+        let plain = modules_root.join(m);
         let name = Path::new(m).file_name().expect("a file name");
-        std::fs::copy(&from, staged.join("modules").join(name))
-            .with_context(|| format!("{image}: {}", from.display()))?;
+        let to = staged.join("modules").join(name);
+        if plain.exists() {
+            std::fs::copy(&plain, &to).with_context(|| format!("{image}: {}", plain.display()))?;
+        } else {
+            let xz = PathBuf::from(format!("{}.xz", plain.display()));
+            let out = Command::new("xz")
+                .arg("-dc")
+                .arg(&xz)
+                .output()
+                .with_context(|| format!("running xz on {}", xz.display()))?;
+            if !out.status.success() {
+                bail!(
+                    "{image}: xz -dc {}: {}",
+                    xz.display(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+            std::fs::write(&to, out.stdout)?;
+        }
         order.push_str(&name.to_string_lossy());
         order.push('\n');
     }
     std::fs::write(staged.join("modules.order"), order)?;
     std::fs::write(staged.join("PACKAGE"), format!("{image}\n"))?;
-    // Complete or absent: the test looks for modules.order.
     let _ = std::fs::remove_dir_all(dir);
-    std::fs::rename(&staged, dir).with_context(|| format!("moving into {}", dir.display()))?;
-    eprintln!("[setup] guest kernel: {image} in {}", dir.display());
-    Ok(())
+    std::fs::rename(&staged, dir).with_context(|| format!("moving into {}", dir.display()))
 }
 
 /// The guest kernel of tests/zero_copy.rs, under the target dir: a
@@ -469,41 +502,14 @@ fn fetch_zero_copy_guest_kernel(scratch: &Path, dir: &Path) -> Result<()> {
         )
         .find(|p| p.is_file())
         .with_context(|| format!("{image}: no vmlinuz"))?;
-    let staged = scratch.join("staged");
-    std::fs::create_dir_all(staged.join("modules"))?;
-    std::fs::copy(&vmlinuz, staged.join("vmlinuz"))?;
-    let mut order = String::new();
-    for m in ZERO_COPY_GUEST_MODULES {
-        let plain = version_dir.join("kernel").join(m);
-        let name = Path::new(m).file_name().expect("a file name");
-        let to = staged.join("modules").join(name);
-        let xz = PathBuf::from(format!("{}.xz", plain.display()));
-        if plain.exists() {
-            std::fs::copy(&plain, &to)?;
-        } else {
-            // The init loads modules with finit_module and no flags: give
-            // it them uncompressed.
-            let out = Command::new("xz")
-                .arg("-dc")
-                .arg(&xz)
-                .output()
-                .with_context(|| format!("running xz on {}", xz.display()))?;
-            if !out.status.success() {
-                bail!(
-                    "xz -dc {}: {}",
-                    xz.display(),
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
-            std::fs::write(&to, out.stdout)?;
-        }
-        order.push_str(&name.to_string_lossy());
-        order.push('\n');
-    }
-    std::fs::write(staged.join("modules.order"), order)?;
-    std::fs::write(staged.join("PACKAGE"), format!("{image}\n"))?;
-    let _ = std::fs::remove_dir_all(dir);
-    std::fs::rename(&staged, dir).with_context(|| format!("moving into {}", dir.display()))?;
+    stage_guest_kernel(
+        &image,
+        &vmlinuz,
+        &version_dir.join("kernel"),
+        ZERO_COPY_GUEST_MODULES,
+        scratch,
+        dir,
+    )?;
     eprintln!(
         "[setup] zero-copy guest kernel: {image} in {}",
         dir.display()

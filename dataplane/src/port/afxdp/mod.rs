@@ -257,21 +257,14 @@ impl AfxdpPort {
                 );
             }
         }
-        let mut port = AfxdpPort {
-            name: format!("afxdp:{ifname}"),
-            ifname: ifname.clone(),
-            sockets: Vec::new(),
-            next_rx: 0,
+        let mut port = AfxdpPort::new(
+            format!("afxdp:{ifname}"),
+            &ifname,
             counters,
-            attachment,
-            punt: None,
-            attached_here,
-            kernel_drops_seen: (0, 0),
-            pins: pins.clone(),
-            bound: BoundMode::Copy,
-            edge: None,
-            _promiscuous: None,
-        };
+            (attachment, attached_here),
+            None,
+            pins,
+        );
         // From here, dropping `port` unregisters and detaches what was made.
         if config.policy == PolicySpec::redirect_all() {
             // Frames for the MACs behind the port, not only the NIC's own.
@@ -357,21 +350,14 @@ impl AfxdpPort {
             &sizes,
             &PolicySpec::redirect_all(),
         )?;
-        let mut port = AfxdpPort {
-            name: format!("veth:{ifname}"),
-            ifname: ifname.clone(),
-            sockets: Vec::new(),
-            next_rx: 0,
+        let mut port = AfxdpPort::new(
+            format!("veth:{ifname}"),
+            &ifname,
             counters,
-            attachment,
-            punt: Some(punt.clone()),
-            attached_here,
-            kernel_drops_seen: (0, 0),
-            pins: pins.clone(),
-            bound: BoundMode::Copy,
-            edge: None,
-            _promiscuous: None,
-        };
+            (attachment, attached_here),
+            Some(punt.clone()),
+            pins,
+        );
         // From here, dropping `port` unregisters and detaches what was made.
         port.add_socket(umem, &ifname, 0, &config.socket, 0, None)?;
         port.add_socket(
@@ -398,6 +384,34 @@ impl AfxdpPort {
             config.slot
         );
         Ok(port)
+    }
+
+    /// A port with no socket yet, on `attachment` (and whether this port
+    /// made it, and so detaches it): sockets are added next, and dropping
+    /// it undoes what was made.
+    fn new(
+        name: String,
+        ifname: &str,
+        counters: Arc<PortCounters>,
+        (attachment, attached_here): (Attachment, bool),
+        punt: Option<Arc<Punt>>,
+        pins: &PinRoot,
+    ) -> AfxdpPort {
+        AfxdpPort {
+            name,
+            ifname: ifname.to_string(),
+            sockets: Vec::new(),
+            next_rx: 0,
+            counters,
+            attachment,
+            punt,
+            attached_here,
+            kernel_drops_seen: (0, 0),
+            pins: pins.clone(),
+            bound: BoundMode::Copy,
+            edge: None,
+            _promiscuous: None,
+        }
     }
 
     /// Binds the port's queues zero-copy, on a UMEM of the port's own
