@@ -296,16 +296,7 @@ impl AfxdpPort {
             }
         }
         if port.edge.is_none() {
-            for &queue in &config.queues {
-                port.add_socket(
-                    umem,
-                    &ifname,
-                    queue,
-                    &config.socket,
-                    config.fill_frames,
-                    Some(RxSlot::Own(queue)),
-                )?;
-            }
+            port.add_queue_sockets(umem, &config.queues, config)?;
         }
         port.counters.set_afxdp_mode(port.bound);
         tracing::info!(
@@ -438,10 +429,21 @@ impl AfxdpPort {
         let umem = Arc::clone(edge.umem());
         self.edge = Some(edge);
         self.push_socket(socket, config.fill_frames, Some(RxSlot::Own(first)))?;
+        self.add_queue_sockets(&umem, rest, config)
+    }
+
+    /// Opens and registers a receiving socket on each of `queues` of the
+    /// port's interface, on `umem`.
+    fn add_queue_sockets(
+        &mut self,
+        umem: &Arc<Umem>,
+        queues: &[u32],
+        config: &AfxdpConfig,
+    ) -> Result<(), Error> {
         let ifname = self.ifname.clone();
-        for &queue in rest {
+        for &queue in queues {
             self.add_socket(
-                &umem,
+                umem,
                 &ifname,
                 queue,
                 &config.socket,
