@@ -211,6 +211,8 @@ impl Qemu {
             &guest_kernel_dir().join("vmlinuz"),
             initramfs,
             &[
+                "-smp",
+                "1",
                 "-m",
                 "512M",
                 "-object",

@@ -114,8 +114,9 @@ fn host_test() {
 
     let mut topo = Topology::new("zc");
     let h = topo.netns("h");
+    h.ip(&["tuntap", "add", "dev", "zt0", "mode", "tap", "multi_queue"]);
+    h.ip(&["tuntap", "add", "dev", "zt1", "mode", "tap"]);
     for tap in ["zt0", "zt1"] {
-        h.ip(&["tuntap", "add", "dev", tap, "mode", "tap"]);
         h.ip(&["link", "set", tap, "up"]);
     }
     let mut vm = guest::Vm::start(
@@ -123,16 +124,20 @@ fn host_test() {
         &kernel_dir().join("vmlinuz"),
         &initramfs,
         &[
+            // Two CPUs: virtio-net uses as many queue pairs as CPUs, and
+            // eth0 is a two-queue port.
+            "-smp",
+            "2",
             "-m",
             "1G",
             "-machine",
             "q35",
             "-netdev",
-            "tap,id=n0,ifname=zt0,script=no,downscript=no,vhost=off",
+            "tap,id=n0,ifname=zt0,script=no,downscript=no,vhost=off,queues=2",
             // Zero-copy needs platform DMA and queue reset (QEMU's default
             // on modern devices) from the device.
             "-device",
-            "virtio-net-pci,netdev=n0,mac=52:54:00:7a:00:01,iommu_platform=on,disable-legacy=on",
+            "virtio-net-pci,netdev=n0,mac=52:54:00:7a:00:01,iommu_platform=on,disable-legacy=on,mq=on,vectors=6",
             "-netdev",
             "tap,id=n1,ifname=zt1,script=no,downscript=no,vhost=off",
             "-device",
@@ -219,6 +224,13 @@ fn host_test() {
         assert_eq!(port["drops"]["no_free_frame"], 0, "{port}");
         assert_eq!(port["drops"]["too_big"], 0, "{port}");
     }
+    // Both of eth0's queues are bound, on the port's own UMEM.
+    assert!(
+        out.lines()
+            .any(|l| l.contains("AF_XDP port open (zero-copy")
+                && l.contains("port=\"afxdp:eth0\" queues=[0, 1]")),
+        "eth0's two queues bound zero-copy:\n{out}"
+    );
     let summary = json_line(SUMMARY);
     let frames = &summary["frames"];
     assert!(frames["total"].as_u64().unwrap_or(0) > 0, "{summary}");
@@ -301,9 +313,15 @@ fn run_switch() -> Result<(), String> {
     let summary = "/run/summary.json";
     let mut switch = Command::new(GUEST_DATAPLANE)
         .args(["run", "--no-fast-path", "--summary-json", summary])
-        // eth0 asks for zero-copy; eth1 leaves it to bind=auto, which
-        // must find it on its own.
-        .args(["--port", "afxdp:eth0,bind=zerocopy", "--port", "afxdp:eth1"])
+        // eth0 asks for zero-copy on both its queues (the second socket
+        // shares the port's UMEM); eth1 leaves it to bind=auto, which must
+        // find it on its own.
+        .args([
+            "--port",
+            "afxdp:eth0,queues=0+1,bind=zerocopy",
+            "--port",
+            "afxdp:eth1",
+        ])
         .env("NO_COLOR", "1")
         .env("PATH", "/bin")
         .stdin(Stdio::null())

@@ -183,12 +183,12 @@ pub struct Vm {
 }
 
 impl Vm {
-    /// Boots `kernel` with `initramfs` on one CPU, console on the serial
-    /// port; `args` add memory, machine and devices.
+    /// Boots `kernel` with `initramfs`, console on the serial port; `args`
+    /// add CPUs, memory, machine and devices.
     pub fn start(ns: &NetNs, kernel: &Path, initramfs: &Path, args: &[&str]) -> Vm {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", ns.name(), "qemu-system-x86_64"])
-            .args(["-accel", &accel(), "-smp", "1"])
+            .args(["-accel", &accel()])
             .args(args)
             .arg("-kernel")
             .arg(kernel)
