@@ -739,6 +739,7 @@ impl AfxdpPort {
     /// lent to the kernel, now free. Leaves the port with no sockets.
     fn close_sockets(&mut self) -> Vec<u64> {
         self.unregister_all();
+        let had_sockets = !self.sockets.is_empty();
         let mut lent = Vec::new();
         for s in self.sockets.drain(..) {
             if let Ok(st) = s.socket.statistics() {
@@ -746,23 +747,28 @@ impl AfxdpPort {
             }
             lent.extend(s.socket.close());
         }
-        let Some(edge) = &self.edge else {
+        let Some(edge) = self.edge.as_mut() else {
             return lent;
         };
-        // A zero-copy port's sockets lent its own frames, which go with its
-        // UMEM (dropped with the port, which unbinds its first socket):
-        // check they are all accounted for, and hand none to the PMD.
-        match edge.unaccounted(lent.len()) {
-            0 => tracing::info!(
-                port = self.name,
-                "zero-copy UMEM: all {} frames accounted for",
-                edge.frame_count()
-            ),
-            lost => tracing::warn!(
-                port = self.name,
-                "zero-copy UMEM: {lost} of {} frames unaccounted",
-                edge.frame_count()
-            ),
+        // A zero-copy port's sockets lent its own frames: back to its own
+        // free list (its UMEM goes with the port, which unbinds its first
+        // socket), none to the PMD. Checked once, when the sockets close.
+        for addr in lent {
+            edge.pool().free(addr);
+        }
+        if had_sockets {
+            match edge.unaccounted() {
+                0 => tracing::info!(
+                    port = self.name,
+                    "zero-copy UMEM: all {} frames accounted for",
+                    edge.frame_count()
+                ),
+                lost => tracing::warn!(
+                    port = self.name,
+                    "zero-copy UMEM: {lost} of {} frames unaccounted",
+                    edge.frame_count()
+                ),
+            }
         }
         Vec::new()
     }

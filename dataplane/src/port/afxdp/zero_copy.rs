@@ -153,10 +153,10 @@ impl ZeroCopyEdge {
         sent
     }
 
-    /// Frames of the port's UMEM not in its free list, given `lent`
-    /// returned by its closed sockets: 0 unless a frame was lost.
-    pub(super) fn unaccounted(&self, lent: usize) -> usize {
-        (self.umem.frame_count() as usize).saturating_sub(self.pool.len() + lent)
+    /// Frames of the port's UMEM not in its free list: once its sockets
+    /// are closed and what they lent is back, 0 unless a frame was lost.
+    pub(super) fn unaccounted(&self) -> usize {
+        (self.umem.frame_count() as usize).saturating_sub(self.pool.len())
     }
 
     /// Frames in the port's UMEM.
