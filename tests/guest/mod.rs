@@ -166,9 +166,12 @@ pub fn qemu_missing(kernel_dir: &Path) -> Option<String> {
 
 /// QEMU's accelerator: TCG unless `DATAPLANE_QEMU_ACCEL` says otherwise.
 /// This machine's /dev/kvm opens, but a 64-bit guest kernel hangs right
-/// after decompression under it; TCG boots the guest in about 3 s.
+/// after decompression under it; TCG boots the guest in about 3 s. One
+/// host thread for all vCPUs: with two vCPUs on a loaded host, QEMU 7.2's
+/// multi-threaded TCG let the 7.3 guest kernel trip over its own code
+/// patching (an int3 Oops in sched_clock_cpu while booting, seen once).
 pub fn accel() -> String {
-    std::env::var("DATAPLANE_QEMU_ACCEL").unwrap_or_else(|_| "tcg".into())
+    std::env::var("DATAPLANE_QEMU_ACCEL").unwrap_or_else(|_| "tcg,thread=single".into())
 }
 
 /// A guest under QEMU, in `ns` (QEMU touches no network of its own unless

@@ -316,14 +316,21 @@ impl XskSocket {
     }
 
     /// Makes the kernel process the TX ring while frames wait in it: copy
-    /// mode transmits only inside sendto, a few dozen frames per call.
+    /// mode transmits only inside sendto, a few dozen frames per call. In
+    /// zero-copy mode the driver takes frames off the ring at once, and
+    /// may still need waking (the ring's need_wakeup flag says so) to send
+    /// and complete them: it is woken while frames are outstanding.
     ///
     /// "Try later" answers (EAGAIN: more left, EBUSY/ENOBUFS: no room now,
     /// ENETDOWN: interface down, which xsk-rs swallows; ENXIO: interface
     /// going away) are not errors: the frames stay queued and the next kick
     /// retries. Anything else is logged once per socket.
     pub fn kick_tx(&mut self) {
-        if self.tx.nb_free_exact() == self.tx_size {
+        let waiting = match self.umem.mode() {
+            BoundMode::Copy => self.tx.nb_free_exact() != self.tx_size,
+            BoundMode::ZeroCopy => self.outstanding_tx > 0 && self.tx.needs_wakeup(),
+        };
+        if !waiting {
             return;
         }
         if let Err(e) = self.tx.wakeup() {

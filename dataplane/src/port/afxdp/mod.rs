@@ -787,6 +787,10 @@ impl Drop for AfxdpPort {
         // Closed without `close` (the switch is stopping, the pool goes
         // too): the frames the kernel held need no home.
         self.close_sockets();
+        // A zero-copy port's UMEM goes before steer: its release unbinds the
+        // first socket and takes the pool off the driver's queue, the
+        // reverse of opening (steer attached, then the pool bound).
+        self.edge = None;
         if self.punt.is_some() && !self.attached_here {
             // A user's attachment: hand its frames back to its own sockets.
             let _ = self.attachment.set_punt(None);
