@@ -165,29 +165,9 @@ pub fn promiscuous(ifname: &str) -> Result<Promiscuous, Error> {
 /// True otherwise, also when the driver does not say: binding is what
 /// finally decides.
 pub fn may_have_zero_copy(ifname: &str) -> bool {
-    const SIOCETHTOOL: libc::c_ulong = 0x8946;
-    const ETHTOOL_GDRVINFO: u32 = 0x3;
-    // struct ethtool_drvinfo: cmd, driver[32], version[32],
-    // fw_version[32], bus_info[32], erom_version[32], reserved2[12], and
-    // five u32 counts: 196 bytes, kept as u32s for alignment.
-    let mut info = [0u32; 49];
-    info[0] = ETHTOOL_GDRVINFO;
-    let Ok(fd) = ioctl_socket() else {
+    let Some(info) = ethtool_get(ifname, EthtoolGet::DriverInfo) else {
         return true;
     };
-    // SAFETY: ifreq is plain data; ifr_data points at `info`, laid out as
-    // struct ethtool_drvinfo and valid for the whole call.
-    let ok = unsafe {
-        let mut req: libc::ifreq = std::mem::zeroed();
-        for (d, s) in req.ifr_name.iter_mut().zip(ifname.bytes()) {
-            *d = s as libc::c_char;
-        }
-        req.ifr_ifru.ifru_data = info.as_mut_ptr() as *mut libc::c_char;
-        libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&fd), SIOCETHTOOL, &mut req) == 0
-    };
-    if !ok {
-        return true;
-    }
     let bytes: Vec<u8> = info.iter().flat_map(|w| w.to_ne_bytes()).collect();
     // bus_info starts after cmd and three 32-byte strings.
     let bus = &bytes[4 + 3 * 32..4 + 4 * 32];
@@ -573,32 +553,50 @@ pub fn link_state(ifname: &str) -> Result<LinkState, Error> {
     })
 }
 
-/// The number of receive queues (channels) of `ifname`, as `ethtool -l`
-/// reports them; `None` if the driver does not say.
-pub fn rx_queue_count(ifname: &str) -> Result<Option<u32>, Error> {
+/// An ethtool query that fills a fixed-size struct of u32 words.
+#[derive(Clone, Copy)]
+enum EthtoolGet {
+    /// ETHTOOL_GDRVINFO, struct ethtool_drvinfo: cmd, driver[32],
+    /// version[32], fw_version[32], bus_info[32], erom_version[32],
+    /// reserved2[12] and five u32 counts: 196 bytes.
+    DriverInfo,
+    /// ETHTOOL_GCHANNELS, struct ethtool_channels: cmd, max_rx, max_tx,
+    /// max_other, max_combined, rx_count, tx_count, other_count,
+    /// combined_count.
+    Channels,
+}
+
+/// Runs `query` on `ifname` (SIOCETHTOOL); its struct as u32 words, or
+/// `None` if the driver does not answer.
+fn ethtool_get(ifname: &str, query: EthtoolGet) -> Option<Vec<u32>> {
     const SIOCETHTOOL: libc::c_ulong = 0x8946;
-    const ETHTOOL_GCHANNELS: u32 = 0x3c;
-    ifindex(ifname)?;
-    // struct ethtool_channels: cmd, max_rx, max_tx, max_other,
-    // max_combined, rx_count, tx_count, other_count, combined_count.
-    let mut channels = [0u32; 9];
-    channels[0] = ETHTOOL_GCHANNELS;
-    let Ok(fd) = ioctl_socket() else {
-        return Ok(None);
+    let (cmd, words) = match query {
+        EthtoolGet::DriverInfo => (0x3, 49),
+        EthtoolGet::Channels => (0x3c, 9),
     };
-    // SAFETY: ifreq is plain data; ifr_data points at `channels`, laid out
-    // as struct ethtool_channels and valid for the whole call.
+    let mut data = vec![0u32; words];
+    data[0] = cmd;
+    let fd = ioctl_socket().ok()?;
+    // SAFETY: ifreq is plain data; ifr_data points at `data`, sized above
+    // for the struct this command fills and valid for the whole call.
     let ok = unsafe {
         let mut req: libc::ifreq = std::mem::zeroed();
         for (d, s) in req.ifr_name.iter_mut().zip(ifname.bytes()) {
             *d = s as libc::c_char;
         }
-        req.ifr_ifru.ifru_data = channels.as_mut_ptr() as *mut libc::c_char;
+        req.ifr_ifru.ifru_data = data.as_mut_ptr() as *mut libc::c_char;
         libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&fd), SIOCETHTOOL, &mut req) == 0
     };
-    if !ok {
+    ok.then_some(data)
+}
+
+/// The number of receive queues (channels) of `ifname`, as `ethtool -l`
+/// reports them; `None` if the driver does not say.
+pub fn rx_queue_count(ifname: &str) -> Result<Option<u32>, Error> {
+    ifindex(ifname)?;
+    let Some(channels) = ethtool_get(ifname, EthtoolGet::Channels) else {
         return Ok(None);
-    }
+    };
     let (rx, combined) = (channels[5], channels[8]);
     Ok(Some(rx.max(combined)).filter(|n| *n > 0))
 }
