@@ -127,7 +127,8 @@ pub enum Command {
         afxdp:IFACE[,queues=0+1[,pmds=1+0]][,vlan=N | ,trunk=N+M[,native=N]][,bind=auto|copy|zerocopy]\n  \
           (queues go round robin over the PMDs of --cores, or as pmds= pins them;\n  \
           bind=auto takes zero-copy where the driver offers it (a UMEM of the port's own, one copy\n  \
-          to and from the PMD's), copy mode elsewhere (veth: the PMD's shared UMEM, no copy))\n  \
+          to and from the PMD's), copy mode elsewhere (veth: the PMD's shared UMEM, no copy; a\n  \
+          virtio_net module, whose zero-copy transmit is broken: bind=zerocopy still takes it))\n  \
         veth:IFACE[,vlan=N | ,trunk=N+M[,native=N]]   (host end of a container's veth)\n  \
         tap:NAME[,queues=N][,vlan=N | ,trunk=N+M[,native=N]]   (creates or opens a TAP device)\n  \
         vhost-user:/PATH.sock[,vlan=N | ,trunk=N+M[,native=N]][,owner=USER[:GROUP]]   (a VM's virtio-net;\n  \

@@ -1,6 +1,7 @@
 //! What the kernel says about a network interface.
 
 use std::ffi::CString;
+use std::path::Path;
 use std::process::Command;
 
 use serde_json::Value;
@@ -158,21 +159,63 @@ pub fn promiscuous(ifname: &str) -> Result<Promiscuous, Error> {
     Ok(Promiscuous { _socket: socket })
 }
 
-/// False if `ifname` is sure to have no AF_XDP zero-copy: a software
-/// device (veth, TAP, bridge, dummy, ...), which ethtool shows with no bus
-/// (`ethtool -i`: empty `bus-info`, or "tap"/"tun" for TUN devices). Every
-/// zero-copy driver (Intel, Mellanox, virtio-net, ...) sits on a bus.
-/// True otherwise, also when the driver does not say: binding is what
-/// finally decides.
-pub fn may_have_zero_copy(ifname: &str) -> bool {
+/// What can be known of `ifname`'s AF_XDP zero-copy before binding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ZeroCopyOutlook {
+    /// A software device (veth, TAP, bridge, dummy, ...): none. ethtool
+    /// shows such devices with no bus (`ethtool -i`: empty `bus-info`, or
+    /// "tap"/"tun" for TUN devices); every zero-copy driver sits on one.
+    Absent,
+    /// The driver binds zero-copy but is known to send wrong frames in
+    /// that mode: why, to tell the user.
+    Unsound(&'static str),
+    /// Maybe, also when the driver does not say: binding decides.
+    Possible,
+}
+
+/// Why a zero-copy port on a virtio-net that is a loadable module is not
+/// chosen on its own (measured on Linux 7.3, see docs/DESIGN-NOTES.md).
+const VIRTIO_NET_MODULE_ZERO_COPY: &str =
+    "virtio_net is a loadable module here, and its zero-copy transmit hands \
+     the device a virtio-net header at a wrong address (the driver maps a \
+     static of its module's memory for DMA, which resolves to another \
+     physical page, in a small guest past the end of its RAM), so the host \
+     reads a garbage header with every frame and may drop them all";
+
+/// What is known of `ifname`'s zero-copy before binding (see
+/// [`ZeroCopyOutlook`]).
+pub fn zero_copy_outlook(ifname: &str) -> ZeroCopyOutlook {
     let Some(info) = ethtool_get(ifname, EthtoolGet::DriverInfo) else {
-        return true;
+        return ZeroCopyOutlook::Possible;
     };
     let bytes: Vec<u8> = info.iter().flat_map(|w| w.to_ne_bytes()).collect();
-    // bus_info starts after cmd and three 32-byte strings.
-    let bus = &bytes[4 + 3 * 32..4 + 4 * 32];
-    let bus = &bus[..bus.iter().position(|&b| b == 0).unwrap_or(bus.len())];
-    !(bus.is_empty() || bus == b"tap" || bus == b"tun")
+    // struct ethtool_drvinfo: cmd, then 32-byte strings driver, version,
+    // fw_version, bus_info.
+    let field = |index: usize| -> &[u8] {
+        let s = &bytes[4 + index * 32..4 + (index + 1) * 32];
+        &s[..s.iter().position(|&b| b == 0).unwrap_or(s.len())]
+    };
+    // A loadable module has a `coresize` in sysfs; a built-in driver's
+    // static lies in the kernel image, where the address is right.
+    let is_module = |module: &str| {
+        Path::new("/sys/module")
+            .join(module)
+            .join("coresize")
+            .exists()
+    };
+    outlook_of(field(0), field(3), is_module)
+}
+
+/// [`zero_copy_outlook`] from ethtool's driver name and bus, and whether a
+/// kernel module is loaded (not built in).
+fn outlook_of(driver: &[u8], bus: &[u8], is_module: impl Fn(&str) -> bool) -> ZeroCopyOutlook {
+    if bus.is_empty() || bus == b"tap" || bus == b"tun" {
+        ZeroCopyOutlook::Absent
+    } else if driver == b"virtio_net" && is_module("virtio_net") {
+        ZeroCopyOutlook::Unsound(VIRTIO_NET_MODULE_ZERO_COPY)
+    } else {
+        ZeroCopyOutlook::Possible
+    }
 }
 
 /// `ip -j -d link show dev IFNAME`, parsed.
@@ -397,6 +440,31 @@ pub fn xdp_xmit_count(ifname: &str) -> Result<Option<u64>, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn zero_copy_is_tried_on_bus_devices_except_a_virtio_net_module() {
+        let module = |_: &str| true;
+        let built_in = |_: &str| false;
+        // veth: no bus; a TAP or TUN device: "tap" / "tun".
+        assert_eq!(outlook_of(b"veth", b"", module), ZeroCopyOutlook::Absent);
+        assert_eq!(outlook_of(b"tun", b"tap", module), ZeroCopyOutlook::Absent);
+        assert_eq!(
+            outlook_of(b"tun", b"tun", built_in),
+            ZeroCopyOutlook::Absent
+        );
+        assert_eq!(
+            outlook_of(b"ixgbe", b"0000:03:00.0", module),
+            ZeroCopyOutlook::Possible
+        );
+        assert_eq!(
+            outlook_of(b"virtio_net", b"0000:00:02.0", built_in),
+            ZeroCopyOutlook::Possible
+        );
+        assert_eq!(
+            outlook_of(b"virtio_net", b"0000:00:02.0", |m: &str| m == "virtio_net"),
+            ZeroCopyOutlook::Unsound(VIRTIO_NET_MODULE_ZERO_COPY)
+        );
+    }
 
     #[test]
     fn other_threads_are_kept_off_the_pmd_cpus_unless_none_would_be_left() {

@@ -25,7 +25,7 @@ use crate::steer::pins::PinRoot;
 use crate::steer::{
     self, policy::PolicySpec, AttachOptions, AttachReport, Attachment, ModeRequest,
 };
-use crate::sys::netdev;
+use crate::sys::netdev::{self, ZeroCopyOutlook};
 use crate::xsk::{self, BindMode, BoundMode, SocketConfig, Umem, UmemConfig, XdpDesc, XskSocket};
 use zero_copy::ZeroCopyEdge;
 
@@ -276,10 +276,21 @@ impl AfxdpPort {
                     })?,
                 );
         }
-        let try_zero_copy = match config.socket.bind {
-            BindMode::Copy => false,
-            BindMode::ZeroCopy => true,
-            BindMode::Auto => netdev::may_have_zero_copy(&ifname),
+        let try_zero_copy = match (config.socket.bind, netdev::zero_copy_outlook(&ifname)) {
+            (BindMode::Copy, _) | (BindMode::Auto, ZeroCopyOutlook::Absent) => false,
+            (BindMode::Auto, ZeroCopyOutlook::Unsound(why)) => {
+                tracing::info!(
+                    port = port.name,
+                    "not trying zero-copy on {ifname}, using copy mode: {why} \
+                     (bind=zerocopy uses it anyway)"
+                );
+                false
+            }
+            (BindMode::ZeroCopy, ZeroCopyOutlook::Unsound(why)) => {
+                tracing::warn!(port = port.name, "zero-copy on {ifname}, as asked: {why}");
+                true
+            }
+            (BindMode::ZeroCopy, _) | (BindMode::Auto, ZeroCopyOutlook::Possible) => true,
         };
         if try_zero_copy {
             match port.open_zero_copy(config, umem) {
