@@ -22,11 +22,13 @@
 //! a header from outside the guest's RAM; see docs/DESIGN-NOTES.md) and
 //! take copy mode. Once the switch runs, eth0 is deleted and added again
 //! (its UMEM goes, which releases its queues, and a new one binds them).
-//! The host sends numbered frames into each TAP and checks every one comes
-//! out of the other, byte for byte. The guest reports the switch's `show
-//! ports --json` (eth0 "zero-copy", eth1 "copy") and, after SIGINT, its
-//! exit summary (no frame of the PMD lost) and eth0's own frame check, at
-//! its delete and at exit.
+//! The host sends numbered UDP frames (of varied flows, so that eth0's two
+//! queues both receive) into each TAP and checks every one comes out of
+//! the other, byte for byte. The guest reports the driver's frames per
+//! queue of eth0 (`ethtool -S`: both queues), the switch's `show ports
+//! --json` (eth0 "zero-copy", eth1 "copy") and, after SIGINT, its exit
+//! summary (no frame of the PMD lost) and eth0's own frame check, at its
+//! delete and at exit.
 //!
 //! Not a libtest harness (`harness = false` in Cargo.toml): the same `main`
 //! runs the test on the host and the switch in the guest.
@@ -39,16 +41,19 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use dataplane_common::wire::build::{write_udp_ipv4, UdpIpv4, UDP_IPV4_HEADERS};
+use dataplane_common::wire::{parse_l2, parse_l3, FrameBytes, UdpHdr, IPPROTO_UDP};
 use guest::Scratch;
-use harness::{
-    collect_frames, privileged, test_frame, test_frame_seq, wait_for, NetNs, PacketSocket,
-    Topology, TEST_ETHERTYPE,
-};
+use harness::{collect_frames, privileged, wait_for, NetNs, PacketSocket, Topology};
 
 const TEST: &str = "zero_copy_ports_forward_between_a_guests_virtio_nics";
 /// Frames each way: the first SMALL of 64 bytes, the rest of 1400.
 const FRAMES: u32 = 300;
 const SMALL: u32 = 200;
+/// The UDP port the test's frames go to. Their source ports vary, so the
+/// host's two-queue TAP spreads them over both of eth0's queues by flow
+/// hash (frames of one EtherType and no IP would all take one queue).
+const TEST_UDP_PORT: u16 = 9;
 /// The MACs of the two hosts behind zt0 and zt1 (the test's frames').
 const MAC_A: [u8; 6] = [0x02, 0x7a, 0, 0, 0, 0x0a];
 const MAC_B: [u8; 6] = [0x02, 0x7a, 0, 0, 0, 0x0b];
@@ -58,6 +63,7 @@ const STOP: &str = "stop";
 const READY: &str = "zc-guest: switch up";
 const PORTS: &str = "zc-guest: ports ";
 const SUMMARY: &str = "zc-guest: summary ";
+const RX_QUEUES: &str = "zc-guest: eth0 frames redirected per rx queue ";
 const ERROR: &str = "zc-guest: error";
 /// The switch binary's path inside the guest.
 const GUEST_DATAPLANE: &str = "/dataplane";
@@ -89,18 +95,23 @@ fn write_initramfs(path: &Path, scratch: &Path) {
         .status()
         .is_ok_and(|s| s.success());
     let binary = if ok { stripped } else { dataplane };
-    // The switch asks iproute2 about links, as on any host.
-    let ip = ["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"]
-        .into_iter()
-        .map(Path::new)
-        .find(|p| p.exists())
-        .expect("iproute2's ip (`cargo xtask setup` installs it)");
+    // The switch asks iproute2 about links, as on any host; the guest asks
+    // ethtool for the driver's per-queue counters.
+    let host_tool = |name: &str| {
+        ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
+            .into_iter()
+            .map(|dir| Path::new(dir).join(name))
+            .find(|p| p.exists())
+            .unwrap_or_else(|| panic!("no {name} (`cargo xtask setup` installs it)"))
+    };
+    let (ip, ethtool) = (host_tool("ip"), host_tool("ethtool"));
     guest::build_initramfs_with(
         path,
         &kernel_dir(),
         &[
             (GUEST_DATAPLANE.trim_start_matches('/'), &binary),
-            ("bin/ip", ip),
+            ("bin/ip", &ip),
+            ("bin/ethtool", &ethtool),
         ],
     );
 }
@@ -173,23 +184,15 @@ fn host_test() {
     for (from, to, src, dst) in [("zt0", "zt1", MAC_A, MAC_B), ("zt1", "zt0", MAC_B, MAC_A)] {
         let (frames, ready) =
             collect_frames(&h, to, FRAMES as usize, Duration::from_secs(30), |f| {
-                test_frame_seq(f, TEST_ETHERTYPE).is_some()
+                flow_frame_seq(f).is_some()
             });
         ready.recv().unwrap();
         let sent: Vec<Vec<u8>> = (0..FRAMES)
-            .map(|seq| {
-                test_frame(
-                    dst,
-                    src,
-                    TEST_ETHERTYPE,
-                    seq,
-                    if seq < SMALL { 64 } else { 1400 },
-                )
-            })
+            .map(|seq| flow_frame(dst, src, seq, if seq < SMALL { 64 } else { 1400 }))
             .collect();
         send_slowly(&h, from, &sent);
         let mut got = frames.join().unwrap();
-        got.sort_by_key(|f| test_frame_seq(f, TEST_ETHERTYPE));
+        got.sort_by_key(|f| flow_frame_seq(f));
         crossed.push((format!("{from} -> guest -> {to}"), got, sent));
     }
 
@@ -210,7 +213,7 @@ fn host_test() {
             assert!(
                 g == s,
                 "{way}: frame {:?} differs from what was sent",
-                test_frame_seq(s, TEST_ETHERTYPE)
+                flow_frame_seq(s)
             );
         }
     }
@@ -263,6 +266,15 @@ fn host_test() {
             .any(|l| l.contains("not trying zero-copy on eth1, using copy mode")),
         "bind=auto's reason for copy mode on eth1:\n{out}"
     );
+    // Frames from zt0 spread over both of eth0's queues: each socket
+    // received some.
+    let per_queue = json_line(RX_QUEUES);
+    assert!(
+        per_queue
+            .as_array()
+            .is_some_and(|q| q.len() == 2 && q.iter().all(|n| n.as_u64() > Some(0))),
+        "eth0's two queues each received frames (redirected per queue: {per_queue}):\n{out}"
+    );
     let summary = json_line(SUMMARY);
     let frames = &summary["frames"];
     assert!(frames["total"].as_u64().unwrap_or(0) > 0, "{summary}");
@@ -282,10 +294,41 @@ fn host_test() {
     );
     println!(
         "zero-copy: {FRAMES} frames each way between a guest's two virtio-net NICs through \
-         a zero-copy port (deleted and added again) and a copy-mode one, byte for byte; \
-         PMD frames {}, 0 unaccounted",
+         a zero-copy port (deleted and added again; its queues received {per_queue}) and a \
+         copy-mode one, byte for byte; PMD frames {}, 0 unaccounted",
         frames["total"]
     );
+}
+
+/// Test frame `seq` of `len` bytes from `src` to `dst`: Ethernet, IPv4
+/// and UDP to [`TEST_UDP_PORT`] from a port that varies with `seq`, then
+/// `seq` (big-endian) and zeros.
+fn flow_frame(dst: [u8; 6], src: [u8; 6], seq: u32, len: usize) -> Vec<u8> {
+    let mut f = vec![0u8; len];
+    let h = UdpIpv4 {
+        src_mac: src,
+        dst_mac: dst,
+        src_ip: [10, 122, 0, 1],
+        dst_ip: [10, 122, 0, 2],
+        src_port: 20_000 + (seq % 4096) as u16,
+        dst_port: TEST_UDP_PORT,
+    };
+    write_udp_ipv4(&mut f, &h).expect("a test frame has room for its headers");
+    f[UDP_IPV4_HEADERS..UDP_IPV4_HEADERS + 4].copy_from_slice(&seq.to_be_bytes());
+    f
+}
+
+/// The sequence number of a [`flow_frame`], if `frame` is one.
+fn flow_frame_seq(frame: &[u8]) -> Option<u32> {
+    let l2 = parse_l2(frame).ok()?;
+    let l3 = parse_l3(frame, l2.header_len, l2.ethertype)?;
+    let udp: UdpHdr = frame.read(l3.l4_offset)?;
+    if l3.proto != IPPROTO_UDP || udp.dst_port() != TEST_UDP_PORT {
+        return None;
+    }
+    frame
+        .bytes::<4>(l3.l4_offset + UdpHdr::LEN)
+        .map(u32::from_be_bytes)
 }
 
 /// About 4000 frames/s: the emulated guest is slow, and the test is about
@@ -409,6 +452,22 @@ fn run_switch() -> Result<(), String> {
                 return Err("the console closed before the host said stop".into());
             }
         }
+        // What the driver redirected to the sockets of each of eth0's
+        // queues (`ethtool -S`: rxN_xdp_redirects).
+        let stats = Command::new("/bin/ethtool")
+            .args(["-S", "eth0"])
+            .output()
+            .map_err(|e| format!("ethtool -S eth0: {e}"))?;
+        let redirected: Vec<u64> = (0..2)
+            .map(|q| {
+                String::from_utf8_lossy(&stats.stdout)
+                    .lines()
+                    .find_map(|l| l.trim().strip_prefix(&format!("rx{q}_xdp_redirects:")))
+                    .and_then(|n| n.trim().parse().ok())
+                    .unwrap_or(0)
+            })
+            .collect();
+        println!("{RX_QUEUES}{redirected:?}");
         let ports = show().ok_or("`dataplane show ports` failed")?;
         println!("{PORTS}{ports}");
         Ok(())
