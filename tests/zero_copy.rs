@@ -42,7 +42,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use dataplane_common::wire::build::{write_udp_ipv4, UdpIpv4, UDP_IPV4_HEADERS};
-use dataplane_common::wire::{parse_l2, parse_l3, FrameBytes, UdpHdr, IPPROTO_UDP};
+use dataplane_common::wire::{parse_l2, parse_l3, FrameBytes, FrameBytesMut, UdpHdr, IPPROTO_UDP};
 use guest::Scratch;
 use harness::{collect_frames, privileged, wait_for, NetNs, PacketSocket, Topology};
 
@@ -314,7 +314,9 @@ fn flow_frame(dst: [u8; 6], src: [u8; 6], seq: u32, len: usize) -> Vec<u8> {
         dst_port: TEST_UDP_PORT,
     };
     write_udp_ipv4(&mut f, &h).expect("a test frame has room for its headers");
-    f[UDP_IPV4_HEADERS..UDP_IPV4_HEADERS + 4].copy_from_slice(&seq.to_be_bytes());
+    // Qualified: std's io::Write, in scope here, has a `write` too.
+    FrameBytesMut::write(f.as_mut_slice(), UDP_IPV4_HEADERS, &seq.to_be_bytes())
+        .expect("a test frame has room for its sequence number");
     f
 }
 
